@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Runs every check and test on a fresh machine: installs what the tests need (libclang for
+# RocksDB's bindings, the s3s-fs S3 server), then fmt, clippy and the whole test suite.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/weir-target}"
+export PATH="$HOME/.cargo/bin:$PATH"
+
+scripts/install-deps.sh
+
+echo "==> cargo fmt --check"
+cargo fmt --all -- --check
+echo "==> cargo clippy"
+cargo clippy --release --workspace --all-targets -- -D warnings
+echo "==> cargo test"
+cargo test --release --workspace -- --test-threads="${WEIR_TEST_THREADS:-2}"

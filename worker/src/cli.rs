@@ -1,0 +1,134 @@
+//! The `weir-worker` command line. Custom job binaries reuse it with their own registry:
+//! `fn main() -> anyhow::Result<()> { weir::cli::main_with(my_registry()) }`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use clap::{Parser, Subcommand};
+
+use crate::jobs::JobRegistry;
+use crate::runtime::local::{LocalOptions, run_local};
+use crate::spec::{JobDocument, RestoreSource};
+
+#[derive(Debug, Parser)]
+#[command(name = "weir-worker", version, about = "Weir stream-processing worker")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run a whole job in this process (a mini-cluster), until its input ends or it fails.
+    Local {
+        /// The job document (YAML or JSON).
+        #[arg(long, env = "WEIR_JOB")]
+        job: PathBuf,
+        /// Override the document's parallelism (restoring at another parallelism rescales).
+        #[arg(long)]
+        parallelism: Option<u32>,
+        /// Override the document's restore source: `latest`, `none`, or a checkpoint/savepoint path.
+        #[arg(long)]
+        restore: Option<String>,
+        /// Serve Prometheus metrics on this address (e.g. 127.0.0.1:9249).
+        #[arg(long, env = "WEIR_METRICS_ADDR")]
+        metrics_addr: Option<SocketAddr>,
+        /// Scratch space for RocksDB and in-progress files.
+        #[arg(long, env = "WEIR_WORK_DIR")]
+        work_dir: Option<PathBuf>,
+        /// Seconds between progress lines.
+        #[arg(long, default_value_t = 5)]
+        progress_secs: u64,
+    },
+    /// Check a job document and the job's arguments without running it.
+    Validate {
+        #[arg(long)]
+        job: PathBuf,
+    },
+    /// List the jobs this binary can run.
+    Jobs,
+}
+
+pub fn main_with(registry: JobRegistry) -> anyhow::Result<()> {
+    init_tracing();
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Jobs => {
+            for name in registry.names() {
+                println!("{name}");
+            }
+            Ok(())
+        }
+        Command::Validate { job } => {
+            let doc = Arc::new(JobDocument::from_file(&job)?);
+            registry.build(doc.clone())?;
+            println!("{}: valid ({} at parallelism {})", job.display(), doc.job.name, doc.parallelism);
+            Ok(())
+        }
+        Command::Local {
+            job,
+            parallelism,
+            restore,
+            metrics_addr,
+            work_dir,
+            progress_secs,
+        } => {
+            let mut doc = JobDocument::from_file(&job)?;
+            if let Some(p) = parallelism {
+                doc.parallelism = p;
+            }
+            if let Some(restore) = restore {
+                doc.restore = match restore.as_str() {
+                    "latest" => RestoreSource::Latest,
+                    "none" => RestoreSource::None,
+                    path => RestoreSource::Path(path.to_string()),
+                };
+            }
+            doc.validate()?;
+            let doc = Arc::new(doc);
+            let built = registry.build(doc.clone())?;
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .thread_name("weir-io")
+                .enable_all()
+                .build()?;
+            if let Some(addr) = metrics_addr {
+                let bound = runtime.block_on(crate::metrics::serve(addr))?;
+                tracing::info!(%bound, "serving metrics at http://{bound}/metrics");
+            }
+            let mut options = LocalOptions::for_document(&doc);
+            options.progress_interval = std::time::Duration::from_secs(progress_secs.max(1));
+            if let Some(dir) = work_dir {
+                options.work_dir = dir;
+            }
+            tracing::info!(job = %doc.job.name, job_id = doc.job_id(), parallelism = doc.parallelism, "starting job in local mode");
+            let started = std::time::Instant::now();
+            let outcome = run_local(doc.clone(), &built.graph, runtime.handle(), &options)?;
+            println!("job {} finished in {:.1?}", doc.job_id(), started.elapsed());
+            if let Some(from) = &outcome.restored_from {
+                println!("  restored from: {from}");
+            }
+            if let Some(c) = &outcome.last_checkpoint {
+                println!(
+                    "  last checkpoint: {} ({} bytes of state, {:?})",
+                    c.uri, c.state_size, c.duration
+                );
+            }
+            println!("  restarts: {}", outcome.restarts);
+            if let Some(output) = &built.output {
+                println!("  results committed to: {output}");
+            }
+            Ok(())
+        }
+    }
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("WEIR_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}

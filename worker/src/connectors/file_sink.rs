@@ -1,0 +1,218 @@
+//! Exactly-once file sink (local folder or S3 prefix) by two-phase commit.
+//!
+//! - write: records go to an in-progress file in the task's local scratch space;
+//! - pre-commit (at the barrier): the in-progress file is uploaded to
+//!   `_pending/<part>` (durable, invisible) and recorded in the checkpoint;
+//! - commit (checkpoint complete): `_pending/<part>` is renamed to `<part>`;
+//! - recover (before a restored job starts): pending parts of the restored checkpoint are
+//!   committed (idempotently: a part already published counts as done), and every other
+//!   pending part, from checkpoints that never completed, is deleted.
+//!
+//! Readers consider only files whose path has no component starting with `_` or `.`.
+//! Part names carry subtask, attempt id and checkpoint id, so no two writers ever collide.
+
+use std::collections::HashSet;
+use std::io::Write;
+use std::marker::PhantomData;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::api::{RecoverContext, SinkContext, SinkFactory, SinkWriter};
+use crate::error::{Error, Result};
+use crate::storage::{Location, ObjectStore, StorageError};
+
+pub const PENDING_DIR: &str = "_pending";
+
+pub struct FileSink<T> {
+    uri: String,
+    _t: PhantomData<fn(T)>,
+}
+
+impl<T> FileSink<T> {
+    /// Writes each record as one JSON line.
+    pub fn json_lines(uri: impl Into<String>) -> Self {
+        FileSink {
+            uri: uri.into(),
+            _t: PhantomData,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct PendingPart {
+    checkpoint_id: u64,
+    name: String,
+}
+
+fn pending_key(name: &str) -> String {
+    format!("{PENDING_DIR}/{name}")
+}
+
+/// Publishes one pending part; a part that is already published counts as done.
+async fn publish(store: &ObjectStore, name: &str) -> Result<()> {
+    match store.rename(&pending_key(name), name).await {
+        Ok(()) => {}
+        Err(StorageError::NotFound { .. }) => {
+            if store.head(name).await?.is_none() {
+                return Err(Error::CorruptCheckpoint {
+                    object: store.uri(&pending_key(name)),
+                    reason: "pending output of a completed checkpoint is missing; its records would be lost".into(),
+                });
+            }
+        }
+        Err(e) => return Err(e.into()),
+    }
+    crate::metrics::global().committed_files.inc();
+    Ok(())
+}
+
+impl<T: Serialize + Send + 'static> SinkFactory<T> for FileSink<T> {
+    fn create_writer(&self, ctx: &SinkContext) -> Result<Box<dyn SinkWriter<T>>> {
+        let store = ctx
+            .rt
+            .block_on(ObjectStore::open(&Location::parse(&self.uri)?, &ctx.doc.s3))?;
+        std::fs::create_dir_all(&ctx.local_dir).map_err(|e| Error::io(ctx.local_dir.display(), e))?;
+        Ok(Box::new(FileSinkWriter {
+            store,
+            rt: ctx.rt.clone(),
+            local_dir: ctx.local_dir.clone(),
+            subtask: ctx.subtask,
+            attempt_id: ctx.attempt_id.clone(),
+            in_progress: None,
+            pending: Vec::new(),
+            part_counter: 0,
+            line: Vec::with_capacity(256),
+            _t: PhantomData,
+        }))
+    }
+
+    fn recover(&self, pending: Vec<serde_json::Value>, ctx: &RecoverContext) -> Result<()> {
+        let rt = &ctx.rt;
+        let store = rt.block_on(ObjectStore::open(&Location::parse(&self.uri)?, &ctx.doc.s3))?;
+        let parts: Vec<PendingPart> = pending
+            .into_iter()
+            .map(serde_json::from_value)
+            .collect::<std::result::Result<_, _>>()
+            .map_err(|e| Error::codec(format!("pending parts of sink {}", self.uri), e))?;
+        rt.block_on(async {
+            for part in &parts {
+                publish(&store, &part.name).await?;
+            }
+            let keep: HashSet<String> = parts.iter().map(|p| pending_key(&p.name)).collect();
+            for stale in store.list(&format!("{PENDING_DIR}/")).await? {
+                if !keep.contains(&stale.key) {
+                    tracing::info!(part = %store.uri(&stale.key), "discarding output of a checkpoint that never completed");
+                    store.delete(&stale.key).await?;
+                }
+            }
+            Ok::<_, Error>(())
+        })?;
+        if !parts.is_empty() {
+            tracing::info!(parts = parts.len(), sink = %self.uri, "committed pending output of the restored checkpoint");
+        }
+        Ok(())
+    }
+}
+
+struct InProgress {
+    path: PathBuf,
+    file: std::io::BufWriter<std::fs::File>,
+    bytes: u64,
+}
+
+struct FileSinkWriter<T> {
+    store: ObjectStore,
+    rt: tokio::runtime::Handle,
+    local_dir: PathBuf,
+    subtask: u32,
+    attempt_id: String,
+    in_progress: Option<InProgress>,
+    pending: Vec<PendingPart>,
+    part_counter: u64,
+    line: Vec<u8>,
+    _t: PhantomData<fn(T)>,
+}
+
+impl<T> FileSinkWriter<T> {
+    fn part_name(&mut self, checkpoint_id: u64) -> String {
+        self.part_counter += 1;
+        format!(
+            "part-{:04}-{}-{checkpoint_id:010}-{}.jsonl",
+            self.subtask, self.attempt_id, self.part_counter
+        )
+    }
+
+    /// Closes the in-progress file and uploads it to `key`. `None` if nothing was written.
+    fn seal(&mut self, key: &str) -> Result<bool> {
+        let Some(mut in_progress) = self.in_progress.take() else {
+            return Ok(false);
+        };
+        in_progress
+            .file
+            .flush()
+            .map_err(|e| Error::io(in_progress.path.display(), e))?;
+        drop(in_progress.file);
+        self.rt.block_on(self.store.put_file(key, &in_progress.path))?;
+        let _ = std::fs::remove_file(&in_progress.path);
+        Ok(true)
+    }
+}
+
+impl<T: Serialize + Send> SinkWriter<T> for FileSinkWriter<T> {
+    fn write(&mut self, item: T) -> Result<()> {
+        if self.in_progress.is_none() {
+            let path = self.local_dir.join(format!("in-progress-{}", self.part_counter + 1));
+            let file = std::fs::File::create(&path).map_err(|e| Error::io(path.display(), e))?;
+            self.in_progress = Some(InProgress {
+                path,
+                file: std::io::BufWriter::with_capacity(256 << 10, file),
+                bytes: 0,
+            });
+        }
+        self.line.clear();
+        serde_json::to_writer(&mut self.line, &item).map_err(|e| Error::codec("file sink record", e))?;
+        self.line.push(b'\n');
+        if let Some(in_progress) = self.in_progress.as_mut() {
+            in_progress
+                .file
+                .write_all(&self.line)
+                .map_err(|e| Error::io(in_progress.path.display(), e))?;
+            in_progress.bytes += self.line.len() as u64;
+        }
+        Ok(())
+    }
+
+    fn pre_commit(&mut self, checkpoint_id: u64) -> Result<Vec<serde_json::Value>> {
+        let name = self.part_name(checkpoint_id);
+        if self.seal(&pending_key(&name))? {
+            self.pending.push(PendingPart { checkpoint_id, name });
+        }
+        self.pending
+            .iter()
+            .map(|p| serde_json::to_value(p).map_err(|e| Error::codec("file sink pending parts", e)))
+            .collect()
+    }
+
+    fn commit(&mut self, checkpoint_id: u64) -> Result<()> {
+        let (ready, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.pending)
+            .into_iter()
+            .partition(|p| p.checkpoint_id <= checkpoint_id);
+        self.pending = later;
+        self.rt.block_on(async {
+            for part in &ready {
+                publish(&self.store, &part.name).await?;
+            }
+            Ok::<_, Error>(())
+        })
+    }
+
+    fn finish(&mut self) -> Result<()> {
+        // Only reached with data left when checkpointing is off: publish directly.
+        let name = self.part_name(0);
+        if self.seal(&name)? {
+            crate::metrics::global().committed_files.inc();
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,106 @@
+//! The crate's one error type. Every variant names what failed and on what, so the
+//! message alone tells an operator where to look.
+
+use crate::storage::StorageError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The job document or a job's arguments are invalid; `field` is the path in the document.
+    #[error("invalid job document: {field}: {message}")]
+    InvalidSpec { field: String, message: String },
+
+    #[error("unknown job {name:?}; known jobs: {known}")]
+    UnknownJob { name: String, known: String },
+
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+
+    /// A checkpoint or savepoint cannot be used for restore. Never answered by starting empty.
+    #[error("cannot restore from {object}: {reason}")]
+    CorruptCheckpoint { object: String, reason: String },
+
+    #[error("RocksDB error in {context}: {source}")]
+    RocksDb {
+        context: String,
+        #[source]
+        source: rocksdb::Error,
+    },
+
+    #[error("I/O error on {path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// A record or state value could not be (de)serialized.
+    #[error("serialization failed for {what}: {message}")]
+    Codec { what: String, message: String },
+
+    /// A record the job could not parse, under the `fail` malformed-record policy.
+    #[error("malformed record at {location}: {message}")]
+    MalformedRecord { location: String, message: String },
+
+    /// An error raised by user code in an operator.
+    #[error("operator {operator} failed: {message}")]
+    Operator { operator: String, message: String },
+
+    /// The task was cancelled because a sibling failed or the job is stopping.
+    #[error("task cancelled")]
+    Cancelled,
+
+    #[error("checkpoint {checkpoint_id} failed: {reason}")]
+    CheckpointFailed { checkpoint_id: u64, reason: String },
+
+    /// The restart strategy gave up; `cause` is the last failure.
+    #[error("job failed after {restarts} restarts: {cause}")]
+    JobFailed { restarts: u32, cause: String },
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl From<weir_spec::SpecError> for Error {
+    fn from(e: weir_spec::SpecError) -> Self {
+        Error::InvalidSpec {
+            field: e.field,
+            message: e.message,
+        }
+    }
+}
+
+impl Error {
+    pub fn spec(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Error::InvalidSpec {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+
+    pub fn operator(operator: impl Into<String>, message: impl std::fmt::Display) -> Self {
+        Error::Operator {
+            operator: operator.into(),
+            message: message.to_string(),
+        }
+    }
+
+    pub fn io(path: impl std::fmt::Display, source: std::io::Error) -> Self {
+        Error::Io {
+            path: path.to_string(),
+            source,
+        }
+    }
+
+    pub fn rocks(context: impl Into<String>, source: rocksdb::Error) -> Self {
+        Error::RocksDb {
+            context: context.into(),
+            source,
+        }
+    }
+
+    pub fn codec(what: impl Into<String>, message: impl std::fmt::Display) -> Self {
+        Error::Codec {
+            what: what.into(),
+            message: message.to_string(),
+        }
+    }
+}

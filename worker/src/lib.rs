@@ -1,0 +1,24 @@
+//! Weir: a stream-processing runtime with Flink-grade fault tolerance.
+//!
+//! - [`api`]: what job authors use (streams, keyed functions, sources and sinks);
+//! - [`state`]: keyed state in RocksDB split into key groups, and operator state;
+//! - [`checkpoint`]: aligned-barrier checkpoints, their storage layout and the coordinator;
+//! - [`runtime`]: tasks, channels and the local executor;
+//! - [`connectors`]: the file source, the sequence generator, the exactly-once file sink;
+//! - [`jobs`]: the built-in jobs of the stock worker image;
+//! - [`spec`]: the job document (crate `weir-spec`).
+
+pub mod api;
+pub mod checkpoint;
+pub mod cli;
+pub mod connectors;
+pub mod error;
+pub mod jobs;
+pub mod metrics;
+pub mod runtime;
+pub mod state;
+pub mod storage;
+
+pub use error::{Error, Result};
+/// The job document (its own crate, so the operator can embed it without the runtime).
+pub use weir_spec as spec;

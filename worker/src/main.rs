@@ -1,0 +1,3 @@
+fn main() -> anyhow::Result<()> {
+    weir::cli::main_with(weir::jobs::JobRegistry::builtin())
+}

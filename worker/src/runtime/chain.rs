@@ -1,0 +1,113 @@
+//! Operators chained inside one task: each pushes its output straight into the next, so a
+//! record crosses no queue until a shuffle. Every hook has a default that forwards, so an
+//! operator implements only what it needs.
+
+use std::marker::PhantomData;
+use std::sync::Arc;
+
+use super::{Barrier, TaskEnv, TaskSnapshot};
+use crate::error::Result;
+
+/// The downstream end of a chain link.
+pub trait Collector<T>: Send {
+    fn open(&mut self, env: &TaskEnv) -> Result<()>;
+    fn collect(&mut self, item: T) -> Result<()>;
+    /// Called with the barrier between the records before and after it. Snapshot, then forward.
+    fn on_barrier(&mut self, barrier: &Barrier, snapshot: &mut TaskSnapshot) -> Result<()>;
+    fn on_checkpoint_complete(&mut self, checkpoint_id: u64) -> Result<()>;
+    /// Push out partially filled buffers (latency bound).
+    fn flush(&mut self) -> Result<()>;
+    /// End of input: everything upstream is done.
+    fn finish(&mut self) -> Result<()>;
+}
+
+/// Implements the forwarding hooks for a stateless link whose downstream is `self.next`.
+macro_rules! forward_hooks {
+    () => {
+        fn open(&mut self, env: &TaskEnv) -> Result<()> {
+            self.next.open(env)
+        }
+        fn on_barrier(&mut self, barrier: &Barrier, snapshot: &mut TaskSnapshot) -> Result<()> {
+            self.next.on_barrier(barrier, snapshot)
+        }
+        fn on_checkpoint_complete(&mut self, checkpoint_id: u64) -> Result<()> {
+            self.next.on_checkpoint_complete(checkpoint_id)
+        }
+        fn flush(&mut self) -> Result<()> {
+            self.next.flush()
+        }
+        fn finish(&mut self) -> Result<()> {
+            self.next.finish()
+        }
+    };
+}
+
+pub struct MapOp<T, U, F> {
+    pub f: Arc<F>,
+    pub next: Box<dyn Collector<U>>,
+    pub _t: PhantomData<fn(T)>,
+}
+
+impl<T, U, F> Collector<T> for MapOp<T, U, F>
+where
+    F: Fn(T) -> U + Send + Sync,
+    U: 'static,
+{
+    forward_hooks!();
+    fn collect(&mut self, item: T) -> Result<()> {
+        self.next.collect((self.f)(item))
+    }
+}
+
+pub struct FilterOp<T, F> {
+    pub f: Arc<F>,
+    pub next: Box<dyn Collector<T>>,
+}
+
+impl<T, F> Collector<T> for FilterOp<T, F>
+where
+    F: Fn(&T) -> bool + Send + Sync,
+    T: 'static,
+{
+    forward_hooks!();
+    fn collect(&mut self, item: T) -> Result<()> {
+        if (self.f)(&item) {
+            self.next.collect(item)?;
+        }
+        Ok(())
+    }
+}
+
+pub struct FlatMapOp<T, U, F> {
+    pub f: Arc<F>,
+    pub next: Box<dyn Collector<U>>,
+    pub _t: PhantomData<fn(T)>,
+}
+
+impl<T, U, F, I> Collector<T> for FlatMapOp<T, U, F>
+where
+    F: Fn(T) -> I + Send + Sync,
+    I: IntoIterator<Item = U>,
+    U: 'static,
+{
+    forward_hooks!();
+    fn collect(&mut self, item: T) -> Result<()> {
+        for out in (self.f)(item) {
+            self.next.collect(out)?;
+        }
+        Ok(())
+    }
+}
+
+/// What user functions emit into.
+pub struct Output<'a, O> {
+    pub(crate) next: &'a mut dyn Collector<O>,
+    pub(crate) emitted: &'a mut u64,
+}
+
+impl<O> Output<'_, O> {
+    pub fn emit(&mut self, item: O) -> Result<()> {
+        *self.emitted += 1;
+        self.next.collect(item)
+    }
+}

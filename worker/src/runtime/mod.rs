@@ -1,0 +1,179 @@
+//! Tasks and the messages between them.
+//!
+//! A job runs as tasks, one per subtask of each vertex. A source task reads records and pushes
+//! them through its chained operators; a keyed shuffle carries them over bounded channels to
+//! keyed tasks, which align checkpoint barriers across their inputs. Tasks talk to the
+//! coordinator (the local executor or the JobManager) only through `ControlMessage` and
+//! `TaskEvent`, so the same tasks run in both.
+
+pub mod chain;
+pub mod local;
+pub mod shuffle;
+pub mod task;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use crossbeam_channel::{Receiver, Sender};
+use serde::{Deserialize, Serialize};
+
+use crate::checkpoint::{KeyedStateHandle, SharedRestore, SubtaskState};
+use crate::error::Error;
+use crate::spec::{CheckpointMode, JobDocument};
+use crate::state::{OperatorStateSnapshot, Redistribution};
+use crate::storage::ObjectStore;
+
+/// Records per channel message: amortizes channel cost without hurting latency much, since
+/// partial batches are flushed on a timer and at every barrier.
+pub const BATCH_SIZE: usize = 1024;
+/// Batches buffered per channel before the producer blocks (backpressure).
+pub const CHANNEL_CAPACITY: usize = 8;
+/// Longest a partial batch waits before it is sent (Flink's buffer timeout).
+pub const FLUSH_INTERVAL: std::time::Duration = std::time::Duration::from_millis(50);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct TaskId {
+    pub vertex: u32,
+    pub subtask: u32,
+}
+
+impl std::fmt::Display for TaskId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "vertex {} subtask {}", self.vertex, self.subtask)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Barrier {
+    pub checkpoint_id: u64,
+    pub timestamp_ms: u64,
+}
+
+/// What flows through a data channel, in order.
+#[derive(Debug)]
+pub enum Message<T> {
+    Records(Vec<T>),
+    Barrier(Barrier),
+    EndOfStream,
+}
+
+/// Coordinator to task.
+#[derive(Debug, Clone)]
+pub enum ControlMessage {
+    /// Sources only: snapshot offsets and emit this barrier.
+    TriggerCheckpoint(Barrier),
+    CheckpointComplete(u64),
+    AbortCheckpoint(u64),
+    /// Sources only: end the stream (after the final checkpoint).
+    Stop,
+    Cancel,
+}
+
+/// Task to coordinator.
+#[derive(Debug)]
+pub enum TaskEvent {
+    Acknowledge {
+        checkpoint_id: u64,
+        task: TaskId,
+        states: Vec<(String, SubtaskState)>,
+    },
+    Decline {
+        checkpoint_id: u64,
+        task: TaskId,
+        reason: String,
+    },
+    SourceFinished {
+        task: TaskId,
+    },
+    Finished {
+        task: TaskId,
+    },
+    Failed {
+        task: TaskId,
+        error: Error,
+    },
+}
+
+/// Everything a task needs from its surroundings.
+pub struct TaskEnv {
+    pub id: TaskId,
+    /// The vertex's operator uid.
+    pub name: String,
+    pub parallelism: u32,
+    pub max_parallelism: u32,
+    pub doc: Arc<JobDocument>,
+    pub rt: tokio::runtime::Handle,
+    /// Rooted at `<storage>/<jobId>`; `None` when checkpointing is off.
+    pub checkpoint_store: Option<ObjectStore>,
+    pub checkpoint_mode: CheckpointMode,
+    pub restore: SharedRestore,
+    /// Scratch space of this task for this attempt (RocksDB, in-progress files).
+    pub local_dir: PathBuf,
+    /// Distinguishes attempts in file names, so a late writer of an old attempt never
+    /// collides with a new one.
+    pub attempt_id: String,
+    pub control: Receiver<ControlMessage>,
+    pub events: Sender<TaskEvent>,
+    pub cancelled: Arc<AtomicBool>,
+}
+
+impl TaskEnv {
+    pub fn is_cancelled(&self) -> bool {
+        self.cancelled.load(Ordering::Relaxed)
+    }
+
+    /// Operator list state to restore for this subtask, or `None` when starting fresh.
+    pub fn restored_operator_state(
+        &self,
+        operator: &str,
+        name: &str,
+        redistribution: Redistribution,
+    ) -> Option<Vec<serde_json::Value>> {
+        self.restore.as_ref().map(|r| {
+            r.operator_state(operator, name, redistribution, self.parallelism, self.id.subtask)
+        })
+    }
+}
+
+/// The states a task's chain contributes to one checkpoint, by operator uid.
+#[derive(Debug, Default)]
+pub struct TaskSnapshot {
+    pub states: Vec<(String, SubtaskState)>,
+}
+
+impl TaskSnapshot {
+    fn entry(&mut self, operator: &str) -> &mut SubtaskState {
+        if let Some(i) = self.states.iter().position(|(name, _)| name == operator) {
+            return &mut self.states[i].1;
+        }
+        self.states.push((operator.to_string(), SubtaskState::default()));
+        let last = self.states.len() - 1;
+        &mut self.states[last].1
+    }
+
+    pub fn add_operator_state(
+        &mut self,
+        operator: &str,
+        name: &str,
+        redistribution: Redistribution,
+        entries: Vec<serde_json::Value>,
+    ) {
+        self.entry(operator).operator_state.insert(
+            name.to_string(),
+            OperatorStateSnapshot {
+                redistribution,
+                entries,
+            },
+        );
+    }
+
+    pub fn set_keyed(&mut self, operator: &str, handle: KeyedStateHandle) {
+        self.entry(operator).keyed = Some(handle);
+    }
+}
+
+/// A unit of work on its own thread.
+pub trait Task: Send {
+    fn run(self: Box<Self>, env: TaskEnv) -> crate::error::Result<()>;
+}

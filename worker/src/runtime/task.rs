@@ -1,0 +1,430 @@
+//! The two kinds of task: a source task (reader + chain) and a keyed task (aligned inputs +
+//! keyed function over RocksDB state + chain).
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Select};
+
+use super::chain::{Collector, Output};
+use super::shuffle::KeyedRecord;
+use super::{
+    BATCH_SIZE, Barrier, ControlMessage, FLUSH_INTERVAL, Message, Task, TaskEnv, TaskEvent, TaskSnapshot,
+};
+use crate::api::{Key, KeyedProcessFunction, SourceContext, SourceFactory, SourceStatus};
+use crate::checkpoint::{KeyedStateHandle, checkpoint_dir_name};
+use crate::error::{Error, Result};
+use crate::spec::CheckpointMode;
+use crate::state::keygroups::key_group_range_for_subtask;
+use crate::state::{KeyedContext, KeyedStateBackend, Redistribution, StateRegistry};
+
+/// Name of a source's offsets in operator state.
+pub const SOURCE_OFFSETS_STATE: &str = "offsets";
+
+enum Flow {
+    Continue,
+    Exit,
+}
+
+pub struct SourceTask<T> {
+    pub uid: String,
+    pub factory: Arc<dyn SourceFactory<Item = T>>,
+    pub chain: Box<dyn Collector<T>>,
+}
+
+impl<T: Send + 'static> Task for SourceTask<T> {
+    fn run(self: Box<Self>, env: TaskEnv) -> Result<()> {
+        let SourceTask { uid, factory, mut chain } = *self;
+        let restored = env.restored_operator_state(&uid, SOURCE_OFFSETS_STATE, Redistribution::Union);
+        let ctx = SourceContext {
+            subtask: env.id.subtask,
+            parallelism: env.parallelism,
+            rt: env.rt.clone(),
+            doc: env.doc.clone(),
+        };
+        let mut reader = factory.create_reader(&ctx, restored)?;
+        chain.open(&env)?;
+        let metrics = crate::metrics::global();
+        let records_out = metrics.records_out.get_or_create(&metrics.operator(&uid)).clone();
+
+        let handle = |msg: ControlMessage, chain: &mut Box<dyn Collector<T>>, reader: &mut Box<dyn crate::api::SourceReader<T>>| -> Result<Flow> {
+            match msg {
+                ControlMessage::TriggerCheckpoint(barrier) => {
+                    let mut snapshot = TaskSnapshot::default();
+                    snapshot.add_operator_state(&uid, SOURCE_OFFSETS_STATE, Redistribution::Union, reader.snapshot()?);
+                    chain.on_barrier(&barrier, &mut snapshot)?;
+                    // The coordinator may be gone during teardown; nothing to do then.
+                    let _ = env.events.send(TaskEvent::Acknowledge {
+                        checkpoint_id: barrier.checkpoint_id,
+                        task: env.id,
+                        states: snapshot.states,
+                    });
+                }
+                ControlMessage::CheckpointComplete(id) => chain.on_checkpoint_complete(id)?,
+                ControlMessage::AbortCheckpoint(_) => {}
+                ControlMessage::Stop => {
+                    chain.finish()?;
+                    let _ = env.events.send(TaskEvent::Finished { task: env.id });
+                    return Ok(Flow::Exit);
+                }
+                ControlMessage::Cancel => return Err(Error::Cancelled),
+            }
+            Ok(Flow::Continue)
+        };
+
+        let mut batch = Vec::with_capacity(BATCH_SIZE);
+        let mut finished = false;
+        let mut last_flush = Instant::now();
+        loop {
+            while let Ok(msg) = env.control.try_recv() {
+                if let Flow::Exit = handle(msg, &mut chain, &mut reader)? {
+                    return Ok(());
+                }
+            }
+            if env.is_cancelled() {
+                return Err(Error::Cancelled);
+            }
+            if finished {
+                // Still answer barriers and completions until the coordinator says stop.
+                let msg = env.control.recv().map_err(|_| Error::Cancelled)?;
+                if let Flow::Exit = handle(msg, &mut chain, &mut reader)? {
+                    return Ok(());
+                }
+                continue;
+            }
+            let status = reader.poll(&mut batch, BATCH_SIZE)?;
+            records_out.inc_by(batch.len() as u64);
+            for item in batch.drain(..) {
+                chain.collect(item)?;
+            }
+            match status {
+                SourceStatus::More => {
+                    if last_flush.elapsed() >= FLUSH_INTERVAL {
+                        chain.flush()?;
+                        last_flush = Instant::now();
+                    }
+                }
+                SourceStatus::Idle(wait) => {
+                    chain.flush()?;
+                    last_flush = Instant::now();
+                    match env.control.recv_timeout(wait) {
+                        Ok(msg) => {
+                            if let Flow::Exit = handle(msg, &mut chain, &mut reader)? {
+                                return Ok(());
+                            }
+                        }
+                        Err(RecvTimeoutError::Timeout) => {}
+                        Err(RecvTimeoutError::Disconnected) => return Err(Error::Cancelled),
+                    }
+                }
+                SourceStatus::Finished => {
+                    chain.flush()?;
+                    finished = true;
+                    tracing::debug!(operator = %uid, subtask = env.id.subtask, "source reached end of input");
+                    let _ = env.events.send(TaskEvent::SourceFinished { task: env.id });
+                }
+            }
+        }
+    }
+}
+
+pub struct KeyedTask<K, T, O> {
+    pub uid: String,
+    pub inputs: Vec<Receiver<Message<KeyedRecord<K, T>>>>,
+    pub function: Box<dyn KeyedProcessFunction<K, T, O>>,
+    pub chain: Box<dyn Collector<O>>,
+}
+
+/// Barrier alignment across the inputs of one task (the Chandy-Lamport step).
+struct Alignment {
+    exactly_once: bool,
+    current: Option<Barrier>,
+    arrived: Vec<bool>,
+    ended: Vec<bool>,
+    /// Barriers at or below this id are stale (snapshotted or aborted).
+    done_up_to: u64,
+}
+
+impl Alignment {
+    fn new(inputs: usize, mode: CheckpointMode) -> Self {
+        Alignment {
+            exactly_once: mode == CheckpointMode::ExactlyOnce,
+            current: None,
+            arrived: vec![false; inputs],
+            ended: vec![false; inputs],
+            done_up_to: 0,
+        }
+    }
+
+    /// An input is read unless it has ended or, in exactly-once mode, has delivered the
+    /// barrier being aligned: records behind it belong to the next checkpoint.
+    fn is_readable(&self, input: usize) -> bool {
+        !self.ended[input] && !(self.exactly_once && self.arrived[input])
+    }
+
+    /// Returns the barrier to snapshot at, once every live input has delivered it.
+    fn on_barrier(&mut self, input: usize, barrier: Barrier) -> Option<Barrier> {
+        if barrier.checkpoint_id <= self.done_up_to {
+            return None;
+        }
+        match self.current {
+            Some(current) if barrier.checkpoint_id < current.checkpoint_id => return None,
+            Some(current) if barrier.checkpoint_id == current.checkpoint_id => {}
+            // A newer barrier overtakes an unfinished alignment: the old checkpoint is lost.
+            _ => {
+                self.current = Some(barrier);
+                self.arrived.iter_mut().for_each(|a| *a = false);
+            }
+        }
+        self.arrived[input] = true;
+        self.complete_if_aligned()
+    }
+
+    fn on_end_of_stream(&mut self, input: usize) -> Option<Barrier> {
+        self.ended[input] = true;
+        self.complete_if_aligned()
+    }
+
+    fn complete_if_aligned(&mut self) -> Option<Barrier> {
+        let current = self.current?;
+        let aligned = self.arrived.iter().zip(&self.ended).all(|(a, e)| *a || *e);
+        if !aligned {
+            return None;
+        }
+        self.reset(current.checkpoint_id);
+        Some(current)
+    }
+
+    fn abort(&mut self, checkpoint_id: u64) {
+        if self.current.is_some_and(|c| c.checkpoint_id <= checkpoint_id) {
+            self.reset(checkpoint_id);
+        }
+        self.done_up_to = self.done_up_to.max(checkpoint_id);
+    }
+
+    fn reset(&mut self, done: u64) {
+        self.current = None;
+        self.arrived.iter_mut().for_each(|a| *a = false);
+        self.done_up_to = self.done_up_to.max(done);
+    }
+
+    fn all_ended(&self) -> bool {
+        self.ended.iter().all(|e| *e)
+    }
+}
+
+impl<K: Key, T: Send + 'static, O: Send + 'static> Task for KeyedTask<K, T, O> {
+    fn run(self: Box<Self>, env: TaskEnv) -> Result<()> {
+        let KeyedTask {
+            uid,
+            inputs,
+            mut function,
+            mut chain,
+        } = *self;
+        let key_groups = key_group_range_for_subtask(env.max_parallelism, env.parallelism, env.id.subtask);
+        let mut backend = KeyedStateBackend::open(&env.local_dir.join("rocksdb"), key_groups, env.doc.state.cache_bytes)?;
+        if let Some(restore) = &env.restore {
+            let started = Instant::now();
+            let mut entries = 0;
+            for handle in restore.keyed_handles(&uid, key_groups) {
+                let data = env.rt.block_on(restore.fetch_keyed(&handle))?;
+                entries += backend.restore_snapshot(&data, &restore.store.uri(&handle.object))?;
+            }
+            tracing::info!(operator = %uid, subtask = env.id.subtask, entries, elapsed = ?started.elapsed(), from = %restore.uri(), "keyed state restored");
+        }
+        let mut registry = StateRegistry::new(&uid);
+        function.open(&mut registry)?;
+        chain.open(&env)?;
+
+        let metrics = crate::metrics::global();
+        let labels = metrics.operator(&uid);
+        let records_in = metrics.records_in.get_or_create(&labels).clone();
+        let records_out = metrics.records_out.get_or_create(&labels).clone();
+        let mut emitted = 0u64;
+        let mut key_bytes = Vec::with_capacity(64);
+        let mut alignment = Alignment::new(inputs.len(), env.checkpoint_mode);
+
+        loop {
+            let mut select = Select::new();
+            select.recv(&env.control);
+            let mut readable = Vec::with_capacity(inputs.len());
+            for (i, input) in inputs.iter().enumerate() {
+                if alignment.is_readable(i) {
+                    readable.push(i);
+                    select.recv(input);
+                }
+            }
+            let Ok(op) = select.select_timeout(FLUSH_INTERVAL) else {
+                chain.flush()?;
+                records_out.inc_by(std::mem::take(&mut emitted));
+                continue;
+            };
+            if op.index() == 0 {
+                let msg = op.recv(&env.control).map_err(|_| Error::Cancelled)?;
+                match msg {
+                    ControlMessage::CheckpointComplete(id) => chain.on_checkpoint_complete(id)?,
+                    ControlMessage::AbortCheckpoint(id) => alignment.abort(id),
+                    ControlMessage::Cancel => return Err(Error::Cancelled),
+                    ControlMessage::TriggerCheckpoint(_) | ControlMessage::Stop => {}
+                }
+                continue;
+            }
+            let input = readable[op.index() - 1];
+            let message = op.recv(&inputs[input]).map_err(|_| Error::Cancelled)?;
+            let aligned = match message {
+                Message::Records(batch) => {
+                    records_in.inc_by(batch.len() as u64);
+                    for record in batch {
+                        key_bytes.clear();
+                        record.key.write_key(&mut key_bytes);
+                        backend.set_current_key(record.key_group, &key_bytes);
+                        let mut ctx = KeyedContext { backend: &mut backend };
+                        let mut out = Output {
+                            next: chain.as_mut(),
+                            emitted: &mut emitted,
+                        };
+                        function.process(&record.key, record.value, &mut ctx, &mut out)?;
+                    }
+                    None
+                }
+                Message::Barrier(barrier) => alignment.on_barrier(input, barrier),
+                Message::EndOfStream => alignment.on_end_of_stream(input),
+            };
+            if let Some(barrier) = aligned {
+                snapshot(&env, &uid, &mut backend, chain.as_mut(), barrier)?;
+            }
+            if alignment.all_ended() {
+                // Completions are sent before sources are told to stop, so any completion
+                // of the final checkpoint is already queued: apply it before finishing.
+                while let Ok(msg) = env.control.try_recv() {
+                    if let ControlMessage::CheckpointComplete(id) = msg {
+                        chain.on_checkpoint_complete(id)?;
+                    }
+                }
+                chain.finish()?;
+                records_out.inc_by(emitted);
+                let _ = env.events.send(TaskEvent::Finished { task: env.id });
+                return Ok(());
+            }
+        }
+    }
+}
+
+/// Snapshots keyed state and the chain at `barrier`. The synchronous part (flush, RocksDB
+/// hard-link checkpoint, sink pre-commit) runs here; writing and uploading the state object
+/// runs on the I/O runtime, which acknowledges (or declines) when done.
+fn snapshot<O>(
+    env: &TaskEnv,
+    uid: &str,
+    backend: &mut KeyedStateBackend,
+    chain: &mut dyn Collector<O>,
+    barrier: Barrier,
+) -> Result<()> {
+    let checkpoint_id = barrier.checkpoint_id;
+    let copy_dir = env.local_dir.join(format!("snapshot-{checkpoint_id}"));
+    backend.checkpoint_to(&copy_dir)?;
+    let mut task_snapshot = TaskSnapshot::default();
+    chain.on_barrier(&barrier, &mut task_snapshot)?;
+
+    let Some(job_store) = env.checkpoint_store.clone() else {
+        return Ok(());
+    };
+    let store = job_store.child(&checkpoint_dir_name(checkpoint_id));
+    let object = format!("{uid}-{}.state", env.id.subtask);
+    let file = env.local_dir.join(format!("snapshot-{checkpoint_id}.state"));
+    let key_groups = backend.key_groups();
+    let events = env.events.clone();
+    let task = env.id;
+    let uid = uid.to_string();
+    env.rt.spawn(async move {
+        let upload = async {
+            let file_for_write = file.clone();
+            let info = tokio::task::spawn_blocking(move || crate::state::backend::write_snapshot(&copy_dir, &file_for_write))
+                .await
+                .map_err(|e| Error::operator(&uid, format!("snapshot writer panicked: {e}")))??;
+            store.put_file(&object, &file).await?;
+            let _ = tokio::fs::remove_file(&file).await;
+            Ok::<_, Error>(KeyedStateHandle {
+                object: object.clone(),
+                key_groups,
+                size: info.size,
+                crc32: info.crc32,
+                entries: info.entries,
+            })
+        };
+        let event = match upload.await {
+            Ok(handle) => {
+                task_snapshot.set_keyed(&uid, handle);
+                TaskEvent::Acknowledge {
+                    checkpoint_id,
+                    task,
+                    states: task_snapshot.states,
+                }
+            }
+            Err(e) => TaskEvent::Decline {
+                checkpoint_id,
+                task,
+                reason: e.to_string(),
+            },
+        };
+        let _ = events.send(event);
+    });
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn barrier(id: u64) -> Barrier {
+        Barrier {
+            checkpoint_id: id,
+            timestamp_ms: 0,
+        }
+    }
+
+    #[test]
+    fn exactly_once_blocks_inputs_until_all_barriers_arrive() {
+        let mut a = Alignment::new(3, CheckpointMode::ExactlyOnce);
+        assert_eq!(a.on_barrier(1, barrier(1)), None);
+        assert!(!a.is_readable(1), "input with the barrier is blocked");
+        assert!(a.is_readable(0) && a.is_readable(2));
+        assert_eq!(a.on_barrier(0, barrier(1)), None);
+        assert_eq!(a.on_barrier(2, barrier(1)), Some(barrier(1)));
+        assert!((0..3).all(|i| a.is_readable(i)), "all unblocked after the snapshot");
+    }
+
+    #[test]
+    fn at_least_once_never_blocks() {
+        let mut a = Alignment::new(2, CheckpointMode::AtLeastOnce);
+        assert_eq!(a.on_barrier(0, barrier(1)), None);
+        assert!(a.is_readable(0));
+        assert_eq!(a.on_barrier(1, barrier(1)), Some(barrier(1)));
+    }
+
+    #[test]
+    fn newer_barrier_supersedes_and_stale_ones_are_ignored() {
+        let mut a = Alignment::new(2, CheckpointMode::ExactlyOnce);
+        a.on_barrier(0, barrier(1));
+        assert_eq!(a.on_barrier(1, barrier(2)), None);
+        assert!(a.is_readable(0), "input 0 unblocked: checkpoint 1 was abandoned");
+        assert_eq!(a.on_barrier(0, barrier(2)), Some(barrier(2)));
+        assert_eq!(a.on_barrier(1, barrier(1)), None, "late barrier of an old checkpoint");
+    }
+
+    #[test]
+    fn ended_inputs_do_not_hold_alignment() {
+        let mut a = Alignment::new(2, CheckpointMode::ExactlyOnce);
+        a.on_end_of_stream(0);
+        assert_eq!(a.on_barrier(1, barrier(4)), Some(barrier(4)));
+    }
+
+    #[test]
+    fn abort_unblocks() {
+        let mut a = Alignment::new(2, CheckpointMode::ExactlyOnce);
+        a.on_barrier(0, barrier(3));
+        a.abort(3);
+        assert!(a.is_readable(0));
+        assert_eq!(a.on_barrier(1, barrier(3)), None);
+    }
+}

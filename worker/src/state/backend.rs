@@ -1,0 +1,282 @@
+//! Keyed state of one subtask: a RocksDB instance behind a write-back cache.
+//!
+//! Key layout (big-endian): `[key group:2][key len:4][key][state id:4][map key...]`. The key
+//! group comes first so one key-group range is one contiguous RocksDB range, and everything
+//! of one key is contiguous (cheap `clear` of a key, map iteration by prefix).
+//!
+//! The cache absorbs the get+put of every record; RocksDB sees one write batch per flush.
+//! A flush happens before every snapshot (so snapshots are exact), before prefix iteration,
+//! and when the cache outgrows its budget (so memory stays bounded). RocksDB's WAL is off:
+//! durability comes from checkpoints, and a failed subtask always restores from one.
+
+use std::path::{Path, PathBuf};
+
+use rustc_hash::FxHashMap;
+
+use super::keygroups::KeyGroupRange;
+use crate::error::{Error, Result};
+
+/// Bytes charged per cache entry on top of key and value (hash map slot, Vec headers).
+const CACHE_ENTRY_OVERHEAD: usize = 64;
+const RESTORE_BATCH_BYTES: usize = 8 << 20;
+
+pub type StateId = u32;
+
+struct CacheSlot {
+    /// `None` records a delete (or a known-absent key) so misses are not re-read from RocksDB.
+    value: Option<Vec<u8>>,
+    dirty: bool,
+}
+
+pub struct KeyedStateBackend {
+    db: rocksdb::DB,
+    path: PathBuf,
+    key_groups: KeyGroupRange,
+    cache: FxHashMap<Vec<u8>, CacheSlot>,
+    cache_bytes: usize,
+    cache_capacity: usize,
+    dirty_entries: usize,
+    /// `[key group][key len][key]` of the record being processed.
+    current_prefix: Vec<u8>,
+    /// Reused buffer for composing full state keys.
+    scratch: Vec<u8>,
+    write_opts: rocksdb::WriteOptions,
+    stats: BackendStats,
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+pub struct BackendStats {
+    pub cache_hits: u64,
+    pub cache_misses: u64,
+    pub flushes: u64,
+    pub evictions: u64,
+}
+
+impl KeyedStateBackend {
+    /// Opens a fresh, empty instance at `path` (anything there is removed first: local state
+    /// is never trusted across attempts, only checkpoints are).
+    pub fn open(path: &Path, key_groups: KeyGroupRange, cache_capacity: u64) -> Result<Self> {
+        if path.exists() {
+            std::fs::remove_dir_all(path).map_err(|e| Error::io(path.display(), e))?;
+        }
+        std::fs::create_dir_all(path).map_err(|e| Error::io(path.display(), e))?;
+        let mut opts = rocksdb::Options::default();
+        opts.create_if_missing(true);
+        opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
+        opts.set_write_buffer_size(64 << 20);
+        opts.set_max_background_jobs(2);
+        let db = rocksdb::DB::open(&opts, path).map_err(|e| Error::rocks(format!("open {}", path.display()), e))?;
+        let mut write_opts = rocksdb::WriteOptions::default();
+        write_opts.disable_wal(true);
+        Ok(KeyedStateBackend {
+            db,
+            path: path.to_path_buf(),
+            key_groups,
+            cache: FxHashMap::default(),
+            cache_bytes: 0,
+            cache_capacity: usize::try_from(cache_capacity).unwrap_or(usize::MAX),
+            dirty_entries: 0,
+            current_prefix: Vec::with_capacity(64),
+            scratch: Vec::with_capacity(128),
+            write_opts,
+            stats: BackendStats::default(),
+        })
+    }
+
+    pub fn key_groups(&self) -> KeyGroupRange {
+        self.key_groups
+    }
+
+    pub fn stats(&self) -> BackendStats {
+        self.stats
+    }
+
+    pub fn set_current_key(&mut self, key_group: u16, key: &[u8]) {
+        debug_assert!(self.key_groups.contains(key_group), "key group {key_group} routed to wrong subtask");
+        self.current_prefix.clear();
+        self.current_prefix.extend_from_slice(&key_group.to_be_bytes());
+        // Keys longer than 4 GiB are not a thing state can hold anyway.
+        self.current_prefix.extend_from_slice(&(key.len() as u32).to_be_bytes());
+        self.current_prefix.extend_from_slice(key);
+    }
+
+    fn compose(&mut self, state: StateId, suffix: &[u8]) {
+        self.scratch.clear();
+        self.scratch.extend_from_slice(&self.current_prefix);
+        self.scratch.extend_from_slice(&state.to_be_bytes());
+        self.scratch.extend_from_slice(suffix);
+    }
+
+    /// The value of `state` (plus map-key `suffix`) for the current key.
+    pub fn get(&mut self, state: StateId, suffix: &[u8]) -> Result<Option<&[u8]>> {
+        self.compose(state, suffix);
+        if self.cache.contains_key(self.scratch.as_slice()) {
+            self.stats.cache_hits += 1;
+        } else {
+            self.stats.cache_misses += 1;
+            let value = self
+                .db
+                .get(&self.scratch)
+                .map_err(|e| Error::rocks(format!("get in {}", self.path.display()), e))?;
+            self.make_room()?;
+            self.cache_bytes += self.scratch.len() + value.as_ref().map_or(0, Vec::len) + CACHE_ENTRY_OVERHEAD;
+            self.cache.insert(self.scratch.clone(), CacheSlot { value, dirty: false });
+        }
+        Ok(self
+            .cache
+            .get(self.scratch.as_slice())
+            .and_then(|slot| slot.value.as_deref()))
+    }
+
+    pub fn put(&mut self, state: StateId, suffix: &[u8], value: Vec<u8>) -> Result<()> {
+        self.compose(state, suffix);
+        self.write_slot(Some(value))
+    }
+
+    pub fn delete(&mut self, state: StateId, suffix: &[u8]) -> Result<()> {
+        self.compose(state, suffix);
+        self.write_slot(None)
+    }
+
+    fn write_slot(&mut self, value: Option<Vec<u8>>) -> Result<()> {
+        let new_len = value.as_ref().map_or(0, Vec::len);
+        if let Some(slot) = self.cache.get_mut(self.scratch.as_slice()) {
+            let old_len = slot.value.as_ref().map_or(0, Vec::len);
+            self.cache_bytes = self.cache_bytes + new_len - old_len;
+            if !slot.dirty {
+                self.dirty_entries += 1;
+            }
+            *slot = CacheSlot { value, dirty: true };
+            return Ok(());
+        }
+        self.make_room()?;
+        self.cache_bytes += self.scratch.len() + new_len + CACHE_ENTRY_OVERHEAD;
+        self.dirty_entries += 1;
+        self.cache.insert(self.scratch.clone(), CacheSlot { value, dirty: true });
+        Ok(())
+    }
+
+    /// Evicts everything once over budget: flushing dirty entries first keeps it correct, and
+    /// a whole-cache eviction is cheaper than tracking recency on every access.
+    fn make_room(&mut self) -> Result<()> {
+        if self.cache_bytes < self.cache_capacity {
+            return Ok(());
+        }
+        self.flush_dirty()?;
+        self.cache.clear();
+        self.cache_bytes = 0;
+        self.stats.evictions += 1;
+        Ok(())
+    }
+
+    /// Writes every dirty cache entry to RocksDB in one batch; entries stay cached, clean.
+    pub fn flush_dirty(&mut self) -> Result<()> {
+        if self.dirty_entries == 0 {
+            return Ok(());
+        }
+        let mut batch = rocksdb::WriteBatch::default();
+        for (key, slot) in self.cache.iter_mut().filter(|(_, s)| s.dirty) {
+            match &slot.value {
+                Some(v) => batch.put(key, v),
+                None => batch.delete(key),
+            }
+            slot.dirty = false;
+        }
+        self.dirty_entries = 0;
+        self.stats.flushes += 1;
+        self.db
+            .write_opt(batch, &self.write_opts)
+            .map_err(|e| Error::rocks(format!("write batch in {}", self.path.display()), e))
+    }
+
+    /// All `(suffix, value)` entries of `state` for the current key, e.g. a MapState's entries.
+    pub fn entries(&mut self, state: StateId) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        self.flush_dirty()?;
+        self.compose(state, &[]);
+        let prefix = self.scratch.clone();
+        let mut out = Vec::new();
+        for item in self.db.prefix_iterator(&prefix) {
+            let (key, value) = item.map_err(|e| Error::rocks(format!("iterate {}", self.path.display()), e))?;
+            if !key.starts_with(&prefix) {
+                break;
+            }
+            out.push((key[prefix.len()..].to_vec(), value.to_vec()));
+        }
+        Ok(out)
+    }
+
+    /// Deletes every entry of `state` for the current key.
+    pub fn clear_all(&mut self, state: StateId) -> Result<()> {
+        for (suffix, _) in self.entries(state)? {
+            self.delete(state, &suffix)?;
+        }
+        Ok(())
+    }
+
+    /// The synchronous part of a snapshot: make RocksDB exact, then hard-link its files into
+    /// `dir`. Processing continues while [`write_snapshot`] reads that copy.
+    pub fn checkpoint_to(&mut self, dir: &Path) -> Result<()> {
+        self.flush_dirty()?;
+        self.db
+            .flush()
+            .map_err(|e| Error::rocks(format!("flush {}", self.path.display()), e))?;
+        if dir.exists() {
+            std::fs::remove_dir_all(dir).map_err(|e| Error::io(dir.display(), e))?;
+        }
+        let checkpoint = rocksdb::checkpoint::Checkpoint::new(&self.db)
+            .map_err(|e| Error::rocks(format!("checkpoint of {}", self.path.display()), e))?;
+        checkpoint
+            .create_checkpoint(dir)
+            .map_err(|e| Error::rocks(format!("checkpoint into {}", dir.display()), e))
+    }
+
+    /// Loads the entries of a snapshot object that fall into this backend's key groups.
+    /// `object` names the object in errors.
+    pub fn restore_snapshot(&mut self, data: &[u8], object: &str) -> Result<u64> {
+        let mut batch = rocksdb::WriteBatch::default();
+        let mut restored = 0u64;
+        for entry in super::snapshot::SnapshotReader::new(data, object)? {
+            let (key, value) = entry?;
+            let key_group = u16::from_be_bytes([key[0], key[1]]);
+            if !self.key_groups.contains(key_group) {
+                continue;
+            }
+            batch.put(key, value);
+            restored += 1;
+            if batch.size_in_bytes() >= RESTORE_BATCH_BYTES {
+                let full = std::mem::take(&mut batch);
+                self.db
+                    .write_opt(full, &self.write_opts)
+                    .map_err(|e| Error::rocks(format!("restore {object}"), e))?;
+            }
+        }
+        self.db
+            .write_opt(batch, &self.write_opts)
+            .map_err(|e| Error::rocks(format!("restore {object}"), e))?;
+        Ok(restored)
+    }
+}
+
+impl Drop for KeyedStateBackend {
+    fn drop(&mut self) {
+        // The instance is scratch space; checkpoints hold the state. Best effort only.
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
+/// Reads the RocksDB copy made by [`KeyedStateBackend::checkpoint_to`] and writes the
+/// snapshot object to `out`. Runs off the task thread.
+pub fn write_snapshot(checkpoint_dir: &Path, out: &Path) -> Result<super::snapshot::SnapshotFileInfo> {
+    let opts = rocksdb::Options::default();
+    let db = rocksdb::DB::open_for_read_only(&opts, checkpoint_dir, false)
+        .map_err(|e| Error::rocks(format!("open snapshot copy {}", checkpoint_dir.display()), e))?;
+    let mut writer = super::snapshot::SnapshotWriter::create(out)?;
+    for item in db.iterator(rocksdb::IteratorMode::Start) {
+        let (key, value) = item.map_err(|e| Error::rocks(format!("iterate {}", checkpoint_dir.display()), e))?;
+        writer.append(&key, &value)?;
+    }
+    drop(db);
+    let info = writer.finish()?;
+    std::fs::remove_dir_all(checkpoint_dir).map_err(|e| Error::io(checkpoint_dir.display(), e))?;
+    Ok(info)
+}

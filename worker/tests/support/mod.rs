@@ -1,0 +1,160 @@
+//! Shared helpers for the integration tests: run the real `weir-worker` binary, read what a
+//! job committed, inspect checkpoints on disk.
+#![allow(dead_code)]
+
+pub mod s3;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub fn weir_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_weir-worker"))
+}
+
+/// Writes a job document into `dir` and returns its path.
+pub fn write_job(dir: &Path, name: &str, yaml: &str) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, yaml).expect("write job document");
+    path
+}
+
+fn command(job: &Path, args: &[&str], env: &[(String, String)], work_dir: &Path) -> Command {
+    let mut cmd = Command::new(weir_bin());
+    cmd.arg("local")
+        .arg("--job")
+        .arg(job)
+        .arg("--work-dir")
+        .arg(work_dir)
+        .arg("--progress-secs")
+        .arg("1")
+        .args(args)
+        .env("WEIR_LOG", "info,weir=debug");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd
+}
+
+/// Runs a job to its end and returns its output; panics with the logs if it failed.
+pub fn run_job(job: &Path, args: &[&str], env: &[(String, String)], work_dir: &Path) -> Output {
+    let output = command(job, args, env, work_dir).output().expect("spawn weir-worker");
+    assert!(
+        output.status.success(),
+        "weir-worker failed ({}):\n--- stdout\n{}\n--- stderr\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output
+}
+
+/// Runs a job expected to fail; returns its stderr.
+pub fn run_job_expecting_failure(job: &Path, args: &[&str], env: &[(String, String)], work_dir: &Path) -> String {
+    let output = command(job, args, env, work_dir).output().expect("spawn weir-worker");
+    assert!(!output.status.success(), "expected failure, but the job succeeded");
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// Starts a job in the background; its logs go to `log`.
+pub fn spawn_job(job: &Path, args: &[&str], env: &[(String, String)], work_dir: &Path, log: &Path) -> Child {
+    let file = std::fs::File::create(log).expect("log file");
+    let err = file.try_clone().expect("log file");
+    command(job, args, env, work_dir)
+        .stdout(Stdio::from(file))
+        .stderr(Stdio::from(err))
+        .spawn()
+        .expect("spawn weir-worker")
+}
+
+pub fn sigkill(child: &mut Child) {
+    child.kill().expect("SIGKILL");
+    child.wait().expect("reap");
+}
+
+/// Lines of every committed file under `dir` (paths with a `_` or `.` component are not
+/// committed output: pending parts and temp files).
+pub fn committed_lines(dir: &Path) -> Vec<String> {
+    let mut lines = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else { continue };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with('_') || name.starts_with('.') {
+                continue;
+            }
+            let path = entry.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                let text = std::fs::read_to_string(&path).expect("read output");
+                lines.extend(text.lines().map(str::to_string));
+            }
+        }
+    }
+    lines
+}
+
+pub fn committed_json(dir: &Path) -> Vec<serde_json::Value> {
+    committed_lines(dir)
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad output line {l:?}: {e}")))
+        .collect()
+}
+
+/// Ids of completed checkpoints (those with `_metadata`) in a job's checkpoint folder.
+pub fn completed_checkpoints(job_dir: &Path) -> Vec<u64> {
+    let mut ids: Vec<u64> = std::fs::read_dir(job_dir)
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter_map(|e| {
+                    let name = e.file_name().to_string_lossy().into_owned();
+                    let id = name.strip_prefix("chk-")?.parse().ok()?;
+                    e.path().join("_metadata").exists().then_some(id)
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    ids.sort_unstable();
+    ids
+}
+
+pub fn wait_until(timeout: Duration, what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !condition() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Checks `sequence-check` output: no alerts, and every (key, seq) for `keys` x
+/// `events_per_key` exactly once. Returns a description of the first problem.
+pub fn verify_sequence_output(records: &[serde_json::Value], keys: u64, events_per_key: u64) -> Result<(), String> {
+    let alerts: Vec<_> = records.iter().filter(|r| r.get("alert").is_some()).collect();
+    if !alerts.is_empty() {
+        return Err(format!("{} alerts, first: {}", alerts.len(), alerts[0]));
+    }
+    let mut seen: BTreeMap<(u64, u64), u32> = BTreeMap::new();
+    for r in records {
+        let key = r["key"].as_u64().ok_or("record without key")?;
+        let seq = r["seq"].as_u64().ok_or("record without seq")?;
+        *seen.entry((key, seq)).or_default() += 1;
+    }
+    if let Some(((k, s), n)) = seen.iter().find(|(_, n)| **n > 1) {
+        return Err(format!("duplicate: key {k} seq {s} committed {n} times"));
+    }
+    for key in 0..keys {
+        for seq in 0..events_per_key {
+            if !seen.contains_key(&(key, seq)) {
+                return Err(format!("lost: key {key} seq {seq} never committed"));
+            }
+        }
+    }
+    if seen.len() as u64 != keys * events_per_key {
+        return Err(format!("{} records, expected {}", seen.len(), keys * events_per_key));
+    }
+    Ok(())
+}
