@@ -59,18 +59,24 @@ pub fn check_storage_uri(uri: &str) -> std::result::Result<(), String> {
     if let Some(rest) = uri.strip_prefix("s3://") {
         let bucket = rest.split('/').next().unwrap_or_default();
         if bucket.is_empty() {
-            return Err(format!("{uri:?} has no bucket (expected s3://bucket/prefix)"));
+            return Err(format!(
+                "{uri:?} has no bucket (expected s3://bucket/prefix)"
+            ));
         }
         return Ok(());
     }
     if let Some(rest) = uri.strip_prefix("file://") {
         if !rest.starts_with('/') {
-            return Err(format!("{uri:?}: file:// URIs need an absolute path (file:///path)"));
+            return Err(format!(
+                "{uri:?}: file:// URIs need an absolute path (file:///path)"
+            ));
         }
         return Ok(());
     }
     if let Some((scheme, _)) = uri.split_once("://") {
-        return Err(format!("unsupported scheme {scheme:?} in {uri:?} (use s3:// or file://)"));
+        return Err(format!(
+            "unsupported scheme {scheme:?} in {uri:?} (use s3:// or file://)"
+        ));
     }
     Ok(())
 }
@@ -163,16 +169,16 @@ pub enum RestartStrategy {
     FixedDelay {
         attempts: u32,
         #[serde(with = "humantime_serde")]
-    #[cfg_attr(feature = "schema", schemars(with = "String"))]
+        #[cfg_attr(feature = "schema", schemars(with = "String"))]
         delay: Duration,
     },
     #[serde(rename_all = "camelCase")]
     ExponentialDelay {
         #[serde(with = "humantime_serde")]
-    #[cfg_attr(feature = "schema", schemars(with = "String"))]
+        #[cfg_attr(feature = "schema", schemars(with = "String"))]
         initial_delay: Duration,
         #[serde(with = "humantime_serde")]
-    #[cfg_attr(feature = "schema", schemars(with = "String"))]
+        #[cfg_attr(feature = "schema", schemars(with = "String"))]
         max_delay: Duration,
         #[serde(default = "default_backoff_multiplier")]
         multiplier: f64,
@@ -184,10 +190,10 @@ pub enum RestartStrategy {
     FailureRate {
         max_failures_per_interval: u32,
         #[serde(with = "humantime_serde")]
-    #[cfg_attr(feature = "schema", schemars(with = "String"))]
+        #[cfg_attr(feature = "schema", schemars(with = "String"))]
         interval: Duration,
         #[serde(with = "humantime_serde")]
-    #[cfg_attr(feature = "schema", schemars(with = "String"))]
+        #[cfg_attr(feature = "schema", schemars(with = "String"))]
         delay: Duration,
     },
 }
@@ -222,7 +228,10 @@ pub enum RestoreSource {
 /// that every parser agrees on, so the document uses a keyword or a `{path}` mapping.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
-#[serde(untagged, expecting = "`latest`, `none`, or `{path: <checkpoint or savepoint directory>}`")]
+#[serde(
+    untagged,
+    expecting = "`latest`, `none`, or `{path: <checkpoint or savepoint directory>}`"
+)]
 enum RestoreRepr {
     /// `latest` or `none`.
     Keyword(String),
@@ -360,13 +369,18 @@ impl JobDocument {
         {
             return Err(SpecError::new(
                 "jobId",
-                format!("{id:?} must be non-empty and use only [A-Za-z0-9._-] (it names a storage folder)"),
+                format!(
+                    "{id:?} must be non-empty and use only [A-Za-z0-9._-] (it names a storage folder)"
+                ),
             ));
         }
         if self.max_parallelism == 0 || self.max_parallelism > MAX_MAX_PARALLELISM {
             return Err(SpecError::new(
                 "maxParallelism",
-                format!("must be between 1 and {MAX_MAX_PARALLELISM}, got {}", self.max_parallelism),
+                format!(
+                    "must be between 1 and {MAX_MAX_PARALLELISM}, got {}",
+                    self.max_parallelism
+                ),
             ));
         }
         if self.parallelism == 0 || self.parallelism > self.max_parallelism {
@@ -380,15 +394,22 @@ impl JobDocument {
         }
         if let Some(c) = &self.checkpointing {
             if c.interval < Duration::from_millis(10) {
-                return Err(SpecError::new("checkpointing.interval", "must be at least 10ms"));
+                return Err(SpecError::new(
+                    "checkpointing.interval",
+                    "must be at least 10ms",
+                ));
             }
             if c.timeout.is_zero() {
                 return Err(SpecError::new("checkpointing.timeout", "must be positive"));
             }
             if c.retained == 0 {
-                return Err(SpecError::new("checkpointing.retained", "must be at least 1"));
+                return Err(SpecError::new(
+                    "checkpointing.retained",
+                    "must be at least 1",
+                ));
             }
-            check_storage_uri(&c.storage).map_err(|e| SpecError::new("checkpointing.storage", e))?;
+            check_storage_uri(&c.storage)
+                .map_err(|e| SpecError::new("checkpointing.storage", e))?;
         }
         if let RestoreSource::Path(p) = &self.restore {
             check_storage_uri(p).map_err(|e| SpecError::new("restore.path", e))?;
@@ -498,7 +519,10 @@ s3: {endpoint: "http://127.0.0.1:9000", forcePathStyle: true}
                 delay: Duration::from_secs(1)
             }
         );
-        assert_eq!(doc.restore, RestoreSource::Path("s3://bucket/savepoints/sp-1".into()));
+        assert_eq!(
+            doc.restore,
+            RestoreSource::Path("s3://bucket/savepoints/sp-1".into())
+        );
         let json = serde_json::to_string(&doc).expect("serializes");
         assert_eq!(JobDocument::from_yaml(&json, "json").expect("valid"), doc);
     }
@@ -512,12 +536,17 @@ s3: {endpoint: "http://127.0.0.1:9000", forcePathStyle: true}
     #[test]
     fn parallelism_above_max_names_the_field() {
         let err = parse("job: {name: x}\nparallelism: 200").expect_err("invalid");
-        assert!(err.to_string().contains("parallelism: must be between 1 and maxParallelism (128)"), "{err}");
+        assert!(
+            err.to_string()
+                .contains("parallelism: must be between 1 and maxParallelism (128)"),
+            "{err}"
+        );
     }
 
     #[test]
     fn unknown_field_names_its_path() {
-        let err = parse("job: {name: x}\ncheckpointing: {interval: 1s, storage: /tmp/x, bogus: 1}").expect_err("invalid");
+        let err = parse("job: {name: x}\ncheckpointing: {interval: 1s, storage: /tmp/x, bogus: 1}")
+            .expect_err("invalid");
         let msg = err.to_string();
         assert!(msg.contains("job.yaml: checkpointing"), "{msg}");
         assert!(msg.contains("bogus"), "{msg}");
@@ -525,13 +554,15 @@ s3: {endpoint: "http://127.0.0.1:9000", forcePathStyle: true}
 
     #[test]
     fn bad_duration_names_the_field() {
-        let err = parse("job: {name: x}\ncheckpointing: {interval: soon, storage: /tmp/x}").expect_err("invalid");
+        let err = parse("job: {name: x}\ncheckpointing: {interval: soon, storage: /tmp/x}")
+            .expect_err("invalid");
         assert!(err.to_string().contains("checkpointing.interval"), "{err}");
     }
 
     #[test]
     fn bad_storage_uri_is_rejected() {
-        let err = parse("job: {name: x}\ncheckpointing: {interval: 1s, storage: 'ftp://host/x'}").expect_err("invalid");
+        let err = parse("job: {name: x}\ncheckpointing: {interval: 1s, storage: 'ftp://host/x'}")
+            .expect_err("invalid");
         assert!(err.to_string().contains("checkpointing.storage"), "{err}");
     }
 

@@ -63,7 +63,12 @@ pub fn main_with(registry: JobRegistry) -> anyhow::Result<()> {
         Command::Validate { job } => {
             let doc = Arc::new(JobDocument::from_file(&job)?);
             registry.build(doc.clone())?;
-            println!("{}: valid ({} at parallelism {})", job.display(), doc.job.name, doc.parallelism);
+            println!(
+                "{}: valid ({} at parallelism {})",
+                job.display(),
+                doc.job.name,
+                doc.parallelism
+            );
             Ok(())
         }
         Command::Local {

@@ -52,8 +52,16 @@ impl Metrics {
             committed_files: Counter::default(),
             registry: Registry::default(),
         };
-        registry.register("records_in", "Records received per operator", metrics.records_in.clone());
-        registry.register("records_out", "Records emitted per operator", metrics.records_out.clone());
+        registry.register(
+            "records_in",
+            "Records received per operator",
+            metrics.records_in.clone(),
+        );
+        registry.register(
+            "records_out",
+            "Records emitted per operator",
+            metrics.records_out.clone(),
+        );
         registry.register(
             "malformed_records",
             "Malformed input records skipped",
@@ -64,7 +72,11 @@ impl Metrics {
             "Checkpoints completed",
             metrics.checkpoints_completed.clone(),
         );
-        registry.register("checkpoints_failed", "Checkpoints failed", metrics.checkpoints_failed.clone());
+        registry.register(
+            "checkpoints_failed",
+            "Checkpoints failed",
+            metrics.checkpoints_failed.clone(),
+        );
         registry.register(
             "last_checkpoint_duration_milliseconds",
             "Trigger to _metadata written, of the latest checkpoint",
@@ -75,15 +87,26 @@ impl Metrics {
             "State size of the latest checkpoint",
             metrics.last_checkpoint_size_bytes.clone(),
         );
-        registry.register("last_checkpoint_id", "Id of the latest completed checkpoint", metrics.last_checkpoint_id.clone());
+        registry.register(
+            "last_checkpoint_id",
+            "Id of the latest completed checkpoint",
+            metrics.last_checkpoint_id.clone(),
+        );
         registry.register("job_restarts", "Job restarts", metrics.restarts.clone());
         registry.register(
             "backpressure_milliseconds",
             "Time producers were blocked on full output channels",
             metrics.backpressure_ms.clone(),
         );
-        registry.register("sink_committed_files", "Files published by exactly-once sinks", metrics.committed_files.clone());
-        Metrics { registry, ..metrics }
+        registry.register(
+            "sink_committed_files",
+            "Files published by exactly-once sinks",
+            metrics.committed_files.clone(),
+        );
+        Metrics {
+            registry,
+            ..metrics
+        }
     }
 
     pub fn encode(&self) -> String {
@@ -108,7 +131,10 @@ pub async fn serve(addr: std::net::SocketAddr) -> std::io::Result<std::net::Sock
             "/metrics",
             get(|| async {
                 (
-                    [(axum::http::header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+                    [(
+                        axum::http::header::CONTENT_TYPE,
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    )],
                     global().encode(),
                 )
             }),

@@ -75,24 +75,8 @@ pub enum StorageError {
 
 pub type Result<T, E = StorageError> = std::result::Result<T, E>;
 
-/// Connection settings for s3:// locations. Deserialized from the job document (camelCase),
-/// everything optional; unset fields fall back to the standard AWS env/credential chain
-/// (`AWS_ENDPOINT_URL`, `AWS_REGION`, `AWS_ACCESS_KEY_ID`, ...).
-#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct S3Options {
-    /// Endpoint URL, e.g. `http://127.0.0.1:9000` for MinIO.
-    pub endpoint: Option<String>,
-    /// Region; when neither this nor the environment/profile gives one, `us-east-1`.
-    pub region: Option<String>,
-    /// Path-style addressing (`endpoint/bucket/key`), needed for MinIO / s3s-fs.
-    #[serde(default)]
-    pub force_path_style: bool,
-    /// Static credentials (access key id, secret) for programmatic use (tests); never read from
-    /// documents, so secrets cannot end up in job specs.
-    #[serde(skip)]
-    pub static_credentials: Option<(String, String)>,
-}
+/// Connection settings for s3:// locations; defined with the job document, which carries them.
+pub use weir_spec::S3Options;
 
 /// A parsed location: where a storage root lives.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -9,7 +9,13 @@ use serde_json::json;
 use support::*;
 
 /// A job document reading `input` and writing `<dir>/output`, checkpointing to `<dir>/checkpoints`.
-fn file_job(dir: &Path, job: &str, input: &Path, parallelism: u32, extra: &str) -> std::path::PathBuf {
+fn file_job(
+    dir: &Path,
+    job: &str,
+    input: &Path,
+    parallelism: u32,
+    extra: &str,
+) -> std::path::PathBuf {
     let yaml = format!(
         "job:\n  name: {job}\n  args:\n    input: {input}\n    output: {output}\nparallelism: {parallelism}\n\
          checkpointing:\n  interval: 200ms\n  storage: file://{checkpoints}\nrestore: none\n{extra}",
@@ -29,10 +35,15 @@ fn input_dir(dir: &Path, name: &str, lines: &[serde_json::Value]) -> std::path::
 }
 
 /// Groups records by a key field, keeping each key's records in output order.
-fn by_key(records: Vec<serde_json::Value>, field: &str) -> BTreeMap<String, Vec<serde_json::Value>> {
+fn by_key(
+    records: Vec<serde_json::Value>,
+    field: &str,
+) -> BTreeMap<String, Vec<serde_json::Value>> {
     let mut map: BTreeMap<String, Vec<_>> = BTreeMap::new();
     for r in records {
-        map.entry(r[field].as_str().expect("key field").to_string()).or_default().push(r);
+        map.entry(r[field].as_str().expect("key field").to_string())
+            .or_default()
+            .push(r);
     }
     map
 }
@@ -52,7 +63,13 @@ fn url_count_counts_per_url() {
     let job = file_job(dir.path(), "url-count", &input, 2, "");
     run_job(&job, &[], &[], &dir.path().join("work"));
     let out = by_key(committed_json(&dir.path().join("output")), "url");
-    assert_eq!(out["/api/a"], vec![json!({"url": "/api/a", "count": 1}), json!({"url": "/api/a", "count": 2})]);
+    assert_eq!(
+        out["/api/a"],
+        vec![
+            json!({"url": "/api/a", "count": 1}),
+            json!({"url": "/api/a", "count": 2})
+        ]
+    );
     assert_eq!(out["/api/b"], vec![json!({"url": "/api/b", "count": 1})]);
     assert_eq!(out.len(), 2);
 }
@@ -63,13 +80,17 @@ fn consumer_lag_subtracts_each_consumer_from_the_producer() {
     let input = input_dir(
         dir.path(),
         "offsets.jsonl",
-        &[json!({"timestamp": 1555516800, "offset": {"producer": 15, "consumer0": 10, "consumer1": 7, "consumer2": 12}})],
+        &[
+            json!({"timestamp": 1555516800, "offset": {"producer": 15, "consumer0": 10, "consumer1": 7, "consumer2": 12}}),
+        ],
     );
     let job = file_job(dir.path(), "consumer-lag", &input, 1, "");
     run_job(&job, &[], &[], &dir.path().join("work"));
     assert_eq!(
         committed_json(&dir.path().join("output")),
-        vec![json!({"timestamp": 1555516800, "lag": {"consumer0": 5, "consumer1": 8, "consumer2": 3}})]
+        vec![
+            json!({"timestamp": 1555516800, "lag": {"consumer0": 5, "consumer1": 8, "consumer2": 3}})
+        ]
     );
 }
 
@@ -119,15 +140,31 @@ fn word_count_counts_words_case_insensitively() {
     let finals: BTreeMap<String, u64> = by_key(committed_json(&dir.path().join("output")), "word")
         .into_iter()
         .map(|(word, counts)| {
-            let seq: Vec<u64> = counts.iter().map(|c| c["count"].as_u64().expect("count")).collect();
-            assert_eq!(seq, (1..=seq.len() as u64).collect::<Vec<_>>(), "running counts of {word}");
+            let seq: Vec<u64> = counts
+                .iter()
+                .map(|c| c["count"].as_u64().expect("count"))
+                .collect();
+            assert_eq!(
+                seq,
+                (1..=seq.len() as u64).collect::<Vec<_>>(),
+                "running counts of {word}"
+            );
             (word, *seq.last().expect("one count"))
         })
         .collect();
-    let expected: BTreeMap<String, u64> = [("to", 3), ("be", 3), ("or", 1), ("not", 1), ("that", 1), ("is", 1), ("the", 1), ("question", 1)]
-        .into_iter()
-        .map(|(w, c)| (w.to_string(), c))
-        .collect();
+    let expected: BTreeMap<String, u64> = [
+        ("to", 3),
+        ("be", 3),
+        ("or", 1),
+        ("not", 1),
+        ("that", 1),
+        ("is", 1),
+        ("the", 1),
+        ("question", 1),
+    ]
+    .into_iter()
+    .map(|(w, c)| (w.to_string(), c))
+    .collect();
     assert_eq!(finals, expected);
 }
 
@@ -142,7 +179,8 @@ fn sequence_check_passes_every_record_once_without_alerts() {
     );
     let job = write_job(dir.path(), "job.yaml", &yaml);
     run_job(&job, &[], &[], &dir.path().join("work"));
-    verify_sequence_output(&committed_json(&dir.path().join("output")), 7, 500).expect("exactly once");
+    verify_sequence_output(&committed_json(&dir.path().join("output")), 7, 500)
+        .expect("exactly once");
 }
 
 #[test]
@@ -151,12 +189,19 @@ fn malformed_record_fails_naming_file_and_offset() {
     let input = dir.path().join("input");
     std::fs::create_dir_all(&input).expect("mkdir");
     let good = r#"{"@timestamp": "t", "remote_addr": "r", "request": "GET", "url": "/a"}"#;
-    std::fs::write(input.join("log.jsonl"), format!("{good}\nnot json\n{good}\n")).expect("write");
+    std::fs::write(
+        input.join("log.jsonl"),
+        format!("{good}\nnot json\n{good}\n"),
+    )
+    .expect("write");
     let job = file_job(dir.path(), "url-count", &input, 1, "");
     let stderr = run_job_expecting_failure(&job, &[], &[], &dir.path().join("work"));
     let expected_location = format!("{}:{}", input.join("log.jsonl").display(), good.len() + 1);
     assert!(stderr.contains("malformed record at"), "{stderr}");
-    assert!(stderr.contains(&expected_location), "expected {expected_location} in:\n{stderr}");
+    assert!(
+        stderr.contains(&expected_location),
+        "expected {expected_location} in:\n{stderr}"
+    );
 }
 
 #[test]
@@ -165,24 +210,51 @@ fn malformed_record_is_skipped_under_skip_policy() {
     let input = dir.path().join("input");
     std::fs::create_dir_all(&input).expect("mkdir");
     let good = r#"{"@timestamp": "t", "remote_addr": "r", "request": "GET", "url": "/a"}"#;
-    std::fs::write(input.join("log.jsonl"), format!("{good}\nnot json\n{good}\n")).expect("write");
-    let job = file_job(dir.path(), "url-count", &input, 1, "malformedRecords: skip\n");
+    std::fs::write(
+        input.join("log.jsonl"),
+        format!("{good}\nnot json\n{good}\n"),
+    )
+    .expect("write");
+    let job = file_job(
+        dir.path(),
+        "url-count",
+        &input,
+        1,
+        "malformedRecords: skip\n",
+    );
     let output = run_job(&job, &[], &[], &dir.path().join("work"));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("skipping malformed record"), "{stderr}");
     assert_eq!(
         committed_json(&dir.path().join("output")),
-        vec![json!({"url": "/a", "count": 1}), json!({"url": "/a", "count": 2})]
+        vec![
+            json!({"url": "/a", "count": 1}),
+            json!({"url": "/a", "count": 2})
+        ]
     );
 }
 
 #[test]
 fn invalid_document_is_rejected_naming_the_field() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let job = write_job(dir.path(), "job.yaml", "job: {name: url-count, args: {input: x, output: y}}\nparallelism: 0\n");
+    let job = write_job(
+        dir.path(),
+        "job.yaml",
+        "job: {name: url-count, args: {input: x, output: y}}\nparallelism: 0\n",
+    );
     let stderr = run_job_expecting_failure(&job, &[], &[], dir.path());
-    assert!(stderr.contains("parallelism: must be between 1"), "{stderr}");
-    let job = write_job(dir.path(), "job2.yaml", "job: {name: url-count, args: {input: x}}\n");
+    assert!(
+        stderr.contains("parallelism: must be between 1"),
+        "{stderr}"
+    );
+    let job = write_job(
+        dir.path(),
+        "job2.yaml",
+        "job: {name: url-count, args: {input: x}}\n",
+    );
     let stderr = run_job_expecting_failure(&job, &[], &[], dir.path());
-    assert!(stderr.contains("job.args") && stderr.contains("output"), "{stderr}");
+    assert!(
+        stderr.contains("job.args") && stderr.contains("output"),
+        "{stderr}"
+    );
 }

@@ -13,7 +13,13 @@ use support::*;
 const KEYS: u64 = 20;
 
 /// `sequence-check` with checkpoints and output under `storage` (an s3:// or file:// root).
-fn sequence_job(dir: &Path, storage: &str, s3_endpoint: Option<&str>, events_per_key: u64, rate: u64) -> PathBuf {
+fn sequence_job(
+    dir: &Path,
+    storage: &str,
+    s3_endpoint: Option<&str>,
+    events_per_key: u64,
+    rate: u64,
+) -> PathBuf {
     let s3 = s3_endpoint
         .map(|e| format!("s3: {{endpoint: '{e}', forcePathStyle: true}}\n"))
         .unwrap_or_default();
@@ -31,20 +37,33 @@ fn sigkill_at_random_moments_keeps_output_exactly_once_on_s3() {
     let s3 = S3Server::start();
     s3.create_bucket("weir");
     let dir = tempfile::tempdir().expect("tempdir");
-    let events_per_key = 4000;
-    // 2 subtasks x 5,000 events/s: about 8 s of input, so every kill lands mid-stream.
-    let job = sequence_job(dir.path(), "s3://weir", Some(&s3.endpoint), events_per_key, 5000);
+    let events_per_key = 6000;
+    // 2 subtasks x 5,000 events/s: about 12 s of input, so every kill lands mid-stream.
+    let job = sequence_job(
+        dir.path(),
+        "s3://weir",
+        Some(&s3.endpoint),
+        events_per_key,
+        5000,
+    );
     let env = s3.env();
     let checkpoints = s3.bucket_path("weir").join("checkpoints").join("seq");
     let mut rng = rand::rng();
     let mut kills = 0;
     while kills < 5 {
-        let before = completed_checkpoints(&checkpoints).last().copied().unwrap_or(0);
+        let before = completed_checkpoints(&checkpoints)
+            .last()
+            .copied()
+            .unwrap_or(0);
         let log = dir.path().join(format!("run-{kills}.log"));
         let mut child = spawn_job(&job, &[], &env, &dir.path().join("work"), &log);
         // Let at least one new checkpoint complete, then kill at a random moment after it.
         wait_until(Duration::from_secs(60), "a new checkpoint", || {
-            completed_checkpoints(&checkpoints).last().copied().unwrap_or(0) > before
+            completed_checkpoints(&checkpoints)
+                .last()
+                .copied()
+                .unwrap_or(0)
+                > before
         });
         std::thread::sleep(Duration::from_millis(rng.random_range(0..700)));
         assert!(
@@ -55,9 +74,37 @@ fn sigkill_at_random_moments_keeps_output_exactly_once_on_s3() {
         sigkill(&mut child);
         kills += 1;
     }
-    run_job(&job, &[], &env, &dir.path().join("work"));
-    let output = committed_json(&s3.bucket_path("weir").join("output"));
-    verify_sequence_output(&output, KEYS, events_per_key).expect("exactly-once output after 5 SIGKILLs");
+    let last_run = run_job(&job, &[], &env, &dir.path().join("work"));
+    let stdout = String::from_utf8_lossy(&last_run.stdout);
+    assert!(
+        stdout.contains("restored from: s3://weir/checkpoints/seq/chk-"),
+        "{stdout}"
+    );
+    let output_dir = s3.bucket_path("weir").join("output");
+    let output = committed_json(&output_dir);
+    verify_sequence_output(&output, KEYS, events_per_key)
+        .expect("exactly-once output after 5 SIGKILLs");
+    // Output was committed by several attempts: the kills really interrupted the stream.
+    let attempts: std::collections::HashSet<String> = std::fs::read_dir(&output_dir)
+        .expect("output dir")
+        .flatten()
+        .filter_map(|e| {
+            e.file_name()
+                .to_str()?
+                .split('-')
+                .nth(2)
+                .map(str::to_string)
+        })
+        .collect();
+    assert!(
+        attempts.len() >= 3,
+        "parts from {} attempts only",
+        attempts.len()
+    );
+    assert!(
+        std::fs::read_dir(output_dir.join("_pending")).map_or(true, |d| d.count() == 0),
+        "no pending parts left behind"
+    );
     // Retention keeps the last two completed checkpoints only.
     assert!(completed_checkpoints(&checkpoints).len() <= 2);
 }
@@ -69,17 +116,38 @@ fn rescale_after_kill(new_parallelism: u32) {
     let events_per_key = 3000;
     let job = sequence_job(dir.path(), &storage, None, events_per_key, 4000);
     let checkpoints = dir.path().join("store/checkpoints/seq");
-    let mut child = spawn_job(&job, &[], &[], &dir.path().join("work"), &dir.path().join("p2.log"));
-    wait_until(Duration::from_secs(60), "two checkpoints at parallelism 2", || {
-        completed_checkpoints(&checkpoints).len() >= 2
-    });
-    assert!(child.try_wait().expect("poll").is_none(), "job ended too early");
+    let mut child = spawn_job(
+        &job,
+        &[],
+        &[],
+        &dir.path().join("work"),
+        &dir.path().join("p2.log"),
+    );
+    wait_until(
+        Duration::from_secs(60),
+        "two checkpoints at parallelism 2",
+        || completed_checkpoints(&checkpoints).len() >= 2,
+    );
+    assert!(
+        child.try_wait().expect("poll").is_none(),
+        "job ended too early"
+    );
     sigkill(&mut child);
     let restored_from = completed_checkpoints(&checkpoints);
-    let output = run_job(&job, &["--parallelism", &new_parallelism.to_string()], &[], &dir.path().join("work"));
+    let output = run_job(
+        &job,
+        &["--parallelism", &new_parallelism.to_string()],
+        &[],
+        &dir.path().join("work"),
+    );
     let stdout = String::from_utf8_lossy(&output.stdout);
     let latest = restored_from.last().expect("a checkpoint");
-    assert!(stdout.contains(&format!("restored from: {storage}/checkpoints/seq/chk-{latest}")), "{stdout}");
+    assert!(
+        stdout.contains(&format!(
+            "restored from: {storage}/checkpoints/seq/chk-{latest}"
+        )),
+        "{stdout}"
+    );
     let records = committed_json(&dir.path().join("store/output"));
     verify_sequence_output(&records, KEYS, events_per_key)
         .unwrap_or_else(|e| panic!("rescale 2 -> {new_parallelism}: {e}"));
@@ -101,9 +169,13 @@ fn checkpointed_run(dir: &Path) -> (PathBuf, PathBuf) {
     let job = sequence_job(dir, &storage, None, 2000, 4000);
     let checkpoints = dir.join("store/checkpoints/seq");
     let mut child = spawn_job(&job, &[], &[], &dir.join("work"), &dir.join("first.log"));
-    wait_until(Duration::from_secs(60), "a checkpoint", || !completed_checkpoints(&checkpoints).is_empty());
+    wait_until(Duration::from_secs(60), "a checkpoint", || {
+        !completed_checkpoints(&checkpoints).is_empty()
+    });
     sigkill(&mut child);
-    let latest = *completed_checkpoints(&checkpoints).last().expect("checkpoint");
+    let latest = *completed_checkpoints(&checkpoints)
+        .last()
+        .expect("checkpoint");
     (job, checkpoints.join(format!("chk-{latest}")))
 }
 
@@ -129,9 +201,16 @@ fn flipped_byte_in_state_object_fails_restore_naming_it() {
     bytes[middle] ^= 0x01;
     std::fs::write(&victim, bytes).expect("write");
     let stderr = run_job_expecting_failure(&job, &[], &[], &dir.path().join("work"));
-    let name = victim.file_name().expect("name").to_string_lossy().into_owned();
+    let name = victim
+        .file_name()
+        .expect("name")
+        .to_string_lossy()
+        .into_owned();
     assert!(stderr.contains("checksum mismatch"), "{stderr}");
-    assert!(stderr.contains(&name), "error should name {name}:\n{stderr}");
+    assert!(
+        stderr.contains(&name),
+        "error should name {name}:\n{stderr}"
+    );
     assert!(!dir.path().join("store/output").join("part").exists());
 }
 
@@ -142,9 +221,16 @@ fn deleted_state_object_fails_restore_naming_it() {
     let victim = state_objects(&checkpoint).pop().expect("object");
     std::fs::remove_file(&victim).expect("delete");
     let stderr = run_job_expecting_failure(&job, &[], &[], &dir.path().join("work"));
-    let name = victim.file_name().expect("name").to_string_lossy().into_owned();
+    let name = victim
+        .file_name()
+        .expect("name")
+        .to_string_lossy()
+        .into_owned();
     assert!(stderr.contains("state object is missing"), "{stderr}");
-    assert!(stderr.contains(&name), "error should name {name}:\n{stderr}");
+    assert!(
+        stderr.contains(&name),
+        "error should name {name}:\n{stderr}"
+    );
 }
 
 #[test]
@@ -167,7 +253,12 @@ fn explicit_restore_path_that_does_not_exist_fails_loudly() {
     let storage = format!("file://{}", dir.path().join("store").display());
     let job = sequence_job(dir.path(), &storage, None, 10, 1000);
     let missing = format!("{storage}/checkpoints/seq/chk-42");
-    let stderr = run_job_expecting_failure(&job, &["--restore", &missing], &[], &dir.path().join("work"));
+    let stderr = run_job_expecting_failure(
+        &job,
+        &["--restore", &missing],
+        &[],
+        &dir.path().join("work"),
+    );
     assert!(stderr.contains("chk-42/_metadata"), "{stderr}");
     assert!(stderr.contains("not a completed checkpoint"), "{stderr}");
 }

@@ -12,7 +12,7 @@
 
 mod graph;
 mod key;
-mod stream;
+pub mod stream;
 
 pub use graph::{GraphBuilder, JobGraph, TaskSpec};
 pub use key::Key;
@@ -104,7 +104,13 @@ pub trait SinkWriter<T>: Send {
 pub trait KeyedProcessFunction<K, I, O>: Send + 'static {
     /// Declare state here.
     fn open(&mut self, state: &mut StateRegistry) -> Result<()>;
-    fn process(&mut self, key: &K, value: I, ctx: &mut KeyedContext<'_>, out: &mut Output<'_, O>) -> Result<()>;
+    fn process(
+        &mut self,
+        key: &K,
+        value: I,
+        ctx: &mut KeyedContext<'_>,
+        out: &mut Output<'_, O>,
+    ) -> Result<()>;
 }
 
 pub use crate::runtime::chain::Output as Emitter;

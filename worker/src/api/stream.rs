@@ -18,7 +18,8 @@ use crate::state::Redistribution;
 /// Name of a sink's pending commits in operator state.
 pub const SINK_PENDING_STATE: &str = "pending";
 
-type Build<T> = Arc<dyn Fn(&mut GraphBuilder, Vec<Box<dyn Collector<T>>>) -> Result<()> + Send + Sync>;
+type Build<T> =
+    Arc<dyn Fn(&mut GraphBuilder, Vec<Box<dyn Collector<T>>>) -> Result<()> + Send + Sync>;
 
 /// Entry point for defining a job.
 #[derive(Clone)]
@@ -50,7 +51,9 @@ impl StreamEnv {
                 .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
         let mut uids = self.uids.lock().unwrap_or_else(|e| e.into_inner());
         let problem = if !valid {
-            Some(format!("operator uid {uid:?} must be non-empty [A-Za-z0-9_-]"))
+            Some(format!(
+                "operator uid {uid:?} must be non-empty [A-Za-z0-9_-]"
+            ))
         } else if uids.iter().any(|u| u == uid) {
             Some(format!("operator uid {uid:?} is used twice"))
         } else {
@@ -137,7 +140,10 @@ impl<T: Send + 'static> Stream<T> {
     }
 
     /// Partitions by key: records with equal keys meet in one subtask, with their state.
-    pub fn key_by<K: Key>(self, key: impl Fn(&T) -> K + Send + Sync + 'static) -> KeyedStream<K, T> {
+    pub fn key_by<K: Key>(
+        self,
+        key: impl Fn(&T) -> K + Send + Sync + 'static,
+    ) -> KeyedStream<K, T> {
         KeyedStream {
             stream: self,
             key: Arc::new(key),
@@ -147,7 +153,13 @@ impl<T: Send + 'static> Stream<T> {
     /// Ends the pipeline in a sink and returns the runnable graph.
     pub fn sink<S: SinkFactory<T>>(self, uid: &str, sink: S) -> Result<JobGraph> {
         self.env.register_uid(uid);
-        if let Some(error) = self.env.error.lock().unwrap_or_else(|e| e.into_inner()).take() {
+        if let Some(error) = self
+            .env
+            .error
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        {
             return Err(error);
         }
         let factory: Arc<dyn SinkFactory<T>> = Arc::new(sink);
@@ -207,8 +219,12 @@ impl<K: Key, T: Send + 'static> KeyedStream<K, T> {
                 let writers = senders
                     .into_iter()
                     .map(|outputs| {
-                        Box::new(ShuffleWriter::new(key.clone(), outputs, graph.max_parallelism, &uid))
-                            as Box<dyn Collector<T>>
+                        Box::new(ShuffleWriter::new(
+                            key.clone(),
+                            outputs,
+                            graph.max_parallelism,
+                            &uid,
+                        )) as Box<dyn Collector<T>>
                     })
                     .collect();
                 upstream(graph, writers)?;
@@ -230,7 +246,7 @@ impl<K: Key, T: Send + 'static> KeyedStream<K, T> {
 
 struct Recovery<T>(Arc<dyn SinkFactory<T>>);
 
-impl<T> SinkRecovery for Recovery<T> {
+impl<T: 'static> SinkRecovery for Recovery<T> {
     fn recover(&self, pending: Vec<serde_json::Value>, ctx: &super::RecoverContext) -> Result<()> {
         self.0.recover(pending, ctx)
     }
@@ -281,7 +297,12 @@ impl<T: Send + 'static> Collector<T> for SinkOp<T> {
     fn on_barrier(&mut self, barrier: &Barrier, snapshot: &mut TaskSnapshot) -> Result<()> {
         self.report();
         let pending = self.writer()?.pre_commit(barrier.checkpoint_id)?;
-        snapshot.add_operator_state(&self.uid, SINK_PENDING_STATE, Redistribution::EvenSplit, pending);
+        snapshot.add_operator_state(
+            &self.uid,
+            SINK_PENDING_STATE,
+            Redistribution::EvenSplit,
+            pending,
+        );
         Ok(())
     }
 

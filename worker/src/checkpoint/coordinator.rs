@@ -105,18 +105,29 @@ impl CheckpointCoordinator {
             triggered_at: Instant::now(),
             acks: HashMap::new(),
         });
-        tracing::debug!(checkpoint_id = barrier.checkpoint_id, "checkpoint triggered");
+        tracing::debug!(
+            checkpoint_id = barrier.checkpoint_id,
+            "checkpoint triggered"
+        );
         Some(barrier)
     }
 
     /// Records a task's acknowledgement. Returns true once every task has acknowledged: the
     /// caller then calls [`complete`](Self::complete). Stale acknowledgements are ignored.
-    pub fn acknowledge(&mut self, checkpoint_id: u64, task: TaskId, states: Vec<(String, SubtaskState)>) -> bool {
+    pub fn acknowledge(
+        &mut self,
+        checkpoint_id: u64,
+        task: TaskId,
+        states: Vec<(String, SubtaskState)>,
+    ) -> bool {
         let Some(pending) = self.pending.as_mut() else {
             return false;
         };
         if pending.barrier.checkpoint_id != checkpoint_id {
-            tracing::debug!(checkpoint_id, "ignoring acknowledgement of an aborted checkpoint");
+            tracing::debug!(
+                checkpoint_id,
+                "ignoring acknowledgement of an aborted checkpoint"
+            );
             return false;
         }
         pending.acks.insert(task, states);
@@ -138,7 +149,12 @@ impl CheckpointCoordinator {
         };
         let checkpoint_id = pending.barrier.checkpoint_id;
         self.consecutive_failures += 1;
-        tracing::warn!(checkpoint_id, failures = self.consecutive_failures, reason, "checkpoint failed");
+        tracing::warn!(
+            checkpoint_id,
+            failures = self.consecutive_failures,
+            reason,
+            "checkpoint failed"
+        );
         crate::metrics::global().checkpoints_failed.inc();
         if self.consecutive_failures > self.config.tolerable_failures {
             return Err(Error::CheckpointFailed {
@@ -165,16 +181,17 @@ impl CheckpointCoordinator {
         let mut operators: BTreeMap<String, OperatorSnapshot> = BTreeMap::new();
         for (task, states) in &pending.acks {
             for (operator, state) in states {
-                let op = operators.entry(operator.clone()).or_insert_with(|| OperatorSnapshot {
-                    subtasks: vec![SubtaskState::default(); self.parallelism as usize],
-                });
-                let slot = op
-                    .subtasks
-                    .get_mut(task.subtask as usize)
-                    .ok_or_else(|| Error::CheckpointFailed {
+                let op = operators
+                    .entry(operator.clone())
+                    .or_insert_with(|| OperatorSnapshot {
+                        subtasks: vec![SubtaskState::default(); self.parallelism as usize],
+                    });
+                let slot = op.subtasks.get_mut(task.subtask as usize).ok_or_else(|| {
+                    Error::CheckpointFailed {
                         checkpoint_id,
                         reason: format!("acknowledgement from unknown subtask {task}"),
-                    })?;
+                    }
+                })?;
                 *slot = state.clone();
             }
         }
@@ -204,8 +221,12 @@ impl CheckpointCoordinator {
         self.latest = Some(completed.clone());
         let metrics = crate::metrics::global();
         metrics.checkpoints_completed.inc();
-        metrics.last_checkpoint_duration_ms.set(completed.duration.as_millis() as i64);
-        metrics.last_checkpoint_size_bytes.set(completed.state_size as i64);
+        metrics
+            .last_checkpoint_duration_ms
+            .set(completed.duration.as_millis() as i64);
+        metrics
+            .last_checkpoint_size_bytes
+            .set(completed.state_size as i64);
         metrics.last_checkpoint_id.set(checkpoint_id as i64);
         Ok(completed)
     }
@@ -221,10 +242,16 @@ impl CheckpointCoordinator {
             .map_or(0, |i| completed[i]);
         let newest = completed.last().copied().unwrap_or(0);
         for (id, complete) in all {
-            let expired = if complete { id < keep_from } else { id < newest };
+            let expired = if complete {
+                id < keep_from
+            } else {
+                id < newest
+            };
             if expired {
                 tracing::debug!(checkpoint_id = id, "removing expired checkpoint");
-                self.job_store.delete_prefix(&format!("{}/", checkpoint_dir_name(id))).await?;
+                self.job_store
+                    .delete_prefix(&format!("{}/", checkpoint_dir_name(id)))
+                    .await?;
             }
         }
         Ok(())

@@ -66,7 +66,8 @@ pub struct KeyedStateHandle {
 
 impl CheckpointMetadata {
     pub fn encode(&self) -> Result<Vec<u8>> {
-        let json = serde_json::to_vec_pretty(self).map_err(|e| Error::codec("checkpoint metadata", e))?;
+        let json =
+            serde_json::to_vec_pretty(self).map_err(|e| Error::codec("checkpoint metadata", e))?;
         let mut out = format!("{HEADER_PREFIX}{:08x}\n", crc32fast::hash(&json)).into_bytes();
         out.extend_from_slice(&json);
         Ok(out)
@@ -82,7 +83,8 @@ impl CheckpointMetadata {
             .iter()
             .position(|&b| b == b'\n')
             .ok_or_else(|| corrupt("no header line".into()))?;
-        let header = std::str::from_utf8(&data[..newline]).map_err(|_| corrupt("header is not UTF-8".into()))?;
+        let header = std::str::from_utf8(&data[..newline])
+            .map_err(|_| corrupt("header is not UTF-8".into()))?;
         let expected = header
             .strip_prefix(HEADER_PREFIX)
             .and_then(|hex| u32::from_str_radix(hex, 16).ok())
@@ -143,7 +145,10 @@ mod tests {
     fn round_trips() {
         let meta = sample();
         let bytes = meta.encode().expect("encode");
-        assert_eq!(CheckpointMetadata::decode(&bytes, "chk-3/_metadata").expect("decode"), meta);
+        assert_eq!(
+            CheckpointMetadata::decode(&bytes, "chk-3/_metadata").expect("decode"),
+            meta
+        );
     }
 
     #[test]

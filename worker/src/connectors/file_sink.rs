@@ -72,7 +72,8 @@ impl<T: Serialize + Send + 'static> SinkFactory<T> for FileSink<T> {
         let store = ctx
             .rt
             .block_on(ObjectStore::open(&Location::parse(&self.uri)?, &ctx.doc.s3))?;
-        std::fs::create_dir_all(&ctx.local_dir).map_err(|e| Error::io(ctx.local_dir.display(), e))?;
+        std::fs::create_dir_all(&ctx.local_dir)
+            .map_err(|e| Error::io(ctx.local_dir.display(), e))?;
         Ok(Box::new(FileSinkWriter {
             store,
             rt: ctx.rt.clone(),
@@ -153,7 +154,8 @@ impl<T> FileSinkWriter<T> {
             .flush()
             .map_err(|e| Error::io(in_progress.path.display(), e))?;
         drop(in_progress.file);
-        self.rt.block_on(self.store.put_file(key, &in_progress.path))?;
+        self.rt
+            .block_on(self.store.put_file(key, &in_progress.path))?;
         let _ = std::fs::remove_file(&in_progress.path);
         Ok(true)
     }
@@ -162,7 +164,9 @@ impl<T> FileSinkWriter<T> {
 impl<T: Serialize + Send> SinkWriter<T> for FileSinkWriter<T> {
     fn write(&mut self, item: T) -> Result<()> {
         if self.in_progress.is_none() {
-            let path = self.local_dir.join(format!("in-progress-{}", self.part_counter + 1));
+            let path = self
+                .local_dir
+                .join(format!("in-progress-{}", self.part_counter + 1));
             let file = std::fs::File::create(&path).map_err(|e| Error::io(path.display(), e))?;
             self.in_progress = Some(InProgress {
                 path,
@@ -171,7 +175,8 @@ impl<T: Serialize + Send> SinkWriter<T> for FileSinkWriter<T> {
             });
         }
         self.line.clear();
-        serde_json::to_writer(&mut self.line, &item).map_err(|e| Error::codec("file sink record", e))?;
+        serde_json::to_writer(&mut self.line, &item)
+            .map_err(|e| Error::codec("file sink record", e))?;
         self.line.push(b'\n');
         if let Some(in_progress) = self.in_progress.as_mut() {
             in_progress
@@ -186,11 +191,16 @@ impl<T: Serialize + Send> SinkWriter<T> for FileSinkWriter<T> {
     fn pre_commit(&mut self, checkpoint_id: u64) -> Result<Vec<serde_json::Value>> {
         let name = self.part_name(checkpoint_id);
         if self.seal(&pending_key(&name))? {
-            self.pending.push(PendingPart { checkpoint_id, name });
+            self.pending.push(PendingPart {
+                checkpoint_id,
+                name,
+            });
         }
         self.pending
             .iter()
-            .map(|p| serde_json::to_value(p).map_err(|e| Error::codec("file sink pending parts", e)))
+            .map(|p| {
+                serde_json::to_value(p).map_err(|e| Error::codec("file sink pending parts", e))
+            })
             .collect()
     }
 

@@ -7,8 +7,8 @@
 
 use std::sync::Arc;
 
-use serde::{Deserialize, Serialize};
 use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 
 use crate::api::{SourceContext, SourceFactory, SourceReader, SourceStatus};
 use crate::error::{Error, Result};
@@ -101,7 +101,8 @@ impl<T: Send + 'static> SourceFactory for FileSource<T> {
 
 /// Files and folders starting with `_` or `.` are metadata (e.g. a sink's `_pending/`).
 fn is_hidden(key: &str) -> bool {
-    key.split('/').any(|part| part.starts_with('_') || part.starts_with('.'))
+    key.split('/')
+        .any(|part| part.starts_with('_') || part.starts_with('.'))
 }
 
 struct FileReader<T> {
@@ -144,7 +145,9 @@ impl<T> FileReader<T> {
             Err(message) => {
                 let location = format!("{}:{offset}", self.store.uri(&file.file));
                 match self.policy {
-                    MalformedRecordPolicy::Fail => return Err(Error::MalformedRecord { location, message }),
+                    MalformedRecordPolicy::Fail => {
+                        return Err(Error::MalformedRecord { location, message });
+                    }
                     MalformedRecordPolicy::Skip => {
                         crate::metrics::global().malformed_records.inc();
                         tracing::warn!(%location, %message, "skipping malformed record");
@@ -160,7 +163,11 @@ impl<T: Send + 'static> SourceReader<T> for FileReader<T> {
     fn poll(&mut self, out: &mut Vec<T>, max: usize) -> Result<SourceStatus> {
         while out.len() < max {
             let Some(file) = self.files.get(self.current) else {
-                return Ok(if out.is_empty() { SourceStatus::Finished } else { SourceStatus::More });
+                return Ok(if out.is_empty() {
+                    SourceStatus::Finished
+                } else {
+                    SourceStatus::More
+                });
             };
             if file.done {
                 self.next_file();
@@ -196,7 +203,9 @@ impl<T: Send + 'static> SourceReader<T> for FileReader<T> {
             self.buffer_pos = 0;
             let from = self.buffer_start + self.buffer.len() as u64;
             let key = self.files[self.current].file.clone();
-            let chunk = self.rt.block_on(self.store.get_range(&key, from, READ_CHUNK))?;
+            let chunk = self
+                .rt
+                .block_on(self.store.get_range(&key, from, READ_CHUNK))?;
             if chunk.is_empty() {
                 self.at_eof = true;
             } else {

@@ -44,8 +44,8 @@ impl SourceFactory for SequenceGenerator {
             .collect();
         let mut next = vec![0u64; owned.len()];
         for entry in restored.unwrap_or_default() {
-            let position: KeyPosition =
-                serde_json::from_value(entry).map_err(|e| Error::codec("sequence generator offsets", e))?;
+            let position: KeyPosition = serde_json::from_value(entry)
+                .map_err(|e| Error::codec("sequence generator offsets", e))?;
             if let Ok(i) = owned.binary_search(&position.key) {
                 next[i] = position.next;
             }
@@ -101,7 +101,11 @@ impl SourceReader<SequenceEvent> for GeneratorReader {
             budget -= 1;
         }
         if n == 0 || exhausted_in_a_row >= n {
-            return Ok(if out.is_empty() { SourceStatus::Finished } else { SourceStatus::More });
+            return Ok(if out.is_empty() {
+                SourceStatus::Finished
+            } else {
+                SourceStatus::More
+            });
         }
         Ok(SourceStatus::More)
     }

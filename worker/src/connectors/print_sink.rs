@@ -21,13 +21,16 @@ struct PrintWriter;
 
 impl<T: Serialize> SinkWriter<T> for PrintWriter {
     fn write(&mut self, item: T) -> Result<()> {
-        let line = serde_json::to_string(&item).map_err(|e| Error::codec("print sink record", e))?;
+        let line =
+            serde_json::to_string(&item).map_err(|e| Error::codec("print sink record", e))?;
         let mut stdout = std::io::stdout().lock();
         writeln!(stdout, "{line}").map_err(|e| Error::io("stdout", e))
     }
 
     fn pre_commit(&mut self, _checkpoint_id: u64) -> Result<Vec<serde_json::Value>> {
-        std::io::stdout().flush().map_err(|e| Error::io("stdout", e))?;
+        std::io::stdout()
+            .flush()
+            .map_err(|e| Error::io("stdout", e))?;
         Ok(Vec::new())
     }
 
@@ -36,6 +39,8 @@ impl<T: Serialize> SinkWriter<T> for PrintWriter {
     }
 
     fn finish(&mut self) -> Result<()> {
-        std::io::stdout().flush().map_err(|e| Error::io("stdout", e))
+        std::io::stdout()
+            .flush()
+            .map_err(|e| Error::io("stdout", e))
     }
 }

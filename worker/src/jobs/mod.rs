@@ -1,11 +1,11 @@
 //! Built-in jobs, chosen by `job.name`. A custom job is a binary that links `weir`, adds its
 //! jobs to a [`JobRegistry`] and calls [`crate::cli::main_with`]: the role a jar plays in Flink.
 
-mod consumer_lag;
-mod sequence_check;
-mod state_machine;
-mod url_count;
-mod word_count;
+pub mod consumer_lag;
+pub mod sequence_check;
+pub mod state_machine;
+pub mod url_count;
+pub mod word_count;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -51,10 +51,13 @@ impl JobRegistry {
     }
 
     pub fn build(&self, doc: Arc<JobDocument>) -> Result<BuiltJob> {
-        let define = self.jobs.get(&doc.job.name).ok_or_else(|| Error::UnknownJob {
-            name: doc.job.name.clone(),
-            known: self.names().collect::<Vec<_>>().join(", "),
-        })?;
+        let define = self
+            .jobs
+            .get(&doc.job.name)
+            .ok_or_else(|| Error::UnknownJob {
+                name: doc.job.name.clone(),
+                known: self.names().collect::<Vec<_>>().join(", "),
+            })?;
         define(&StreamEnv::new(doc))
     }
 }

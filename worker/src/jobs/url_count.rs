@@ -57,7 +57,10 @@ impl KeyedProcessFunction<String, AccessLog, UrlCount> for UrlCounter {
 pub fn define(env: &StreamEnv) -> Result<BuiltJob> {
     let args: FileJobArgs = env.doc().args()?;
     let graph = env
-        .source("access-log", FileSource::<AccessLog>::json_lines(&args.input))
+        .source(
+            "access-log",
+            FileSource::<AccessLog>::json_lines(&args.input),
+        )
         .key_by(|log: &AccessLog| log.url.clone())
         .process("url-counter", UrlCounter::default)
         .sink("output", FileSink::json_lines(&args.output))?;

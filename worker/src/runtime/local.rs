@@ -65,7 +65,9 @@ pub fn run_local(
     };
     let mut restore: SharedRestore = match (&doc.restore, &job_store) {
         (RestoreSource::None, _) | (RestoreSource::Latest, None) => None,
-        (RestoreSource::Latest, Some(store)) => rt.block_on(RestorePoint::latest(store))?.map(Arc::new),
+        (RestoreSource::Latest, Some(store)) => {
+            rt.block_on(RestorePoint::latest(store))?.map(Arc::new)
+        }
         (RestoreSource::Path(path), _) => {
             let store = rt.block_on(ObjectStore::open(&Location::parse(path)?, &doc.s3))?;
             Some(Arc::new(rt.block_on(RestorePoint::open(store))?))
@@ -81,7 +83,8 @@ pub fn run_local(
         } else {
             tracing::info!("starting with empty state");
         }
-        let mut attempt = Attempt::start(&doc, graph, rt, options, job_store.clone(), restore.clone())?;
+        let mut attempt =
+            Attempt::start(&doc, graph, rt, options, job_store.clone(), restore.clone())?;
         let result = attempt.drive(options.progress_interval);
         if let Some(c) = attempt.latest_checkpoint() {
             last_checkpoint = Some(c);
@@ -125,7 +128,10 @@ pub fn run_local(
 fn is_recoverable(error: &Error) -> bool {
     !matches!(
         error,
-        Error::InvalidSpec { .. } | Error::UnknownJob { .. } | Error::CorruptCheckpoint { .. } | Error::MalformedRecord { .. }
+        Error::InvalidSpec { .. }
+            | Error::UnknownJob { .. }
+            | Error::CorruptCheckpoint { .. }
+            | Error::MalformedRecord { .. }
     )
 }
 
@@ -205,7 +211,11 @@ impl Attempt {
             .map_or(CheckpointMode::ExactlyOnce, |c| c.mode);
         let (events_tx, events) = crossbeam_channel::unbounded();
         let cancelled = Arc::new(AtomicBool::new(false));
-        let mut source_names: Vec<String> = specs.iter().filter(|s| s.is_source).map(|s| s.name.clone()).collect();
+        let mut source_names: Vec<String> = specs
+            .iter()
+            .filter(|s| s.is_source)
+            .map(|s| s.name.clone())
+            .collect();
         source_names.dedup();
         let mut tasks = Vec::with_capacity(specs.len());
         for spec in specs {
@@ -232,11 +242,14 @@ impl Attempt {
             let thread = std::thread::Builder::new()
                 .name(format!("{}-{}", spec.name, spec.id.subtask))
                 .spawn(move || {
-                    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| task.run(env)));
+                    let outcome =
+                        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| task.run(env)));
                     let error = match outcome {
                         Ok(Ok(())) => return,
                         Ok(Err(error)) => error,
-                        Err(panic) => Error::operator(&name, format!("panicked: {}", panic_message(&panic))),
+                        Err(panic) => {
+                            Error::operator(&name, format!("panicked: {}", panic_message(&panic)))
+                        }
                     };
                     let _ = events_tx.send(TaskEvent::Failed { task: id, error });
                 })
@@ -260,7 +273,9 @@ impl Attempt {
     }
 
     fn latest_checkpoint(&self) -> Option<CompletedCheckpoint> {
-        self.coordinator.as_ref().and_then(|c| c.latest_completed().cloned())
+        self.coordinator
+            .as_ref()
+            .and_then(|c| c.latest_completed().cloned())
     }
 
     fn broadcast(&self, message: ControlMessage) {
@@ -323,7 +338,8 @@ impl Attempt {
                                     "checkpoint completed"
                                 );
                                 self.broadcast(ControlMessage::CheckpointComplete(checkpoint_id));
-                                let retention = self.coordinator.as_ref().map(|c| c.apply_retention());
+                                let retention =
+                                    self.coordinator.as_ref().map(|c| c.apply_retention());
                                 if let Some(retention) = retention
                                     && let Err(e) = self.rt.block_on(retention)
                                 {
@@ -333,7 +349,9 @@ impl Attempt {
                                     self.to_sources(ControlMessage::Stop);
                                 }
                             }
-                            Err(e) => self.fail_checkpoint(&format!("writing _metadata failed: {e}"))?,
+                            Err(e) => {
+                                self.fail_checkpoint(&format!("writing _metadata failed: {e}"))?
+                            }
                         }
                     }
                 }
@@ -342,7 +360,8 @@ impl Attempt {
                     task,
                     reason,
                 }) => {
-                    if self.coordinator.as_ref().and_then(|c| c.pending_id()) == Some(checkpoint_id) {
+                    if self.coordinator.as_ref().and_then(|c| c.pending_id()) == Some(checkpoint_id)
+                    {
                         self.fail_checkpoint(&format!("{task} declined: {reason}"))?;
                     }
                 }
@@ -355,7 +374,11 @@ impl Attempt {
                 Ok(TaskEvent::Finished { .. }) => {
                     tasks_finished += 1;
                     if tasks_finished == total {
-                        progress.report(&self.source_names, &self.sink_names, self.latest_checkpoint().as_ref());
+                        progress.report(
+                            &self.source_names,
+                            &self.sink_names,
+                            self.latest_checkpoint().as_ref(),
+                        );
                         return Ok(());
                     }
                 }
@@ -393,11 +416,17 @@ impl Attempt {
             // A final checkpoint that failed is retried.
             if let Some(id) = final_checkpoint
                 && self.coordinator.as_ref().is_some_and(|c| !c.is_pending())
-                && self.latest_checkpoint().is_none_or(|c| c.checkpoint_id != id)
+                && self
+                    .latest_checkpoint()
+                    .is_none_or(|c| c.checkpoint_id != id)
             {
                 final_checkpoint = None;
             }
-            progress.tick(&self.source_names, &self.sink_names, self.latest_checkpoint().as_ref());
+            progress.tick(
+                &self.source_names,
+                &self.sink_names,
+                self.latest_checkpoint().as_ref(),
+            );
         }
     }
 
@@ -468,15 +497,29 @@ impl Progress {
         }
     }
 
-    fn tick(&mut self, sources: &[String], sinks: &[String], checkpoint: Option<&CompletedCheckpoint>) {
+    fn tick(
+        &mut self,
+        sources: &[String],
+        sinks: &[String],
+        checkpoint: Option<&CompletedCheckpoint>,
+    ) {
         if self.last.elapsed() >= self.interval {
             self.report(sources, sinks, checkpoint);
         }
     }
 
-    fn report(&mut self, sources: &[String], sinks: &[String], checkpoint: Option<&CompletedCheckpoint>) {
+    fn report(
+        &mut self,
+        sources: &[String],
+        sinks: &[String],
+        checkpoint: Option<&CompletedCheckpoint>,
+    ) {
         let metrics = crate::metrics::global();
-        let sum = |family: &prometheus_client::metrics::family::Family<_, prometheus_client::metrics::counter::Counter>, names: &[String]| {
+        let sum = |family: &prometheus_client::metrics::family::Family<
+            _,
+            prometheus_client::metrics::counter::Counter,
+        >,
+                   names: &[String]| {
             names
                 .iter()
                 .map(|n| family.get_or_create(&metrics.operator(n)).get())
@@ -517,7 +560,9 @@ impl RestartTracker {
     fn next_delay(&mut self) -> Option<Duration> {
         let delay = match &self.strategy {
             RestartStrategy::None => None,
-            RestartStrategy::FixedDelay { attempts, delay } => (self.restarts < *attempts).then_some(*delay),
+            RestartStrategy::FixedDelay { attempts, delay } => {
+                (self.restarts < *attempts).then_some(*delay)
+            }
             RestartStrategy::ExponentialDelay {
                 initial_delay,
                 max_delay,
@@ -545,7 +590,8 @@ impl RestartTracker {
                 {
                     self.recent_failures.pop_front();
                 }
-                (self.recent_failures.len() <= *max_failures_per_interval as usize).then_some(*delay)
+                (self.recent_failures.len() <= *max_failures_per_interval as usize)
+                    .then_some(*delay)
             }
         };
         if delay.is_some() {

@@ -131,7 +131,13 @@ impl TaskEnv {
         redistribution: Redistribution,
     ) -> Option<Vec<serde_json::Value>> {
         self.restore.as_ref().map(|r| {
-            r.operator_state(operator, name, redistribution, self.parallelism, self.id.subtask)
+            r.operator_state(
+                operator,
+                name,
+                redistribution,
+                self.parallelism,
+                self.id.subtask,
+            )
         })
     }
 }
@@ -147,7 +153,8 @@ impl TaskSnapshot {
         if let Some(i) = self.states.iter().position(|(name, _)| name == operator) {
             return &mut self.states[i].1;
         }
-        self.states.push((operator.to_string(), SubtaskState::default()));
+        self.states
+            .push((operator.to_string(), SubtaskState::default()));
         let last = self.states.len() - 1;
         &mut self.states[last].1
     }

@@ -39,7 +39,10 @@ impl<K: Key, T: Send + 'static> ShuffleWriter<K, T> {
         max_parallelism: u32,
         operator: &str,
     ) -> Self {
-        let buffers = outputs.iter().map(|_| Vec::with_capacity(BATCH_SIZE)).collect();
+        let buffers = outputs
+            .iter()
+            .map(|_| Vec::with_capacity(BATCH_SIZE))
+            .collect();
         ShuffleWriter {
             key_fn,
             outputs,
@@ -59,7 +62,11 @@ impl<K: Key, T: Send + 'static> ShuffleWriter<K, T> {
                 Ok(()) => break,
                 Err(SendTimeoutError::Timeout(m)) => {
                     started.get_or_insert_with(Instant::now);
-                    if self.cancelled.as_ref().is_some_and(|c| c.load(std::sync::atomic::Ordering::Relaxed)) {
+                    if self
+                        .cancelled
+                        .as_ref()
+                        .is_some_and(|c| c.load(std::sync::atomic::Ordering::Relaxed))
+                    {
                         return Err(Error::Cancelled);
                     }
                     message = m;
@@ -113,8 +120,14 @@ impl<K: Key, T: Send + 'static> Collector<T> for ShuffleWriter<K, T> {
         self.key_bytes.clear();
         key.write_key(&mut self.key_bytes);
         let key_group = key_group_for_key_bytes(&self.key_bytes, self.max_parallelism);
-        let target = subtask_for_key_group(key_group, self.max_parallelism, self.outputs.len() as u32) as usize;
-        self.buffers[target].push(KeyedRecord { key_group, key, value });
+        let target =
+            subtask_for_key_group(key_group, self.max_parallelism, self.outputs.len() as u32)
+                as usize;
+        self.buffers[target].push(KeyedRecord {
+            key_group,
+            key,
+            value,
+        });
         if self.buffers[target].len() >= BATCH_SIZE {
             self.send_batch(target)?;
         }

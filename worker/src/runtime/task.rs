@@ -9,7 +9,8 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Select};
 use super::chain::{Collector, Output};
 use super::shuffle::KeyedRecord;
 use super::{
-    BATCH_SIZE, Barrier, ControlMessage, FLUSH_INTERVAL, Message, Task, TaskEnv, TaskEvent, TaskSnapshot,
+    BATCH_SIZE, Barrier, ControlMessage, FLUSH_INTERVAL, Message, Task, TaskEnv, TaskEvent,
+    TaskSnapshot,
 };
 use crate::api::{Key, KeyedProcessFunction, SourceContext, SourceFactory, SourceStatus};
 use crate::checkpoint::{KeyedStateHandle, checkpoint_dir_name};
@@ -34,8 +35,13 @@ pub struct SourceTask<T> {
 
 impl<T: Send + 'static> Task for SourceTask<T> {
     fn run(self: Box<Self>, env: TaskEnv) -> Result<()> {
-        let SourceTask { uid, factory, mut chain } = *self;
-        let restored = env.restored_operator_state(&uid, SOURCE_OFFSETS_STATE, Redistribution::Union);
+        let SourceTask {
+            uid,
+            factory,
+            mut chain,
+        } = *self;
+        let restored =
+            env.restored_operator_state(&uid, SOURCE_OFFSETS_STATE, Redistribution::Union);
         let ctx = SourceContext {
             subtask: env.id.subtask,
             parallelism: env.parallelism,
@@ -45,13 +51,24 @@ impl<T: Send + 'static> Task for SourceTask<T> {
         let mut reader = factory.create_reader(&ctx, restored)?;
         chain.open(&env)?;
         let metrics = crate::metrics::global();
-        let records_out = metrics.records_out.get_or_create(&metrics.operator(&uid)).clone();
+        let records_out = metrics
+            .records_out
+            .get_or_create(&metrics.operator(&uid))
+            .clone();
 
-        let handle = |msg: ControlMessage, chain: &mut Box<dyn Collector<T>>, reader: &mut Box<dyn crate::api::SourceReader<T>>| -> Result<Flow> {
+        let handle = |msg: ControlMessage,
+                      chain: &mut Box<dyn Collector<T>>,
+                      reader: &mut Box<dyn crate::api::SourceReader<T>>|
+         -> Result<Flow> {
             match msg {
                 ControlMessage::TriggerCheckpoint(barrier) => {
                     let mut snapshot = TaskSnapshot::default();
-                    snapshot.add_operator_state(&uid, SOURCE_OFFSETS_STATE, Redistribution::Union, reader.snapshot()?);
+                    snapshot.add_operator_state(
+                        &uid,
+                        SOURCE_OFFSETS_STATE,
+                        Redistribution::Union,
+                        reader.snapshot()?,
+                    );
                     chain.on_barrier(&barrier, &mut snapshot)?;
                     // The coordinator may be gone during teardown; nothing to do then.
                     let _ = env.events.send(TaskEvent::Acknowledge {
@@ -196,7 +213,10 @@ impl Alignment {
     }
 
     fn abort(&mut self, checkpoint_id: u64) {
-        if self.current.is_some_and(|c| c.checkpoint_id <= checkpoint_id) {
+        if self
+            .current
+            .is_some_and(|c| c.checkpoint_id <= checkpoint_id)
+        {
             self.reset(checkpoint_id);
         }
         self.done_up_to = self.done_up_to.max(checkpoint_id);
@@ -221,8 +241,13 @@ impl<K: Key, T: Send + 'static, O: Send + 'static> Task for KeyedTask<K, T, O> {
             mut function,
             mut chain,
         } = *self;
-        let key_groups = key_group_range_for_subtask(env.max_parallelism, env.parallelism, env.id.subtask);
-        let mut backend = KeyedStateBackend::open(&env.local_dir.join("rocksdb"), key_groups, env.doc.state.cache_bytes)?;
+        let key_groups =
+            key_group_range_for_subtask(env.max_parallelism, env.parallelism, env.id.subtask);
+        let mut backend = KeyedStateBackend::open(
+            &env.local_dir.join("rocksdb"),
+            key_groups,
+            env.doc.state.cache_bytes,
+        )?;
         if let Some(restore) = &env.restore {
             let started = Instant::now();
             let mut entries = 0;
@@ -278,7 +303,9 @@ impl<K: Key, T: Send + 'static, O: Send + 'static> Task for KeyedTask<K, T, O> {
                         key_bytes.clear();
                         record.key.write_key(&mut key_bytes);
                         backend.set_current_key(record.key_group, &key_bytes);
-                        let mut ctx = KeyedContext { backend: &mut backend };
+                        let mut ctx = KeyedContext {
+                            backend: &mut backend,
+                        };
                         let mut out = Output {
                             next: chain.as_mut(),
                             emitted: &mut emitted,
@@ -331,7 +358,9 @@ fn snapshot<O>(
     };
     let store = job_store.child(&checkpoint_dir_name(checkpoint_id));
     let object = format!("{uid}-{}.state", env.id.subtask);
-    let file = env.local_dir.join(format!("snapshot-{checkpoint_id}.state"));
+    let file = env
+        .local_dir
+        .join(format!("snapshot-{checkpoint_id}.state"));
     let key_groups = backend.key_groups();
     let events = env.events.clone();
     let task = env.id;
@@ -339,9 +368,11 @@ fn snapshot<O>(
     env.rt.spawn(async move {
         let upload = async {
             let file_for_write = file.clone();
-            let info = tokio::task::spawn_blocking(move || crate::state::backend::write_snapshot(&copy_dir, &file_for_write))
-                .await
-                .map_err(|e| Error::operator(&uid, format!("snapshot writer panicked: {e}")))??;
+            let info = tokio::task::spawn_blocking(move || {
+                crate::state::backend::write_snapshot(&copy_dir, &file_for_write)
+            })
+            .await
+            .map_err(|e| Error::operator(&uid, format!("snapshot writer panicked: {e}")))??;
             store.put_file(&object, &file).await?;
             let _ = tokio::fs::remove_file(&file).await;
             Ok::<_, Error>(KeyedStateHandle {
@@ -391,7 +422,10 @@ mod tests {
         assert!(a.is_readable(0) && a.is_readable(2));
         assert_eq!(a.on_barrier(0, barrier(1)), None);
         assert_eq!(a.on_barrier(2, barrier(1)), Some(barrier(1)));
-        assert!((0..3).all(|i| a.is_readable(i)), "all unblocked after the snapshot");
+        assert!(
+            (0..3).all(|i| a.is_readable(i)),
+            "all unblocked after the snapshot"
+        );
     }
 
     #[test]
@@ -407,9 +441,16 @@ mod tests {
         let mut a = Alignment::new(2, CheckpointMode::ExactlyOnce);
         a.on_barrier(0, barrier(1));
         assert_eq!(a.on_barrier(1, barrier(2)), None);
-        assert!(a.is_readable(0), "input 0 unblocked: checkpoint 1 was abandoned");
+        assert!(
+            a.is_readable(0),
+            "input 0 unblocked: checkpoint 1 was abandoned"
+        );
         assert_eq!(a.on_barrier(0, barrier(2)), Some(barrier(2)));
-        assert_eq!(a.on_barrier(1, barrier(1)), None, "late barrier of an old checkpoint");
+        assert_eq!(
+            a.on_barrier(1, barrier(1)),
+            None,
+            "late barrier of an old checkpoint"
+        );
     }
 
     #[test]

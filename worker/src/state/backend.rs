@@ -65,7 +65,8 @@ impl KeyedStateBackend {
         opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
         opts.set_write_buffer_size(64 << 20);
         opts.set_max_background_jobs(2);
-        let db = rocksdb::DB::open(&opts, path).map_err(|e| Error::rocks(format!("open {}", path.display()), e))?;
+        let db = rocksdb::DB::open(&opts, path)
+            .map_err(|e| Error::rocks(format!("open {}", path.display()), e))?;
         let mut write_opts = rocksdb::WriteOptions::default();
         write_opts.disable_wal(true);
         Ok(KeyedStateBackend {
@@ -92,11 +93,16 @@ impl KeyedStateBackend {
     }
 
     pub fn set_current_key(&mut self, key_group: u16, key: &[u8]) {
-        debug_assert!(self.key_groups.contains(key_group), "key group {key_group} routed to wrong subtask");
+        debug_assert!(
+            self.key_groups.contains(key_group),
+            "key group {key_group} routed to wrong subtask"
+        );
         self.current_prefix.clear();
-        self.current_prefix.extend_from_slice(&key_group.to_be_bytes());
+        self.current_prefix
+            .extend_from_slice(&key_group.to_be_bytes());
         // Keys longer than 4 GiB are not a thing state can hold anyway.
-        self.current_prefix.extend_from_slice(&(key.len() as u32).to_be_bytes());
+        self.current_prefix
+            .extend_from_slice(&(key.len() as u32).to_be_bytes());
         self.current_prefix.extend_from_slice(key);
     }
 
@@ -119,8 +125,15 @@ impl KeyedStateBackend {
                 .get(&self.scratch)
                 .map_err(|e| Error::rocks(format!("get in {}", self.path.display()), e))?;
             self.make_room()?;
-            self.cache_bytes += self.scratch.len() + value.as_ref().map_or(0, Vec::len) + CACHE_ENTRY_OVERHEAD;
-            self.cache.insert(self.scratch.clone(), CacheSlot { value, dirty: false });
+            self.cache_bytes +=
+                self.scratch.len() + value.as_ref().map_or(0, Vec::len) + CACHE_ENTRY_OVERHEAD;
+            self.cache.insert(
+                self.scratch.clone(),
+                CacheSlot {
+                    value,
+                    dirty: false,
+                },
+            );
         }
         Ok(self
             .cache
@@ -152,7 +165,8 @@ impl KeyedStateBackend {
         self.make_room()?;
         self.cache_bytes += self.scratch.len() + new_len + CACHE_ENTRY_OVERHEAD;
         self.dirty_entries += 1;
-        self.cache.insert(self.scratch.clone(), CacheSlot { value, dirty: true });
+        self.cache
+            .insert(self.scratch.clone(), CacheSlot { value, dirty: true });
         Ok(())
     }
 
@@ -196,7 +210,8 @@ impl KeyedStateBackend {
         let prefix = self.scratch.clone();
         let mut out = Vec::new();
         for item in self.db.prefix_iterator(&prefix) {
-            let (key, value) = item.map_err(|e| Error::rocks(format!("iterate {}", self.path.display()), e))?;
+            let (key, value) =
+                item.map_err(|e| Error::rocks(format!("iterate {}", self.path.display()), e))?;
             if !key.starts_with(&prefix) {
                 break;
             }
@@ -266,17 +281,174 @@ impl Drop for KeyedStateBackend {
 
 /// Reads the RocksDB copy made by [`KeyedStateBackend::checkpoint_to`] and writes the
 /// snapshot object to `out`. Runs off the task thread.
-pub fn write_snapshot(checkpoint_dir: &Path, out: &Path) -> Result<super::snapshot::SnapshotFileInfo> {
+pub fn write_snapshot(
+    checkpoint_dir: &Path,
+    out: &Path,
+) -> Result<super::snapshot::SnapshotFileInfo> {
     let opts = rocksdb::Options::default();
-    let db = rocksdb::DB::open_for_read_only(&opts, checkpoint_dir, false)
-        .map_err(|e| Error::rocks(format!("open snapshot copy {}", checkpoint_dir.display()), e))?;
+    let db = rocksdb::DB::open_for_read_only(&opts, checkpoint_dir, false).map_err(|e| {
+        Error::rocks(
+            format!("open snapshot copy {}", checkpoint_dir.display()),
+            e,
+        )
+    })?;
     let mut writer = super::snapshot::SnapshotWriter::create(out)?;
     for item in db.iterator(rocksdb::IteratorMode::Start) {
-        let (key, value) = item.map_err(|e| Error::rocks(format!("iterate {}", checkpoint_dir.display()), e))?;
+        let (key, value) =
+            item.map_err(|e| Error::rocks(format!("iterate {}", checkpoint_dir.display()), e))?;
         writer.append(&key, &value)?;
     }
     drop(db);
     let info = writer.finish()?;
     std::fs::remove_dir_all(checkpoint_dir).map_err(|e| Error::io(checkpoint_dir.display(), e))?;
     Ok(info)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::StateRegistry;
+    use crate::state::handles::KeyedContext;
+    use crate::state::keygroups::{key_group_for_key_bytes, key_group_range_for_subtask};
+
+    const MAX: u32 = 128;
+
+    fn all_groups() -> KeyGroupRange {
+        KeyGroupRange {
+            start: 0,
+            end: MAX as u16,
+        }
+    }
+
+    fn select(backend: &mut KeyedStateBackend, key: u64) {
+        let bytes = key.to_be_bytes();
+        backend.set_current_key(key_group_for_key_bytes(&bytes, MAX), &bytes);
+    }
+
+    #[test]
+    fn values_survive_cache_eviction_under_a_tiny_budget() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut backend =
+            KeyedStateBackend::open(&dir.path().join("db"), all_groups(), 1 << 20).expect("open");
+        let mut registry = StateRegistry::new("op");
+        let count = registry.value_state::<u64>("count").expect("state");
+        for round in 1..=3u64 {
+            for key in 0..20_000u64 {
+                select(&mut backend, key);
+                let mut ctx = KeyedContext {
+                    backend: &mut backend,
+                };
+                let current = count.get(&mut ctx).expect("get").unwrap_or(0);
+                assert_eq!(current, round - 1, "key {key} round {round}");
+                count.set(&mut ctx, &(current + 1)).expect("set");
+            }
+        }
+        assert!(backend.stats().evictions > 0, "the budget forced evictions");
+    }
+
+    #[test]
+    fn map_state_sees_cached_and_flushed_entries_and_clear_removes_all() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut backend =
+            KeyedStateBackend::open(&dir.path().join("db"), all_groups(), 64 << 20).expect("open");
+        let mut registry = StateRegistry::new("op");
+        let map = registry.map_state::<String, u32>("m").expect("state");
+        let other = registry.value_state::<u32>("v").expect("state");
+        select(&mut backend, 7);
+        let mut ctx = KeyedContext {
+            backend: &mut backend,
+        };
+        map.put(&mut ctx, &"a".into(), &1).expect("put");
+        map.put(&mut ctx, &"b".into(), &2).expect("put");
+        other.set(&mut ctx, &9).expect("set");
+        ctx.backend.flush_dirty().expect("flush");
+        map.put(&mut ctx, &"c".into(), &3).expect("put");
+        map.remove(&mut ctx, &"a".into()).expect("remove");
+        let mut entries = map.entries(&mut ctx).expect("entries");
+        entries.sort();
+        assert_eq!(entries, vec![("b".to_string(), 2), ("c".to_string(), 3)]);
+        map.clear(&mut ctx).expect("clear");
+        assert!(map.entries(&mut ctx).expect("entries").is_empty());
+        assert_eq!(
+            other.get(&mut ctx).expect("get"),
+            Some(9),
+            "other state of the key untouched"
+        );
+        select(&mut backend, 8);
+        let mut ctx = KeyedContext {
+            backend: &mut backend,
+        };
+        assert_eq!(
+            map.get(&mut ctx, &"b".into()).expect("get"),
+            None,
+            "maps are per key"
+        );
+    }
+
+    #[test]
+    fn snapshot_restores_only_the_key_groups_of_the_new_range() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut source =
+            KeyedStateBackend::open(&dir.path().join("src"), all_groups(), 64 << 20).expect("open");
+        let mut registry = StateRegistry::new("op");
+        let value = registry.value_state::<u64>("v").expect("state");
+        for key in 0..1000u64 {
+            select(&mut source, key);
+            value
+                .set(
+                    &mut KeyedContext {
+                        backend: &mut source,
+                    },
+                    &(key * 10),
+                )
+                .expect("set");
+        }
+        source
+            .checkpoint_to(&dir.path().join("copy"))
+            .expect("checkpoint");
+        // Writes after the snapshot must not leak into it.
+        select(&mut source, 1);
+        value
+            .set(
+                &mut KeyedContext {
+                    backend: &mut source,
+                },
+                &777,
+            )
+            .expect("set");
+        let info =
+            write_snapshot(&dir.path().join("copy"), &dir.path().join("snap")).expect("write");
+        assert_eq!(info.entries, 1000);
+        let data = std::fs::read(dir.path().join("snap")).expect("read");
+
+        let mut restored_total = 0;
+        for subtask in 0..3 {
+            let range = key_group_range_for_subtask(MAX, 3, subtask);
+            let mut target = KeyedStateBackend::open(
+                &dir.path().join(format!("dst-{subtask}")),
+                range,
+                64 << 20,
+            )
+            .expect("open");
+            restored_total += target.restore_snapshot(&data, "snap").expect("restore");
+            for key in 0..1000u64 {
+                let bytes = key.to_be_bytes();
+                let group = key_group_for_key_bytes(&bytes, MAX);
+                if !range.contains(group) {
+                    continue;
+                }
+                target.set_current_key(group, &bytes);
+                let got = value
+                    .get(&mut KeyedContext {
+                        backend: &mut target,
+                    })
+                    .expect("get");
+                assert_eq!(got, Some(key * 10), "key {key}");
+            }
+        }
+        assert_eq!(
+            restored_total, 1000,
+            "every entry lands in exactly one subtask"
+        );
+    }
 }

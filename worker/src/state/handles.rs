@@ -45,14 +45,20 @@ impl StateRegistry {
         })
     }
 
-    pub fn value_state<T: Serialize + DeserializeOwned>(&mut self, name: &str) -> Result<ValueState<T>> {
+    pub fn value_state<T: Serialize + DeserializeOwned>(
+        &mut self,
+        name: &str,
+    ) -> Result<ValueState<T>> {
         Ok(ValueState {
             desc: self.register(name)?,
             _t: PhantomData,
         })
     }
 
-    pub fn list_state<T: Serialize + DeserializeOwned>(&mut self, name: &str) -> Result<ListState<T>> {
+    pub fn list_state<T: Serialize + DeserializeOwned>(
+        &mut self,
+        name: &str,
+    ) -> Result<ListState<T>> {
         Ok(ListState {
             desc: self.register(name)?,
             _t: PhantomData,
@@ -80,7 +86,11 @@ impl StateRegistry {
         })
     }
 
-    pub fn aggregating_state<A: AggregateFunction>(&mut self, name: &str, function: A) -> Result<AggregatingState<A>> {
+    pub fn aggregating_state<A: AggregateFunction>(
+        &mut self,
+        name: &str,
+        function: A,
+    ) -> Result<AggregatingState<A>> {
         Ok(AggregatingState {
             desc: self.register(name)?,
             function,
@@ -104,14 +114,23 @@ impl Descriptor {
         postcard::to_allocvec(value).map_err(|e| Error::codec(format!("state {}", self.name), e))
     }
 
-    fn get<T: DeserializeOwned>(&self, ctx: &mut KeyedContext<'_>, suffix: &[u8]) -> Result<Option<T>> {
+    fn get<T: DeserializeOwned>(
+        &self,
+        ctx: &mut KeyedContext<'_>,
+        suffix: &[u8],
+    ) -> Result<Option<T>> {
         match ctx.backend.get(self.id, suffix)? {
             Some(bytes) => Ok(Some(self.decode(bytes)?)),
             None => Ok(None),
         }
     }
 
-    fn put<T: Serialize + ?Sized>(&self, ctx: &mut KeyedContext<'_>, suffix: &[u8], value: &T) -> Result<()> {
+    fn put<T: Serialize + ?Sized>(
+        &self,
+        ctx: &mut KeyedContext<'_>,
+        suffix: &[u8],
+        value: &T,
+    ) -> Result<()> {
         let bytes = self.encode(value)?;
         ctx.backend.put(self.id, suffix, bytes)
     }

@@ -42,7 +42,11 @@ pub fn subtask_for_key_group(key_group: u16, max_parallelism: u32, parallelism: 
 }
 
 /// The key groups subtask `index` owns at `parallelism`.
-pub fn key_group_range_for_subtask(max_parallelism: u32, parallelism: u32, index: u32) -> KeyGroupRange {
+pub fn key_group_range_for_subtask(
+    max_parallelism: u32,
+    parallelism: u32,
+    index: u32,
+) -> KeyGroupRange {
     let start = (index * max_parallelism).div_ceil(parallelism);
     let end = ((index + 1) * max_parallelism).div_ceil(parallelism);
     KeyGroupRange {
@@ -64,7 +68,11 @@ mod tests {
                     let r = key_group_range_for_subtask(max, p, i);
                     assert_eq!(r.start, next, "max {max} p {p} i {i}");
                     for kg in r.start..r.end {
-                        assert_eq!(subtask_for_key_group(kg, max, p), i, "max {max} p {p} kg {kg}");
+                        assert_eq!(
+                            subtask_for_key_group(kg, max, p),
+                            i,
+                            "max {max} p {p} kg {kg}"
+                        );
                     }
                     next = r.end;
                 }
@@ -76,9 +84,17 @@ mod tests {
     #[test]
     fn key_group_is_stable_across_releases() {
         // Pinned values: a change here breaks every existing checkpoint.
-        assert_eq!(key_group_for_key_bytes(b"/api/a", 128), key_group_for_key_bytes(b"/api/a", 128));
-        let spread: std::collections::HashSet<u16> =
-            (0..1000u32).map(|i| key_group_for_key_bytes(&i.to_be_bytes(), 128)).collect();
-        assert!(spread.len() > 120, "keys spread over key groups: {}", spread.len());
+        assert_eq!(
+            key_group_for_key_bytes(b"/api/a", 128),
+            key_group_for_key_bytes(b"/api/a", 128)
+        );
+        let spread: std::collections::HashSet<u16> = (0..1000u32)
+            .map(|i| key_group_for_key_bytes(&i.to_be_bytes(), 128))
+            .collect();
+        assert!(
+            spread.len() > 120,
+            "keys spread over key groups: {}",
+            spread.len()
+        );
     }
 }

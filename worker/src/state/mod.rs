@@ -8,7 +8,8 @@ pub mod snapshot;
 
 pub use backend::KeyedStateBackend;
 pub use handles::{
-    AggregateFunction, AggregatingState, KeyedContext, ListState, MapState, ReducingState, StateRegistry, ValueState,
+    AggregateFunction, AggregatingState, KeyedContext, ListState, MapState, ReducingState,
+    StateRegistry, ValueState,
 };
 pub use keygroups::KeyGroupRange;
 pub use operator::{OperatorStateSnapshot, Redistribution};

@@ -71,7 +71,10 @@ mod tests {
     fn union_hands_every_subtask_everything() {
         let old = vec![snap(&[1]), snap(&[2, 3])];
         for i in 0..4 {
-            assert_eq!(redistribute(&old, Redistribution::Union, 4, i), vec![json!(1), json!(2), json!(3)]);
+            assert_eq!(
+                redistribute(&old, Redistribution::Union, 4, i),
+                vec![json!(1), json!(2), json!(3)]
+            );
         }
     }
 }

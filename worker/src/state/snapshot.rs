@@ -45,7 +45,9 @@ impl SnapshotWriter {
     fn write(&mut self, bytes: &[u8]) -> Result<()> {
         self.hasher.update(bytes);
         self.size += bytes.len() as u64;
-        self.out.write_all(bytes).map_err(|e| Error::io(&self.path, e))
+        self.out
+            .write_all(bytes)
+            .map_err(|e| Error::io(&self.path, e))
     }
 
     pub fn append(&mut self, key: &[u8], value: &[u8]) -> Result<()> {
@@ -61,7 +63,10 @@ impl SnapshotWriter {
         self.write(TRAILER)?;
         let entries = self.entries;
         self.write(&entries.to_be_bytes())?;
-        let file = self.out.into_inner().map_err(|e| Error::io(&self.path, e.into_error()))?;
+        let file = self
+            .out
+            .into_inner()
+            .map_err(|e| Error::io(&self.path, e.into_error()))?;
         file.sync_all().map_err(|e| Error::io(&self.path, e))?;
         Ok(SnapshotFileInfo {
             size: self.size,
@@ -84,7 +89,10 @@ pub struct SnapshotReader<'a> {
 impl<'a> SnapshotReader<'a> {
     pub fn new(data: &'a [u8], object: &'a str) -> Result<Self> {
         if data.len() < MAGIC.len() + TRAILER.len() + 8 || &data[..8] != MAGIC {
-            return Err(corrupt(object, "not a Weir keyed-state snapshot (bad magic or too short)"));
+            return Err(corrupt(
+                object,
+                "not a Weir keyed-state snapshot (bad magic or too short)",
+            ));
         }
         Ok(SnapshotReader {
             data,
@@ -96,9 +104,15 @@ impl<'a> SnapshotReader<'a> {
     }
 
     fn take(&mut self, n: usize) -> Result<&'a [u8]> {
-        let end = self.pos.checked_add(n).filter(|&end| end <= self.data.len());
+        let end = self
+            .pos
+            .checked_add(n)
+            .filter(|&end| end <= self.data.len());
         let Some(end) = end else {
-            return Err(corrupt(self.object, format!("truncated at byte {}", self.pos)));
+            return Err(corrupt(
+                self.object,
+                format!("truncated at byte {}", self.pos),
+            ));
         };
         let slice = &self.data[self.pos..end];
         self.pos = end;
@@ -111,19 +125,27 @@ impl<'a> SnapshotReader<'a> {
     }
 
     fn next_entry(&mut self) -> Result<Option<(&'a [u8], &'a [u8])>> {
-        if self.data[self.pos..].starts_with(TRAILER) && self.data.len() - self.pos == TRAILER.len() + 8 {
+        if self.data[self.pos..].starts_with(TRAILER)
+            && self.data.len() - self.pos == TRAILER.len() + 8
+        {
             self.pos += TRAILER.len();
             let b = self.take(8)?;
             let count = u64::from_be_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]);
             if count != self.seen {
-                return Err(corrupt(self.object, format!("trailer says {count} entries, found {}", self.seen)));
+                return Err(corrupt(
+                    self.object,
+                    format!("trailer says {count} entries, found {}", self.seen),
+                ));
             }
             return Ok(None);
         }
         let key_len = self.take_u32()?;
         let key = self.take(key_len)?;
         if key.len() < 2 {
-            return Err(corrupt(self.object, format!("entry {} has a key without key group", self.seen)));
+            return Err(corrupt(
+                self.object,
+                format!("entry {} has a key without key group", self.seen),
+            ));
         }
         let value_len = self.take_u32()?;
         let value = self.take(value_len)?;
@@ -161,11 +183,19 @@ fn corrupt(object: &str, reason: impl Into<String>) -> Error {
 }
 
 /// Verifies `data` against the checksum recorded in the checkpoint metadata.
-pub fn verify_checksum(data: &[u8], expected_crc32: u32, expected_size: u64, object: &str) -> Result<()> {
+pub fn verify_checksum(
+    data: &[u8],
+    expected_crc32: u32,
+    expected_size: u64,
+    object: &str,
+) -> Result<()> {
     if data.len() as u64 != expected_size {
         return Err(corrupt(
             object,
-            format!("size is {} bytes, metadata says {expected_size}", data.len()),
+            format!(
+                "size is {} bytes, metadata says {expected_size}",
+                data.len()
+            ),
         ));
     }
     let actual = crc32fast::hash(data);
@@ -200,7 +230,13 @@ mod tests {
             .expect("header")
             .collect::<Result<_>>()
             .expect("entries");
-        assert_eq!(entries, vec![(&b"\x00\x01key-a"[..], &b"1"[..]), (&b"\x00\x02key-b"[..], &b""[..])]);
+        assert_eq!(
+            entries,
+            vec![
+                (&b"\x00\x01key-a"[..], &b"1"[..]),
+                (&b"\x00\x02key-b"[..], &b""[..])
+            ]
+        );
     }
 
     #[test]
@@ -208,7 +244,8 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let (mut data, info) = sample(dir.path());
         data[12] ^= 0x40;
-        let err = verify_checksum(&data, info.crc32, info.size, "chk-3/op-1.state").expect_err("corrupt");
+        let err =
+            verify_checksum(&data, info.crc32, info.size, "chk-3/op-1.state").expect_err("corrupt");
         assert!(err.to_string().contains("chk-3/op-1.state"), "{err}");
     }
 

@@ -39,7 +39,9 @@ fn command(job: &Path, args: &[&str], env: &[(String, String)], work_dir: &Path)
 
 /// Runs a job to its end and returns its output; panics with the logs if it failed.
 pub fn run_job(job: &Path, args: &[&str], env: &[(String, String)], work_dir: &Path) -> Output {
-    let output = command(job, args, env, work_dir).output().expect("spawn weir-worker");
+    let output = command(job, args, env, work_dir)
+        .output()
+        .expect("spawn weir-worker");
     assert!(
         output.status.success(),
         "weir-worker failed ({}):\n--- stdout\n{}\n--- stderr\n{}",
@@ -51,14 +53,30 @@ pub fn run_job(job: &Path, args: &[&str], env: &[(String, String)], work_dir: &P
 }
 
 /// Runs a job expected to fail; returns its stderr.
-pub fn run_job_expecting_failure(job: &Path, args: &[&str], env: &[(String, String)], work_dir: &Path) -> String {
-    let output = command(job, args, env, work_dir).output().expect("spawn weir-worker");
-    assert!(!output.status.success(), "expected failure, but the job succeeded");
+pub fn run_job_expecting_failure(
+    job: &Path,
+    args: &[&str],
+    env: &[(String, String)],
+    work_dir: &Path,
+) -> String {
+    let output = command(job, args, env, work_dir)
+        .output()
+        .expect("spawn weir-worker");
+    assert!(
+        !output.status.success(),
+        "expected failure, but the job succeeded"
+    );
     String::from_utf8_lossy(&output.stderr).into_owned()
 }
 
 /// Starts a job in the background; its logs go to `log`.
-pub fn spawn_job(job: &Path, args: &[&str], env: &[(String, String)], work_dir: &Path, log: &Path) -> Child {
+pub fn spawn_job(
+    job: &Path,
+    args: &[&str],
+    env: &[(String, String)],
+    work_dir: &Path,
+    log: &Path,
+) -> Child {
     let file = std::fs::File::create(log).expect("log file");
     let err = file.try_clone().expect("log file");
     command(job, args, env, work_dir)
@@ -79,7 +97,9 @@ pub fn committed_lines(dir: &Path) -> Vec<String> {
     let mut lines = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&d) else { continue };
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
         for entry in entries.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
             if name.starts_with('_') || name.starts_with('.') {
@@ -132,8 +152,15 @@ pub fn wait_until(timeout: Duration, what: &str, mut condition: impl FnMut() -> 
 
 /// Checks `sequence-check` output: no alerts, and every (key, seq) for `keys` x
 /// `events_per_key` exactly once. Returns a description of the first problem.
-pub fn verify_sequence_output(records: &[serde_json::Value], keys: u64, events_per_key: u64) -> Result<(), String> {
-    let alerts: Vec<_> = records.iter().filter(|r| r.get("alert").is_some()).collect();
+pub fn verify_sequence_output(
+    records: &[serde_json::Value],
+    keys: u64,
+    events_per_key: u64,
+) -> Result<(), String> {
+    let alerts: Vec<_> = records
+        .iter()
+        .filter(|r| r.get("alert").is_some())
+        .collect();
     if !alerts.is_empty() {
         return Err(format!("{} alerts, first: {}", alerts.len(), alerts[0]));
     }
@@ -154,7 +181,11 @@ pub fn verify_sequence_output(records: &[serde_json::Value], keys: u64, events_p
         }
     }
     if seen.len() as u64 != keys * events_per_key {
-        return Err(format!("{} records, expected {}", seen.len(), keys * events_per_key));
+        return Err(format!(
+            "{} records, expected {}",
+            seen.len(),
+            keys * events_per_key
+        ));
     }
     Ok(())
 }

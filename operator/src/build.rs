@@ -1,0 +1,754 @@
+//! Renders a StreamJob into its child objects: the job document ConfigMap, the JobManager
+//! Deployment and Service, and the TaskManager Deployment. Pure functions; the controller
+//! server-side applies the results. Every object carries an owner reference to the StreamJob.
+//!
+//! The pod template carries a hash of everything that needs new pods. The `restore` field of
+//! the job document is left out of that hash on purpose: the operator flips it from a pinned
+//! savepoint to `latest` once the new job has checkpointed, and that must not restart pods.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy};
+use k8s_openapi::api::core::v1::{
+    Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource,
+    EnvVar, EnvVarSource, HTTPGetAction, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
+    ResourceRequirements, SeccompProfile, SecretKeySelector, SecurityContext, Service, ServicePort,
+    ServiceSpec, Volume, VolumeMount,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::Resource;
+use serde::Serialize;
+use weir_spec::{JobDocument, JobRef, RestoreSource};
+
+use crate::crd::{StreamJob, StreamJobSpec, selector_labels};
+use crate::jobmanager::REST_PORT;
+use crate::{Error, Result};
+
+/// Port the JobManager accepts TaskManager connections on.
+pub const RPC_PORT: u16 = 6123;
+/// Where the job document is mounted.
+pub const JOB_FILE: &str = "/etc/weir/job.yaml";
+/// RocksDB instances and in-progress sink files (an emptyDir; the root filesystem is read-only).
+pub const STATE_DIR: &str = "/var/lib/weir";
+/// Pod annotation that changes whenever pods must be replaced.
+pub const POD_HASH_ANNOTATION: &str = "weir.dev/pod-hash";
+/// UID/GID the worker runs as: non-root, matching the stock image.
+const RUN_AS: i64 = 65532;
+
+pub fn job_id(namespace: &str, name: &str) -> String {
+    format!("{namespace}-{name}")
+}
+pub fn jobmanager_name(name: &str) -> String {
+    format!("{name}-jobmanager")
+}
+pub fn taskmanager_name(name: &str) -> String {
+    format!("{name}-taskmanager")
+}
+pub fn config_map_name(name: &str) -> String {
+    format!("{name}-job")
+}
+
+/// TaskManager pods for a parallelism: `ceil(parallelism / slots)`.
+pub fn taskmanager_replicas(parallelism: u32, slots: u32) -> i32 {
+    let pods = parallelism.div_ceil(slots.max(1));
+    i32::try_from(pods).unwrap_or(i32::MAX)
+}
+
+/// The worker's job document for this StreamJob with the given restore source.
+pub fn job_document(
+    namespace: &str,
+    name: &str,
+    spec: &StreamJobSpec,
+    restore: RestoreSource,
+) -> JobDocument {
+    let template = &spec.job;
+    let mut state = template.state.clone();
+    if state.local_dir.is_none() {
+        state.local_dir = Some(format!("{STATE_DIR}/state"));
+    }
+    JobDocument {
+        job: JobRef {
+            name: template.name.clone(),
+            args: template.args.clone(),
+        },
+        job_id: Some(job_id(namespace, name)),
+        parallelism: spec.parallelism,
+        max_parallelism: template.max_parallelism,
+        checkpointing: template.checkpointing.clone(),
+        restart_strategy: template.restart_strategy.clone(),
+        restore,
+        malformed_records: template.malformed_records,
+        s3: template.s3.clone(),
+        state,
+    }
+}
+
+/// FNV-1a over canonical JSON: stable across processes and releases, unlike `DefaultHasher`.
+fn fingerprint(value: &impl Serialize) -> Result<String> {
+    let json = serde_json::to_vec(value).map_err(|source| Error::Serialize {
+        what: "spec fingerprint",
+        source,
+    })?;
+    let hash = json.iter().fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| {
+        (hash ^ u64::from(*byte)).wrapping_mul(0x0000_0100_0000_01b3)
+    });
+    Ok(format!("{hash:016x}"))
+}
+
+/// Hash of everything that shapes the pods except parallelism and slots, so a parallelism or
+/// slots change reads as a rescale and anything else as an upgrade.
+pub fn spec_hash(spec: &StreamJobSpec) -> Result<String> {
+    #[derive(Serialize)]
+    struct Shape<'a> {
+        image: &'a str,
+        pull_policy: Option<&'static str>,
+        job: &'a crate::crd::JobTemplate,
+        tm_resources: &'a Option<ResourceRequirements>,
+        tm_template: &'a Option<PodTemplateSpec>,
+        jm: &'a crate::crd::JobManagerSpec,
+        s3_secret: &'a Option<crate::crd::S3CredentialsSecret>,
+        service_account: &'a Option<String>,
+    }
+    fingerprint(&Shape {
+        image: &spec.image,
+        pull_policy: spec.image_pull_policy.map(|p| p.as_str()),
+        job: &spec.job,
+        tm_resources: &spec.task_manager.resources,
+        tm_template: &spec.task_manager.pod_template,
+        jm: &spec.job_manager,
+        s3_secret: &spec.s3_credentials_secret,
+        service_account: &spec.service_account_name,
+    })
+}
+
+fn pod_hash(spec: &StreamJobSpec, restart_nonce: u32) -> Result<String> {
+    fingerprint(&(
+        spec_hash(spec)?,
+        spec.parallelism,
+        spec.task_manager.slots,
+        restart_nonce,
+    ))
+}
+
+/// Everything the operator applies for one StreamJob.
+#[derive(Debug, Clone)]
+pub struct Children {
+    pub config_map: ConfigMap,
+    pub jobmanager_service: Service,
+    pub jobmanager: Deployment,
+    pub taskmanagers: Deployment,
+}
+
+fn owner_reference(job: &StreamJob) -> Result<OwnerReference> {
+    job.controller_owner_ref(&()).ok_or_else(|| {
+        Error::InvalidSpec("StreamJob has no uid yet; it must come from the API server".into())
+    })
+}
+
+fn namespace_of(job: &StreamJob) -> String {
+    job.metadata
+        .namespace
+        .clone()
+        .unwrap_or_else(|| "default".into())
+}
+
+fn name_of(job: &StreamJob) -> String {
+    job.metadata.name.clone().unwrap_or_default()
+}
+
+fn meta(job: &StreamJob, name: String, component: &str) -> Result<ObjectMeta> {
+    Ok(ObjectMeta {
+        name: Some(name),
+        namespace: Some(namespace_of(job)),
+        labels: Some(selector_labels(&name_of(job), component)),
+        owner_references: Some(vec![owner_reference(job)?]),
+        ..ObjectMeta::default()
+    })
+}
+
+/// Renders all child objects for the StreamJob's current spec.
+pub fn children(job: &StreamJob, restore: RestoreSource, restart_nonce: u32) -> Result<Children> {
+    let namespace = namespace_of(job);
+    let name = name_of(job);
+    let document = job_document(&namespace, &name, &job.spec, restore);
+    let yaml = serde_yaml_ng::to_string(&document)
+        .map_err(|e| Error::InvalidSpec(format!("job document does not serialize: {e}")))?;
+    let hash = pod_hash(&job.spec, restart_nonce)?;
+
+    let config_map = ConfigMap {
+        metadata: meta(job, config_map_name(&name), "config")?,
+        data: Some(BTreeMap::from([("job.yaml".to_string(), yaml)])),
+        ..ConfigMap::default()
+    };
+
+    let jobmanager_service = Service {
+        metadata: meta(job, jobmanager_name(&name), "jobmanager")?,
+        spec: Some(ServiceSpec {
+            selector: Some(selector_labels(&name, "jobmanager")),
+            // TaskManagers must reach a JobManager that is not "ready" yet: it only turns ready
+            // once they have connected and the job runs.
+            publish_not_ready_addresses: Some(true),
+            ports: Some(vec![
+                service_port("rest", REST_PORT),
+                service_port("rpc", RPC_PORT),
+            ]),
+            ..ServiceSpec::default()
+        }),
+        ..Service::default()
+    };
+
+    let jm_container = Container {
+        name: "jobmanager".into(),
+        args: Some(vec!["jobmanager".into(), "--job".into(), JOB_FILE.into()]),
+        ports: Some(vec![
+            container_port("rest", REST_PORT),
+            container_port("rpc", RPC_PORT),
+        ]),
+        resources: job.spec.job_manager.resources.clone(),
+        liveness_probe: Some(http_probe("/v1/health/live", 10, 6)),
+        readiness_probe: Some(http_probe("/v1/health/ready", 5, 3)),
+        ..worker_container(job)
+    };
+    let jobmanager = deployment(
+        job,
+        jobmanager_name(&name),
+        "jobmanager",
+        1,
+        &hash,
+        jm_container,
+        job.spec.job_manager.pod_template.as_ref(),
+    )?;
+
+    let tm_container = Container {
+        name: "taskmanager".into(),
+        args: Some(vec![
+            "taskmanager".into(),
+            "--jobmanager".into(),
+            format!("{}:{RPC_PORT}", jobmanager_name(&name)),
+            "--slots".into(),
+            job.spec.task_manager.slots.to_string(),
+        ]),
+        resources: job.spec.task_manager.resources.clone(),
+        ..worker_container(job)
+    };
+    let taskmanagers = deployment(
+        job,
+        taskmanager_name(&name),
+        "taskmanager",
+        taskmanager_replicas(job.spec.parallelism, job.spec.task_manager.slots),
+        &hash,
+        tm_container,
+        job.spec.task_manager.pod_template.as_ref(),
+    )?;
+
+    Ok(Children {
+        config_map,
+        jobmanager_service,
+        jobmanager,
+        taskmanagers,
+    })
+}
+
+fn service_port(name: &str, port: u16) -> ServicePort {
+    ServicePort {
+        name: Some(name.into()),
+        port: i32::from(port),
+        target_port: Some(IntOrString::String(name.into())),
+        ..ServicePort::default()
+    }
+}
+
+fn container_port(name: &str, port: u16) -> ContainerPort {
+    ContainerPort {
+        name: Some(name.into()),
+        container_port: i32::from(port),
+        ..ContainerPort::default()
+    }
+}
+
+fn http_probe(path: &str, period_seconds: i32, failure_threshold: i32) -> Probe {
+    Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.into()),
+            port: IntOrString::String("rest".into()),
+            ..HTTPGetAction::default()
+        }),
+        period_seconds: Some(period_seconds),
+        failure_threshold: Some(failure_threshold),
+        timeout_seconds: Some(3),
+        ..Probe::default()
+    }
+}
+
+/// The parts both worker containers share: image, restricted security context, mounts, S3
+/// credentials.
+fn worker_container(job: &StreamJob) -> Container {
+    let mut env = vec![EnvVar {
+        name: "TMPDIR".into(),
+        value: Some("/tmp".into()),
+        ..EnvVar::default()
+    }];
+    if let Some(secret) = &job.spec.s3_credentials_secret {
+        for (var, key) in [
+            ("AWS_ACCESS_KEY_ID", &secret.access_key_id_key),
+            ("AWS_SECRET_ACCESS_KEY", &secret.secret_access_key_key),
+        ] {
+            env.push(EnvVar {
+                name: var.into(),
+                value_from: Some(EnvVarSource {
+                    secret_key_ref: Some(SecretKeySelector {
+                        name: secret.name.clone(),
+                        key: key.clone(),
+                        optional: Some(false),
+                    }),
+                    ..EnvVarSource::default()
+                }),
+                ..EnvVar::default()
+            });
+        }
+    }
+    Container {
+        image: Some(job.spec.image.clone()),
+        image_pull_policy: job.spec.image_pull_policy.map(|p| p.as_str().to_string()),
+        command: Some(vec!["weir-worker".into()]),
+        env: Some(env),
+        security_context: Some(SecurityContext {
+            allow_privilege_escalation: Some(false),
+            read_only_root_filesystem: Some(true),
+            run_as_non_root: Some(true),
+            capabilities: Some(Capabilities {
+                drop: Some(vec!["ALL".into()]),
+                ..Capabilities::default()
+            }),
+            ..SecurityContext::default()
+        }),
+        volume_mounts: Some(vec![
+            VolumeMount {
+                name: "job".into(),
+                mount_path: "/etc/weir".into(),
+                read_only: Some(true),
+                ..VolumeMount::default()
+            },
+            VolumeMount {
+                name: "state".into(),
+                mount_path: STATE_DIR.into(),
+                ..VolumeMount::default()
+            },
+            VolumeMount {
+                name: "tmp".into(),
+                mount_path: "/tmp".into(),
+                ..VolumeMount::default()
+            },
+        ]),
+        ..Container::default()
+    }
+}
+
+fn deployment(
+    job: &StreamJob,
+    name: String,
+    component: &str,
+    replicas: i32,
+    pod_hash: &str,
+    container: Container,
+    overrides: Option<&PodTemplateSpec>,
+) -> Result<Deployment> {
+    let job_name = name_of(job);
+    let labels = selector_labels(&job_name, component);
+    let pod_spec = PodSpec {
+        containers: vec![container],
+        service_account_name: job.spec.service_account_name.clone(),
+        security_context: Some(PodSecurityContext {
+            run_as_non_root: Some(true),
+            run_as_user: Some(RUN_AS),
+            run_as_group: Some(RUN_AS),
+            fs_group: Some(RUN_AS),
+            seccomp_profile: Some(SeccompProfile {
+                type_: "RuntimeDefault".into(),
+                ..SeccompProfile::default()
+            }),
+            ..PodSecurityContext::default()
+        }),
+        volumes: Some(vec![
+            Volume {
+                name: "job".into(),
+                config_map: Some(ConfigMapVolumeSource {
+                    name: config_map_name(&job_name),
+                    ..ConfigMapVolumeSource::default()
+                }),
+                ..Volume::default()
+            },
+            Volume {
+                name: "state".into(),
+                empty_dir: Some(EmptyDirVolumeSource::default()),
+                ..Volume::default()
+            },
+            Volume {
+                name: "tmp".into(),
+                empty_dir: Some(EmptyDirVolumeSource::default()),
+                ..Volume::default()
+            },
+        ]),
+        ..PodSpec::default()
+    };
+    let mut template = PodTemplateSpec {
+        metadata: Some(ObjectMeta {
+            labels: Some(labels.clone()),
+            annotations: Some(BTreeMap::from([(
+                POD_HASH_ANNOTATION.to_string(),
+                pod_hash.to_string(),
+            )])),
+            ..ObjectMeta::default()
+        }),
+        spec: Some(pod_spec),
+    };
+    if let Some(overrides) = overrides {
+        merge_pod_template(&mut template, overrides);
+    }
+    Ok(Deployment {
+        metadata: meta(job, name, component)?,
+        spec: DeploymentSpec {
+            replicas: Some(replicas),
+            selector: LabelSelector {
+                match_labels: Some(labels),
+                ..LabelSelector::default()
+            },
+            // Never two generations side by side: two JobManagers would both write checkpoints.
+            strategy: Some(DeploymentStrategy {
+                type_: Some("Recreate".into()),
+                ..DeploymentStrategy::default()
+            }),
+            template,
+            ..DeploymentSpec::default()
+        },
+        ..Deployment::default()
+    })
+}
+
+/// Applies user overrides without letting them break what the operator relies on: selector
+/// labels, the pod hash, the worker container's command and security context win.
+fn merge_pod_template(template: &mut PodTemplateSpec, overrides: &PodTemplateSpec) {
+    if let (Some(meta), Some(extra)) = (template.metadata.as_mut(), overrides.metadata.as_ref()) {
+        for (target, source) in [
+            (&mut meta.labels, &extra.labels),
+            (&mut meta.annotations, &extra.annotations),
+        ] {
+            if let Some(source) = source {
+                let target = target.get_or_insert_with(BTreeMap::new);
+                for (key, value) in source {
+                    target.entry(key.clone()).or_insert_with(|| value.clone());
+                }
+            }
+        }
+    }
+    let (Some(spec), Some(extra)) = (template.spec.as_mut(), overrides.spec.as_ref()) else {
+        return;
+    };
+    if extra.node_selector.is_some() {
+        spec.node_selector = extra.node_selector.clone();
+    }
+    if extra.tolerations.is_some() {
+        spec.tolerations = extra.tolerations.clone();
+    }
+    if extra.affinity.is_some() {
+        spec.affinity = extra.affinity.clone();
+    }
+    if extra.priority_class_name.is_some() {
+        spec.priority_class_name = extra.priority_class_name.clone();
+    }
+    if extra.image_pull_secrets.is_some() {
+        spec.image_pull_secrets = extra.image_pull_secrets.clone();
+    }
+    if extra.termination_grace_period_seconds.is_some() {
+        spec.termination_grace_period_seconds = extra.termination_grace_period_seconds;
+    }
+    let worker = spec
+        .containers
+        .first()
+        .map(|c| c.name.clone())
+        .unwrap_or_default();
+    for container in &extra.containers {
+        if container.name == worker {
+            // Same-named container: take extra env and mounts, keep the operator's essentials.
+            if let Some(ours) = spec.containers.first_mut() {
+                if let Some(env) = &container.env {
+                    ours.env
+                        .get_or_insert_with(Vec::new)
+                        .extend(env.iter().cloned());
+                }
+                if let Some(mounts) = &container.volume_mounts {
+                    ours.volume_mounts
+                        .get_or_insert_with(Vec::new)
+                        .extend(mounts.iter().cloned());
+                }
+            }
+        } else {
+            spec.containers.push(container.clone());
+        }
+    }
+    if let Some(volumes) = &extra.volumes {
+        spec.volumes
+            .get_or_insert_with(Vec::new)
+            .extend(volumes.iter().cloned());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::S3CredentialsSecret;
+    use k8s_openapi::api::core::v1::Toleration;
+
+    fn built(job: &StreamJob) -> Children {
+        children(job, RestoreSource::Latest, 0).expect("builds")
+    }
+
+    fn pod(deployment: &Deployment) -> &PodSpec {
+        deployment.spec.template.spec.as_ref().expect("pod spec")
+    }
+
+    fn pod_hash_of(deployment: &Deployment) -> String {
+        deployment
+            .spec
+            .template
+            .metadata
+            .as_ref()
+            .and_then(|m| m.annotations.as_ref())
+            .and_then(|a| a.get(POD_HASH_ANNOTATION))
+            .cloned()
+            .expect("hash")
+    }
+
+    #[test]
+    fn taskmanager_replicas_round_up() {
+        assert_eq!(taskmanager_replicas(1, 1), 1);
+        assert_eq!(taskmanager_replicas(4, 2), 2);
+        assert_eq!(taskmanager_replicas(5, 2), 3);
+        assert_eq!(taskmanager_replicas(3, 4), 1);
+    }
+
+    #[test]
+    fn config_map_holds_a_valid_document_with_the_operator_job_id() {
+        let job = StreamJob::test().with_parallelism(3);
+        let children =
+            children(&job, RestoreSource::Path("s3://b/sp/1".into()), 0).expect("builds");
+        let yaml = children
+            .config_map
+            .data
+            .as_ref()
+            .and_then(|d| d.get("job.yaml"))
+            .expect("job.yaml");
+        let doc = JobDocument::from_yaml(yaml, "job.yaml").expect("valid document");
+        assert_eq!(doc.job_id(), "streams-clicks");
+        assert_eq!(doc.parallelism, 3);
+        assert_eq!(doc.restore, RestoreSource::Path("s3://b/sp/1".into()));
+        assert_eq!(doc.state.local_dir.as_deref(), Some("/var/lib/weir/state"));
+    }
+
+    #[test]
+    fn every_child_is_owned_by_the_stream_job() {
+        let children = built(&StreamJob::test());
+        let metas = [
+            &children.config_map.metadata,
+            &children.jobmanager_service.metadata,
+            &children.jobmanager.metadata,
+            &children.taskmanagers.metadata,
+        ];
+        for meta in metas {
+            let owner = &meta.owner_references.as_ref().expect("owner refs")[0];
+            assert_eq!(
+                (owner.kind.as_str(), owner.uid.as_str()),
+                ("StreamJob", "uid-1")
+            );
+            assert_eq!(owner.controller, Some(true));
+            assert_eq!(meta.namespace.as_deref(), Some("streams"));
+        }
+    }
+
+    #[test]
+    fn taskmanagers_scale_with_parallelism_and_slots() {
+        let children = built(&StreamJob::test().with_parallelism(5).with_slots(2));
+        assert_eq!(children.taskmanagers.spec.replicas, Some(3));
+        assert_eq!(children.jobmanager.spec.replicas, Some(1));
+        let args = pod(&children.taskmanagers).containers[0]
+            .args
+            .clone()
+            .expect("args");
+        assert_eq!(
+            args,
+            [
+                "taskmanager",
+                "--jobmanager",
+                "clicks-jobmanager:6123",
+                "--slots",
+                "2"
+            ]
+        );
+    }
+
+    #[test]
+    fn pods_run_restricted() {
+        let children = built(&StreamJob::test());
+        for deployment in [&children.jobmanager, &children.taskmanagers] {
+            let pod = pod(deployment);
+            let pod_security = pod.security_context.as_ref().expect("pod security");
+            assert_eq!(pod_security.run_as_non_root, Some(true));
+            assert_eq!(
+                pod_security
+                    .seccomp_profile
+                    .as_ref()
+                    .map(|s| s.type_.as_str()),
+                Some("RuntimeDefault")
+            );
+            let container = &pod.containers[0];
+            let security = container
+                .security_context
+                .as_ref()
+                .expect("container security");
+            assert_eq!(security.read_only_root_filesystem, Some(true));
+            assert_eq!(security.allow_privilege_escalation, Some(false));
+            assert_eq!(
+                security.capabilities.as_ref().and_then(|c| c.drop.clone()),
+                Some(vec!["ALL".to_string()])
+            );
+            let mounts: Vec<_> = container
+                .volume_mounts
+                .iter()
+                .flatten()
+                .map(|m| m.mount_path.as_str())
+                .collect();
+            assert_eq!(mounts, ["/etc/weir", "/var/lib/weir", "/tmp"]);
+        }
+    }
+
+    #[test]
+    fn jobmanager_probes_hit_the_health_endpoints() {
+        let children = built(&StreamJob::test());
+        let container = &pod(&children.jobmanager).containers[0];
+        let path = |probe: &Option<Probe>| {
+            probe
+                .as_ref()
+                .and_then(|p| p.http_get.as_ref())
+                .and_then(|h| h.path.clone())
+        };
+        assert_eq!(
+            path(&container.liveness_probe).as_deref(),
+            Some("/v1/health/live")
+        );
+        assert_eq!(
+            path(&container.readiness_probe).as_deref(),
+            Some("/v1/health/ready")
+        );
+        assert_eq!(
+            container.args.clone().expect("args"),
+            ["jobmanager", "--job", "/etc/weir/job.yaml"]
+        );
+        let service = children.jobmanager_service.spec.expect("service spec");
+        assert_eq!(service.publish_not_ready_addresses, Some(true));
+    }
+
+    #[test]
+    fn s3_credentials_come_from_the_secret() {
+        let mut job = StreamJob::test();
+        job.spec.s3_credentials_secret = Some(S3CredentialsSecret {
+            name: "minio".into(),
+            access_key_id_key: "user".into(),
+            secret_access_key_key: "password".into(),
+        });
+        let children = built(&job);
+        let env = pod(&children.taskmanagers).containers[0]
+            .env
+            .clone()
+            .expect("env");
+        let key = env
+            .iter()
+            .find(|e| e.name == "AWS_SECRET_ACCESS_KEY")
+            .and_then(|e| e.value_from.as_ref())
+            .and_then(|v| v.secret_key_ref.as_ref())
+            .expect("secret ref");
+        assert_eq!((key.name.as_str(), key.key.as_str()), ("minio", "password"));
+    }
+
+    #[test]
+    fn restore_source_does_not_restart_pods_but_parallelism_and_nonce_do() {
+        let job = StreamJob::test();
+        let pinned = children(&job, RestoreSource::Path("s3://b/sp".into()), 0).expect("builds");
+        let latest = children(&job, RestoreSource::Latest, 0).expect("builds");
+        assert_eq!(
+            pod_hash_of(&pinned.jobmanager),
+            pod_hash_of(&latest.jobmanager)
+        );
+        let rescaled = built(&job.clone().with_parallelism(4));
+        assert_ne!(
+            pod_hash_of(&rescaled.jobmanager),
+            pod_hash_of(&latest.jobmanager)
+        );
+        let restarted = children(&job, RestoreSource::Latest, 1).expect("builds");
+        assert_ne!(
+            pod_hash_of(&restarted.taskmanagers),
+            pod_hash_of(&latest.taskmanagers)
+        );
+    }
+
+    #[test]
+    fn rescale_keeps_the_spec_hash_upgrade_changes_it() {
+        let job = StreamJob::test();
+        let hash = spec_hash(&job.spec).expect("hash");
+        assert_eq!(
+            spec_hash(&job.clone().with_parallelism(7).with_slots(3).spec).expect("hash"),
+            hash
+        );
+        assert_ne!(
+            spec_hash(&job.with_image("weir:2").spec).expect("hash"),
+            hash
+        );
+    }
+
+    #[test]
+    fn pod_template_overrides_merge_without_breaking_essentials() {
+        let mut job = StreamJob::test();
+        job.spec.task_manager.pod_template = Some(PodTemplateSpec {
+            metadata: Some(ObjectMeta {
+                labels: Some(BTreeMap::from([
+                    ("team".to_string(), "data".to_string()),
+                    (
+                        "app.kubernetes.io/component".to_string(),
+                        "hijack".to_string(),
+                    ),
+                ])),
+                ..ObjectMeta::default()
+            }),
+            spec: Some(PodSpec {
+                tolerations: Some(vec![Toleration {
+                    key: Some("spot".into()),
+                    ..Toleration::default()
+                }]),
+                containers: vec![Container {
+                    name: "log-shipper".into(),
+                    image: Some("fluent-bit".into()),
+                    ..Container::default()
+                }],
+                ..PodSpec::default()
+            }),
+        });
+        let children = built(&job);
+        let template = &children.taskmanagers.spec.template;
+        let labels = template
+            .metadata
+            .as_ref()
+            .and_then(|m| m.labels.clone())
+            .expect("labels");
+        assert_eq!(labels.get("team").map(String::as_str), Some("data"));
+        assert_eq!(
+            labels
+                .get("app.kubernetes.io/component")
+                .map(String::as_str),
+            Some("taskmanager")
+        );
+        let pod = template.spec.as_ref().expect("pod");
+        assert_eq!(pod.containers.len(), 2);
+        assert_eq!(pod.containers[0].name, "taskmanager");
+        assert!(pod.tolerations.is_some());
+    }
+}

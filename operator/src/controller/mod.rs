@@ -1,0 +1,153 @@
+//! The reconcile loop: observe (read the cluster, the JobManager and storage) -> plan (pure,
+//! [`crate::lifecycle::plan`]) -> apply (status first, then actions) -> requeue.
+
+mod apply;
+mod observe;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::runtime::controller::Action as Requeue;
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::{Controller, watcher};
+use kube::{Api, Client, ResourceExt};
+use tracing::{Instrument, info_span, warn};
+
+use crate::crd::StreamJob;
+use crate::jobmanager::JobManagerEndpoint;
+use crate::metrics::Metrics;
+use crate::storage::CheckpointStore;
+use crate::{Error, Result, lifecycle};
+
+/// Wall clock in ms since epoch; injectable so tests control time.
+pub type Clock = Arc<dyn Fn() -> i64 + Send + Sync>;
+
+pub fn system_clock() -> Clock {
+    Arc::new(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+            .unwrap_or(0)
+    })
+}
+
+/// Shared by every reconcile.
+pub struct Context {
+    pub client: Client,
+    pub recorder: Recorder,
+    pub http: reqwest::Client,
+    pub endpoint: JobManagerEndpoint,
+    pub store: Arc<dyn CheckpointStore>,
+    pub metrics: Arc<Metrics>,
+    pub clock: Clock,
+}
+
+impl std::fmt::Debug for Context {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Context")
+            .field("endpoint", &self.endpoint)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Context {
+    pub fn new(
+        client: Client,
+        endpoint: JobManagerEndpoint,
+        store: Arc<dyn CheckpointStore>,
+        metrics: Arc<Metrics>,
+    ) -> Result<Context> {
+        let reporter = Reporter {
+            controller: crate::FIELD_MANAGER.into(),
+            instance: std::env::var("POD_NAME").ok(),
+        };
+        Ok(Context {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            http: crate::jobmanager::JobManagerClient::http_client()?,
+            endpoint,
+            store,
+            metrics,
+            clock: system_clock(),
+        })
+    }
+}
+
+/// One reconcile of one StreamJob.
+pub async fn reconcile(job: Arc<StreamJob>, ctx: Arc<Context>) -> Result<Requeue> {
+    let span = info_span!("reconcile", namespace = %job.namespace().unwrap_or_default(), name = %job.name_any());
+    async move {
+        let started = Instant::now();
+        let observed = observe::observe(&job, &ctx).await?;
+        let plan = lifecycle::plan(&observed);
+        let requeue = plan.requeue_after;
+        apply::apply(&job, &ctx, plan).await?;
+        ctx.metrics.observe_reconcile(started.elapsed());
+        Ok(requeue.map_or_else(Requeue::await_change, Requeue::requeue))
+    }
+    .instrument(span)
+    .await
+}
+
+/// Transient errors (API server, network, a restarting JobManager) retry soon; the rest wait
+/// for a change of the StreamJob (with a slow safety requeue).
+pub fn error_policy(job: Arc<StreamJob>, error: &Error, ctx: Arc<Context>) -> Requeue {
+    ctx.metrics.observe_error(error);
+    warn!(name = %job.name_any(), error = %error, transient = error.is_transient(), "reconcile failed");
+    if error.is_transient() {
+        Requeue::requeue(Duration::from_secs(10))
+    } else {
+        Requeue::requeue(Duration::from_secs(300))
+    }
+}
+
+/// Which namespaces to watch.
+#[derive(Debug, Clone)]
+pub enum Scope {
+    All,
+    Namespaces(Vec<String>),
+}
+
+/// Runs the controller until shutdown (SIGTERM/SIGINT).
+pub async fn run(ctx: Arc<Context>, scope: Scope) {
+    let apis: Vec<(Api<StreamJob>, Api<Deployment>, Api<ConfigMap>)> = match scope {
+        Scope::All => vec![(
+            Api::all(ctx.client.clone()),
+            Api::all(ctx.client.clone()),
+            Api::all(ctx.client.clone()),
+        )],
+        Scope::Namespaces(namespaces) => namespaces
+            .iter()
+            .map(|ns| {
+                (
+                    Api::namespaced(ctx.client.clone(), ns),
+                    Api::namespaced(ctx.client.clone(), ns),
+                    Api::namespaced(ctx.client.clone(), ns),
+                )
+            })
+            .collect(),
+    };
+    let controllers = apis.into_iter().map(|(jobs, deployments, config_maps)| {
+        let ctx = ctx.clone();
+        Controller::new(jobs, watcher::Config::default().any_semantic())
+            .owns(
+                deployments,
+                watcher::Config::default().labels("app.kubernetes.io/name=weir"),
+            )
+            .owns(
+                config_maps,
+                watcher::Config::default().labels("app.kubernetes.io/name=weir"),
+            )
+            .shutdown_on_signal()
+            .run(reconcile, error_policy, ctx)
+            .for_each(|result| async move {
+                if let Err(e) = result {
+                    tracing::debug!(error = %e, "controller event");
+                }
+            })
+    });
+    futures::future::join_all(controllers).await;
+}

@@ -1,0 +1,127 @@
+//! Reads the world for one StreamJob: its Deployments, the JobManager's view of the job, the
+//! trigger in flight, and the latest completed checkpoint in storage. Read-only.
+
+use k8s_openapi::api::apps::v1::Deployment;
+use kube::{Api, ResourceExt};
+
+use super::Context;
+use crate::build::{job_id, jobmanager_name, taskmanager_name};
+use crate::crd::{Lifecycle, StreamJob};
+use crate::jobmanager::JobManagerClient;
+use crate::lifecycle::{JobManagerView, LatestCheckpoint, Observed};
+use crate::{Error, Result};
+
+pub(super) async fn observe(job: &StreamJob, ctx: &Context) -> Result<Observed> {
+    let namespace = job.namespace().unwrap_or_else(|| "default".into());
+    let name = job.name_any();
+    let id = job_id(&namespace, &name);
+    let status = job.status.clone().unwrap_or_default();
+    let client = JobManagerClient::new(ctx.http.clone(), ctx.endpoint.base_url(&namespace, &name));
+
+    let jobmanager = if status.lifecycle == Lifecycle::Suspended || status.deployed.is_none() {
+        JobManagerView::Unreachable("no JobManager deployed".into())
+    } else {
+        match client.job(&id).await {
+            Ok(Some(overview)) => {
+                let latest_checkpoint = client
+                    .checkpoints(&id)
+                    .await
+                    .ok()
+                    .and_then(|stats| stats.latest);
+                JobManagerView::Job {
+                    overview,
+                    latest_checkpoint,
+                }
+            }
+            Ok(None) => JobManagerView::NoJob,
+            Err(e) => JobManagerView::Unreachable(e.to_string()),
+        }
+    };
+
+    let operation = status.operation.as_ref();
+    let savepoint = match operation.and_then(|op| op.trigger_id.as_deref()) {
+        Some(trigger) => client.savepoint_status(&id, trigger).await.ok(),
+        None => None,
+    };
+    let target_savepoint_complete = match operation.and_then(|op| op.target_directory.as_deref()) {
+        Some(dir) => ctx.store.has_metadata(dir).await.unwrap_or(None),
+        None => None,
+    };
+
+    let storage = job
+        .spec
+        .job
+        .checkpointing
+        .as_ref()
+        .map(|c| c.storage.as_str());
+    let mut latest_checkpoint = None;
+    if let Some(storage) = storage
+        && ctx.store.can_list(storage)
+    {
+        latest_checkpoint = ctx
+            .store
+            .latest_completed_checkpoint(storage, &id)
+            .await?
+            .map(|c| LatestCheckpoint {
+                id: c.id,
+                path: c.path,
+                verified: true,
+            });
+    } else if storage.is_some() {
+        // The store cannot list this scheme: fall back to what the JobManager reported.
+        let reported = match &jobmanager {
+            JobManagerView::Job {
+                latest_checkpoint: Some(info),
+                ..
+            } => info.external_path.clone().map(|path| (info.id, path)),
+            _ => None,
+        };
+        latest_checkpoint = reported
+            .or_else(|| {
+                let last = status.last_checkpoint.as_ref()?;
+                Some((last.id, last.path.clone()?))
+            })
+            .map(|(id, path)| LatestCheckpoint {
+                id,
+                path,
+                verified: false,
+            });
+    }
+
+    let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), &namespace);
+    let mut workloads_ready = true;
+    for deployment_name in [jobmanager_name(&name), taskmanager_name(&name)] {
+        let deployment = deployments
+            .get_opt(&deployment_name)
+            .await
+            .map_err(|source| Error::Kube {
+                action: "get",
+                kind: "Deployment",
+                namespace: namespace.clone(),
+                name: deployment_name.clone(),
+                source: Box::new(source),
+            })?;
+        workloads_ready &= deployment.as_ref().is_some_and(rolled_out);
+    }
+
+    Ok(Observed {
+        job: job.clone(),
+        now: (ctx.clock)(),
+        jobmanager,
+        workloads_ready,
+        savepoint,
+        target_savepoint_complete,
+        latest_checkpoint,
+    })
+}
+
+/// The Deployment controller saw the latest spec and every replica is updated and available.
+fn rolled_out(deployment: &Deployment) -> bool {
+    let wanted = deployment.spec.replicas.unwrap_or(1);
+    let Some(status) = &deployment.status else {
+        return false;
+    };
+    status.observed_generation >= deployment.metadata.generation
+        && status.updated_replicas.unwrap_or(0) == wanted
+        && status.available_replicas.unwrap_or(0) == wanted
+}

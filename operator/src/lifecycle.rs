@@ -1,0 +1,1353 @@
+//! The one place that decides what happens to a StreamJob: [`plan`] maps what the operator
+//! observed to the next status and a list of actions. It takes no client and reads no clock
+//! (`now` is observed), so every transition is a plain unit test.
+//!
+//! Safety rules it keeps:
+//! - a savepoint that fails or times out blocks the upgrade (`UpgradeBlocked`); the old job keeps
+//!   running and is never redeployed empty;
+//! - every step that cannot be repeated (stop-with-savepoint, cancel, redeploy) is recorded in
+//!   `status.operation` before it is taken, with its savepoint directory fixed up front, so a
+//!   restarted operator resumes it instead of starting a second one;
+//! - a job is restarted from empty state only when it never completed a checkpoint, and then
+//!   with a Warning event.
+
+use std::time::Duration;
+
+use weir_spec::RestoreSource;
+
+use crate::build::{job_document, job_id, spec_hash};
+use crate::crd::{
+    BlockedUpgrade, CONDITION_DEGRADED, CONDITION_PROGRESSING, CONDITION_READY,
+    CONDITION_UPGRADE_BLOCKED, CheckpointRecord, Condition, DeployedSpec, DesiredState, Lifecycle,
+    Operation, OperationKind, OperationStep, RestoreKind, RestorePoint, SavepointRecord,
+    StorageCleanup, StreamJob, StreamJobStatus, UpgradeMode,
+};
+use crate::jobmanager::{CheckpointInfo, JobOverview, JobState, OperationStatus, SavepointStatus};
+
+/// Poll interval while something is in flight.
+pub const REQUEUE_BUSY: Duration = Duration::from_secs(5);
+/// Poll interval while the job runs steadily (checkpoint and state refresh).
+pub const REQUEUE_STEADY: Duration = Duration::from_secs(30);
+const RESTART_BACKOFF_BASE_MS: i64 = 10_000;
+const RESTART_BACKOFF_MAX_MS: i64 = 300_000;
+
+/// What the JobManager said, if anything.
+#[derive(Debug, Clone, PartialEq)]
+pub enum JobManagerView {
+    /// No answer (pod gone, restarting, network).
+    Unreachable(String),
+    /// The JobManager answers but does not know our job id (yet).
+    NoJob,
+    Job {
+        overview: JobOverview,
+        /// Latest completed checkpoint it reported.
+        latest_checkpoint: Option<CheckpointInfo>,
+    },
+}
+
+/// The newest completed checkpoint the operator could find.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LatestCheckpoint {
+    pub id: u64,
+    pub path: String,
+    /// Seen in storage (`_metadata` exists), not only reported by the JobManager.
+    pub verified: bool,
+}
+
+/// Everything [`plan`] looks at.
+#[derive(Debug, Clone)]
+pub struct Observed {
+    pub job: StreamJob,
+    /// ms since epoch.
+    pub now: i64,
+    pub jobmanager: JobManagerView,
+    /// JobManager and TaskManager Deployments exist, are rolled out and available.
+    pub workloads_ready: bool,
+    /// Answer to polling `status.operation.triggerId`, when there is one and the JobManager answered.
+    pub savepoint: Option<SavepointStatus>,
+    /// Whether `<status.operation.targetDirectory>/_metadata` exists (`None`: unknown).
+    pub target_savepoint_complete: Option<bool>,
+    pub latest_checkpoint: Option<LatestCheckpoint>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Event {
+    pub warning: bool,
+    /// PascalCase, e.g. `UpgradeBlocked`.
+    pub reason: &'static str,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    AddFinalizer,
+    RemoveFinalizer,
+    /// Server-side apply ConfigMap, Service and both Deployments for the current spec.
+    Deploy {
+        restore: RestoreSource,
+        restart_nonce: u32,
+    },
+    /// Delete the JobManager and TaskManager Deployments (suspend); ConfigMap and Service stay.
+    RemoveWorkloads,
+    /// Savepoint that leaves the job running; the trigger id goes to `status.operation`.
+    TriggerSavepoint {
+        target_directory: String,
+    },
+    /// Stop-with-savepoint; the trigger id goes to `status.operation`.
+    StopWithSavepoint {
+        target_directory: String,
+    },
+    CancelJob,
+    DeleteStorage {
+        path: String,
+    },
+    Event(Event),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Plan {
+    /// Written before any action runs.
+    pub status: StreamJobStatus,
+    pub actions: Vec<Action>,
+    /// `None`: wait for a change of the StreamJob or its children.
+    pub requeue_after: Option<Duration>,
+}
+
+impl Plan {
+    /// True when the plan touches running pods or the job (used by tests and metrics).
+    pub fn touches_workloads(&self) -> bool {
+        self.actions.iter().any(|a| {
+            matches!(
+                a,
+                Action::Deploy { .. }
+                    | Action::RemoveWorkloads
+                    | Action::TriggerSavepoint { .. }
+                    | Action::StopWithSavepoint { .. }
+                    | Action::CancelJob
+            )
+        })
+    }
+}
+
+/// The parts of the spec the lifecycle needs, validated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Desired {
+    pub job_id: String,
+    pub spec_hash: String,
+    pub parallelism: u32,
+    pub slots: u32,
+    /// Base directory for savepoints, if the spec gives one.
+    pub savepoint_base: Option<String>,
+    pub savepoint_timeout_ms: i64,
+    pub savepoint_interval_ms: Option<i64>,
+    pub checkpointing: bool,
+    pub checkpoint_storage: Option<String>,
+}
+
+impl Desired {
+    /// Checks the spec the way the worker will, so a bad spec stops here with a clear message.
+    pub fn from_job(job: &StreamJob) -> Result<Desired, String> {
+        let namespace = job
+            .metadata
+            .namespace
+            .clone()
+            .unwrap_or_else(|| "default".into());
+        let name = job.metadata.name.clone().unwrap_or_default();
+        let spec = &job.spec;
+        job_document(&namespace, &name, spec, RestoreSource::Latest)
+            .validate()
+            .map_err(|e| e.to_string())?;
+        if spec.image.trim().is_empty() {
+            return Err("image: must not be empty".into());
+        }
+        if spec.task_manager.slots == 0 {
+            return Err("taskManager.slots: must be at least 1".into());
+        }
+        if spec.job.checkpointing.is_none() && spec.upgrade_mode != UpgradeMode::Stateless {
+            return Err("job.checkpointing: required unless upgradeMode is stateless".into());
+        }
+        let parse = |field: &str, text: &str| -> Result<i64, String> {
+            let duration = humantime::parse_duration(text).map_err(|e| format!("{field}: {e}"))?;
+            i64::try_from(duration.as_millis()).map_err(|_| format!("{field}: too long"))
+        };
+        let savepoint_timeout_ms = parse("savepoints.timeout", &spec.savepoints.timeout)?;
+        let savepoint_interval_ms = match &spec.savepoints.interval {
+            Some(text) => Some(parse("savepoints.interval", text)?.max(60_000)),
+            None => None,
+        };
+        if let Some(path) = &spec.initial_savepoint_path {
+            weir_spec::check_storage_uri(path).map_err(|e| format!("initialSavepointPath: {e}"))?;
+        }
+        let checkpoint_storage = spec.job.checkpointing.as_ref().map(|c| c.storage.clone());
+        let savepoint_base = spec.savepoints.directory.clone().or_else(|| {
+            checkpoint_storage
+                .as_ref()
+                .map(|s| format!("{}/savepoints", s.trim_end_matches('/')))
+        });
+        if let Some(base) = &savepoint_base {
+            weir_spec::check_storage_uri(base).map_err(|e| format!("savepoints.directory: {e}"))?;
+        }
+        Ok(Desired {
+            job_id: job_id(&namespace, &name),
+            spec_hash: spec_hash(spec).map_err(|e| e.to_string())?,
+            parallelism: spec.parallelism,
+            slots: spec.task_manager.slots,
+            savepoint_base,
+            savepoint_timeout_ms,
+            savepoint_interval_ms,
+            checkpointing: spec.job.checkpointing.is_some(),
+            checkpoint_storage,
+        })
+    }
+
+    /// Identifies a rollout target, including the mode, so changing upgradeMode retries a
+    /// blocked upgrade.
+    fn target(&self, mode: UpgradeMode) -> String {
+        format!(
+            "{}/{}/{}/{mode:?}",
+            self.spec_hash, self.parallelism, self.slots
+        )
+    }
+}
+
+/// Whether the StreamJob needs the finalizer: only for cleanup outside Kubernetes.
+pub fn needs_finalizer(job: &StreamJob) -> bool {
+    job.spec.on_delete.savepoint || job.spec.on_delete.storage == StorageCleanup::Delete
+}
+
+/// Decides the next status and actions. Pure.
+pub fn plan(observed: &Observed) -> Plan {
+    let mut planner = Planner::new(observed);
+    planner.run();
+    planner.finish()
+}
+
+struct Planner<'a> {
+    o: &'a Observed,
+    job: &'a StreamJob,
+    old: StreamJobStatus,
+    status: StreamJobStatus,
+    actions: Vec<Action>,
+    requeue: Option<Duration>,
+    degraded: Option<(&'static str, String)>,
+}
+
+impl<'a> Planner<'a> {
+    fn new(o: &'a Observed) -> Self {
+        let old = o.job.status.clone().unwrap_or_default();
+        Planner {
+            o,
+            job: &o.job,
+            status: old.clone(),
+            old,
+            actions: Vec::new(),
+            requeue: Some(REQUEUE_STEADY),
+            degraded: None,
+        }
+    }
+
+    fn event(&mut self, warning: bool, reason: &'static str, message: impl Into<String>) {
+        self.actions.push(Action::Event(Event {
+            warning,
+            reason,
+            message: message.into(),
+        }));
+    }
+
+    fn busy(&mut self) {
+        self.requeue = Some(REQUEUE_BUSY);
+    }
+
+    fn overview(&self) -> Option<&'a JobOverview> {
+        match &self.o.jobmanager {
+            JobManagerView::Job { overview, .. } => Some(overview),
+            _ => None,
+        }
+    }
+
+    fn job_state(&self) -> Option<JobState> {
+        self.overview().map(|o| o.state)
+    }
+
+    fn run(&mut self) {
+        self.record_observations();
+        if self.job.metadata.deletion_timestamp.is_some() {
+            return self.on_delete();
+        }
+        let has_finalizer = self.has_finalizer();
+        if needs_finalizer(self.job) && !has_finalizer {
+            self.actions.push(Action::AddFinalizer);
+        } else if !needs_finalizer(self.job) && has_finalizer {
+            self.actions.push(Action::RemoveFinalizer);
+        }
+        let desired = match Desired::from_job(self.job) {
+            Ok(desired) => desired,
+            Err(message) => {
+                // Nothing that runs is touched; the condition and event say what to fix.
+                if self.old_degraded_reason() != Some("InvalidSpec") {
+                    self.event(true, "InvalidSpec", message.clone());
+                }
+                self.degraded = Some(("InvalidSpec", message));
+                self.requeue = None;
+                return;
+            }
+        };
+        self.status.job_id = Some(desired.job_id.clone());
+        if let Some(operation) = self.status.operation.clone() {
+            return self.continue_operation(operation, &desired);
+        }
+        self.steady(&desired);
+    }
+
+    fn has_finalizer(&self) -> bool {
+        self.job
+            .metadata
+            .finalizers
+            .iter()
+            .flatten()
+            .any(|f| f == crate::FINALIZER)
+    }
+
+    fn old_degraded_reason(&self) -> Option<&str> {
+        self.old
+            .conditions
+            .iter()
+            .find(|c| c.type_ == CONDITION_DEGRADED && c.status == "True")
+            .map(|c| c.reason.as_str())
+    }
+
+    /// Copies what the JobManager reports into status.
+    fn record_observations(&mut self) {
+        self.status.observed_generation = self.job.metadata.generation;
+        let JobManagerView::Job {
+            overview,
+            latest_checkpoint,
+        } = &self.o.jobmanager
+        else {
+            return;
+        };
+        self.status.job_state = Some(overview.state.as_str().to_string());
+        if let Some(info) = latest_checkpoint
+            && info.status == OperationStatus::Completed
+            && self
+                .status
+                .last_checkpoint
+                .as_ref()
+                .is_none_or(|c| c.id != info.id)
+        {
+            self.status.last_checkpoint = Some(CheckpointRecord {
+                id: info.id,
+                path: info.external_path.clone(),
+                time: info.complete_time,
+            });
+        }
+    }
+
+    // ---- steady state: no operation in flight ----
+
+    fn steady(&mut self, desired: &Desired) {
+        let Some(deployed) = self.status.deployed.clone() else {
+            return self.first_deploy(desired);
+        };
+        if self.status.lifecycle == Lifecycle::Suspended {
+            if self.job.spec.state == DesiredState::Running {
+                self.resume(desired);
+            } else {
+                self.requeue = None;
+            }
+            return;
+        }
+        if self.status.lifecycle == Lifecycle::Failed
+            || self.job_state().is_some_and(JobState::is_terminal)
+        {
+            if self.job.spec.state == DesiredState::Suspended {
+                // Nothing runs, so there is nothing to savepoint: keep the restore point.
+                return self.suspend_without_job();
+            }
+            let changed = desired.spec_hash != deployed.spec_hash
+                || desired.parallelism != deployed.parallelism
+                || desired.slots != deployed.slots;
+            return self.failed(desired, changed);
+        }
+        if self.job.spec.state == DesiredState::Suspended {
+            return self.start_stop(OperationKind::Suspend, desired);
+        }
+        let mode = self.job.spec.upgrade_mode;
+        let target = desired.target(mode);
+        let rescale = desired.spec_hash == deployed.spec_hash
+            && (desired.parallelism != deployed.parallelism || desired.slots != deployed.slots);
+        let upgrade = desired.spec_hash != deployed.spec_hash;
+        if rescale || upgrade {
+            if self
+                .status
+                .blocked
+                .as_ref()
+                .is_some_and(|b| b.target == target)
+            {
+                // Refused before; the old job keeps running until the spec changes again.
+                self.keep_running(&deployed);
+                return;
+            }
+            self.status.blocked = None;
+            let kind = if upgrade {
+                OperationKind::Upgrade
+            } else {
+                OperationKind::Rescale
+            };
+            return self.start_stop(kind, desired);
+        }
+        self.status.blocked = None;
+        self.watch_running(desired, &deployed);
+    }
+
+    fn first_deploy(&mut self, desired: &Desired) {
+        if self.job.spec.state == DesiredState::Suspended {
+            self.status.lifecycle = Lifecycle::Suspended;
+            self.requeue = None;
+            return;
+        }
+        let restore = match &self.job.spec.initial_savepoint_path {
+            Some(path) => RestorePoint {
+                kind: RestoreKind::Savepoint,
+                path: Some(path.clone()),
+                verified: false,
+            },
+            None => RestorePoint {
+                kind: RestoreKind::Empty,
+                path: None,
+                verified: false,
+            },
+        };
+        self.event(
+            false,
+            "Deploying",
+            format!(
+                "deploying job {} with parallelism {}",
+                desired.job_id, desired.parallelism
+            ),
+        );
+        self.deploy(desired, restore, 0);
+    }
+
+    /// Rolls out the current spec from `restore` and records it as deployed.
+    fn deploy(&mut self, desired: &Desired, restore: RestorePoint, restart_nonce: u32) {
+        let source = match (&restore.kind, &restore.path) {
+            (RestoreKind::Empty, _) | (_, None) => RestoreSource::None,
+            (_, Some(path)) => RestoreSource::Path(path.clone()),
+        };
+        self.status.deployed = Some(DeployedSpec {
+            spec_hash: desired.spec_hash.clone(),
+            parallelism: desired.parallelism,
+            slots: desired.slots,
+            deployed_at: self.o.now,
+            restart_nonce,
+            pinned_restore: true,
+        });
+        self.status.restore_point = Some(restore);
+        self.status.lifecycle = Lifecycle::Deploying;
+        self.status.job_start_time = None;
+        self.actions.push(Action::Deploy {
+            restore: source,
+            restart_nonce,
+        });
+        self.busy();
+    }
+
+    /// The restore source for re-applying what is deployed: pinned to the restore point until
+    /// the new run completes a checkpoint, `latest` after.
+    fn current_restore_source(&self, deployed: &DeployedSpec) -> RestoreSource {
+        if !deployed.pinned_restore {
+            return RestoreSource::Latest;
+        }
+        match &self.status.restore_point {
+            Some(RestorePoint {
+                kind: RestoreKind::Savepoint | RestoreKind::Checkpoint,
+                path: Some(path),
+                ..
+            }) => RestoreSource::Path(path.clone()),
+            _ => RestoreSource::None,
+        }
+    }
+
+    /// Keep the deployed children in shape (someone may have deleted one); idempotent.
+    fn keep_running(&mut self, deployed: &DeployedSpec) {
+        // While an upgrade is blocked the spec no longer describes the pods, so do not apply.
+        if self.status.blocked.is_none() {
+            self.actions.push(Action::Deploy {
+                restore: self.current_restore_source(deployed),
+                restart_nonce: deployed.restart_nonce,
+            });
+        }
+    }
+
+    fn watch_running(&mut self, desired: &Desired, deployed: &DeployedSpec) {
+        match &self.o.jobmanager {
+            JobManagerView::Job { overview, .. } => {
+                let restarted = self
+                    .old
+                    .job_start_time
+                    .is_some_and(|t| t != overview.start_time);
+                self.status.job_start_time = Some(overview.start_time);
+                if restarted && self.old.lifecycle == Lifecycle::Running {
+                    self.jobmanager_replaced("the JobManager restarted the job");
+                }
+                match overview.state {
+                    JobState::Running
+                        if self.o.workloads_ready
+                            || self.status.lifecycle == Lifecycle::Running =>
+                    {
+                        if self.status.lifecycle != Lifecycle::Running {
+                            self.status.consecutive_failures = 0;
+                        }
+                        self.status.lifecycle = Lifecycle::Running;
+                    }
+                    JobState::Running
+                    | JobState::Created
+                    | JobState::Restarting
+                    | JobState::Failing => {
+                        if self.status.lifecycle != Lifecycle::Running {
+                            self.status.lifecycle = Lifecycle::Deploying;
+                        }
+                        self.busy();
+                    }
+                    // Terminal states are handled by `steady` before we get here.
+                    JobState::Failed | JobState::Canceled | JobState::Finished => {}
+                }
+            }
+            JobManagerView::NoJob | JobManagerView::Unreachable(_) => {
+                if matches!(
+                    self.status.lifecycle,
+                    Lifecycle::Running | Lifecycle::Savepointing
+                ) {
+                    let reason = match &self.o.jobmanager {
+                        JobManagerView::Unreachable(e) => format!("JobManager unreachable: {e}"),
+                        _ => "JobManager does not know the job".to_string(),
+                    };
+                    self.jobmanager_replaced(&reason);
+                }
+                self.status.lifecycle = Lifecycle::Deploying;
+                self.busy();
+            }
+        }
+        // Once the new run has its own checkpoint, later JobManager restarts use `latest`.
+        let mut deployed = deployed.clone();
+        if deployed.pinned_restore
+            && self
+                .status
+                .last_checkpoint
+                .as_ref()
+                .and_then(|c| c.time)
+                .is_some_and(|t| t > deployed.deployed_at)
+        {
+            deployed.pinned_restore = false;
+            self.status.deployed = Some(deployed.clone());
+        }
+        self.keep_running(&deployed);
+        if self.status.lifecycle == Lifecycle::Running {
+            self.maybe_savepoint(desired);
+        }
+    }
+
+    /// The JobManager came back (or will): it restores from the latest completed checkpoint.
+    /// Show which one, verified in storage when possible.
+    fn jobmanager_replaced(&mut self, why: &str) {
+        match &self.o.latest_checkpoint {
+            Some(latest) => {
+                self.status.restore_point = Some(RestorePoint {
+                    kind: RestoreKind::Checkpoint,
+                    path: Some(latest.path.clone()),
+                    verified: latest.verified,
+                });
+                self.event(
+                    true,
+                    "JobManagerLost",
+                    format!(
+                        "{why}; restoring from checkpoint {} at {}",
+                        latest.id, latest.path
+                    ),
+                );
+            }
+            None => self.event(
+                true,
+                "JobManagerLost",
+                format!("{why}; no completed checkpoint yet"),
+            ),
+        }
+    }
+
+    fn maybe_savepoint(&mut self, desired: &Desired) {
+        let nonce = self.job.spec.savepoint_trigger_nonce;
+        if nonce.is_some() && nonce != self.status.last_savepoint_nonce {
+            return self.start_savepoint(OperationKind::Manual, desired, nonce);
+        }
+        if let Some(interval) = desired.savepoint_interval_ms {
+            let since = [
+                self.status.last_savepoint.as_ref().map(|s| s.time),
+                self.status.last_periodic_attempt,
+                self.status.deployed.as_ref().map(|d| d.deployed_at),
+            ]
+            .into_iter()
+            .flatten()
+            .max()
+            .unwrap_or(self.o.now);
+            if self.o.now - since >= interval {
+                self.status.last_periodic_attempt = Some(self.o.now);
+                self.start_savepoint(OperationKind::Periodic, desired, None);
+            }
+        }
+    }
+
+    fn savepoint_directory(&self, desired: &Desired) -> Option<String> {
+        let base = desired.savepoint_base.as_ref()?;
+        Some(format!(
+            "{}/{}/savepoint-{}",
+            base.trim_end_matches('/'),
+            desired.job_id,
+            self.o.now
+        ))
+    }
+
+    fn start_savepoint(&mut self, kind: OperationKind, desired: &Desired, nonce: Option<i64>) {
+        let Some(target) = self.savepoint_directory(desired) else {
+            self.status.last_savepoint_nonce = nonce;
+            self.event(
+                true,
+                "SavepointImpossible",
+                "no savepoints.directory and no checkpoint storage to derive it from",
+            );
+            return;
+        };
+        self.status.operation = Some(Operation {
+            kind,
+            step: OperationStep::Savepointing,
+            stop: false,
+            target_directory: Some(target.clone()),
+            trigger_id: None,
+            started_at: self.o.now,
+            target_hash: None,
+            nonce,
+        });
+        self.status.lifecycle = Lifecycle::Savepointing;
+        self.event(
+            false,
+            "SavepointStarted",
+            format!("{kind:?} savepoint to {target}"),
+        );
+        self.actions.push(Action::TriggerSavepoint {
+            target_directory: target,
+        });
+        self.busy();
+    }
+
+    /// Begins an upgrade, rescale or suspend of a job that may be running.
+    fn start_stop(&mut self, kind: OperationKind, desired: &Desired) {
+        let mode = self.job.spec.upgrade_mode;
+        let running = self.job_state() == Some(JobState::Running);
+        let lifecycle = match kind {
+            OperationKind::Rescale => Lifecycle::Rescaling,
+            OperationKind::Suspend => Lifecycle::Savepointing,
+            _ => Lifecycle::Upgrading,
+        };
+        let mut operation = Operation {
+            kind,
+            step: OperationStep::Savepointing,
+            stop: true,
+            target_directory: None,
+            trigger_id: None,
+            started_at: self.o.now,
+            target_hash: Some(desired.target(mode)),
+            nonce: None,
+        };
+        match mode {
+            UpgradeMode::Savepoint if running => {
+                let Some(target) = self.savepoint_directory(desired) else {
+                    return self.block(
+                        kind,
+                        desired,
+                        "NoSavepointDirectory",
+                        "no savepoint directory configured",
+                    );
+                };
+                operation.target_directory = Some(target.clone());
+                self.event(
+                    false,
+                    "StopWithSavepoint",
+                    format!("{kind:?}: stopping with savepoint to {target}"),
+                );
+                self.actions.push(Action::StopWithSavepoint {
+                    target_directory: target,
+                });
+            }
+            UpgradeMode::LastState if running => {
+                operation.step = OperationStep::Cancelling;
+                self.event(
+                    false,
+                    "Cancelling",
+                    format!("{kind:?}: cancelling to restore from the latest checkpoint"),
+                );
+                self.actions.push(Action::CancelJob);
+            }
+            UpgradeMode::Stateless => {
+                if kind == OperationKind::Suspend {
+                    return self.suspend_without_job();
+                }
+                self.status.lifecycle = lifecycle;
+                self.event(
+                    false,
+                    "Redeploying",
+                    format!("{kind:?}: stateless redeploy with empty state"),
+                );
+                let empty = RestorePoint {
+                    kind: RestoreKind::Empty,
+                    path: None,
+                    verified: false,
+                };
+                self.redeploy(operation, desired, empty, lifecycle);
+                return;
+            }
+            // The job is not running (still deploying, restarting, JobManager gone): there is
+            // nothing to savepoint, so the new spec starts from the newest state in storage.
+            UpgradeMode::Savepoint | UpgradeMode::LastState => {
+                if kind == OperationKind::Suspend {
+                    return self.suspend_without_job();
+                }
+                self.status.lifecycle = lifecycle;
+                return self.redeploy_from_latest(operation, desired, lifecycle);
+            }
+        }
+        self.status.operation = Some(operation);
+        self.status.lifecycle = lifecycle;
+        self.busy();
+    }
+
+    fn suspend_without_job(&mut self) {
+        if let Some(latest) = &self.o.latest_checkpoint {
+            self.status.restore_point = Some(RestorePoint {
+                kind: RestoreKind::Checkpoint,
+                path: Some(latest.path.clone()),
+                verified: latest.verified,
+            });
+        }
+        self.status.operation = None;
+        self.status.lifecycle = Lifecycle::Suspended;
+        self.actions.push(Action::RemoveWorkloads);
+        self.requeue = None;
+    }
+
+    fn resume(&mut self, desired: &Desired) {
+        // Resume from the suspend savepoint, or a newer checkpoint if one exists.
+        let restore = match (&self.status.restore_point, &self.o.latest_checkpoint) {
+            (
+                Some(
+                    point @ RestorePoint {
+                        kind: RestoreKind::Savepoint,
+                        ..
+                    },
+                ),
+                _,
+            ) => point.clone(),
+            (_, Some(latest)) => RestorePoint {
+                kind: RestoreKind::Checkpoint,
+                path: Some(latest.path.clone()),
+                verified: latest.verified,
+            },
+            (Some(point), None) => point.clone(),
+            (None, None) => RestorePoint {
+                kind: RestoreKind::Empty,
+                path: None,
+                verified: false,
+            },
+        };
+        let nonce = self.status.deployed.as_ref().map_or(0, |d| d.restart_nonce);
+        self.event(
+            false,
+            "Resuming",
+            format!("resuming from {}", describe(&restore)),
+        );
+        self.deploy(desired, restore, nonce);
+    }
+
+    /// A FAILED (or otherwise stopped) job: restart from the latest checkpoint with backoff.
+    fn failed(&mut self, desired: &Desired, spec_changed: bool) {
+        if self.status.lifecycle != Lifecycle::Failed {
+            let why = self
+                .overview()
+                .and_then(|o| o.last_failure.clone())
+                .unwrap_or_else(|| {
+                    format!(
+                        "job is {}",
+                        self.status.job_state.as_deref().unwrap_or("gone")
+                    )
+                });
+            self.event(true, "JobFailed", why);
+            self.status.lifecycle = Lifecycle::Failed;
+            self.status.failed_at = Some(self.o.now);
+        }
+        let failed_at = *self.status.failed_at.get_or_insert(self.o.now);
+        let exponent = self.status.consecutive_failures.min(10);
+        let backoff = (RESTART_BACKOFF_BASE_MS << exponent).min(RESTART_BACKOFF_MAX_MS);
+        let due = failed_at + backoff;
+        // A spec change is the user's fix: do not make them wait for the backoff.
+        if self.o.now < due && !spec_changed {
+            self.degraded = Some((
+                "JobFailed",
+                format!("restarting in {}s", (due - self.o.now + 999) / 1000),
+            ));
+            self.requeue = Some(Duration::from_millis(
+                u64::try_from(due - self.o.now).unwrap_or(0),
+            ));
+            return;
+        }
+        let Some(restore) = self.restore_from_latest(desired) else {
+            return;
+        };
+        let nonce = self.status.deployed.as_ref().map_or(0, |d| d.restart_nonce) + 1;
+        self.status.restarts += 1;
+        self.status.consecutive_failures += 1;
+        self.status.failed_at = None;
+        self.event(
+            false,
+            "Restarting",
+            format!(
+                "restart {} from {}",
+                self.status.restarts,
+                describe(&restore)
+            ),
+        );
+        self.deploy(desired, restore, nonce);
+    }
+
+    /// The newest safe restore point, or `None` (with Degraded set) when only empty state is
+    /// left although the job once had checkpoints.
+    fn restore_from_latest(&mut self, desired: &Desired) -> Option<RestorePoint> {
+        if let Some(latest) = &self.o.latest_checkpoint {
+            return Some(RestorePoint {
+                kind: RestoreKind::Checkpoint,
+                path: Some(latest.path.clone()),
+                verified: latest.verified,
+            });
+        }
+        if let Some(point @ RestorePoint { path: Some(_), .. }) = &self.status.restore_point {
+            return Some(point.clone());
+        }
+        if desired.checkpointing && self.status.last_checkpoint.is_some() {
+            let message = format!(
+                "the job completed checkpoint {} but none is found under {}; refusing to start from empty state",
+                self.status.last_checkpoint.as_ref().map_or(0, |c| c.id),
+                desired
+                    .checkpoint_storage
+                    .as_deref()
+                    .unwrap_or("checkpoint storage")
+            );
+            if self.old_degraded_reason() != Some("NoCheckpointToRestore") {
+                self.event(true, "NoCheckpointToRestore", message.clone());
+            }
+            self.degraded = Some(("NoCheckpointToRestore", message));
+            self.requeue = Some(Duration::from_secs(60));
+            return None;
+        }
+        if desired.checkpointing {
+            self.event(
+                true,
+                "StartingWithoutState",
+                "the job never completed a checkpoint; starting with empty state",
+            );
+        }
+        Some(RestorePoint {
+            kind: RestoreKind::Empty,
+            path: None,
+            verified: false,
+        })
+    }
+
+    fn redeploy_from_latest(
+        &mut self,
+        operation: Operation,
+        desired: &Desired,
+        lifecycle: Lifecycle,
+    ) {
+        let Some(restore) = self.restore_from_latest(desired) else {
+            self.status.operation = None;
+            self.status.lifecycle = Lifecycle::Failed;
+            return;
+        };
+        self.event(
+            false,
+            "Redeploying",
+            format!(
+                "{:?}: redeploying from {}",
+                operation.kind,
+                describe(&restore)
+            ),
+        );
+        self.redeploy(operation, desired, restore, lifecycle);
+    }
+
+    fn redeploy(
+        &mut self,
+        mut operation: Operation,
+        desired: &Desired,
+        restore: RestorePoint,
+        lifecycle: Lifecycle,
+    ) {
+        operation.step = OperationStep::Redeploying;
+        let nonce = self.status.deployed.as_ref().map_or(0, |d| d.restart_nonce);
+        self.deploy(desired, restore, nonce);
+        self.status.operation = Some(operation);
+        self.status.lifecycle = lifecycle;
+    }
+
+    fn block(
+        &mut self,
+        kind: OperationKind,
+        desired: &Desired,
+        reason: &'static str,
+        message: &str,
+    ) {
+        let target = match kind {
+            OperationKind::Suspend => "suspend".to_string(),
+            _ => desired.target(self.job.spec.upgrade_mode),
+        };
+        self.block_target(kind, target, reason, message);
+    }
+
+    fn block_target(
+        &mut self,
+        kind: OperationKind,
+        target: String,
+        reason: &'static str,
+        message: &str,
+    ) {
+        let message = format!("{kind:?} blocked, the old job keeps running: {message}");
+        self.event(true, "UpgradeBlocked", message.clone());
+        self.status.blocked = Some(BlockedUpgrade {
+            target,
+            reason: reason.to_string(),
+            message,
+        });
+        self.status.operation = None;
+        self.status.lifecycle = Lifecycle::Running;
+    }
+
+    // ---- an operation is in flight ----
+
+    fn continue_operation(&mut self, operation: Operation, desired: &Desired) {
+        self.busy();
+        match operation.step {
+            OperationStep::Savepointing => self.poll_savepoint(operation, desired),
+            OperationStep::Cancelling => self.poll_cancel(operation, desired),
+            OperationStep::Redeploying => self.poll_redeploy(operation, desired),
+        }
+    }
+
+    fn poll_savepoint(&mut self, operation: Operation, desired: &Desired) {
+        let target = operation.target_directory.clone().unwrap_or_default();
+        let timed_out = self.o.now - operation.started_at >= desired.savepoint_timeout_ms;
+        if let Some(answer) = &self.o.savepoint {
+            match answer.status {
+                OperationStatus::Completed => {
+                    let location = answer.location.clone().unwrap_or(target);
+                    return self.savepoint_completed(operation, desired, location);
+                }
+                OperationStatus::Failed => {
+                    let failure = answer
+                        .failure
+                        .clone()
+                        .unwrap_or_else(|| "no reason given".into());
+                    return self.savepoint_failed(operation, "SavepointFailed", &failure);
+                }
+                OperationStatus::InProgress if !timed_out => return,
+                OperationStatus::InProgress => {}
+            }
+        }
+        // No answer, or it took too long. A `_metadata` in the target means it did complete
+        // (the operator may have crashed before it recorded the trigger id).
+        if self.o.target_savepoint_complete == Some(true) {
+            return self.savepoint_completed(operation, desired, target);
+        }
+        if timed_out {
+            let message = format!(
+                "savepoint to {target} did not complete within {}s",
+                desired.savepoint_timeout_ms / 1000
+            );
+            return self.savepoint_failed(operation, "SavepointTimeout", &message);
+        }
+        if operation.trigger_id.is_none() && self.job_state() == Some(JobState::Running) {
+            // Recorded but never acknowledged: ask again. The JobManager treats a repeated
+            // request for the same target directory as the same savepoint.
+            let action = if operation.stop {
+                Action::StopWithSavepoint {
+                    target_directory: target,
+                }
+            } else {
+                Action::TriggerSavepoint {
+                    target_directory: target,
+                }
+            };
+            self.actions.push(action);
+        }
+    }
+
+    fn savepoint_completed(&mut self, operation: Operation, desired: &Desired, location: String) {
+        let record = SavepointRecord {
+            path: location.clone(),
+            time: self.o.now,
+            reason: operation.kind,
+        };
+        self.status.last_savepoint = Some(record.clone());
+        self.status.savepoint_history.push(record);
+        if operation.kind == OperationKind::Manual {
+            self.status.last_savepoint_nonce = operation.nonce;
+        }
+        self.event(
+            false,
+            "SavepointCompleted",
+            format!("savepoint at {location}"),
+        );
+        let verified = self.o.target_savepoint_complete == Some(true);
+        let restore = RestorePoint {
+            kind: RestoreKind::Savepoint,
+            path: Some(location),
+            verified,
+        };
+        if !operation.stop {
+            self.status.operation = None;
+            self.status.lifecycle = Lifecycle::Running;
+            self.apply_retention();
+            return;
+        }
+        match operation.kind {
+            OperationKind::Suspend => {
+                self.status.restore_point = Some(restore);
+                self.status.operation = None;
+                self.status.lifecycle = Lifecycle::Suspended;
+                self.actions.push(Action::RemoveWorkloads);
+                self.requeue = None;
+            }
+            OperationKind::Delete => {
+                self.status.restore_point = Some(restore);
+                self.status.operation = None;
+            }
+            _ => {
+                let lifecycle = self.status.lifecycle;
+                self.redeploy(operation, desired, restore, lifecycle);
+            }
+        }
+        self.apply_retention();
+    }
+
+    fn savepoint_failed(&mut self, operation: Operation, reason: &'static str, message: &str) {
+        match operation.kind {
+            OperationKind::Upgrade | OperationKind::Rescale | OperationKind::Suspend => {
+                let target = match operation.kind {
+                    OperationKind::Suspend => "suspend".to_string(),
+                    _ => operation.target_hash.clone().unwrap_or_default(),
+                };
+                self.block_target(operation.kind, target, reason, message);
+            }
+            OperationKind::Delete => {
+                self.status.operation = None;
+                self.event(
+                    true,
+                    reason,
+                    format!("final savepoint failed, deleting anyway: {message}"),
+                );
+            }
+            OperationKind::Manual | OperationKind::Periodic => {
+                if operation.kind == OperationKind::Manual {
+                    self.status.last_savepoint_nonce = operation.nonce;
+                }
+                self.status.operation = None;
+                self.status.lifecycle = Lifecycle::Running;
+                self.event(
+                    true,
+                    reason,
+                    format!("{:?} savepoint: {message}", operation.kind),
+                );
+            }
+        }
+    }
+
+    /// Deletes savepoints beyond `savepoints.retained`, never the current restore point.
+    fn apply_retention(&mut self) {
+        let retained = self.job.spec.savepoints.retained.max(1) as usize;
+        let keep = self
+            .status
+            .restore_point
+            .as_ref()
+            .and_then(|r| r.path.clone());
+        while self.status.savepoint_history.len() > retained {
+            let oldest = self.status.savepoint_history.remove(0);
+            if Some(&oldest.path) != keep.as_ref() {
+                self.actions
+                    .push(Action::DeleteStorage { path: oldest.path });
+            }
+        }
+    }
+
+    fn poll_cancel(&mut self, operation: Operation, desired: &Desired) {
+        let stopped = match &self.o.jobmanager {
+            JobManagerView::Job { overview, .. } => overview.state.is_terminal(),
+            JobManagerView::NoJob | JobManagerView::Unreachable(_) => true,
+        };
+        if !stopped {
+            return;
+        }
+        if operation.kind == OperationKind::Suspend {
+            return self.suspend_without_job();
+        }
+        let lifecycle = self.status.lifecycle;
+        self.redeploy_from_latest(operation, desired, lifecycle);
+    }
+
+    fn poll_redeploy(&mut self, operation: Operation, desired: &Desired) {
+        let Some(deployed) = self.status.deployed.clone() else {
+            self.status.operation = None;
+            return;
+        };
+        self.keep_running(&deployed);
+        match self.overview() {
+            Some(overview)
+                if overview.state == JobState::Running
+                    && self.o.workloads_ready
+                    && overview.parallelism == desired.parallelism =>
+            {
+                self.status.job_start_time = Some(overview.start_time);
+                self.status.operation = None;
+                self.status.blocked = None;
+                self.status.lifecycle = Lifecycle::Running;
+                let reason = if operation.kind == OperationKind::Rescale {
+                    "RescaleCompleted"
+                } else {
+                    "UpgradeCompleted"
+                };
+                self.event(
+                    false,
+                    reason,
+                    format!("job runs with parallelism {}", overview.parallelism),
+                );
+            }
+            Some(overview) if overview.state == JobState::Failed => {
+                self.status.operation = None;
+                self.failed(desired, false);
+            }
+            _ => {}
+        }
+    }
+
+    // ---- deletion ----
+
+    fn on_delete(&mut self) {
+        self.requeue = None;
+        if !self.has_finalizer() {
+            return;
+        }
+        let desired = Desired::from_job(self.job).ok();
+        let operation = self.status.operation.clone();
+        match (&operation, &desired) {
+            (Some(op), Some(desired)) if op.kind == OperationKind::Delete => {
+                self.busy();
+                self.poll_savepoint(op.clone(), desired);
+                if self.status.operation.is_some() {
+                    return;
+                }
+            }
+            (_, Some(desired))
+                if self.job.spec.on_delete.savepoint
+                    && self.job_state() == Some(JobState::Running) =>
+            {
+                if let Some(target) = self.savepoint_directory(desired) {
+                    self.status.operation = Some(Operation {
+                        kind: OperationKind::Delete,
+                        step: OperationStep::Savepointing,
+                        stop: true,
+                        target_directory: Some(target.clone()),
+                        trigger_id: None,
+                        started_at: self.o.now,
+                        target_hash: None,
+                        nonce: None,
+                    });
+                    self.event(
+                        false,
+                        "FinalSavepoint",
+                        format!("stopping with a final savepoint to {target}"),
+                    );
+                    self.actions.push(Action::StopWithSavepoint {
+                        target_directory: target,
+                    });
+                    self.busy();
+                    return;
+                }
+            }
+            _ => {}
+        }
+        self.status.operation = None;
+        if self.job.spec.on_delete.storage == StorageCleanup::Delete
+            && let Some(desired) = &desired
+        {
+            if let Some(storage) = &desired.checkpoint_storage {
+                self.actions.push(Action::DeleteStorage {
+                    path: format!("{}/{}", storage.trim_end_matches('/'), desired.job_id),
+                });
+            }
+            let savepoints: Vec<_> = self
+                .status
+                .savepoint_history
+                .iter()
+                .map(|s| s.path.clone())
+                .collect();
+            for path in savepoints {
+                self.actions.push(Action::DeleteStorage { path });
+            }
+        }
+        self.event(false, "Deleted", "cleanup done; removing the finalizer");
+        self.actions.push(Action::RemoveFinalizer);
+    }
+
+    // ---- conditions and transition events ----
+
+    fn finish(mut self) -> Plan {
+        let lifecycle = self.status.lifecycle;
+        if lifecycle != self.old.lifecycle || self.o.job.status.is_none() {
+            self.status.lifecycle_since = Some(self.o.now);
+            self.event(
+                false,
+                "LifecycleChanged",
+                format!("{} -> {}", self.old.lifecycle.as_str(), lifecycle.as_str()),
+            );
+        }
+        let now = self.o.now;
+        let generation = self.job.metadata.generation;
+        let running =
+            lifecycle == Lifecycle::Running && self.status.job_state.as_deref() == Some("RUNNING");
+        let (ready_reason, ready_message) = if running {
+            ("Running", String::new())
+        } else {
+            (
+                lifecycle.as_str(),
+                format!(
+                    "job is {}",
+                    self.status.job_state.as_deref().unwrap_or("unknown")
+                ),
+            )
+        };
+        set_condition(
+            &mut self.status,
+            now,
+            generation,
+            CONDITION_READY,
+            running,
+            ready_reason,
+            ready_message,
+        );
+        let progressing = self.status.operation.is_some()
+            || matches!(
+                lifecycle,
+                Lifecycle::Deploying
+                    | Lifecycle::Upgrading
+                    | Lifecycle::Rescaling
+                    | Lifecycle::Savepointing
+            );
+        let progress_message = self
+            .status
+            .operation
+            .as_ref()
+            .map(|op| format!("{:?}: {:?}", op.kind, op.step))
+            .unwrap_or_default();
+        set_condition(
+            &mut self.status,
+            now,
+            generation,
+            CONDITION_PROGRESSING,
+            progressing,
+            lifecycle.as_str(),
+            progress_message,
+        );
+        let (degraded, reason, message) = match self.degraded.take() {
+            Some((reason, message)) => (true, reason, message),
+            None => (false, "AsExpected", String::new()),
+        };
+        set_condition(
+            &mut self.status,
+            now,
+            generation,
+            CONDITION_DEGRADED,
+            degraded,
+            reason,
+            message,
+        );
+        let (blocked, reason, message) = match &self.status.blocked {
+            Some(b) => (true, b.reason.clone(), b.message.clone()),
+            None => (false, "NotBlocked".to_string(), String::new()),
+        };
+        set_condition(
+            &mut self.status,
+            now,
+            generation,
+            CONDITION_UPGRADE_BLOCKED,
+            blocked,
+            &reason,
+            message,
+        );
+        Plan {
+            status: self.status,
+            actions: self.actions,
+            requeue_after: self.requeue,
+        }
+    }
+}
+
+fn describe(restore: &RestorePoint) -> String {
+    match (&restore.kind, &restore.path) {
+        (RestoreKind::Empty, _) | (_, None) => "empty state".to_string(),
+        (kind, Some(path)) => {
+            let verified = if restore.verified {
+                "verified"
+            } else {
+                "unverified"
+            };
+            format!("{kind:?} {path} ({verified})").to_lowercase()
+        }
+    }
+}
+
+/// Updates one condition; `lastTransitionTime` moves only when the status flips.
+fn set_condition(
+    status: &mut StreamJobStatus,
+    now: i64,
+    generation: Option<i64>,
+    type_: &str,
+    value: bool,
+    reason: &str,
+    message: String,
+) {
+    let value = if value { "True" } else { "False" };
+    let time = k8s_openapi::jiff::Timestamp::from_millisecond(now)
+        .map(|t| t.to_string())
+        .unwrap_or_default();
+    let condition = Condition {
+        type_: type_.to_string(),
+        status: value.to_string(),
+        reason: reason.to_string(),
+        message,
+        last_transition_time: time,
+        observed_generation: generation,
+    };
+    match status.conditions.iter_mut().find(|c| c.type_ == type_) {
+        Some(existing) => {
+            let transition = if existing.status == value {
+                existing.last_transition_time.clone()
+            } else {
+                condition.last_transition_time.clone()
+            };
+            *existing = Condition {
+                last_transition_time: transition,
+                ..condition
+            };
+        }
+        None => status.conditions.push(condition),
+    }
+}
+
+#[cfg(test)]
+mod tests;

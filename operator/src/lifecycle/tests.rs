@@ -1,0 +1,888 @@
+//! One test per lifecycle behaviour; each builds the observed world and checks the plan.
+
+use super::*;
+use crate::crd::{DeletionPolicy, StreamJob};
+
+const NOW: i64 = 10_000_000;
+
+fn overview(state: JobState, parallelism: u32) -> JobOverview {
+    JobOverview {
+        job_id: "streams-clicks".into(),
+        name: "url-count".into(),
+        state,
+        parallelism,
+        start_time: 1_000,
+        restarts: 0,
+        last_failure: None,
+    }
+}
+
+/// Status of a job whose current spec was deployed and runs.
+fn deployed_status(job: &StreamJob, lifecycle: Lifecycle) -> StreamJobStatus {
+    let desired = Desired::from_job(job).expect("valid spec");
+    StreamJobStatus {
+        lifecycle,
+        job_id: Some(desired.job_id),
+        job_state: Some("RUNNING".into()),
+        job_start_time: Some(1_000),
+        deployed: Some(DeployedSpec {
+            spec_hash: desired.spec_hash,
+            parallelism: desired.parallelism,
+            slots: desired.slots,
+            deployed_at: 1_000,
+            restart_nonce: 0,
+            pinned_restore: false,
+        }),
+        ..StreamJobStatus::default()
+    }
+}
+
+/// `job` was running as `before`; the user has since applied `job`'s spec.
+fn world(before: &StreamJob, job: StreamJob) -> Observed {
+    let status = deployed_status(before, Lifecycle::Running);
+    Observed {
+        jobmanager: JobManagerView::Job {
+            overview: overview(JobState::Running, before.spec.parallelism),
+            latest_checkpoint: None,
+        },
+        job: job.with_status(status),
+        now: NOW,
+        workloads_ready: true,
+        savepoint: None,
+        target_savepoint_complete: None,
+        latest_checkpoint: None,
+    }
+}
+
+fn running(job: StreamJob) -> Observed {
+    world(&job.clone(), job)
+}
+
+fn with_status(mut observed: Observed, edit: impl FnOnce(&mut StreamJobStatus)) -> Observed {
+    if let Some(status) = observed.job.status.as_mut() {
+        edit(status);
+    }
+    observed
+}
+
+fn latest(id: u64) -> LatestCheckpoint {
+    LatestCheckpoint {
+        id,
+        path: format!("s3://bucket/checkpoints/streams-clicks/chk-{id}"),
+        verified: true,
+    }
+}
+
+fn deploys(plan: &Plan) -> Vec<RestoreSource> {
+    plan.actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Deploy { restore, .. } => Some(restore.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn has_event(plan: &Plan, reason: &str) -> bool {
+    plan.actions
+        .iter()
+        .any(|a| matches!(a, Action::Event(e) if e.reason == reason))
+}
+
+fn condition<'a>(plan: &'a Plan, type_: &str) -> &'a Condition {
+    plan.status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == type_)
+        .expect("condition present")
+}
+
+fn stop_target(plan: &Plan) -> Option<String> {
+    plan.actions.iter().find_map(|a| match a {
+        Action::StopWithSavepoint { target_directory } => Some(target_directory.clone()),
+        _ => None,
+    })
+}
+
+fn savepoint_answer(
+    status: OperationStatus,
+    location: Option<&str>,
+    failure: Option<&str>,
+) -> SavepointStatus {
+    SavepointStatus {
+        status,
+        location: location.map(str::to_string),
+        failure: failure.map(str::to_string),
+    }
+}
+
+/// Runs the first step of a stop-with-savepoint and returns the world after it, with the
+/// trigger id recorded as the controller would.
+fn after_stop_requested(before: &StreamJob, job: StreamJob) -> (Observed, Plan) {
+    let plan = plan(&world(before, job.clone()));
+    let mut status = plan.status.clone();
+    if let Some(op) = status.operation.as_mut() {
+        op.trigger_id = Some("trigger-1".into());
+    }
+    let mut next = world(before, job);
+    next.job.status = Some(status);
+    next.now = NOW + 1_000;
+    (next, plan)
+}
+
+// ---- creation ----
+
+#[test]
+fn new_job_deploys_with_empty_state_and_records_the_restore_point() {
+    let observed = Observed {
+        jobmanager: JobManagerView::Unreachable("not deployed".into()),
+        ..running(StreamJob::test())
+    };
+    let mut observed = observed;
+    observed.job.status = None;
+    let plan = plan(&observed);
+    assert_eq!(deploys(&plan), [RestoreSource::None]);
+    assert_eq!(plan.status.lifecycle, Lifecycle::Deploying);
+    assert_eq!(
+        plan.status.restore_point.as_ref().map(|r| r.kind),
+        Some(RestoreKind::Empty)
+    );
+    assert_eq!(plan.status.job_id.as_deref(), Some("streams-clicks"));
+    assert!(has_event(&plan, "Deploying"));
+    assert_eq!(condition(&plan, CONDITION_PROGRESSING).status, "True");
+}
+
+#[test]
+fn new_job_starts_from_initial_savepoint_path() {
+    let mut job = StreamJob::test();
+    job.spec.initial_savepoint_path = Some("s3://bucket/sp/old".into());
+    let mut observed = running(job);
+    observed.job.status = None;
+    let plan = plan(&observed);
+    assert_eq!(
+        deploys(&plan),
+        [RestoreSource::Path("s3://bucket/sp/old".into())]
+    );
+}
+
+#[test]
+fn deploying_job_becomes_running_when_job_runs_and_pods_are_ready() {
+    let observed = with_status(running(StreamJob::test()), |s| {
+        s.lifecycle = Lifecycle::Deploying
+    });
+    let plan = plan(&observed);
+    assert_eq!(plan.status.lifecycle, Lifecycle::Running);
+    assert_eq!(condition(&plan, CONDITION_READY).status, "True");
+    assert!(has_event(&plan, "LifecycleChanged"));
+}
+
+#[test]
+fn deploying_job_waits_for_rollout() {
+    let mut observed = with_status(running(StreamJob::test()), |s| {
+        s.lifecycle = Lifecycle::Deploying
+    });
+    observed.workloads_ready = false;
+    let plan = plan(&observed);
+    assert_eq!(plan.status.lifecycle, Lifecycle::Deploying);
+    assert_eq!(plan.requeue_after, Some(REQUEUE_BUSY));
+}
+
+#[test]
+fn steady_running_job_reapplies_children_and_records_checkpoints() {
+    let mut observed = running(StreamJob::test());
+    observed.jobmanager = JobManagerView::Job {
+        overview: overview(JobState::Running, 2),
+        latest_checkpoint: Some(CheckpointInfo {
+            id: 4,
+            status: OperationStatus::Completed,
+            trigger_time: 5_000,
+            complete_time: Some(6_000),
+            duration_ms: Some(100),
+            state_size: Some(1),
+            external_path: Some("s3://bucket/checkpoints/streams-clicks/chk-4".into()),
+            failure: None,
+        }),
+    };
+    let plan = plan(&observed);
+    assert_eq!(deploys(&plan), [RestoreSource::Latest]);
+    assert_eq!(plan.status.last_checkpoint.as_ref().map(|c| c.id), Some(4));
+    assert_eq!(plan.requeue_after, Some(REQUEUE_STEADY));
+    assert!(!has_event(&plan, "LifecycleChanged"));
+}
+
+#[test]
+fn pinned_restore_switches_to_latest_after_the_first_new_checkpoint() {
+    let observed = with_status(running(StreamJob::test()), |s| {
+        s.restore_point = Some(RestorePoint {
+            kind: RestoreKind::Savepoint,
+            path: Some("s3://bucket/sp/1".into()),
+            verified: true,
+        });
+        if let Some(d) = s.deployed.as_mut() {
+            d.pinned_restore = true;
+        }
+    });
+    assert_eq!(
+        deploys(&plan(&observed)),
+        [RestoreSource::Path("s3://bucket/sp/1".into())]
+    );
+    let checkpointed = with_status(observed, |s| {
+        s.last_checkpoint = Some(CheckpointRecord {
+            id: 1,
+            path: Some("s3://bucket/checkpoints/streams-clicks/chk-1".into()),
+            time: Some(2_000),
+        });
+    });
+    let plan = plan(&checkpointed);
+    assert_eq!(deploys(&plan), [RestoreSource::Latest]);
+    assert_eq!(plan.status.deployed.map(|d| d.pinned_restore), Some(false));
+}
+
+// ---- rescale and upgrade ----
+
+#[test]
+fn rescale_takes_savepoint_before_redeploy() {
+    let before = StreamJob::test();
+    let (next, first) = after_stop_requested(&before, before.clone().with_parallelism(4));
+    assert_eq!(first.status.lifecycle, Lifecycle::Rescaling);
+    let target = stop_target(&first).expect("stop with savepoint");
+    assert!(
+        target.starts_with("s3://bucket/checkpoints/savepoints/streams-clicks/savepoint-"),
+        "{target}"
+    );
+    assert!(
+        deploys(&first).is_empty(),
+        "no redeploy before the savepoint completes"
+    );
+    let op = first
+        .status
+        .operation
+        .as_ref()
+        .expect("operation recorded before acting");
+    assert_eq!(
+        (op.kind, op.step),
+        (OperationKind::Rescale, OperationStep::Savepointing)
+    );
+    assert_eq!(op.target_directory.as_deref(), Some(target.as_str()));
+
+    let mut done = next;
+    done.savepoint = Some(savepoint_answer(
+        OperationStatus::Completed,
+        Some(&target),
+        None,
+    ));
+    let second = plan(&done);
+    assert_eq!(deploys(&second), [RestoreSource::Path(target.clone())]);
+    assert_eq!(
+        second.status.deployed.as_ref().map(|d| d.parallelism),
+        Some(4)
+    );
+    assert_eq!(
+        second
+            .status
+            .last_savepoint
+            .as_ref()
+            .map(|s| s.path.as_str()),
+        Some(target.as_str())
+    );
+    assert_eq!(
+        second.status.operation.as_ref().map(|o| o.step),
+        Some(OperationStep::Redeploying)
+    );
+
+    let mut running_again = done.clone();
+    running_again.job.status = Some(second.status);
+    running_again.savepoint = None;
+    running_again.jobmanager = JobManagerView::Job {
+        overview: overview(JobState::Running, 4),
+        latest_checkpoint: None,
+    };
+    let third = plan(&running_again);
+    assert_eq!(third.status.lifecycle, Lifecycle::Running);
+    assert!(third.status.operation.is_none());
+    assert!(has_event(&third, "RescaleCompleted"));
+}
+
+#[test]
+fn redeploy_waits_until_the_job_runs_at_the_new_parallelism() {
+    let before = StreamJob::test();
+    let (mut next, _) = after_stop_requested(&before, before.clone().with_parallelism(4));
+    next.savepoint = Some(savepoint_answer(
+        OperationStatus::Completed,
+        Some("s3://b/sp"),
+        None,
+    ));
+    let redeploying = plan(&next);
+    let mut old_job_still_reporting = next.clone();
+    old_job_still_reporting.job.status = Some(redeploying.status);
+    old_job_still_reporting.savepoint = None;
+    let plan = plan(&old_job_still_reporting);
+    assert_eq!(plan.status.lifecycle, Lifecycle::Rescaling);
+    assert!(plan.status.operation.is_some());
+}
+
+#[test]
+fn image_change_in_savepoint_mode_is_an_upgrade_through_stop_with_savepoint() {
+    let before = StreamJob::test();
+    let plan = plan(&world(&before, before.clone().with_image("weir:2")));
+    assert_eq!(plan.status.lifecycle, Lifecycle::Upgrading);
+    assert!(stop_target(&plan).is_some());
+    assert_eq!(
+        plan.status.operation.as_ref().map(|o| o.kind),
+        Some(OperationKind::Upgrade)
+    );
+}
+
+#[test]
+fn upgrade_in_last_state_mode_cancels_then_restores_latest_checkpoint() {
+    let before = StreamJob::test().with_upgrade_mode(UpgradeMode::LastState);
+    let job = before.clone().with_image("weir:2");
+    let first = plan(&world(&before, job.clone()));
+    assert!(first.actions.contains(&Action::CancelJob));
+    assert!(deploys(&first).is_empty());
+    assert_eq!(
+        first.status.operation.as_ref().map(|o| o.step),
+        Some(OperationStep::Cancelling)
+    );
+
+    let mut cancelled = world(&before, job);
+    cancelled.job.status = Some(first.status);
+    cancelled.jobmanager = JobManagerView::Job {
+        overview: overview(JobState::Canceled, 2),
+        latest_checkpoint: None,
+    };
+    cancelled.latest_checkpoint = Some(latest(17));
+    let second = plan(&cancelled);
+    assert_eq!(
+        deploys(&second),
+        [RestoreSource::Path(
+            "s3://bucket/checkpoints/streams-clicks/chk-17".into()
+        )]
+    );
+    let restore = second.status.restore_point.expect("restore point");
+    assert_eq!(
+        (restore.kind, restore.verified),
+        (RestoreKind::Checkpoint, true)
+    );
+}
+
+#[test]
+fn upgrade_in_stateless_mode_redeploys_empty_without_savepoint() {
+    let before = StreamJob::test().with_upgrade_mode(UpgradeMode::Stateless);
+    let plan = plan(&world(&before, before.clone().with_image("weir:2")));
+    assert_eq!(deploys(&plan), [RestoreSource::None]);
+    assert!(stop_target(&plan).is_none());
+    assert!(!plan.actions.contains(&Action::CancelJob));
+    assert_eq!(
+        plan.status.restore_point.map(|r| r.kind),
+        Some(RestoreKind::Empty)
+    );
+}
+
+#[test]
+fn savepoint_failure_blocks_upgrade_and_leaves_old_job_untouched() {
+    let before = StreamJob::test();
+    let job = before.clone().with_image("weir:2");
+    let (mut next, _) = after_stop_requested(&before, job.clone());
+    next.savepoint = Some(savepoint_answer(
+        OperationStatus::Failed,
+        None,
+        Some("S3 access denied"),
+    ));
+    let plan = plan(&next);
+    assert!(!plan.touches_workloads(), "{:?}", plan.actions);
+    assert_eq!(plan.status.lifecycle, Lifecycle::Running);
+    assert!(plan.status.operation.is_none());
+    let blocked = condition(&plan, CONDITION_UPGRADE_BLOCKED);
+    assert_eq!(
+        (blocked.status.as_str(), blocked.reason.as_str()),
+        ("True", "SavepointFailed")
+    );
+    assert!(blocked.message.contains("S3 access denied"));
+    assert!(
+        plan.actions
+            .iter()
+            .any(|a| matches!(a, Action::Event(e) if e.warning && e.reason == "UpgradeBlocked"))
+    );
+
+    // The next reconcile does not retry the same spec, and does not redeploy it empty.
+    let mut later = world(&before, job);
+    later.job.status = Some(plan.status);
+    let again = super::plan(&later);
+    assert!(!again.touches_workloads(), "{:?}", again.actions);
+    assert_eq!(condition(&again, CONDITION_UPGRADE_BLOCKED).status, "True");
+}
+
+#[test]
+fn savepoint_timeout_blocks_upgrade() {
+    let before = StreamJob::test();
+    let (mut next, _) = after_stop_requested(&before, before.clone().with_image("weir:2"));
+    next.savepoint = Some(savepoint_answer(OperationStatus::InProgress, None, None));
+    next.now = NOW + 11 * 60 * 1000;
+    let plan = plan(&next);
+    assert!(!plan.touches_workloads());
+    assert_eq!(
+        condition(&plan, CONDITION_UPGRADE_BLOCKED).reason,
+        "SavepointTimeout"
+    );
+}
+
+#[test]
+fn savepoint_in_progress_keeps_waiting() {
+    let before = StreamJob::test();
+    let (mut next, _) = after_stop_requested(&before, before.clone().with_image("weir:2"));
+    next.savepoint = Some(savepoint_answer(OperationStatus::InProgress, None, None));
+    let plan = plan(&next);
+    assert!(
+        plan.actions.iter().all(|a| matches!(a, Action::Event(_))),
+        "{:?}",
+        plan.actions
+    );
+    assert_eq!(plan.status.lifecycle, Lifecycle::Upgrading);
+    assert_eq!(plan.requeue_after, Some(REQUEUE_BUSY));
+}
+
+#[test]
+fn blocked_upgrade_retries_when_the_spec_changes_again() {
+    let before = StreamJob::test();
+    let (mut next, _) = after_stop_requested(&before, before.clone().with_image("weir:2"));
+    next.savepoint = Some(savepoint_answer(
+        OperationStatus::Failed,
+        None,
+        Some("boom"),
+    ));
+    let blocked = plan(&next);
+    let mut switched = world(
+        &before,
+        before
+            .clone()
+            .with_image("weir:2")
+            .with_upgrade_mode(UpgradeMode::LastState),
+    );
+    switched.job.status = Some(blocked.status);
+    let plan = plan(&switched);
+    assert!(plan.actions.contains(&Action::CancelJob));
+}
+
+#[test]
+fn operator_restart_mid_upgrade_resumes_without_second_savepoint() {
+    let before = StreamJob::test();
+    let (mut restarted, _) = after_stop_requested(&before, before.clone().with_image("weir:2"));
+    // A fresh operator sees the trigger id in status and only polls it.
+    restarted.savepoint = Some(savepoint_answer(OperationStatus::InProgress, None, None));
+    let plan = plan(&restarted);
+    assert!(stop_target(&plan).is_none(), "{:?}", plan.actions);
+    assert!(!plan.touches_workloads());
+}
+
+#[test]
+fn operator_crash_before_trigger_id_finds_the_savepoint_by_its_directory() {
+    let before = StreamJob::test();
+    let first = plan(&world(&before, before.clone().with_image("weir:2")));
+    let target = stop_target(&first).expect("stop");
+    let mut restarted = world(&before, before.clone().with_image("weir:2"));
+    restarted.job.status = Some(first.status);
+    restarted.jobmanager = JobManagerView::Job {
+        overview: overview(JobState::Finished, 2),
+        latest_checkpoint: None,
+    };
+    restarted.target_savepoint_complete = Some(true);
+    let plan = plan(&restarted);
+    assert!(stop_target(&plan).is_none());
+    assert_eq!(deploys(&plan), [RestoreSource::Path(target)]);
+}
+
+#[test]
+fn unacknowledged_trigger_is_repeated_for_the_same_directory() {
+    let before = StreamJob::test();
+    let first = plan(&world(&before, before.clone().with_image("weir:2")));
+    let target = stop_target(&first).expect("stop");
+    let mut restarted = world(&before, before.clone().with_image("weir:2"));
+    restarted.job.status = Some(first.status);
+    restarted.target_savepoint_complete = Some(false);
+    restarted.now = NOW + 1;
+    let plan = plan(&restarted);
+    assert_eq!(stop_target(&plan), Some(target));
+}
+
+// ---- failures ----
+
+#[test]
+fn jobmanager_loss_sets_restore_point_from_latest_checkpoint() {
+    let mut observed = running(StreamJob::test());
+    observed.jobmanager = JobManagerView::Unreachable("connection refused".into());
+    observed.latest_checkpoint = Some(latest(42));
+    let plan = plan(&observed);
+    assert_eq!(plan.status.lifecycle, Lifecycle::Deploying);
+    let restore = plan.status.restore_point.clone().expect("restore point");
+    assert_eq!(
+        restore.path.as_deref(),
+        Some("s3://bucket/checkpoints/streams-clicks/chk-42")
+    );
+    assert!(restore.verified);
+    assert!(has_event(&plan, "JobManagerLost"));
+    // Children are re-applied (a deleted Deployment comes back) with `latest`, never empty.
+    assert_eq!(deploys(&plan), [RestoreSource::Latest]);
+}
+
+#[test]
+fn job_restart_by_a_new_jobmanager_is_noticed() {
+    let mut observed = running(StreamJob::test());
+    observed.jobmanager = JobManagerView::Job {
+        overview: JobOverview {
+            start_time: 99_000,
+            ..overview(JobState::Running, 2)
+        },
+        latest_checkpoint: None,
+    };
+    observed.latest_checkpoint = Some(latest(8));
+    let plan = plan(&observed);
+    assert!(has_event(&plan, "JobManagerLost"));
+    assert_eq!(plan.status.job_start_time, Some(99_000));
+}
+
+fn failed_world() -> Observed {
+    let mut observed = running(StreamJob::test());
+    observed.jobmanager = JobManagerView::Job {
+        overview: JobOverview {
+            last_failure: Some("task 3 failed: OOM".into()),
+            ..overview(JobState::Failed, 2)
+        },
+        latest_checkpoint: None,
+    };
+    observed.latest_checkpoint = Some(latest(9));
+    observed
+}
+
+#[test]
+fn failed_job_waits_for_backoff_then_restarts_from_latest_checkpoint() {
+    let first = plan(&failed_world());
+    assert_eq!(first.status.lifecycle, Lifecycle::Failed);
+    assert!(deploys(&first).is_empty());
+    assert!(plan_has_warning(&first, "JobFailed"));
+    assert_eq!(first.requeue_after, Some(Duration::from_millis(10_000)));
+
+    let mut later = failed_world();
+    later.job.status = Some(first.status);
+    later.now = NOW + 10_000;
+    let second = plan(&later);
+    assert_eq!(
+        deploys(&second),
+        [RestoreSource::Path(
+            "s3://bucket/checkpoints/streams-clicks/chk-9".into()
+        )]
+    );
+    assert_eq!(second.status.restarts, 1);
+    assert_eq!(
+        second.status.deployed.as_ref().map(|d| d.restart_nonce),
+        Some(1)
+    );
+    assert_eq!(second.status.lifecycle, Lifecycle::Deploying);
+}
+
+fn plan_has_warning(plan: &Plan, reason: &str) -> bool {
+    plan.actions
+        .iter()
+        .any(|a| matches!(a, Action::Event(e) if e.warning && e.reason == reason))
+}
+
+#[test]
+fn restart_backoff_grows_with_consecutive_failures() {
+    let mut observed = failed_world();
+    observed = with_status(observed, |s| {
+        s.lifecycle = Lifecycle::Failed;
+        s.failed_at = Some(NOW);
+        s.consecutive_failures = 3;
+    });
+    observed.now = NOW + 40_000;
+    assert!(
+        deploys(&plan(&observed)).is_empty(),
+        "80s backoff not over after 40s"
+    );
+    observed.now = NOW + 80_000;
+    assert_eq!(deploys(&plan(&observed)).len(), 1);
+}
+
+#[test]
+fn failed_job_is_never_restarted_empty_after_it_had_checkpoints() {
+    let mut observed = failed_world();
+    observed.latest_checkpoint = None;
+    observed = with_status(observed, |s| {
+        s.lifecycle = Lifecycle::Failed;
+        s.failed_at = Some(0);
+        s.last_checkpoint = Some(CheckpointRecord {
+            id: 9,
+            path: None,
+            time: Some(5),
+        });
+    });
+    let plan = plan(&observed);
+    assert!(deploys(&plan).is_empty());
+    let degraded = condition(&plan, CONDITION_DEGRADED);
+    assert_eq!(
+        (degraded.status.as_str(), degraded.reason.as_str()),
+        ("True", "NoCheckpointToRestore")
+    );
+}
+
+#[test]
+fn failed_job_that_never_checkpointed_restarts_empty_with_a_warning() {
+    let mut observed = failed_world();
+    observed.latest_checkpoint = None;
+    observed = with_status(observed, |s| {
+        s.lifecycle = Lifecycle::Failed;
+        s.failed_at = Some(0);
+    });
+    let plan = plan(&observed);
+    assert_eq!(deploys(&plan), [RestoreSource::None]);
+    assert!(plan_has_warning(&plan, "StartingWithoutState"));
+}
+
+// ---- savepoints on demand ----
+
+#[test]
+fn nonce_change_triggers_a_savepoint_that_keeps_the_job_running() {
+    let observed = running(StreamJob::test().with_nonce(7));
+    let first = plan(&observed);
+    assert_eq!(first.status.lifecycle, Lifecycle::Savepointing);
+    let target = first.actions.iter().find_map(|a| match a {
+        Action::TriggerSavepoint { target_directory } => Some(target_directory.clone()),
+        _ => None,
+    });
+    let target = target.expect("savepoint triggered");
+    assert!(stop_target(&first).is_none());
+
+    let mut done = observed.clone();
+    done.job.status = Some(first.status);
+    if let Some(op) = done.job.status.as_mut().and_then(|s| s.operation.as_mut()) {
+        op.trigger_id = Some("t".into());
+    }
+    done.savepoint = Some(savepoint_answer(
+        OperationStatus::Completed,
+        Some(&target),
+        None,
+    ));
+    let second = plan(&done);
+    assert_eq!(second.status.last_savepoint_nonce, Some(7));
+    assert_eq!(second.status.lifecycle, Lifecycle::Running);
+    assert!(deploys(&second).is_empty());
+
+    let mut settled = observed;
+    settled.job.status = Some(second.status);
+    settled.savepoint = None;
+    assert!(
+        !plan(&settled)
+            .actions
+            .iter()
+            .any(|a| matches!(a, Action::TriggerSavepoint { .. }))
+    );
+}
+
+#[test]
+fn periodic_savepoint_fires_after_the_interval() {
+    let mut job = StreamJob::test();
+    job.spec.savepoints.interval = Some("1h".into());
+    let mut observed = running(job);
+    observed.now = 1_000 + 3_600_000;
+    let plan = plan(&observed);
+    assert!(
+        plan.actions
+            .iter()
+            .any(|a| matches!(a, Action::TriggerSavepoint { .. }))
+    );
+    assert_eq!(
+        plan.status.operation.map(|o| o.kind),
+        Some(OperationKind::Periodic)
+    );
+}
+
+#[test]
+fn retention_deletes_the_oldest_savepoints() {
+    let mut job = StreamJob::test().with_nonce(1);
+    job.spec.savepoints.retained = 2;
+    let observed = with_status(running(job), |s| {
+        s.savepoint_history = ["s3://b/sp/1", "s3://b/sp/2"]
+            .iter()
+            .map(|p| SavepointRecord {
+                path: p.to_string(),
+                time: 1,
+                reason: OperationKind::Manual,
+            })
+            .collect();
+        s.operation = Some(Operation {
+            kind: OperationKind::Manual,
+            step: OperationStep::Savepointing,
+            stop: false,
+            target_directory: Some("s3://b/sp/3".into()),
+            trigger_id: Some("t".into()),
+            started_at: NOW,
+            target_hash: None,
+            nonce: Some(1),
+        });
+    });
+    let mut observed = observed;
+    observed.savepoint = Some(savepoint_answer(
+        OperationStatus::Completed,
+        Some("s3://b/sp/3"),
+        None,
+    ));
+    let plan = plan(&observed);
+    assert!(plan.actions.contains(&Action::DeleteStorage {
+        path: "s3://b/sp/1".into()
+    }));
+    assert_eq!(plan.status.savepoint_history.len(), 2);
+}
+
+// ---- suspend and resume ----
+
+#[test]
+fn suspend_takes_savepoint_then_removes_pods_and_resume_restores_it() {
+    let before = StreamJob::test();
+    let (mut next, first) = after_stop_requested(&before, before.clone().suspended());
+    let target = stop_target(&first).expect("stop with savepoint");
+    next.savepoint = Some(savepoint_answer(
+        OperationStatus::Completed,
+        Some(&target),
+        None,
+    ));
+    let second = plan(&next);
+    assert!(second.actions.contains(&Action::RemoveWorkloads));
+    assert_eq!(second.status.lifecycle, Lifecycle::Suspended);
+    assert_eq!(second.requeue_after, None);
+
+    let mut resumed = world(&before, before.clone());
+    resumed.job.status = Some(second.status);
+    resumed.jobmanager = JobManagerView::Unreachable("suspended".into());
+    let third = plan(&resumed);
+    assert_eq!(deploys(&third), [RestoreSource::Path(target)]);
+    assert_eq!(third.status.lifecycle, Lifecycle::Deploying);
+}
+
+#[test]
+fn suspend_savepoint_failure_keeps_the_job_running() {
+    let before = StreamJob::test();
+    let (mut next, _) = after_stop_requested(&before, before.clone().suspended());
+    next.savepoint = Some(savepoint_answer(
+        OperationStatus::Failed,
+        None,
+        Some("disk full"),
+    ));
+    let plan = plan(&next);
+    assert!(!plan.actions.contains(&Action::RemoveWorkloads));
+    assert_eq!(plan.status.lifecycle, Lifecycle::Running);
+    assert_eq!(condition(&plan, CONDITION_UPGRADE_BLOCKED).status, "True");
+}
+
+#[test]
+fn suspended_job_stays_suspended() {
+    let observed = with_status(running(StreamJob::test().suspended()), |s| {
+        s.lifecycle = Lifecycle::Suspended
+    });
+    let plan = plan(&observed);
+    assert!(!plan.touches_workloads());
+    assert_eq!(plan.requeue_after, None);
+}
+
+// ---- invalid specs ----
+
+#[test]
+fn invalid_spec_sets_condition_and_event_and_touches_nothing() {
+    let mut job = StreamJob::test().with_parallelism(500);
+    job.spec.job.max_parallelism = 128;
+    let observed = world(&StreamJob::test(), job);
+    let plan = plan(&observed);
+    assert!(!plan.touches_workloads());
+    let degraded = condition(&plan, CONDITION_DEGRADED);
+    assert_eq!(
+        (degraded.status.as_str(), degraded.reason.as_str()),
+        ("True", "InvalidSpec")
+    );
+    assert!(
+        degraded.message.contains("parallelism"),
+        "{}",
+        degraded.message
+    );
+    assert!(plan_has_warning(&plan, "InvalidSpec"));
+
+    // The same invalid spec does not repeat the event.
+    let mut again = observed;
+    again.job.status = Some(plan.status);
+    assert!(!plan_has_warning(&super::plan(&again), "InvalidSpec"));
+}
+
+#[test]
+fn bad_savepoint_timeout_is_an_invalid_spec() {
+    let mut job = StreamJob::test();
+    job.spec.savepoints.timeout = "soon".into();
+    let plan = plan(&world(&StreamJob::test(), job));
+    assert_eq!(condition(&plan, CONDITION_DEGRADED).reason, "InvalidSpec");
+}
+
+// ---- deletion ----
+
+fn deleting(mut observed: Observed, policy: DeletionPolicy) -> Observed {
+    observed.job.spec.on_delete = policy;
+    observed.job.metadata.deletion_timestamp =
+        Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+            k8s_openapi::jiff::Timestamp::UNIX_EPOCH,
+        ));
+    observed.job.metadata.finalizers = Some(vec![crate::FINALIZER.to_string()]);
+    observed
+}
+
+#[test]
+fn finalizer_is_added_only_when_cleanup_is_needed() {
+    let mut job = StreamJob::test();
+    assert!(
+        !plan(&running(job.clone()))
+            .actions
+            .contains(&Action::AddFinalizer)
+    );
+    job.spec.on_delete.savepoint = true;
+    assert!(plan(&running(job)).actions.contains(&Action::AddFinalizer));
+}
+
+#[test]
+fn deletion_takes_final_savepoint_then_cleans_up_and_releases_finalizer() {
+    let policy = DeletionPolicy {
+        savepoint: true,
+        storage: StorageCleanup::Delete,
+    };
+    let observed = deleting(running(StreamJob::test()), policy.clone());
+    let first = plan(&observed);
+    assert!(stop_target(&first).is_some());
+    assert!(!first.actions.contains(&Action::RemoveFinalizer));
+
+    let mut done = deleting(running(StreamJob::test()), policy);
+    let mut status = first.status;
+    if let Some(op) = status.operation.as_mut() {
+        op.trigger_id = Some("t".into());
+    }
+    done.job.status = Some(status);
+    done.savepoint = Some(savepoint_answer(
+        OperationStatus::Completed,
+        Some("s3://b/final"),
+        None,
+    ));
+    let second = plan(&done);
+    assert!(second.actions.contains(&Action::DeleteStorage {
+        path: "s3://bucket/checkpoints/streams-clicks".into()
+    }));
+    assert!(second.actions.contains(&Action::RemoveFinalizer));
+}
+
+#[test]
+fn deletion_without_savepoint_removes_finalizer_and_retains_storage() {
+    let policy = DeletionPolicy {
+        savepoint: false,
+        storage: StorageCleanup::Retain,
+    };
+    let plan = plan(&deleting(running(StreamJob::test()), policy));
+    assert!(plan.actions.contains(&Action::RemoveFinalizer));
+    assert!(
+        !plan
+            .actions
+            .iter()
+            .any(|a| matches!(a, Action::DeleteStorage { .. }))
+    );
+}

@@ -1,0 +1,105 @@
+//! `weir-operator`: watches StreamJobs in one namespace, a list, or all, behind a Lease so
+//! two replicas are safe, and serves `/metrics` and `/healthz`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use axum::Router;
+use axum::routing::get;
+use clap::Parser;
+use weir_operator::controller::{self, Context, Scope};
+use weir_operator::jobmanager::JobManagerEndpoint;
+use weir_operator::leader::LeaseLock;
+use weir_operator::metrics::Metrics;
+use weir_operator::storage::LocalStore;
+
+#[derive(Debug, Parser)]
+#[command(version, about = "Kubernetes operator for Weir StreamJobs")]
+struct Args {
+    /// Namespaces to watch (repeat or comma-separate); all namespaces when absent.
+    #[arg(
+        long = "namespace",
+        env = "WEIR_WATCH_NAMESPACES",
+        value_delimiter = ','
+    )]
+    namespaces: Vec<String>,
+    /// Address for `/metrics` and `/healthz`.
+    #[arg(long, env = "WEIR_METRICS_ADDR", default_value = "0.0.0.0:8080")]
+    metrics_addr: SocketAddr,
+    /// Skip leader election (single replica, local development).
+    #[arg(long, env = "WEIR_NO_LEADER_ELECTION")]
+    no_leader_election: bool,
+    /// Namespace of the leader election Lease (usually the operator's own).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "weir-system")]
+    lease_namespace: String,
+    /// This replica's identity in the Lease.
+    #[arg(long, env = "POD_NAME", default_value = "weir-operator")]
+    identity: String,
+    /// Talk to every JobManager at this base URL instead of its Service (port-forwarding).
+    #[arg(long, env = "WEIR_JOBMANAGER_URL")]
+    jobmanager_url: Option<String>,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,kube=warn".into()),
+        )
+        .init();
+    let args = Args::parse();
+    let client = kube::Client::try_default()
+        .await
+        .context("cannot build a Kubernetes client")?;
+    let metrics = Arc::new(Metrics::default());
+
+    let served = metrics.clone();
+    let app = Router::new()
+        .route("/metrics", get(move || async move { served.encode() }))
+        .route("/healthz", get(|| async { "ok" }));
+    let listener = tokio::net::TcpListener::bind(args.metrics_addr)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.metrics_addr))?;
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!(error = %e, "metrics server stopped");
+        }
+    });
+
+    let endpoint = args
+        .jobmanager_url
+        .map_or(JobManagerEndpoint::ClusterDns, JobManagerEndpoint::Fixed);
+    let ctx = Arc::new(Context::new(
+        client.clone(),
+        endpoint,
+        Arc::new(LocalStore),
+        metrics,
+    )?);
+    let scope = if args.namespaces.is_empty() {
+        Scope::All
+    } else {
+        Scope::Namespaces(args.namespaces)
+    };
+
+    if args.no_leader_election {
+        controller::run(ctx, scope).await;
+        return Ok(());
+    }
+    let lease = LeaseLock::new(
+        client,
+        &args.lease_namespace,
+        "weir-operator-leader",
+        &args.identity,
+        Duration::from_secs(15),
+    );
+    tracing::info!(identity = %args.identity, "waiting for leadership");
+    lease.acquire(Duration::from_secs(5)).await?;
+    tracing::info!("leading; starting the controller");
+    tokio::select! {
+        () = controller::run(ctx, scope) => Ok(()),
+        lost = lease.keep_renewing(Duration::from_secs(5)) => Err(lost).context("stopped leading"),
+    }
+}
