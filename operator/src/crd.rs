@@ -258,7 +258,7 @@ pub struct DeletionPolicy {
     #[serde(default)]
     pub savepoint: bool,
     /// `retain` (default) keeps checkpoints and savepoints in storage; `delete` removes the
-    /// job's checkpoint directory and the savepoints the operator took.
+    /// job's checkpoint directory and the savepoints the operator took, except the final one.
     #[serde(default)]
     pub storage: StorageCleanup,
 }
@@ -675,6 +675,23 @@ pub(crate) mod test_support {
             self
         }
 
+        pub fn with_savepoint_timeout(mut self, timeout: &str) -> Self {
+            self.spec.savepoints.timeout = timeout.into();
+            self
+        }
+
+        /// Take a final savepoint when the StreamJob is deleted.
+        pub fn with_final_savepoint(mut self) -> Self {
+            self.spec.on_delete.savepoint = true;
+            self
+        }
+
+        /// Delete checkpoints and savepoints when the StreamJob is deleted.
+        pub fn deleting_storage_on_delete(mut self) -> Self {
+            self.spec.on_delete.storage = StorageCleanup::Delete;
+            self
+        }
+
         pub fn with_status(mut self, status: StreamJobStatus) -> Self {
             self.status = Some(status);
             self
@@ -794,6 +811,20 @@ mod tests {
             format!("{err:?}").contains("fixed-delay needs attempts and delay"),
             "{err:?}"
         );
+    }
+
+    #[test]
+    fn readme_example_is_a_valid_stream_job() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md");
+        let readme = std::fs::read_to_string(&path).expect("README.md");
+        let example = readme
+            .split("```yaml\n")
+            .nth(1)
+            .and_then(|rest| rest.split("```").next())
+            .expect("README has a yaml example");
+        let job: StreamJob = serde_yaml_ng::from_str(example).expect("example parses");
+        validate(&job).expect("example passes the CEL rules");
+        crate::lifecycle::Desired::from_job(&job).expect("example passes the operator's checks");
     }
 
     #[test]

@@ -295,6 +295,8 @@ pub(crate) mod fake {
     use serde_json::{Value, json};
 
     use super::*;
+    use crate::fake_kube::{Call, Timeline};
+    use crate::storage::MemoryStore;
 
     #[derive(Debug, Clone)]
     pub struct FakeJob {
@@ -310,6 +312,10 @@ pub(crate) mod fake {
         pub requests: Vec<String>,
         /// What the next savepoint trigger resolves to.
         pub savepoint_outcome: Option<SavepointStatus>,
+        /// Mutating calls also go here, shared with the fake Kubernetes API.
+        pub timeline: Option<Timeline>,
+        /// Completed savepoints write their `_metadata` here, as a real JobManager would.
+        pub storage: Option<MemoryStore>,
     }
 
     #[derive(Debug, Clone)]
@@ -353,6 +359,55 @@ pub(crate) mod fake {
             FakeJobManager {
                 url: format!("http://{addr}"),
                 state,
+            }
+        }
+
+        /// A fake that logs its mutating calls to `timeline` and writes savepoints to `storage`.
+        pub async fn start_with(timeline: Timeline, storage: MemoryStore) -> FakeJobManager {
+            let fake = FakeJobManager::start().await;
+            {
+                let mut state = lock(&fake.state);
+                state.timeline = Some(timeline);
+                state.storage = Some(storage);
+            }
+            fake
+        }
+
+        /// The JobManager pod was replaced: the new one does not know any job yet.
+        pub fn forget_jobs(&self) {
+            lock(&self.state).jobs.clear();
+        }
+
+        pub fn job_state(&self, job_id: &str) -> Option<JobState> {
+            lock(&self.state).jobs.get(job_id).map(|j| j.overview.state)
+        }
+
+        /// Every savepoint still in progress completes (a stop-with-savepoint stops its job).
+        pub fn finish_savepoints(&self) {
+            let mut state = lock(&self.state);
+            let mut finished = Vec::new();
+            for status in state.savepoints.values_mut() {
+                if status.status == OperationStatus::InProgress {
+                    status.status = OperationStatus::Completed;
+                    finished.extend(status.location.clone());
+                }
+            }
+            for location in finished {
+                if let Some(storage) = &state.storage {
+                    storage.put_metadata(&location);
+                }
+            }
+            let stops: Vec<String> = state
+                .requests
+                .iter()
+                .filter_map(|r| r.strip_prefix("POST /v1/jobs/"))
+                .filter_map(|r| r.split_once("/stop "))
+                .map(|(job, _)| job.to_string())
+                .collect();
+            for job in stops {
+                if let Some(job) = state.jobs.get_mut(&job) {
+                    job.overview.state = JobState::Finished;
+                }
             }
         }
 
@@ -455,19 +510,29 @@ pub(crate) mod fake {
                 Json(json!({"error": "targetDirectory is required"})),
             );
         };
-        state
-            .requests
-            .push(format!("POST /v1/jobs/{job_id}/{verb} {target}"));
+        let entry = format!("POST /v1/jobs/{job_id}/{verb} {target}");
+        if let Some(timeline) = &state.timeline {
+            crate::fake_kube::lock(timeline).push(Call::JobManager(entry.clone()));
+        }
+        state.requests.push(entry);
         if !state.jobs.contains_key(job_id) {
             return not_found(job_id);
         }
         let trigger_id = format!("trigger-{}", state.savepoints.len() + 1);
-        let outcome = state.savepoint_outcome.clone().unwrap_or(SavepointStatus {
+        let mut outcome = state.savepoint_outcome.clone().unwrap_or(SavepointStatus {
             status: OperationStatus::Completed,
-            location: Some(target.to_string()),
+            location: None,
             failure: None,
         });
+        if outcome.status != OperationStatus::Failed && outcome.location.is_none() {
+            outcome.location = Some(target.to_string());
+        }
         let stopped = verb == "stop" && outcome.status == OperationStatus::Completed;
+        if outcome.status == OperationStatus::Completed
+            && let (Some(storage), Some(location)) = (&state.storage, &outcome.location)
+        {
+            storage.put_metadata(location);
+        }
         state.savepoints.insert(trigger_id.clone(), outcome);
         if stopped && let Some(job) = state.jobs.get_mut(job_id) {
             job.overview.state = JobState::Finished;
@@ -507,9 +572,11 @@ pub(crate) mod fake {
         Path(job_id): Path<String>,
     ) -> (StatusCode, Json<Value>) {
         let mut state = lock(&state);
-        state
-            .requests
-            .push(format!("POST /v1/jobs/{job_id}/cancel"));
+        let entry = format!("POST /v1/jobs/{job_id}/cancel");
+        if let Some(timeline) = &state.timeline {
+            crate::fake_kube::lock(timeline).push(Call::JobManager(entry.clone()));
+        }
+        state.requests.push(entry);
         match state.jobs.get_mut(&job_id) {
             Some(job) => {
                 job.overview.state = JobState::Canceled;

@@ -8,6 +8,8 @@
 pub mod build;
 pub mod controller;
 pub mod crd;
+#[cfg(test)]
+pub(crate) mod fake_kube;
 pub mod jobmanager;
 pub mod leader;
 pub mod lifecycle;

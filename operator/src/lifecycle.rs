@@ -1190,10 +1190,12 @@ impl<'a> Planner<'a> {
                     path: format!("{}/{}", storage.trim_end_matches('/'), desired.job_id),
                 });
             }
+            // The final savepoint was asked for so the job can be recreated from it: keep it.
             let savepoints: Vec<_> = self
                 .status
                 .savepoint_history
                 .iter()
+                .filter(|s| s.reason != OperationKind::Delete)
                 .map(|s| s.path.clone())
                 .collect();
             for path in savepoints {

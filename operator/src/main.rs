@@ -13,7 +13,7 @@ use weir_operator::controller::{self, Context, Scope};
 use weir_operator::jobmanager::JobManagerEndpoint;
 use weir_operator::leader::LeaseLock;
 use weir_operator::metrics::Metrics;
-use weir_operator::storage::LocalStore;
+use weir_operator::storage::SchemeStore;
 
 #[derive(Debug, Parser)]
 #[command(version, about = "Kubernetes operator for Weir StreamJobs")]
@@ -75,7 +75,7 @@ async fn main() -> anyhow::Result<()> {
     let ctx = Arc::new(Context::new(
         client.clone(),
         endpoint,
-        Arc::new(LocalStore),
+        Arc::new(SchemeStore::default()),
         metrics,
     )?);
     let scope = if args.namespaces.is_empty() {

@@ -2,15 +2,24 @@
 //! (a `chk-<n>` directory counts only once its `_metadata` exists), whether a savepoint
 //! directory is complete, and deleting directories for retention and cleanup.
 //!
-//! `LocalStore` serves `file://` and plain paths; `MemoryStore` backs the tests. S3 listing is
-//! not implemented yet: for `s3://` the store answers `None` ("cannot tell"), and the operator
-//! falls back to the checkpoint the JobManager reported, marked unverified in
-//! `status.restorePoint`.
+//! [`SchemeStore`] is what the operator runs with: `s3://` goes to [`S3Store`] (AWS SDK,
+//! standard credential chain, endpoint and path style from the StreamJob's `spec.job.s3`),
+//! `file://` and plain paths to [`LocalStore`]. [`MemoryStore`] backs the tests.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
+use aws_config::BehaviorVersion;
+use aws_config::environment::EnvironmentVariableRegionProvider;
+use aws_config::meta::region::RegionProviderChain;
+use aws_config::profile::region::ProfileFileRegionProvider;
+use aws_config::timeout::TimeoutConfig;
+use aws_sdk_s3::config::{Credentials, Region};
+use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::types::{Delete, ObjectIdentifier};
 use futures::future::BoxFuture;
+use weir_spec::S3Options;
 
 use crate::{Error, Result};
 
@@ -22,6 +31,8 @@ pub struct StoredCheckpoint {
     pub path: String,
 }
 
+/// Every method takes the StreamJob's S3 settings (`spec.job.s3`: endpoint, region, path
+/// style); stores that are not S3 ignore them.
 pub trait CheckpointStore: Send + Sync {
     /// Whether this store can list `uri` (otherwise the operator trusts the JobManager's report).
     fn can_list(&self, uri: &str) -> bool;
@@ -29,14 +40,20 @@ pub trait CheckpointStore: Send + Sync {
     /// `None` when the job has no completed checkpoint, or the store cannot list this URI.
     fn latest_completed_checkpoint<'a>(
         &'a self,
+        s3: &'a S3Options,
         storage: &'a str,
         job_id: &'a str,
     ) -> BoxFuture<'a, Result<Option<StoredCheckpoint>>>;
 
     /// Whether `<dir>/_metadata` exists; `None` when the store cannot tell.
-    fn has_metadata<'a>(&'a self, dir: &'a str) -> BoxFuture<'a, Result<Option<bool>>>;
+    fn has_metadata<'a>(
+        &'a self,
+        s3: &'a S3Options,
+        dir: &'a str,
+    ) -> BoxFuture<'a, Result<Option<bool>>>;
 
-    fn delete_dir<'a>(&'a self, dir: &'a str) -> BoxFuture<'a, Result<()>>;
+    /// Removes everything under `dir`; a missing directory is not an error.
+    fn delete_dir<'a>(&'a self, s3: &'a S3Options, dir: &'a str) -> BoxFuture<'a, Result<()>>;
 }
 
 fn join(base: &str, child: &str) -> String {
@@ -72,9 +89,26 @@ fn latest_from_objects<'a>(
 #[derive(Debug, Clone, Default)]
 pub struct MemoryStore {
     objects: Arc<Mutex<BTreeSet<String>>>,
+    /// Every call fails, like an S3 outage or missing credentials.
+    unavailable: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl MemoryStore {
+    pub fn set_unavailable(&self, unavailable: bool) {
+        self.unavailable
+            .store(unavailable, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    fn check_available(&self, uri: &str) -> Result<()> {
+        if self.unavailable.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(Error::Storage {
+                uri: uri.to_string(),
+                message: "storage unavailable".into(),
+            });
+        }
+        Ok(())
+    }
+
     fn objects(&self) -> std::sync::MutexGuard<'_, BTreeSet<String>> {
         // A poisoned lock only means another test thread panicked; the set is still usable.
         self.objects.lock().unwrap_or_else(|e| e.into_inner())
@@ -98,11 +132,13 @@ impl CheckpointStore for MemoryStore {
 
     fn latest_completed_checkpoint<'a>(
         &'a self,
+        _s3: &'a S3Options,
         storage: &'a str,
         job_id: &'a str,
     ) -> BoxFuture<'a, Result<Option<StoredCheckpoint>>> {
         Box::pin(async move {
             let base = join(storage, job_id);
+            self.check_available(&base)?;
             let objects = self.objects();
             Ok(latest_from_objects(
                 &base,
@@ -111,12 +147,20 @@ impl CheckpointStore for MemoryStore {
         })
     }
 
-    fn has_metadata<'a>(&'a self, dir: &'a str) -> BoxFuture<'a, Result<Option<bool>>> {
-        Box::pin(async move { Ok(Some(self.objects().contains(&join(dir, "_metadata")))) })
+    fn has_metadata<'a>(
+        &'a self,
+        _s3: &'a S3Options,
+        dir: &'a str,
+    ) -> BoxFuture<'a, Result<Option<bool>>> {
+        Box::pin(async move {
+            self.check_available(dir)?;
+            Ok(Some(self.objects().contains(&join(dir, "_metadata"))))
+        })
     }
 
-    fn delete_dir<'a>(&'a self, dir: &'a str) -> BoxFuture<'a, Result<()>> {
+    fn delete_dir<'a>(&'a self, _s3: &'a S3Options, dir: &'a str) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {
+            self.check_available(dir)?;
             let prefix = format!("{}/", dir.trim_end_matches('/'));
             self.objects().retain(|o| !o.starts_with(&prefix));
             Ok(())
@@ -142,6 +186,7 @@ impl CheckpointStore for LocalStore {
 
     fn latest_completed_checkpoint<'a>(
         &'a self,
+        _s3: &'a S3Options,
         storage: &'a str,
         job_id: &'a str,
     ) -> BoxFuture<'a, Result<Option<StoredCheckpoint>>> {
@@ -183,7 +228,11 @@ impl CheckpointStore for LocalStore {
         })
     }
 
-    fn has_metadata<'a>(&'a self, dir: &'a str) -> BoxFuture<'a, Result<Option<bool>>> {
+    fn has_metadata<'a>(
+        &'a self,
+        _s3: &'a S3Options,
+        dir: &'a str,
+    ) -> BoxFuture<'a, Result<Option<bool>>> {
         Box::pin(async move {
             let Some(path) = local_path(dir) else {
                 return Ok(None);
@@ -196,12 +245,12 @@ impl CheckpointStore for LocalStore {
         })
     }
 
-    fn delete_dir<'a>(&'a self, dir: &'a str) -> BoxFuture<'a, Result<()>> {
+    fn delete_dir<'a>(&'a self, _s3: &'a S3Options, dir: &'a str) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {
             let Some(path) = local_path(dir) else {
                 return Err(Error::Storage {
                     uri: dir.into(),
-                    message: "deleting from this storage scheme is not supported yet".into(),
+                    message: "not a local path".into(),
                 });
             };
             match tokio::fs::remove_dir_all(&path).await {
@@ -216,9 +265,342 @@ impl CheckpointStore for LocalStore {
     }
 }
 
+/// Picks the store for a URI by its scheme: `s3://` to S3, everything else to the local
+/// filesystem. What the operator binary runs with.
+#[derive(Debug, Default)]
+pub struct SchemeStore {
+    local: LocalStore,
+    s3: S3Store,
+}
+
+impl SchemeStore {
+    fn pick(&self, uri: &str) -> &dyn CheckpointStore {
+        if uri.starts_with("s3://") {
+            &self.s3
+        } else {
+            &self.local
+        }
+    }
+}
+
+impl CheckpointStore for SchemeStore {
+    fn can_list(&self, uri: &str) -> bool {
+        self.pick(uri).can_list(uri)
+    }
+
+    fn latest_completed_checkpoint<'a>(
+        &'a self,
+        s3: &'a S3Options,
+        storage: &'a str,
+        job_id: &'a str,
+    ) -> BoxFuture<'a, Result<Option<StoredCheckpoint>>> {
+        self.pick(storage)
+            .latest_completed_checkpoint(s3, storage, job_id)
+    }
+
+    fn has_metadata<'a>(
+        &'a self,
+        s3: &'a S3Options,
+        dir: &'a str,
+    ) -> BoxFuture<'a, Result<Option<bool>>> {
+        self.pick(dir).has_metadata(s3, dir)
+    }
+
+    fn delete_dir<'a>(&'a self, s3: &'a S3Options, dir: &'a str) -> BoxFuture<'a, Result<()>> {
+        self.pick(dir).delete_dir(s3, dir)
+    }
+}
+
+/// `s3://bucket/prefix` through the AWS SDK. Credentials come from the standard chain (the
+/// operator pod's environment, IRSA web identity, a profile); endpoint, region and path style
+/// from the StreamJob. One client per distinct setting, built on first use and kept.
+#[derive(Default)]
+pub struct S3Store {
+    clients: tokio::sync::Mutex<HashMap<ClientKey, aws_sdk_s3::Client>>,
+}
+
+impl std::fmt::Debug for S3Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("S3Store").finish_non_exhaustive()
+    }
+}
+
+/// The parts of [`S3Options`] that shape a client.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct ClientKey {
+    endpoint: Option<String>,
+    region: Option<String>,
+    force_path_style: bool,
+    static_credentials: Option<(String, String)>,
+}
+
+/// Keys sent per DeleteObjects request (the S3 maximum).
+const DELETE_BATCH: usize = 1000;
+
+/// `s3://bucket/a/b` -> (`bucket`, `a/b`), without trailing slashes.
+fn split_s3(uri: &str) -> Result<(String, String)> {
+    let rest = uri.strip_prefix("s3://").ok_or_else(|| Error::Storage {
+        uri: uri.to_string(),
+        message: "not an s3:// location".into(),
+    })?;
+    let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+    if bucket.is_empty() {
+        return Err(Error::Storage {
+            uri: uri.to_string(),
+            message: "no bucket (expected s3://bucket/prefix)".into(),
+        });
+    }
+    Ok((bucket.to_string(), prefix.trim_matches('/').to_string()))
+}
+
+/// `prefix/` for listing "inside" a prefix; empty for the bucket root.
+fn dir_prefix(prefix: &str) -> String {
+    if prefix.is_empty() {
+        String::new()
+    } else {
+        format!("{prefix}/")
+    }
+}
+
+fn s3_error<E>(operation: &str, uri: &str, error: &SdkError<E>) -> Error
+where
+    E: std::error::Error + 'static,
+{
+    Error::Storage {
+        uri: uri.to_string(),
+        message: format!("{operation}: {}", DisplayErrorContext(error)),
+    }
+}
+
+impl S3Store {
+    async fn client(&self, s3: &S3Options) -> aws_sdk_s3::Client {
+        let key = ClientKey {
+            endpoint: s3.endpoint.clone(),
+            region: s3.region.clone(),
+            force_path_style: s3.force_path_style,
+            static_credentials: s3.static_credentials.clone(),
+        };
+        let mut clients = self.clients.lock().await;
+        if let Some(client) = clients.get(&key) {
+            return client.clone();
+        }
+        let client = build_client(s3).await;
+        clients.insert(key, client.clone());
+        client
+    }
+
+    /// Whether `key` exists in `bucket`.
+    async fn exists(
+        client: &aws_sdk_s3::Client,
+        bucket: &str,
+        key: &str,
+        uri: &str,
+    ) -> Result<bool> {
+        match client.head_object().bucket(bucket).key(key).send().await {
+            Ok(_) => Ok(true),
+            Err(e) if is_not_found(&e) => Ok(false),
+            Err(e) => Err(s3_error("HeadObject", uri, &e)),
+        }
+    }
+}
+
+/// HEAD answers a missing key with a bare 404, which the SDK reports as `NotFound`.
+fn is_not_found<E: ProvideErrorMetadata>(error: &SdkError<E>) -> bool {
+    let status = error.raw_response().map(|r| r.status().as_u16());
+    status == Some(404)
+        || matches!(
+            error.as_service_error().and_then(|e| e.code()),
+            Some("NotFound" | "NoSuchKey")
+        )
+}
+
+async fn build_client(s3: &S3Options) -> aws_sdk_s3::Client {
+    // Not the SDK's default region chain: that one ends in an IMDS lookup, which stalls for
+    // seconds off EC2. The StreamJob's setting, the environment, the profile, then us-east-1.
+    let region = RegionProviderChain::first_try(s3.region.clone().map(Region::new))
+        .or_else(EnvironmentVariableRegionProvider::new())
+        .or_else(ProfileFileRegionProvider::new())
+        .or_else(Region::from_static("us-east-1"));
+    // A hung S3 must not hang a reconcile: bound every call, retries included.
+    let timeouts = TimeoutConfig::builder()
+        .connect_timeout(Duration::from_secs(3))
+        .operation_timeout(Duration::from_secs(30))
+        .build();
+    let mut loader = aws_config::defaults(BehaviorVersion::latest())
+        .region(region)
+        .timeout_config(timeouts);
+    if let Some(endpoint) = &s3.endpoint {
+        loader = loader.endpoint_url(endpoint);
+    }
+    if let Some((key_id, secret)) = &s3.static_credentials {
+        loader = loader.credentials_provider(Credentials::new(
+            key_id,
+            secret,
+            None,
+            None,
+            "weir-static",
+        ));
+    }
+    let sdk_config = loader.load().await;
+    let config = aws_sdk_s3::config::Builder::from(&sdk_config)
+        .force_path_style(s3.force_path_style)
+        .build();
+    aws_sdk_s3::Client::from_conf(config)
+}
+
+impl CheckpointStore for S3Store {
+    fn can_list(&self, uri: &str) -> bool {
+        uri.starts_with("s3://")
+    }
+
+    fn latest_completed_checkpoint<'a>(
+        &'a self,
+        s3: &'a S3Options,
+        storage: &'a str,
+        job_id: &'a str,
+    ) -> BoxFuture<'a, Result<Option<StoredCheckpoint>>> {
+        Box::pin(async move {
+            let base = join(storage, job_id);
+            let (bucket, prefix) = split_s3(&base)?;
+            let client = self.client(s3).await;
+            // One level down only: `chk-<n>/` common prefixes, not every state file.
+            let mut ids = Vec::new();
+            let mut token: Option<String> = None;
+            loop {
+                let page = client
+                    .list_objects_v2()
+                    .bucket(&bucket)
+                    .prefix(dir_prefix(&prefix))
+                    .delimiter("/")
+                    .set_continuation_token(token.take())
+                    .send()
+                    .await
+                    .map_err(|e| s3_error("ListObjectsV2", &base, &e))?;
+                ids.extend(
+                    page.common_prefixes()
+                        .iter()
+                        .filter_map(|p| p.prefix())
+                        .filter_map(|p| p.trim_end_matches('/').rsplit('/').next())
+                        .filter_map(checkpoint_id),
+                );
+                match page.next_continuation_token() {
+                    Some(next) if page.is_truncated().unwrap_or(false) => {
+                        token = Some(next.to_string());
+                    }
+                    _ => break,
+                }
+            }
+            // Newest first: the newest directory may still be in progress (no `_metadata`).
+            ids.sort_unstable_by(|a, b| b.cmp(a));
+            for id in ids {
+                let dir = join(&base, &format!("chk-{id}"));
+                let key = format!("{}chk-{id}/_metadata", dir_prefix(&prefix));
+                if Self::exists(&client, &bucket, &key, &dir).await? {
+                    return Ok(Some(StoredCheckpoint { id, path: dir }));
+                }
+            }
+            Ok(None)
+        })
+    }
+
+    fn has_metadata<'a>(
+        &'a self,
+        s3: &'a S3Options,
+        dir: &'a str,
+    ) -> BoxFuture<'a, Result<Option<bool>>> {
+        Box::pin(async move {
+            let (bucket, prefix) = split_s3(dir)?;
+            let client = self.client(s3).await;
+            let key = format!("{}_metadata", dir_prefix(&prefix));
+            Self::exists(&client, &bucket, &key, dir).await.map(Some)
+        })
+    }
+
+    fn delete_dir<'a>(&'a self, s3: &'a S3Options, dir: &'a str) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            let (bucket, prefix) = split_s3(dir)?;
+            if prefix.is_empty() {
+                // A typo in a spec must not empty a whole bucket.
+                return Err(Error::Storage {
+                    uri: dir.to_string(),
+                    message: "refusing to delete a bucket root".into(),
+                });
+            }
+            let client = self.client(s3).await;
+            loop {
+                // Deleting shrinks the listing, so always read the first page again.
+                let page = client
+                    .list_objects_v2()
+                    .bucket(&bucket)
+                    .prefix(dir_prefix(&prefix))
+                    .max_keys(i32::try_from(DELETE_BATCH).unwrap_or(i32::MAX))
+                    .send()
+                    .await
+                    .map_err(|e| s3_error("ListObjectsV2", dir, &e))?;
+                let objects = page
+                    .contents()
+                    .iter()
+                    .filter_map(|o| o.key())
+                    .map(|key| ObjectIdentifier::builder().key(key).build())
+                    .collect::<std::result::Result<Vec<_>, _>>()
+                    .map_err(|e| Error::Storage {
+                        uri: dir.to_string(),
+                        message: e.to_string(),
+                    })?;
+                if objects.is_empty() {
+                    return Ok(());
+                }
+                let count = objects.len();
+                let delete = Delete::builder()
+                    .set_objects(Some(objects))
+                    .quiet(true)
+                    .build()
+                    .map_err(|e| Error::Storage {
+                        uri: dir.to_string(),
+                        message: e.to_string(),
+                    })?;
+                let out = client
+                    .delete_objects()
+                    .bucket(&bucket)
+                    .delete(delete)
+                    .send()
+                    .await
+                    .map_err(|e| s3_error("DeleteObjects", dir, &e))?;
+                // DeleteObjects reports per-key failures inside a 200; they must not be lost.
+                if let Some(first) = out.errors().first() {
+                    return Err(Error::Storage {
+                        uri: dir.to_string(),
+                        message: format!(
+                            "DeleteObjects: {} of {count} keys failed, first {:?}: {} {}",
+                            out.errors().len(),
+                            first.key().unwrap_or_default(),
+                            first.code().unwrap_or_default(),
+                            first.message().unwrap_or_default()
+                        ),
+                    });
+                }
+            }
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn s3_locations_split_into_bucket_and_prefix() {
+        assert_eq!(
+            split_s3("s3://b/chk/job/").expect("valid"),
+            ("b".to_string(), "chk/job".to_string())
+        );
+        assert_eq!(
+            split_s3("s3://b").expect("valid"),
+            ("b".to_string(), String::new())
+        );
+        assert!(split_s3("s3:///x").is_err());
+        assert!(split_s3("file:///x").is_err());
+    }
 
     #[tokio::test]
     async fn latest_checkpoint_needs_metadata() {
@@ -230,7 +612,7 @@ mod tests {
             .objects()
             .insert("s3://b/chk/job/chk-11/part-0".into());
         let latest = store
-            .latest_completed_checkpoint("s3://b/chk", "job")
+            .latest_completed_checkpoint(&S3Options::default(), "s3://b/chk", "job")
             .await
             .expect("lists");
         assert_eq!(
@@ -255,22 +637,34 @@ mod tests {
         }
         let storage = format!("file://{}", root.display());
         let latest = LocalStore
-            .latest_completed_checkpoint(&storage, "job")
+            .latest_completed_checkpoint(&S3Options::default(), &storage, "job")
             .await
             .expect("lists");
         assert_eq!(latest.map(|c| c.id), Some(3));
         let chk3 = format!("{storage}/job/chk-3");
         assert_eq!(
-            LocalStore.has_metadata(&chk3).await.expect("stat"),
+            LocalStore
+                .has_metadata(&S3Options::default(), &chk3)
+                .await
+                .expect("stat"),
             Some(true)
         );
-        LocalStore.delete_dir(&chk3).await.expect("delete");
+        LocalStore
+            .delete_dir(&S3Options::default(), &chk3)
+            .await
+            .expect("delete");
         assert_eq!(
-            LocalStore.has_metadata(&chk3).await.expect("stat"),
+            LocalStore
+                .has_metadata(&S3Options::default(), &chk3)
+                .await
+                .expect("stat"),
             Some(false)
         );
         assert_eq!(
-            LocalStore.has_metadata("s3://b/x").await.expect("stat"),
+            LocalStore
+                .has_metadata(&S3Options::default(), "s3://b/x")
+                .await
+                .expect("stat"),
             None
         );
         let _ = std::fs::remove_dir_all(&root);

@@ -8,7 +8,8 @@ use std::sync::Arc;
 use clap::{Parser, Subcommand};
 
 use crate::jobs::JobRegistry;
-use crate::runtime::local::{LocalOptions, run_local};
+use crate::runtime::job::JobHandle;
+use crate::runtime::local::{JobEnd, LocalOptions, run_local};
 use crate::spec::{JobDocument, RestoreSource};
 
 #[derive(Debug, Parser)]
@@ -34,6 +35,15 @@ enum Command {
         /// Serve Prometheus metrics on this address (e.g. 127.0.0.1:9249).
         #[arg(long, env = "WEIR_METRICS_ADDR")]
         metrics_addr: Option<SocketAddr>,
+        /// Serve the JobManager REST API on this address (e.g. 127.0.0.1:8081): job state,
+        /// checkpoints, savepoints, stop-with-savepoint, cancel.
+        #[arg(long, env = "WEIR_REST_ADDR")]
+        rest_addr: Option<SocketAddr>,
+        /// Keep serving the REST API this long after the job ends (e.g. `30s`), so whoever
+        /// stopped it can read the final state and savepoint (Flink's
+        /// `execution.shutdown-on-application-finish: false`).
+        #[arg(long, value_parser = humantime::parse_duration, default_value = "0s")]
+        linger: std::time::Duration,
         /// Scratch space for RocksDB and in-progress files.
         #[arg(long, env = "WEIR_WORK_DIR")]
         work_dir: Option<PathBuf>,
@@ -76,6 +86,8 @@ pub fn main_with(registry: JobRegistry) -> anyhow::Result<()> {
             parallelism,
             restore,
             metrics_addr,
+            rest_addr,
+            linger,
             work_dir,
             progress_secs,
         } => {
@@ -102,6 +114,11 @@ pub fn main_with(registry: JobRegistry) -> anyhow::Result<()> {
                 let bound = runtime.block_on(crate::metrics::serve(addr))?;
                 tracing::info!(%bound, "serving metrics at http://{bound}/metrics");
             }
+            let (job_handle, commands) = JobHandle::new(&doc);
+            if let Some(addr) = rest_addr {
+                let bound = runtime.block_on(crate::rest::serve(addr, job_handle.clone()))?;
+                tracing::info!(%bound, "serving the REST API at http://{bound}/v1/jobs");
+            }
             let mut options = LocalOptions::for_document(&doc);
             options.progress_interval = std::time::Duration::from_secs(progress_secs.max(1));
             if let Some(dir) = work_dir {
@@ -109,8 +126,37 @@ pub fn main_with(registry: JobRegistry) -> anyhow::Result<()> {
             }
             tracing::info!(job = %doc.job.name, job_id = doc.job_id(), parallelism = doc.parallelism, "starting job in local mode");
             let started = std::time::Instant::now();
-            let outcome = run_local(doc.clone(), &built.graph, runtime.handle(), &options)?;
-            println!("job {} finished in {:.1?}", doc.job_id(), started.elapsed());
+            let result = run_local(
+                doc.clone(),
+                &built.graph,
+                runtime.handle(),
+                &options,
+                &job_handle,
+                &commands,
+            );
+            if rest_addr.is_some() && !linger.is_zero() {
+                tracing::info!(state = ?job_handle.overview().state, ?linger, "job ended; REST API stays up");
+                std::thread::sleep(linger);
+            }
+            let outcome = result?;
+            match &outcome.end {
+                JobEnd::Finished => {
+                    println!("job {} finished in {:.1?}", doc.job_id(), started.elapsed())
+                }
+                JobEnd::StoppedWithSavepoint(location) => {
+                    println!(
+                        "job {} stopped with savepoint after {:.1?}",
+                        doc.job_id(),
+                        started.elapsed()
+                    );
+                    println!("  savepoint: {location}");
+                }
+                JobEnd::Cancelled => println!(
+                    "job {} cancelled after {:.1?}",
+                    doc.job_id(),
+                    started.elapsed()
+                ),
+            }
             if let Some(from) = &outcome.restored_from {
                 println!("  restored from: {from}");
             }

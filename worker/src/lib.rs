@@ -3,7 +3,8 @@
 //! - [`api`]: what job authors use (streams, keyed functions, sources and sinks);
 //! - [`state`]: keyed state in RocksDB split into key groups, and operator state;
 //! - [`checkpoint`]: aligned-barrier checkpoints, their storage layout and the coordinator;
-//! - [`runtime`]: tasks, channels and the local executor;
+//! - [`runtime`]: tasks, channels, the local executor and the job handle;
+//! - [`rest`]: the JobManager REST API (`docs/jobmanager-api.yaml`);
 //! - [`connectors`]: the file source, the sequence generator, the exactly-once file sink;
 //! - [`jobs`]: the built-in jobs of the stock worker image;
 //! - [`spec`]: the job document (crate `weir-spec`).
@@ -15,6 +16,7 @@ pub mod connectors;
 pub mod error;
 pub mod jobs;
 pub mod metrics;
+pub mod rest;
 pub mod runtime;
 pub mod state;
 pub mod storage;

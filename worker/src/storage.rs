@@ -303,6 +303,7 @@ impl ObjectStore {
         })
     }
 
+    /// The root this store's keys are relative to.
     pub fn location(&self) -> &Location {
         &self.inner.location
     }

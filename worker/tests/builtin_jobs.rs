@@ -75,6 +75,48 @@ fn url_count_counts_per_url() {
 }
 
 #[test]
+fn url_count_reads_from_and_commits_to_s3() {
+    let s3 = support::s3::S3Server::start();
+    s3.create_bucket("logs");
+    let input = s3.bucket_path("logs").join("in");
+    std::fs::create_dir_all(&input).expect("mkdir");
+    let line = |url: &str| {
+        format!(r#"{{"@timestamp": "t", "remote_addr": "r", "request": "GET", "url": "{url}"}}"#)
+    };
+    // Enough lines per file that the reader crosses its 4 MiB read chunks.
+    let lines: Vec<String> = (0..60_000)
+        .map(|i| line(&format!("/p/{}", i % 3)))
+        .collect();
+    std::fs::write(input.join("a.jsonl"), lines.join("\n") + "\n").expect("write");
+    std::fs::write(input.join("b.jsonl"), line("/p/0")).expect("write");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let yaml = format!(
+        "job: {{name: url-count, args: {{input: s3://logs/in, output: s3://logs/out}}}}\nparallelism: 2\n\
+         checkpointing: {{interval: 100ms, storage: s3://logs/checkpoints}}\n\
+         s3: {{endpoint: '{}', forcePathStyle: true}}\n",
+        s3.endpoint
+    );
+    let job = write_job(dir.path(), "job.yaml", &yaml);
+    run_job(&job, &[], &s3.env(), &dir.path().join("work"));
+    let out = by_key(committed_json(&s3.bucket_path("logs").join("out")), "url");
+    let counts: BTreeMap<&str, Vec<u64>> = out
+        .iter()
+        .map(|(url, records)| {
+            (
+                url.as_str(),
+                records
+                    .iter()
+                    .map(|r| r["count"].as_u64().expect("count"))
+                    .collect(),
+            )
+        })
+        .collect();
+    assert_eq!(counts["/p/0"], (1..=20_001).collect::<Vec<_>>());
+    assert_eq!(counts["/p/1"], (1..=20_000).collect::<Vec<_>>());
+    assert_eq!(counts["/p/2"], (1..=20_000).collect::<Vec<_>>());
+}
+
+#[test]
 fn consumer_lag_subtracts_each_consumer_from_the_producer() {
     let dir = tempfile::tempdir().expect("tempdir");
     let input = input_dir(

@@ -109,8 +109,10 @@ fn sigkill_at_random_moments_keeps_output_exactly_once_on_s3() {
     assert!(completed_checkpoints(&checkpoints).len() <= 2);
 }
 
-/// Runs at parallelism 2 until a checkpoint completes, kills it, then finishes at `new_parallelism`.
-fn rescale_after_kill(new_parallelism: u32) {
+/// Runs at parallelism 2 until a checkpoint completes, kills it, then finishes at
+/// `new_parallelism`, restoring from the latest checkpoint (`--restore latest`, the default)
+/// or from that checkpoint's path given explicitly.
+fn rescale_after_kill(new_parallelism: u32, explicit_path: bool) {
     let dir = tempfile::tempdir().expect("tempdir");
     let storage = format!("file://{}", dir.path().join("store").display());
     let events_per_key = 3000;
@@ -134,18 +136,17 @@ fn rescale_after_kill(new_parallelism: u32) {
     );
     sigkill(&mut child);
     let restored_from = completed_checkpoints(&checkpoints);
-    let output = run_job(
-        &job,
-        &["--parallelism", &new_parallelism.to_string()],
-        &[],
-        &dir.path().join("work"),
-    );
-    let stdout = String::from_utf8_lossy(&output.stdout);
     let latest = restored_from.last().expect("a checkpoint");
+    let path = format!("{storage}/checkpoints/seq/chk-{latest}");
+    let parallelism = new_parallelism.to_string();
+    let mut args = vec!["--parallelism", parallelism.as_str()];
+    if explicit_path {
+        args.extend(["--restore", path.as_str()]);
+    }
+    let output = run_job(&job, &args, &[], &dir.path().join("work"));
+    let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(
-        stdout.contains(&format!(
-            "restored from: {storage}/checkpoints/seq/chk-{latest}"
-        )),
+        stdout.contains(&format!("restored from: {path}")),
         "{stdout}"
     );
     let records = committed_json(&dir.path().join("store/output"));
@@ -155,12 +156,12 @@ fn rescale_after_kill(new_parallelism: u32) {
 
 #[test]
 fn restore_at_parallelism_4_redistributes_key_groups() {
-    rescale_after_kill(4);
+    rescale_after_kill(4, false);
 }
 
 #[test]
-fn restore_at_parallelism_1_merges_key_groups() {
-    rescale_after_kill(1);
+fn restore_at_parallelism_1_from_an_explicit_checkpoint_path_merges_key_groups() {
+    rescale_after_kill(1, true);
 }
 
 /// Leaves a finished run's checkpoints behind and returns (job file, latest checkpoint dir).

@@ -113,7 +113,11 @@ pub(super) async fn apply(job: &StreamJob, ctx: &Context, plan: Plan) -> Result<
                 Err(e) => return Err(e),
             },
             Action::DeleteStorage { path } => {
-                if let Err(e) = ctx.store.delete_dir(&path).await {
+                if let Err(e) = ctx
+                    .store
+                    .delete_dir(&super::storage_settings(job, &namespace), &path)
+                    .await
+                {
                     publish(ctx, job, true, "StorageCleanupFailed", e.to_string()).await;
                 }
             }

@@ -15,6 +15,7 @@ use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::{Controller, watcher};
 use kube::{Api, Client, ResourceExt};
 use tracing::{Instrument, info_span, warn};
+use weir_spec::S3Options;
 
 use crate::crd::StreamJob;
 use crate::jobmanager::JobManagerEndpoint;
@@ -74,6 +75,40 @@ impl Context {
             clock: system_clock(),
         })
     }
+}
+
+/// The S3 settings for the operator's own storage calls on behalf of `job`: the job's
+/// `spec.job.s3`, with a bare Service name as endpoint host (`http://minio:9000`, which the
+/// job's pods resolve in their namespace) qualified with the job's namespace, because the
+/// operator runs in another one.
+pub fn storage_settings(job: &StreamJob, namespace: &str) -> S3Options {
+    let mut s3 = job.spec.job.s3.clone();
+    if let Some(endpoint) = &s3.endpoint {
+        s3.endpoint = Some(qualify_endpoint(endpoint, namespace));
+    }
+    s3
+}
+
+fn qualify_endpoint(endpoint: &str, namespace: &str) -> String {
+    let (scheme, rest) = endpoint.split_once("://").unwrap_or(("", endpoint));
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let (authority, path) = rest.split_at(authority_end);
+    let (host, port) = match authority.rsplit_once(':') {
+        Some((host, port)) if !host.is_empty() && port.chars().all(|c| c.is_ascii_digit()) => {
+            (host, Some(port))
+        }
+        _ => (authority, None),
+    };
+    if host.contains('.') || host.contains('[') || host == "localhost" || host.is_empty() {
+        return endpoint.to_string();
+    }
+    let port = port.map(|p| format!(":{p}")).unwrap_or_default();
+    let scheme = if scheme.is_empty() {
+        String::new()
+    } else {
+        format!("{scheme}://")
+    };
+    format!("{scheme}{host}.{namespace}.svc{port}{path}")
 }
 
 /// One reconcile of one StreamJob.
@@ -150,4 +185,37 @@ pub async fn run(ctx: Arc<Context>, scope: Scope) {
             })
     });
     futures::future::join_all(controllers).await;
+}
+
+#[cfg(test)]
+mod tests;
+
+#[cfg(test)]
+mod storage_settings_tests {
+    use super::qualify_endpoint;
+
+    #[test]
+    fn bare_service_hosts_resolve_in_the_job_namespace() {
+        assert_eq!(
+            qualify_endpoint("http://minio:9000", "jobs"),
+            "http://minio.jobs.svc:9000"
+        );
+        assert_eq!(
+            qualify_endpoint("https://minio", "jobs"),
+            "https://minio.jobs.svc"
+        );
+    }
+
+    #[test]
+    fn qualified_hosts_and_addresses_stay_as_written() {
+        for endpoint in [
+            "http://minio.storage.svc:9000",
+            "https://s3.eu-west-1.amazonaws.com",
+            "http://127.0.0.1:9000",
+            "http://localhost:9000",
+            "http://[::1]:9000",
+        ] {
+            assert_eq!(qualify_endpoint(endpoint, "jobs"), endpoint);
+        }
+    }
 }

@@ -3,6 +3,7 @@
 
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::{Api, ResourceExt};
+use tracing::warn;
 
 use super::Context;
 use crate::build::{job_id, jobmanager_name, taskmanager_name};
@@ -43,8 +44,9 @@ pub(super) async fn observe(job: &StreamJob, ctx: &Context) -> Result<Observed> 
         Some(trigger) => client.savepoint_status(&id, trigger).await.ok(),
         None => None,
     };
+    let s3 = super::storage_settings(job, &namespace);
     let target_savepoint_complete = match operation.and_then(|op| op.target_directory.as_deref()) {
-        Some(dir) => ctx.store.has_metadata(dir).await.unwrap_or(None),
+        Some(dir) => ctx.store.has_metadata(&s3, dir).await.unwrap_or(None),
         None => None,
     };
 
@@ -54,39 +56,52 @@ pub(super) async fn observe(job: &StreamJob, ctx: &Context) -> Result<Observed> 
         .checkpointing
         .as_ref()
         .map(|c| c.storage.as_str());
-    let mut latest_checkpoint = None;
-    if let Some(storage) = storage
-        && ctx.store.can_list(storage)
-    {
-        latest_checkpoint = ctx
-            .store
-            .latest_completed_checkpoint(storage, &id)
-            .await?
-            .map(|c| LatestCheckpoint {
-                id: c.id,
-                path: c.path,
-                verified: true,
-            });
-    } else if storage.is_some() {
-        // The store cannot list this scheme: fall back to what the JobManager reported.
-        let reported = match &jobmanager {
-            JobManagerView::Job {
-                latest_checkpoint: Some(info),
-                ..
-            } => info.external_path.clone().map(|path| (info.id, path)),
-            _ => None,
-        };
-        latest_checkpoint = reported
-            .or_else(|| {
-                let last = status.last_checkpoint.as_ref()?;
-                Some((last.id, last.path.clone()?))
-            })
-            .map(|(id, path)| LatestCheckpoint {
-                id,
-                path,
-                verified: false,
-            });
-    }
+    let listed = match storage {
+        Some(storage) if ctx.store.can_list(storage) => {
+            match ctx
+                .store
+                .latest_completed_checkpoint(&s3, storage, &id)
+                .await
+            {
+                Ok(found) => Some(found),
+                Err(e) => {
+                    // Storage trouble must not stall savepoints and upgrades in flight; the
+                    // restore point then shows `verified: false`.
+                    warn!(error = %e, "cannot list checkpoint storage; trusting the JobManager's report");
+                    None
+                }
+            }
+        }
+        _ => None,
+    };
+    let latest_checkpoint = match (listed, storage) {
+        (Some(found), _) => found.map(|c| LatestCheckpoint {
+            id: c.id,
+            path: c.path,
+            verified: true,
+        }),
+        (None, Some(_)) => {
+            // Storage not listable: what the JobManager reported, or what status remembers.
+            let reported = match &jobmanager {
+                JobManagerView::Job {
+                    latest_checkpoint: Some(info),
+                    ..
+                } => info.external_path.clone().map(|path| (info.id, path)),
+                _ => None,
+            };
+            reported
+                .or_else(|| {
+                    let last = status.last_checkpoint.as_ref()?;
+                    Some((last.id, last.path.clone()?))
+                })
+                .map(|(id, path)| LatestCheckpoint {
+                    id,
+                    path,
+                    verified: false,
+                })
+        }
+        (None, None) => None,
+    };
 
     let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), &namespace);
     let mut workloads_ready = true;

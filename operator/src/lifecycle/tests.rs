@@ -869,6 +869,12 @@ fn deletion_takes_final_savepoint_then_cleans_up_and_releases_finalizer() {
         path: "s3://bucket/checkpoints/streams-clicks".into()
     }));
     assert!(second.actions.contains(&Action::RemoveFinalizer));
+    assert!(
+        !second.actions.contains(&Action::DeleteStorage {
+            path: "s3://b/final".into()
+        }),
+        "the final savepoint outlives the cleanup"
+    );
 }
 
 #[test]

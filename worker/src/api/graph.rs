@@ -56,8 +56,11 @@ pub(crate) trait SinkRecovery: Send + Sync {
     fn recover(&self, pending: Vec<serde_json::Value>, ctx: &super::RecoverContext) -> Result<()>;
 }
 
+/// Wires one attempt's tasks and channels into a builder.
+type BuildGraph = Arc<dyn Fn(&mut GraphBuilder) -> Result<()> + Send + Sync>;
+
 pub struct JobGraph {
-    pub(crate) build: Arc<dyn Fn(&mut GraphBuilder) -> Result<()> + Send + Sync>,
+    pub(crate) build: BuildGraph,
     /// Sinks by operator uid.
     pub(crate) sinks: Vec<(String, Arc<dyn SinkRecovery>)>,
 }

@@ -6,23 +6,65 @@
 //! a failure; more than `tolerableFailures` in a row fail the job (it then restarts from the
 //! latest completed checkpoint).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use super::metadata::{CheckpointMetadata, OperatorSnapshot, SnapshotKind, SubtaskState};
 use super::{checkpoint_dir_name, list_checkpoints};
 use crate::error::{Error, Result};
-use crate::runtime::{Barrier, TaskId};
+use crate::runtime::{Barrier, SavepointTarget, TaskId};
 use crate::spec::CheckpointConfig;
 use crate::storage::ObjectStore;
 
+/// Entries of checkpoint history kept for the REST API.
+const HISTORY_LEN: usize = 32;
+
 #[derive(Debug, Clone)]
 pub struct CompletedCheckpoint {
+    pub kind: SnapshotKind,
+    /// Stop-with-savepoint: the job ends once this completes.
+    pub stops_job: bool,
     pub checkpoint_id: u64,
     pub uri: String,
     pub state_size: u64,
     pub duration: Duration,
     pub timestamp_ms: u64,
+}
+
+/// One checkpoint or savepoint as the REST API reports it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CheckpointInfo {
+    pub id: u64,
+    pub status: OperationStatus,
+    pub savepoint: bool,
+    pub trigger_time: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub complete_time: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub duration_ms: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub state_size: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub external_path: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failure: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum OperationStatus {
+    InProgress,
+    Completed,
+    Failed,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CheckpointCounts {
+    pub completed: u64,
+    pub failed: u64,
+    pub in_progress: u64,
 }
 
 struct PendingCheckpoint {
@@ -42,6 +84,8 @@ pub struct CheckpointCoordinator {
     pending: Option<PendingCheckpoint>,
     consecutive_failures: u32,
     latest: Option<CompletedCheckpoint>,
+    history: VecDeque<CheckpointInfo>,
+    counts: CheckpointCounts,
 }
 
 impl CheckpointCoordinator {
@@ -70,7 +114,19 @@ impl CheckpointCoordinator {
             pending: None,
             consecutive_failures: 0,
             latest: None,
+            history: VecDeque::new(),
+            counts: CheckpointCounts::default(),
         })
+    }
+
+    /// A new attempt starts with `tasks` tasks: whatever was in flight belonged to the old one.
+    pub fn start_attempt(&mut self, tasks: usize) {
+        if self.pending.is_some() {
+            // Restarts do not count against the checkpoint failure tolerance.
+            let _ = self.fail_pending("the job restarted");
+            self.consecutive_failures = 0;
+        }
+        self.expected_tasks = tasks;
     }
 
     pub fn interval(&self) -> Duration {
@@ -92,24 +148,78 @@ impl CheckpointCoordinator {
     /// Starts a checkpoint; the caller sends the barrier to every source. `None` while one
     /// is already in flight.
     pub fn trigger(&mut self) -> Option<Barrier> {
+        self.start(None)
+    }
+
+    /// Starts a savepoint into `target` (its own directory). `None` while a checkpoint or
+    /// savepoint is in flight: the caller retries when it completes.
+    pub fn trigger_savepoint(&mut self, target: SavepointTarget) -> Option<Barrier> {
+        self.start(Some(target))
+    }
+
+    fn start(&mut self, savepoint: Option<SavepointTarget>) -> Option<Barrier> {
         if self.pending.is_some() {
             return None;
         }
         let barrier = Barrier {
             checkpoint_id: self.next_checkpoint_id,
             timestamp_ms: now_ms(),
+            savepoint,
         };
         self.next_checkpoint_id += 1;
         self.pending = Some(PendingCheckpoint {
-            barrier,
+            barrier: barrier.clone(),
             triggered_at: Instant::now(),
             acks: HashMap::new(),
         });
+        self.counts.in_progress = 1;
+        self.record(CheckpointInfo {
+            id: barrier.checkpoint_id,
+            status: OperationStatus::InProgress,
+            savepoint: barrier.savepoint.is_some(),
+            trigger_time: barrier.timestamp_ms,
+            complete_time: None,
+            duration_ms: None,
+            state_size: None,
+            external_path: None,
+            failure: None,
+        });
         tracing::debug!(
             checkpoint_id = barrier.checkpoint_id,
+            savepoint = barrier.savepoint.is_some(),
             "checkpoint triggered"
         );
         Some(barrier)
+    }
+
+    /// Adds or replaces the history entry of `info.id`.
+    fn record(&mut self, info: CheckpointInfo) {
+        if let Some(entry) = self.history.iter_mut().find(|e| e.id == info.id) {
+            *entry = info;
+            return;
+        }
+        self.history.push_front(info);
+        self.history.truncate(HISTORY_LEN);
+    }
+
+    fn update_history(&mut self, id: u64, update: impl FnOnce(&mut CheckpointInfo)) {
+        if let Some(entry) = self.history.iter_mut().find(|e| e.id == id) {
+            update(entry);
+        }
+    }
+
+    /// Newest first.
+    pub fn history(&self) -> Vec<CheckpointInfo> {
+        self.history.iter().cloned().collect()
+    }
+
+    pub fn counts(&self) -> CheckpointCounts {
+        self.counts.clone()
+    }
+
+    /// The barrier of the checkpoint or savepoint in flight.
+    pub fn pending_barrier(&self) -> Option<&Barrier> {
+        self.pending.as_ref().map(|p| &p.barrier)
     }
 
     /// Records a task's acknowledgement. Returns true once every task has acknowledged: the
@@ -195,21 +305,30 @@ impl CheckpointCoordinator {
                 *slot = state.clone();
             }
         }
+        let kind = if pending.barrier.savepoint.is_some() {
+            SnapshotKind::Savepoint
+        } else {
+            SnapshotKind::Checkpoint
+        };
         let metadata = CheckpointMetadata {
             job_id: self.job_id.clone(),
             checkpoint_id,
-            kind: SnapshotKind::Checkpoint,
+            kind,
             timestamp_ms: pending.barrier.timestamp_ms,
             parallelism: self.parallelism,
             max_parallelism: self.max_parallelism,
             operators,
         };
-        let dir = checkpoint_dir_name(checkpoint_id);
-        let checkpoint_store = self.job_store.child(&dir);
+        let checkpoint_store = match &pending.barrier.savepoint {
+            Some(savepoint) => savepoint.store.clone(),
+            None => self.job_store.child(&checkpoint_dir_name(checkpoint_id)),
+        };
         checkpoint_store
             .put(super::metadata::METADATA_OBJECT, metadata.encode()?.into())
             .await?;
         let completed = CompletedCheckpoint {
+            kind,
+            stops_job: pending.barrier.stops_job(),
             checkpoint_id,
             uri: checkpoint_store.location().uri(),
             state_size: metadata.state_size(),
@@ -217,6 +336,20 @@ impl CheckpointCoordinator {
             timestamp_ms: metadata.timestamp_ms,
         };
         self.pending = None;
+        self.counts.in_progress = 0;
+        self.counts.completed += 1;
+        self.update_history(checkpoint_id, |e| {
+            e.status = OperationStatus::Completed;
+            e.complete_time = Some(now_ms());
+            e.duration_ms = Some(completed.duration.as_millis() as u64);
+            e.state_size = Some(completed.state_size);
+            e.external_path = Some(completed.uri.clone());
+        });
+        if kind == SnapshotKind::Savepoint {
+            // Savepoints are not failover targets: they are the user's, and only a
+            // stop-with-savepoint commits sinks (the job ends right there).
+            return Ok(completed);
+        }
         self.consecutive_failures = 0;
         self.latest = Some(completed.clone());
         let metrics = crate::metrics::global();

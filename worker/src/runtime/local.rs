@@ -11,9 +11,12 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{RecvTimeoutError, Sender};
 
-use super::{ControlMessage, TaskEnv, TaskEvent};
+use super::job::{JobCommand, JobHandle, JobState};
+use super::{ControlMessage, SavepointTarget, TaskEnv, TaskEvent};
 use crate::api::{JobGraph, stream::SINK_PENDING_STATE};
-use crate::checkpoint::{CheckpointCoordinator, CompletedCheckpoint, RestorePoint, SharedRestore};
+use crate::checkpoint::{
+    CheckpointCoordinator, CompletedCheckpoint, RestorePoint, SharedRestore, SnapshotKind,
+};
 use crate::error::{Error, Result};
 use crate::spec::{CheckpointMode, JobDocument, RestartStrategy, RestoreSource};
 use crate::state::Redistribution;
@@ -41,19 +44,60 @@ impl LocalOptions {
     }
 }
 
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JobEnd {
+    /// All input was read and committed.
+    Finished,
+    /// Stopped with a savepoint at this location; restore from it to continue.
+    StoppedWithSavepoint(String),
+    Cancelled,
+}
+
 #[derive(Debug, Clone)]
 pub struct JobOutcome {
+    pub end: JobEnd,
     pub restarts: u32,
     pub last_checkpoint: Option<CompletedCheckpoint>,
     pub restored_from: Option<String>,
 }
 
-/// Runs `graph` to completion (bounded input) or until it fails for good.
+/// How the driver loop of one attempt ended.
+enum AttemptEnd {
+    Finished,
+    Stopped(String),
+    Cancelled,
+}
+
+/// Runs `graph` to completion (bounded input), until it is stopped or cancelled through
+/// `job`, or until it fails for good.
 pub fn run_local(
     doc: Arc<JobDocument>,
     graph: &JobGraph,
     rt: &tokio::runtime::Handle,
     options: &LocalOptions,
+    job: &JobHandle,
+    commands: &crossbeam_channel::Receiver<JobCommand>,
+) -> Result<JobOutcome> {
+    let result = run_attempts(doc, graph, rt, options, job, commands);
+    job.set_state(match &result {
+        Ok(outcome) if outcome.end == JobEnd::Cancelled => JobState::Canceled,
+        Ok(_) => JobState::Finished,
+        Err(_) => JobState::Failed,
+    });
+    if let Err(error) = &result {
+        let restarts = job.overview().restarts;
+        job.record_failure(restarts, &error.to_string());
+    }
+    result
+}
+
+fn run_attempts(
+    doc: Arc<JobDocument>,
+    graph: &JobGraph,
+    rt: &tokio::runtime::Handle,
+    options: &LocalOptions,
+    job: &JobHandle,
+    commands: &crossbeam_channel::Receiver<JobCommand>,
 ) -> Result<JobOutcome> {
     let job_id = doc.job_id().to_string();
     let job_store = match &doc.checkpointing {
@@ -74,6 +118,18 @@ pub fn run_local(
         }
     };
     let restored_from = restore.as_ref().map(|r| r.uri());
+    // One coordinator for the whole run: checkpoint ids and history continue across restarts.
+    let mut coordinator = match (&doc.checkpointing, &job_store) {
+        (Some(config), Some(store)) => Some(rt.block_on(CheckpointCoordinator::new(
+            store.clone(),
+            config.clone(),
+            &job_id,
+            doc.parallelism,
+            doc.max_parallelism,
+            0,
+        ))?),
+        _ => None,
+    };
     let mut restarts = RestartTracker::new(doc.restart_strategy.clone());
     let mut last_checkpoint = None;
     loop {
@@ -83,19 +139,38 @@ pub fn run_local(
         } else {
             tracing::info!("starting with empty state");
         }
-        let mut attempt =
-            Attempt::start(&doc, graph, rt, options, job_store.clone(), restore.clone())?;
-        let result = attempt.drive(options.progress_interval);
-        if let Some(c) = attempt.latest_checkpoint() {
-            last_checkpoint = Some(c);
+        let mut attempt = Attempt::start(
+            &doc,
+            graph,
+            rt,
+            options,
+            job_store.clone(),
+            restore.clone(),
+            coordinator.take(),
+            job.clone(),
+        )?;
+        job.set_state(JobState::Running);
+        let result = attempt.drive(options.progress_interval, commands);
+        coordinator = attempt.coordinator.take();
+        if let Some(c) = coordinator.as_ref().and_then(|c| c.latest_completed()) {
+            last_checkpoint = Some(c.clone());
         }
         let result = match result {
-            Ok(()) => attempt.shutdown().and(Ok(())),
+            Ok(end) => {
+                attempt.shutdown();
+                Ok(end)
+            }
             Err(error) => Err(attempt.teardown(error)),
         };
+        drop(attempt);
         let error = match result {
-            Ok(()) => {
+            Ok(end) => {
                 return Ok(JobOutcome {
+                    end: match end {
+                        AttemptEnd::Finished => JobEnd::Finished,
+                        AttemptEnd::Stopped(location) => JobEnd::StoppedWithSavepoint(location),
+                        AttemptEnd::Cancelled => JobEnd::Cancelled,
+                    },
                     restarts: restarts.restarts,
                     last_checkpoint,
                     restored_from,
@@ -113,6 +188,8 @@ pub fn run_local(
             });
         };
         crate::metrics::global().restarts.inc();
+        job.record_failure(restarts.restarts, &error.to_string());
+        job.set_state(JobState::Restarting);
         tracing::warn!(error = %error, restart = restarts.restarts, ?delay, "job failed; restarting from the latest completed checkpoint");
         std::thread::sleep(delay);
         if let Some(store) = &job_store {
@@ -157,6 +234,12 @@ struct RunningTask {
 }
 
 struct Attempt {
+    job: JobHandle,
+    doc: Arc<JobDocument>,
+    /// Savepoints asked for but not yet triggered (one checkpoint is in flight at a time).
+    queued_savepoints: VecDeque<(String, SavepointTarget)>,
+    /// Checkpoint id -> trigger id of savepoints in flight.
+    savepoint_triggers: std::collections::HashMap<u64, String>,
     tasks: Vec<RunningTask>,
     events: crossbeam_channel::Receiver<TaskEvent>,
     cancelled: Arc<AtomicBool>,
@@ -168,6 +251,7 @@ struct Attempt {
 }
 
 impl Attempt {
+    #[allow(clippy::too_many_arguments)]
     fn start(
         doc: &Arc<JobDocument>,
         graph: &JobGraph,
@@ -175,6 +259,8 @@ impl Attempt {
         options: &LocalOptions,
         job_store: Option<ObjectStore>,
         restore: SharedRestore,
+        mut coordinator: Option<CheckpointCoordinator>,
+        job: JobHandle,
     ) -> Result<Attempt> {
         let attempt_id = format!("{:016x}", rand::random::<u64>());
         let local_dir = options.work_dir.join(doc.job_id()).join(&attempt_id);
@@ -194,17 +280,9 @@ impl Attempt {
         }
 
         let specs = graph.instantiate(doc.parallelism, doc.max_parallelism)?;
-        let coordinator = match (&doc.checkpointing, &job_store) {
-            (Some(config), Some(store)) => Some(rt.block_on(CheckpointCoordinator::new(
-                store.clone(),
-                config.clone(),
-                doc.job_id(),
-                doc.parallelism,
-                doc.max_parallelism,
-                specs.len(),
-            ))?),
-            _ => None,
-        };
+        if let Some(coordinator) = coordinator.as_mut() {
+            coordinator.start_attempt(specs.len());
+        }
         let checkpoint_mode = doc
             .checkpointing
             .as_ref()
@@ -261,6 +339,10 @@ impl Attempt {
             });
         }
         Ok(Attempt {
+            job,
+            doc: doc.clone(),
+            queued_savepoints: VecDeque::new(),
+            savepoint_triggers: Default::default(),
             tasks,
             events,
             cancelled,
@@ -296,19 +378,143 @@ impl Attempt {
         }
     }
 
+    /// Starts the next queued savepoint if nothing is in flight.
+    fn trigger_queued_savepoint(&mut self) {
+        let Some(coordinator) = self.coordinator.as_mut() else {
+            return;
+        };
+        if coordinator.is_pending() {
+            return;
+        }
+        let Some((trigger_id, target)) = self.queued_savepoints.pop_front() else {
+            return;
+        };
+        if let Some(barrier) = coordinator.trigger_savepoint(target) {
+            tracing::info!(
+                checkpoint_id = barrier.checkpoint_id,
+                stop = barrier.stops_job(),
+                "savepoint triggered"
+            );
+            self.savepoint_triggers
+                .insert(barrier.checkpoint_id, trigger_id);
+            self.to_sources(ControlMessage::TriggerCheckpoint(barrier));
+        }
+    }
+
+    /// Abandons the checkpoint or savepoint in flight; errors once checkpoint failures exceed
+    /// the tolerance.
     fn fail_checkpoint(&mut self, reason: &str) -> Result<()> {
         let Some(coordinator) = self.coordinator.as_mut() else {
             return Ok(());
         };
-        if let Some(id) = coordinator.pending_id() {
-            coordinator.fail_pending(reason)?;
-            self.broadcast(ControlMessage::AbortCheckpoint(id));
+        let Some(id) = coordinator.pending_id() else {
+            return Ok(());
+        };
+        let result = coordinator.fail_pending(reason);
+        self.broadcast(ControlMessage::AbortCheckpoint(id));
+        if let Some(trigger_id) = self.savepoint_triggers.remove(&id) {
+            self.job
+                .savepoint_finished(&trigger_id, Err(reason.to_string()));
         }
-        Ok(())
+        self.publish();
+        result
     }
 
-    /// Runs until every task finished (Ok) or something failed (Err).
-    fn drive(&mut self, progress_interval: Duration) -> Result<()> {
+    fn publish(&self) {
+        if let Some(coordinator) = &self.coordinator {
+            self.job
+                .publish_checkpoints(coordinator.counts(), coordinator.history());
+        }
+    }
+
+    /// Applies one request from the REST API. `Some` ends the attempt.
+    fn on_command(&mut self, command: JobCommand) -> Option<AttemptEnd> {
+        match command {
+            JobCommand::Cancel => return Some(AttemptEnd::Cancelled),
+            JobCommand::Savepoint {
+                trigger_id,
+                target,
+                stop,
+            } => {
+                if self.coordinator.is_none() {
+                    self.job.savepoint_finished(
+                        &trigger_id,
+                        Err(
+                            "savepoints need checkpointing to be configured in the job document"
+                                .into(),
+                        ),
+                    );
+                    return None;
+                }
+                let store = Location::parse(&target)
+                    .map_err(Error::from)
+                    .and_then(|location| {
+                        Ok(self
+                            .rt
+                            .block_on(ObjectStore::open(&location, &self.doc.s3))?)
+                    });
+                match store {
+                    Ok(store) => self
+                        .queued_savepoints
+                        .push_back((trigger_id, SavepointTarget { store, stop })),
+                    Err(e) => self.job.savepoint_finished(&trigger_id, Err(e.to_string())),
+                }
+            }
+        }
+        None
+    }
+
+    /// Writes `_metadata` once every task acknowledged, then tells tasks (so sinks commit).
+    /// Returns the savepoint location when a stop-with-savepoint completed.
+    fn complete_checkpoint(&mut self, checkpoint_id: u64) -> Result<Option<String>> {
+        let Some(coordinator) = self.coordinator.as_mut() else {
+            return Ok(None);
+        };
+        let completed = match self.rt.block_on(coordinator.complete()) {
+            Ok(completed) => completed,
+            Err(e) => {
+                self.fail_checkpoint(&format!("writing _metadata failed: {e}"))?;
+                return Ok(None);
+            }
+        };
+        self.publish();
+        if completed.kind == SnapshotKind::Savepoint {
+            tracing::info!(checkpoint_id, path = %completed.uri, duration_ms = completed.duration.as_millis() as u64, "savepoint completed");
+            if let Some(trigger_id) = self.savepoint_triggers.remove(&checkpoint_id) {
+                self.job
+                    .savepoint_finished(&trigger_id, Ok(completed.uri.clone()));
+            }
+            if completed.stops_job {
+                self.broadcast(ControlMessage::CheckpointComplete(checkpoint_id));
+                self.to_sources(ControlMessage::Stop);
+                return Ok(Some(completed.uri));
+            }
+            return Ok(None);
+        }
+        tracing::info!(
+            checkpoint_id,
+            duration_ms = completed.duration.as_millis() as u64,
+            state_bytes = completed.state_size,
+            path = %completed.uri,
+            "checkpoint completed"
+        );
+        self.broadcast(ControlMessage::CheckpointComplete(checkpoint_id));
+        let retention = self.coordinator.as_ref().map(|c| c.apply_retention());
+        if let Some(retention) = retention
+            && let Err(e) = self.rt.block_on(retention)
+        {
+            tracing::warn!(error = %e, "checkpoint retention failed; will retry after the next checkpoint");
+        }
+        Ok(None)
+    }
+
+    /// Runs until every task finished, the job was stopped or cancelled (Ok), or something
+    /// failed (Err).
+    fn drive(
+        &mut self,
+        progress_interval: Duration,
+        commands: &crossbeam_channel::Receiver<JobCommand>,
+    ) -> Result<AttemptEnd> {
         let total = self.tasks.len();
         let sources = self.tasks.iter().filter(|t| t.is_source).count();
         let interval = self.coordinator.as_ref().map(|c| c.interval());
@@ -316,42 +522,30 @@ impl Attempt {
         let mut sources_finished = 0;
         let mut tasks_finished = 0;
         let mut final_checkpoint: Option<u64> = None;
+        let mut stopped_with: Option<String> = None;
         let mut progress = Progress::new(progress_interval);
         loop {
+            while let Ok(command) = commands.try_recv() {
+                if let Some(end) = self.on_command(command) {
+                    return Ok(end);
+                }
+            }
             match self.events.recv_timeout(Duration::from_millis(50)) {
                 Ok(TaskEvent::Acknowledge {
                     checkpoint_id,
                     task,
                     states,
                 }) => {
-                    let Some(coordinator) = self.coordinator.as_mut() else {
-                        continue;
-                    };
-                    if coordinator.acknowledge(checkpoint_id, task, states) {
-                        match self.rt.block_on(coordinator.complete()) {
-                            Ok(completed) => {
-                                tracing::info!(
-                                    checkpoint_id,
-                                    duration_ms = completed.duration.as_millis() as u64,
-                                    state_bytes = completed.state_size,
-                                    path = %completed.uri,
-                                    "checkpoint completed"
-                                );
-                                self.broadcast(ControlMessage::CheckpointComplete(checkpoint_id));
-                                let retention =
-                                    self.coordinator.as_ref().map(|c| c.apply_retention());
-                                if let Some(retention) = retention
-                                    && let Err(e) = self.rt.block_on(retention)
-                                {
-                                    tracing::warn!(error = %e, "checkpoint retention failed; will retry after the next checkpoint");
-                                }
-                                if final_checkpoint == Some(checkpoint_id) {
-                                    self.to_sources(ControlMessage::Stop);
-                                }
-                            }
-                            Err(e) => {
-                                self.fail_checkpoint(&format!("writing _metadata failed: {e}"))?
-                            }
+                    let complete = self
+                        .coordinator
+                        .as_mut()
+                        .is_some_and(|c| c.acknowledge(checkpoint_id, task, states));
+                    if complete {
+                        if let Some(location) = self.complete_checkpoint(checkpoint_id)? {
+                            stopped_with = Some(location);
+                        }
+                        if final_checkpoint == Some(checkpoint_id) {
+                            self.to_sources(ControlMessage::Stop);
                         }
                     }
                 }
@@ -379,7 +573,10 @@ impl Attempt {
                             &self.sink_names,
                             self.latest_checkpoint().as_ref(),
                         );
-                        return Ok(());
+                        return Ok(match stopped_with {
+                            Some(location) => AttemptEnd::Stopped(location),
+                            None => AttemptEnd::Finished,
+                        });
                     }
                 }
                 Ok(TaskEvent::Failed { task, error }) => {
@@ -388,6 +585,10 @@ impl Attempt {
                 }
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => return Err(Error::Cancelled),
+            }
+            if stopped_with.is_some() {
+                // Stopping: nothing more is triggered, tasks drain and finish.
+                continue;
             }
 
             // With all input read, one last checkpoint commits the sinks' final output.
@@ -399,6 +600,9 @@ impl Attempt {
                 self.trigger();
                 final_checkpoint = self.coordinator.as_ref().and_then(|c| c.pending_id());
             }
+            if final_checkpoint.is_none() {
+                self.trigger_queued_savepoint();
+            }
             if let (Some(at), Some(interval)) = (next_trigger, interval)
                 && Instant::now() >= at
             {
@@ -409,9 +613,6 @@ impl Attempt {
             }
             if let Some(id) = self.coordinator.as_ref().and_then(|c| c.timed_out()) {
                 self.fail_checkpoint(&format!("checkpoint {id} timed out"))?;
-                if final_checkpoint == Some(id) {
-                    final_checkpoint = None;
-                }
             }
             // A final checkpoint that failed is retried.
             if let Some(id) = final_checkpoint
@@ -422,6 +623,7 @@ impl Attempt {
             {
                 final_checkpoint = None;
             }
+            self.publish();
             progress.tick(
                 &self.source_names,
                 &self.sink_names,
@@ -430,10 +632,11 @@ impl Attempt {
         }
     }
 
-    /// Normal end: every task returned; join them.
-    fn shutdown(&mut self) -> Result<()> {
+    /// Normal end (or cancellation requested by the user): stop every task and join them.
+    fn shutdown(&mut self) {
+        self.cancelled.store(true, Ordering::Relaxed);
+        self.broadcast(ControlMessage::Cancel);
         self.join();
-        Ok(())
     }
 
     /// Cancels every task and returns the most telling error: the first that is not a mere

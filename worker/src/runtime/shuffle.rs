@@ -135,8 +135,7 @@ impl<K: Key, T: Send + 'static> Collector<T> for ShuffleWriter<K, T> {
     }
 
     fn on_barrier(&mut self, barrier: &Barrier, _snapshot: &mut TaskSnapshot) -> Result<()> {
-        let barrier = *barrier;
-        self.broadcast(|| Message::Barrier(barrier))?;
+        self.broadcast(|| Message::Barrier(barrier.clone()))?;
         self.report_backpressure();
         Ok(())
     }

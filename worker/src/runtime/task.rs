@@ -56,6 +56,9 @@ impl<T: Send + 'static> Task for SourceTask<T> {
             .get_or_create(&metrics.operator(&uid))
             .clone();
 
+        // After a stop-with-savepoint barrier a source emits nothing more: everything after it
+        // would be replayed from the savepoint, so emitting it now would duplicate it.
+        let stopping = std::cell::Cell::new(false);
         let handle = |msg: ControlMessage,
                       chain: &mut Box<dyn Collector<T>>,
                       reader: &mut Box<dyn crate::api::SourceReader<T>>|
@@ -70,6 +73,10 @@ impl<T: Send + 'static> Task for SourceTask<T> {
                         reader.snapshot()?,
                     );
                     chain.on_barrier(&barrier, &mut snapshot)?;
+                    if barrier.stops_job() {
+                        chain.flush()?;
+                        stopping.set(true);
+                    }
                     // The coordinator may be gone during teardown; nothing to do then.
                     let _ = env.events.send(TaskEvent::Acknowledge {
                         checkpoint_id: barrier.checkpoint_id,
@@ -78,7 +85,8 @@ impl<T: Send + 'static> Task for SourceTask<T> {
                     });
                 }
                 ControlMessage::CheckpointComplete(id) => chain.on_checkpoint_complete(id)?,
-                ControlMessage::AbortCheckpoint(_) => {}
+                // A failed stop-with-savepoint leaves the job running.
+                ControlMessage::AbortCheckpoint(_) => stopping.set(false),
                 ControlMessage::Stop => {
                     chain.finish()?;
                     let _ = env.events.send(TaskEvent::Finished { task: env.id });
@@ -101,7 +109,7 @@ impl<T: Send + 'static> Task for SourceTask<T> {
             if env.is_cancelled() {
                 return Err(Error::Cancelled);
             }
-            if finished {
+            if finished || stopping.get() {
                 // Still answer barriers and completions until the coordinator says stop.
                 let msg = env.control.recv().map_err(|_| Error::Cancelled)?;
                 if let Flow::Exit = handle(msg, &mut chain, &mut reader)? {
@@ -176,7 +184,8 @@ impl Alignment {
     /// An input is read unless it has ended or, in exactly-once mode, has delivered the
     /// barrier being aligned: records behind it belong to the next checkpoint.
     fn is_readable(&self, input: usize) -> bool {
-        !self.ended[input] && !(self.exactly_once && self.arrived[input])
+        let blocked = self.exactly_once && self.arrived[input];
+        !(self.ended[input] || blocked)
     }
 
     /// Returns the barrier to snapshot at, once every live input has delivered it.
@@ -185,8 +194,8 @@ impl Alignment {
             return None;
         }
         match self.current {
-            Some(current) if barrier.checkpoint_id < current.checkpoint_id => return None,
-            Some(current) if barrier.checkpoint_id == current.checkpoint_id => {}
+            Some(ref current) if barrier.checkpoint_id < current.checkpoint_id => return None,
+            Some(ref current) if barrier.checkpoint_id == current.checkpoint_id => {}
             // A newer barrier overtakes an unfinished alignment: the old checkpoint is lost.
             _ => {
                 self.current = Some(barrier);
@@ -203,7 +212,7 @@ impl Alignment {
     }
 
     fn complete_if_aligned(&mut self) -> Option<Barrier> {
-        let current = self.current?;
+        let current = self.current.clone()?;
         let aligned = self.arrived.iter().zip(&self.ended).all(|(a, e)| *a || *e);
         if !aligned {
             return None;
@@ -215,6 +224,7 @@ impl Alignment {
     fn abort(&mut self, checkpoint_id: u64) {
         if self
             .current
+            .as_ref()
             .is_some_and(|c| c.checkpoint_id <= checkpoint_id)
         {
             self.reset(checkpoint_id);
@@ -353,10 +363,11 @@ fn snapshot<O>(
     let mut task_snapshot = TaskSnapshot::default();
     chain.on_barrier(&barrier, &mut task_snapshot)?;
 
-    let Some(job_store) = env.checkpoint_store.clone() else {
-        return Ok(());
+    let store = match (&barrier.savepoint, &env.checkpoint_store) {
+        (Some(savepoint), _) => savepoint.store.clone(),
+        (None, Some(job_store)) => job_store.child(&checkpoint_dir_name(checkpoint_id)),
+        (None, None) => return Ok(()),
     };
-    let store = job_store.child(&checkpoint_dir_name(checkpoint_id));
     let object = format!("{uid}-{}.state", env.id.subtask);
     let file = env
         .local_dir
@@ -411,17 +422,22 @@ mod tests {
         Barrier {
             checkpoint_id: id,
             timestamp_ms: 0,
+            savepoint: None,
         }
+    }
+
+    fn ids(b: Option<Barrier>) -> Option<u64> {
+        b.map(|b| b.checkpoint_id)
     }
 
     #[test]
     fn exactly_once_blocks_inputs_until_all_barriers_arrive() {
         let mut a = Alignment::new(3, CheckpointMode::ExactlyOnce);
-        assert_eq!(a.on_barrier(1, barrier(1)), None);
+        assert_eq!(ids(a.on_barrier(1, barrier(1))), None);
         assert!(!a.is_readable(1), "input with the barrier is blocked");
         assert!(a.is_readable(0) && a.is_readable(2));
-        assert_eq!(a.on_barrier(0, barrier(1)), None);
-        assert_eq!(a.on_barrier(2, barrier(1)), Some(barrier(1)));
+        assert_eq!(ids(a.on_barrier(0, barrier(1))), None);
+        assert_eq!(ids(a.on_barrier(2, barrier(1))), Some(1));
         assert!(
             (0..3).all(|i| a.is_readable(i)),
             "all unblocked after the snapshot"
@@ -431,23 +447,23 @@ mod tests {
     #[test]
     fn at_least_once_never_blocks() {
         let mut a = Alignment::new(2, CheckpointMode::AtLeastOnce);
-        assert_eq!(a.on_barrier(0, barrier(1)), None);
+        assert_eq!(ids(a.on_barrier(0, barrier(1))), None);
         assert!(a.is_readable(0));
-        assert_eq!(a.on_barrier(1, barrier(1)), Some(barrier(1)));
+        assert_eq!(ids(a.on_barrier(1, barrier(1))), Some(1));
     }
 
     #[test]
     fn newer_barrier_supersedes_and_stale_ones_are_ignored() {
         let mut a = Alignment::new(2, CheckpointMode::ExactlyOnce);
         a.on_barrier(0, barrier(1));
-        assert_eq!(a.on_barrier(1, barrier(2)), None);
+        assert_eq!(ids(a.on_barrier(1, barrier(2))), None);
         assert!(
             a.is_readable(0),
             "input 0 unblocked: checkpoint 1 was abandoned"
         );
-        assert_eq!(a.on_barrier(0, barrier(2)), Some(barrier(2)));
+        assert_eq!(ids(a.on_barrier(0, barrier(2))), Some(2));
         assert_eq!(
-            a.on_barrier(1, barrier(1)),
+            ids(a.on_barrier(1, barrier(1))),
             None,
             "late barrier of an old checkpoint"
         );
@@ -457,7 +473,7 @@ mod tests {
     fn ended_inputs_do_not_hold_alignment() {
         let mut a = Alignment::new(2, CheckpointMode::ExactlyOnce);
         a.on_end_of_stream(0);
-        assert_eq!(a.on_barrier(1, barrier(4)), Some(barrier(4)));
+        assert_eq!(ids(a.on_barrier(1, barrier(4))), Some(4));
     }
 
     #[test]
@@ -466,6 +482,6 @@ mod tests {
         a.on_barrier(0, barrier(3));
         a.abort(3);
         assert!(a.is_readable(0));
-        assert_eq!(a.on_barrier(1, barrier(3)), None);
+        assert_eq!(ids(a.on_barrier(1, barrier(3))), None);
     }
 }

@@ -385,6 +385,76 @@ mod tests {
         );
     }
 
+    struct Average;
+
+    impl crate::state::AggregateFunction for Average {
+        type In = u32;
+        type Acc = (u64, u64);
+        type Out = f64;
+        fn create_accumulator(&self) -> (u64, u64) {
+            (0, 0)
+        }
+        fn add(&self, value: u32, (sum, n): (u64, u64)) -> (u64, u64) {
+            (sum + u64::from(value), n + 1)
+        }
+        fn result(&self, &(sum, n): &(u64, u64)) -> f64 {
+            sum as f64 / n as f64
+        }
+    }
+
+    #[test]
+    fn list_reducing_and_aggregating_state_per_key() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut backend =
+            KeyedStateBackend::open(&dir.path().join("db"), all_groups(), 64 << 20).expect("open");
+        let mut registry = StateRegistry::new("op");
+        let list = registry.list_state::<String>("list").expect("state");
+        let max = registry
+            .reducing_state("max", |a: u32, b: u32| a.max(b))
+            .expect("state");
+        let avg = registry.aggregating_state("avg", Average).expect("state");
+        for key in [1u64, 2] {
+            select(&mut backend, key);
+            let mut ctx = KeyedContext {
+                backend: &mut backend,
+            };
+            for v in [3u32, 9, 6] {
+                let v = v * key as u32;
+                list.add(&mut ctx, v.to_string()).expect("add");
+                max.add(&mut ctx, v).expect("add");
+                avg.add(&mut ctx, v).expect("add");
+            }
+        }
+        select(&mut backend, 2);
+        let mut ctx = KeyedContext {
+            backend: &mut backend,
+        };
+        assert_eq!(list.get(&mut ctx).expect("get"), vec!["6", "18", "12"]);
+        assert_eq!(max.get(&mut ctx).expect("get"), Some(18));
+        assert_eq!(avg.get(&mut ctx).expect("get"), Some(12.0));
+        list.update(&mut ctx, &["x".to_string()]).expect("update");
+        assert_eq!(list.get(&mut ctx).expect("get"), vec!["x"]);
+        list.clear(&mut ctx).expect("clear");
+        assert!(list.get(&mut ctx).expect("get").is_empty());
+        select(&mut backend, 1);
+        let mut ctx = KeyedContext {
+            backend: &mut backend,
+        };
+        assert_eq!(max.get(&mut ctx).expect("get"), Some(9), "key 1 untouched");
+        assert_eq!(avg.get(&mut ctx).expect("get"), Some(6.0));
+    }
+
+    #[test]
+    fn registering_a_state_name_twice_is_an_error() {
+        let mut registry = StateRegistry::new("op");
+        registry.value_state::<u64>("count").expect("first");
+        let err = registry
+            .value_state::<u64>("count")
+            .err()
+            .expect("second is refused");
+        assert!(err.to_string().contains("registered twice"), "{err}");
+    }
+
     #[test]
     fn snapshot_restores_only_the_key_groups_of_the_new_range() {
         let dir = tempfile::tempdir().expect("tempdir");

@@ -94,7 +94,7 @@ pub fn sigkill(child: &mut Child) {
 /// Lines of every committed file under `dir` (paths with a `_` or `.` component are not
 /// committed output: pending parts and temp files).
 pub fn committed_lines(dir: &Path) -> Vec<String> {
-    let mut lines = Vec::new();
+    let mut files = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
         let Ok(entries) = std::fs::read_dir(&d) else {
@@ -109,12 +109,19 @@ pub fn committed_lines(dir: &Path) -> Vec<String> {
             if path.is_dir() {
                 stack.push(path);
             } else {
-                let text = std::fs::read_to_string(&path).expect("read output");
-                lines.extend(text.lines().map(str::to_string));
+                files.push(path);
             }
         }
     }
-    lines
+    // Part names sort by subtask, then checkpoint: each key's records come out in order.
+    files.sort();
+    files
+        .iter()
+        .flat_map(|path| {
+            let text = std::fs::read_to_string(path).expect("read output");
+            text.lines().map(str::to_string).collect::<Vec<_>>()
+        })
+        .collect()
 }
 
 pub fn committed_json(dir: &Path) -> Vec<serde_json::Value> {
@@ -188,4 +195,42 @@ pub fn verify_sequence_output(
         ));
     }
     Ok(())
+}
+
+/// A free loopback port (bound, then released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// Minimal HTTP/1.1 client for the REST tests: one request per connection.
+/// Returns (status, body as JSON or `Null` when the body is not JSON).
+pub fn http(port: u16, method: &str, path: &str, body: Option<&str>) -> (u16, serde_json::Value) {
+    use std::io::{Read, Write};
+    let mut stream =
+        std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect to REST API");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let body = body.unwrap_or("");
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).expect("send request");
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).expect("read response");
+    let text = String::from_utf8_lossy(&response);
+    let status: u16 = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("bad HTTP response: {text}"));
+    let payload = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    (
+        status,
+        serde_json::from_str(payload).unwrap_or(serde_json::Value::Null),
+    )
 }

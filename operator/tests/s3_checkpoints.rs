@@ -1,0 +1,251 @@
+//! The operator's S3 checkpoint store against a real S3 server: `s3s-fs` serving a temp folder
+//! on a loopback port (each top-level directory is a bucket, each object a plain file).
+//! Skipped, with a message, when `s3s-fs` is not installed
+//! (`cargo install s3s-fs@0.14.1 --features binary --locked`).
+
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use weir_operator::storage::{CheckpointStore, S3Store, SchemeStore, StoredCheckpoint};
+use weir_spec::S3Options;
+
+const ACCESS_KEY: &str = "weir-operator-test";
+const SECRET_KEY: &str = "weir-operator-test-secret";
+const BUCKET: &str = "state";
+const JOB_ID: &str = "streams-clicks";
+
+/// `s3s-fs` on a free loopback port; killed on drop.
+struct S3Server {
+    endpoint: String,
+    root: tempfile::TempDir,
+    child: Child,
+}
+
+impl S3Server {
+    /// `None` when the binary is not installed.
+    fn start() -> Option<S3Server> {
+        let binary = find_binary()?;
+        let root = tempfile::Builder::new()
+            .prefix("weir-operator-s3-")
+            .tempdir()
+            .expect("temp dir for the S3 root");
+        std::fs::create_dir_all(root.path().join(BUCKET)).expect("bucket directory");
+        let port = free_port();
+        let child = Command::new(&binary)
+            .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+            .args(["--access-key", ACCESS_KEY, "--secret-key", SECRET_KEY])
+            .arg(root.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {}: {e}", binary.display()));
+        let server = S3Server {
+            endpoint: format!("http://127.0.0.1:{port}"),
+            root,
+            child,
+        };
+        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
+            assert!(Instant::now() < deadline, "s3s-fs did not listen on {addr}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Some(server)
+    }
+
+    /// What a StreamJob's `spec.job.s3` would say, plus static test credentials (in a cluster
+    /// they come from the operator pod's environment or IRSA).
+    fn options(&self) -> S3Options {
+        S3Options {
+            endpoint: Some(self.endpoint.clone()),
+            region: Some("us-east-1".into()),
+            force_path_style: true,
+            static_credentials: Some((ACCESS_KEY.into(), SECRET_KEY.into())),
+        }
+    }
+
+    /// Writes an object straight to disk; s3s-fs serves it as `s3://state/<key>`.
+    fn put(&self, key: &str) {
+        let path = self.root.path().join(BUCKET).join(key);
+        std::fs::create_dir_all(path.parent().expect("key has a parent")).expect("mkdir");
+        std::fs::write(&path, b"weir").expect("write object");
+    }
+
+    fn exists(&self, key: &str) -> bool {
+        self.root.path().join(BUCKET).join(key).exists()
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+fn find_binary() -> Option<PathBuf> {
+    let on_path = std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>());
+    let cargo_home = std::env::var_os("CARGO_HOME").map(|h| PathBuf::from(h).join("bin"));
+    let home = std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo/bin"));
+    on_path
+        .chain(cargo_home)
+        .chain(home)
+        .map(|dir| dir.join("s3s-fs"))
+        .find(|candidate| Path::new(candidate).is_file())
+}
+
+macro_rules! s3_server_or_skip {
+    () => {
+        match S3Server::start() {
+            Some(server) => server,
+            None => {
+                eprintln!(
+                    "SKIPPED: s3s-fs is not installed; \
+                     `cargo install s3s-fs@0.14.1 --features binary --locked` to run this test"
+                );
+                return;
+            }
+        }
+    };
+}
+
+#[tokio::test]
+async fn latest_completed_checkpoint_is_the_newest_with_metadata() {
+    let server = s3_server_or_skip!();
+    server.put(&format!("checkpoints/{JOB_ID}/chk-9/_metadata"));
+    server.put(&format!("checkpoints/{JOB_ID}/chk-10/_metadata"));
+    server.put(&format!("checkpoints/{JOB_ID}/chk-10/state/op-1/part-0"));
+    // In progress: state written, `_metadata` not yet.
+    server.put(&format!("checkpoints/{JOB_ID}/chk-11/state/op-1/part-0"));
+    server.put("checkpoints/streams-other/chk-99/_metadata");
+
+    let latest = S3Store::default()
+        .latest_completed_checkpoint(&server.options(), "s3://state/checkpoints", JOB_ID)
+        .await
+        .expect("lists");
+
+    assert_eq!(
+        latest,
+        Some(StoredCheckpoint {
+            id: 10,
+            path: format!("s3://state/checkpoints/{JOB_ID}/chk-10"),
+        })
+    );
+}
+
+#[tokio::test]
+async fn a_job_without_checkpoints_has_none() {
+    let server = s3_server_or_skip!();
+    server.put(&format!("checkpoints/{JOB_ID}/chk-1/state/part-0"));
+
+    let latest = S3Store::default()
+        .latest_completed_checkpoint(&server.options(), "s3://state/checkpoints/", JOB_ID)
+        .await
+        .expect("lists");
+
+    assert_eq!(latest, None);
+}
+
+#[tokio::test]
+async fn savepoint_is_complete_only_once_its_metadata_exists() {
+    let server = s3_server_or_skip!();
+    server.put("savepoints/streams-clicks/savepoint-1/_metadata");
+    server.put("savepoints/streams-clicks/savepoint-2/state/part-0");
+    let store = SchemeStore::default();
+    let options = server.options();
+
+    let complete = store
+        .has_metadata(&options, "s3://state/savepoints/streams-clicks/savepoint-1")
+        .await
+        .expect("head");
+    let partial = store
+        .has_metadata(
+            &options,
+            "s3://state/savepoints/streams-clicks/savepoint-2/",
+        )
+        .await
+        .expect("head");
+
+    assert_eq!((complete, partial), (Some(true), Some(false)));
+    assert!(store.can_list("s3://state/checkpoints"));
+}
+
+#[tokio::test]
+async fn deleting_a_savepoint_removes_every_object_under_it_and_nothing_else() {
+    let server = s3_server_or_skip!();
+    for file in ["_metadata", "state/op-1/part-0", "state/op-2/part-0"] {
+        server.put(&format!("savepoints/{JOB_ID}/savepoint-1/{file}"));
+    }
+    server.put(&format!("savepoints/{JOB_ID}/savepoint-10/_metadata"));
+    let store = S3Store::default();
+
+    store
+        .delete_dir(
+            &server.options(),
+            &format!("s3://state/savepoints/{JOB_ID}/savepoint-1"),
+        )
+        .await
+        .expect("deletes");
+    // Deleting what is already gone is fine (a retried cleanup).
+    store
+        .delete_dir(
+            &server.options(),
+            &format!("s3://state/savepoints/{JOB_ID}/savepoint-1"),
+        )
+        .await
+        .expect("idempotent");
+
+    assert!(!server.exists(&format!("savepoints/{JOB_ID}/savepoint-1/_metadata")));
+    assert!(!server.exists(&format!(
+        "savepoints/{JOB_ID}/savepoint-1/state/op-2/part-0"
+    )));
+    assert!(server.exists(&format!("savepoints/{JOB_ID}/savepoint-10/_metadata")));
+}
+
+#[tokio::test]
+async fn refuses_to_delete_a_bucket_root() {
+    let server = s3_server_or_skip!();
+    server.put("keep/me");
+
+    let err = S3Store::default()
+        .delete_dir(&server.options(), "s3://state")
+        .await
+        .expect_err("refused");
+
+    assert!(err.to_string().contains("bucket root"), "{err}");
+    assert!(server.exists("keep/me"));
+}
+
+#[tokio::test]
+async fn unreachable_s3_is_an_error_naming_the_location() {
+    let options = S3Options {
+        endpoint: Some(format!("http://127.0.0.1:{}", free_port())),
+        region: Some("us-east-1".into()),
+        force_path_style: true,
+        static_credentials: Some((ACCESS_KEY.into(), SECRET_KEY.into())),
+    };
+
+    let err = S3Store::default()
+        .latest_completed_checkpoint(&options, "s3://state/checkpoints", JOB_ID)
+        .await
+        .expect_err("connection refused");
+
+    let message = err.to_string();
+    assert!(
+        message.contains("s3://state/checkpoints/streams-clicks"),
+        "{message}"
+    );
+    assert!(err.is_transient());
+}

@@ -1,0 +1,171 @@
+//! The JobManager REST API (contract: `docs/jobmanager-api.yaml`), served over a
+//! [`JobHandle`]. Local mode serves it with `--rest-addr`; the operator drives it to take
+//! savepoints before rescales and upgrades.
+//!
+//! Request bodies are capped at 64 KiB; every error is `{"error": "..."}` with a 4xx status.
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::runtime::job::{JobHandle, JobState};
+
+const MAX_BODY_BYTES: usize = 64 << 10;
+
+pub fn router(job: JobHandle) -> Router {
+    Router::new()
+        .route(
+            "/v1/health/live",
+            get(|| async { Json(json!({"status": "ok"})) }),
+        )
+        .route("/v1/health/ready", get(ready))
+        .route(
+            "/v1/jobs",
+            get(|State(job): State<JobHandle>| async move { Json(vec![job.overview()]) }),
+        )
+        .route("/v1/jobs/{job_id}", get(overview))
+        .route("/v1/jobs/{job_id}/checkpoints", get(checkpoints))
+        .route("/v1/jobs/{job_id}/savepoints", post(savepoint))
+        .route("/v1/jobs/{job_id}/stop", post(stop))
+        .route(
+            "/v1/jobs/{job_id}/savepoints/{trigger_id}",
+            get(savepoint_status),
+        )
+        .route("/v1/jobs/{job_id}/cancel", post(cancel))
+        .route(
+            "/metrics",
+            get(|| async {
+                (
+                    [(
+                        axum::http::header::CONTENT_TYPE,
+                        "text/plain; version=0.0.4; charset=utf-8",
+                    )],
+                    crate::metrics::global().encode(),
+                )
+            }),
+        )
+        .fallback(|| async { error(StatusCode::NOT_FOUND, "no such endpoint") })
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(job)
+}
+
+/// Serves the API until the process exits; returns the bound address.
+pub async fn serve(
+    addr: std::net::SocketAddr,
+    job: JobHandle,
+) -> std::io::Result<std::net::SocketAddr> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let bound = listener.local_addr()?;
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, router(job)).await {
+            tracing::error!(error = %e, "REST server stopped");
+        }
+    });
+    Ok(bound)
+}
+
+fn error(status: StatusCode, message: impl std::fmt::Display) -> Response {
+    (status, Json(json!({"error": message.to_string()}))).into_response()
+}
+
+/// The 404 for a job id this JobManager does not run.
+fn unknown_job(job: &JobHandle, job_id: &str) -> Option<Response> {
+    (job.job_id() != job_id)
+        .then(|| error(StatusCode::NOT_FOUND, format!("unknown job {job_id:?}")))
+}
+
+async fn ready(State(job): State<JobHandle>) -> Response {
+    match job.overview().state {
+        JobState::Running => Json(json!({"status": "ok"})).into_response(),
+        state => error(StatusCode::SERVICE_UNAVAILABLE, format!("job is {state:?}")),
+    }
+}
+
+async fn overview(State(job): State<JobHandle>, Path(job_id): Path<String>) -> Response {
+    unknown_job(&job, &job_id).unwrap_or_else(|| Json(job.overview()).into_response())
+}
+
+async fn checkpoints(State(job): State<JobHandle>, Path(job_id): Path<String>) -> Response {
+    unknown_job(&job, &job_id).unwrap_or_else(|| Json(job.checkpoints()).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct SavepointRequest {
+    target_directory: String,
+}
+
+fn trigger(
+    job: &JobHandle,
+    job_id: &str,
+    body: Result<Json<SavepointRequest>, JsonRejection>,
+    stop: bool,
+) -> Response {
+    if let Some(response) = unknown_job(job, job_id) {
+        return response;
+    }
+    let request = match body {
+        Ok(Json(request)) => request,
+        // Malformed JSON, wrong fields, wrong content type and bodies over the limit alike.
+        Err(rejection) => return error(StatusCode::BAD_REQUEST, rejection.body_text()),
+    };
+    if let Err(message) = weir_spec::check_storage_uri(&request.target_directory) {
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!("targetDirectory: {message}"),
+        );
+    }
+    match job.request_savepoint(&request.target_directory, stop) {
+        Ok(trigger_id) => {
+            (StatusCode::ACCEPTED, Json(json!({"triggerId": trigger_id}))).into_response()
+        }
+        Err(message) => error(StatusCode::CONFLICT, message),
+    }
+}
+
+async fn savepoint(
+    State(job): State<JobHandle>,
+    Path(job_id): Path<String>,
+    body: Result<Json<SavepointRequest>, JsonRejection>,
+) -> Response {
+    trigger(&job, &job_id, body, false)
+}
+
+async fn stop(
+    State(job): State<JobHandle>,
+    Path(job_id): Path<String>,
+    body: Result<Json<SavepointRequest>, JsonRejection>,
+) -> Response {
+    trigger(&job, &job_id, body, true)
+}
+
+async fn savepoint_status(
+    State(job): State<JobHandle>,
+    Path((job_id, trigger_id)): Path<(String, String)>,
+) -> Response {
+    if let Some(response) = unknown_job(&job, &job_id) {
+        return response;
+    }
+    match job.savepoint(&trigger_id) {
+        Some(status) => Json(status).into_response(),
+        None => error(
+            StatusCode::NOT_FOUND,
+            format!("unknown savepoint trigger {trigger_id:?}"),
+        ),
+    }
+}
+
+async fn cancel(State(job): State<JobHandle>, Path(job_id): Path<String>) -> Response {
+    if let Some(response) = unknown_job(&job, &job_id) {
+        return response;
+    }
+    match job.cancel() {
+        Ok(()) => (StatusCode::ACCEPTED, Json(json!({}))).into_response(),
+        Err(message) => error(StatusCode::CONFLICT, message),
+    }
+}

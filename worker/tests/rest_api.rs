@@ -1,0 +1,229 @@
+//! The JobManager REST API in local mode: every endpoint, bad requests, savepoints, and a
+//! rescale 2 -> 3 through stop-with-savepoint that keeps the output exactly-once.
+
+mod support;
+
+use std::time::Duration;
+
+use serde_json::json;
+use support::*;
+
+const KEYS: u64 = 10;
+const EVENTS_PER_KEY: u64 = 3000;
+
+fn poll_savepoint(port: u16, trigger: &str) -> serde_json::Value {
+    let mut last = serde_json::Value::Null;
+    wait_until(Duration::from_secs(30), "savepoint to finish", || {
+        let (status, body) = http(
+            port,
+            "GET",
+            &format!("/v1/jobs/seq/savepoints/{trigger}"),
+            None,
+        );
+        assert_eq!(status, 200, "{body}");
+        last = body;
+        last["status"] != "IN_PROGRESS"
+    });
+    last
+}
+
+#[test]
+fn rest_api_serves_state_and_rescales_through_stop_with_savepoint() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = dir.path().join("store");
+    let yaml = format!(
+        "job: {{name: sequence-check, args: {{keys: {KEYS}, eventsPerKey: {EVENTS_PER_KEY}, eventsPerSecond: 2000, output: '{out}'}}}}\n\
+         jobId: seq\nparallelism: 2\n\
+         checkpointing: {{interval: 200ms, storage: 'file://{chk}'}}\nrestartStrategy: {{type: none}}\n",
+        out = store.join("output").display(),
+        chk = store.join("checkpoints").display(),
+    );
+    let job = write_job(dir.path(), "job.yaml", &yaml);
+    let port = free_port();
+    let mut child = spawn_job(
+        &job,
+        // Keep answering after the job ends, as a JobManager must for the operator to read
+        // the final savepoint.
+        &[
+            "--rest-addr",
+            &format!("127.0.0.1:{port}"),
+            "--linger",
+            "3s",
+        ],
+        &[],
+        &dir.path().join("work"),
+        &dir.path().join("run.log"),
+    );
+    wait_until(Duration::from_secs(30), "the job to be ready", || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+            && http(port, "GET", "/v1/health/ready", None).0 == 200
+    });
+
+    // Health, overview, listing.
+    assert_eq!(
+        http(port, "GET", "/v1/health/live", None),
+        (200, json!({"status": "ok"}))
+    );
+    let (status, jobs) = http(port, "GET", "/v1/jobs", None);
+    assert_eq!(status, 200);
+    assert_eq!(jobs[0]["jobId"], "seq");
+    let (status, overview) = http(port, "GET", "/v1/jobs/seq", None);
+    assert_eq!(status, 200);
+    assert_eq!(overview["state"], "RUNNING");
+    assert_eq!(overview["name"], "sequence-check");
+    assert_eq!(overview["parallelism"], 2);
+    assert_eq!(overview["restarts"], 0);
+
+    // Checkpoints show up with their paths.
+    wait_until(
+        Duration::from_secs(30),
+        "a completed checkpoint in the API",
+        || {
+            http(port, "GET", "/v1/jobs/seq/checkpoints", None).1["counts"]["completed"]
+                .as_u64()
+                .is_some_and(|n| n >= 1)
+        },
+    );
+    let (_, checkpoints) = http(port, "GET", "/v1/jobs/seq/checkpoints", None);
+    let latest = &checkpoints["latest"];
+    assert_eq!(latest["status"], "COMPLETED");
+    let path = latest["externalPath"].as_str().expect("externalPath");
+    assert!(path.contains("/checkpoints/seq/chk-"), "{path}");
+
+    // Bad requests are 4xx with a JSON error.
+    for (method, path, body, expected) in [
+        ("GET", "/v1/jobs/nope", None, 404),
+        ("GET", "/v1/jobs/nope/checkpoints", None, 404),
+        (
+            "POST",
+            "/v1/jobs/nope/savepoints",
+            Some(r#"{"targetDirectory": "/tmp/x"}"#),
+            404,
+        ),
+        ("GET", "/v1/jobs/seq/savepoints/unknown", None, 404),
+        ("GET", "/v1/no-such-endpoint", None, 404),
+        ("POST", "/v1/jobs/seq/savepoints", Some("{not json"), 400),
+        (
+            "POST",
+            "/v1/jobs/seq/savepoints",
+            Some(r#"{"target": "/tmp/x"}"#),
+            400,
+        ),
+        (
+            "POST",
+            "/v1/jobs/seq/savepoints",
+            Some(r#"{"targetDirectory": "ftp://x/y"}"#),
+            400,
+        ),
+    ] {
+        let (status, body) = http(port, method, path, body);
+        assert_eq!(status, expected, "{method} {path}: {body}");
+        assert!(body["error"].is_string(), "{method} {path}: {body}");
+    }
+    let huge = format!(r#"{{"targetDirectory": "{}"}}"#, "x".repeat(70_000));
+    let (status, body) = http(port, "POST", "/v1/jobs/seq/savepoints", Some(&huge));
+    assert_eq!(status, 400, "oversized body: {body}");
+
+    // A savepoint while running; asking again for the same directory is the same trigger.
+    let sp1 = format!("file://{}", store.join("savepoints/sp-1").display());
+    let request = json!({"targetDirectory": sp1}).to_string();
+    let (status, first) = http(port, "POST", "/v1/jobs/seq/savepoints", Some(&request));
+    assert_eq!(status, 202, "{first}");
+    let (_, again) = http(port, "POST", "/v1/jobs/seq/savepoints", Some(&request));
+    assert_eq!(first["triggerId"], again["triggerId"]);
+    let done = poll_savepoint(port, first["triggerId"].as_str().expect("trigger"));
+    assert_eq!(done, json!({"status": "COMPLETED", "location": sp1}));
+    assert!(store.join("savepoints/sp-1/_metadata").exists());
+    assert!(
+        child.try_wait().expect("poll").is_none(),
+        "a plain savepoint keeps the job running"
+    );
+
+    // Stop with savepoint at parallelism 2 ...
+    let sp2 = format!("file://{}", store.join("savepoints/sp-2").display());
+    let (status, stop) = http(
+        port,
+        "POST",
+        "/v1/jobs/seq/stop",
+        Some(&json!({"targetDirectory": sp2}).to_string()),
+    );
+    assert_eq!(status, 202, "{stop}");
+    let done = poll_savepoint(port, stop["triggerId"].as_str().expect("trigger"));
+    assert_eq!(done, json!({"status": "COMPLETED", "location": sp2}));
+    wait_until(Duration::from_secs(10), "the job to finish", || {
+        http(port, "GET", "/v1/jobs/seq", None).1["state"] == "FINISHED"
+    });
+    let exit = child.wait().expect("job exits after stop-with-savepoint");
+    assert!(
+        exit.success(),
+        "see {}",
+        dir.path().join("run.log").display()
+    );
+    let log = std::fs::read_to_string(dir.path().join("run.log")).expect("log");
+    assert!(log.contains(&format!("savepoint: {sp2}")), "{log}");
+    let committed_at_stop = committed_json(&store.join("output")).len() as u64;
+    assert!(
+        committed_at_stop < KEYS * EVENTS_PER_KEY,
+        "stopped mid-stream"
+    );
+
+    // ... and continue at parallelism 3 from it: nothing lost, nothing twice.
+    let output = run_job(
+        &job,
+        &["--parallelism", "3", "--restore", &sp2],
+        &[],
+        &dir.path().join("work"),
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        stdout.contains(&format!("restored from: {sp2}")),
+        "{stdout}"
+    );
+    verify_sequence_output(&committed_json(&store.join("output")), KEYS, EVENTS_PER_KEY)
+        .expect("exactly-once across stop-with-savepoint and rescale 2 -> 3");
+}
+
+#[test]
+fn cancel_ends_the_job_as_canceled() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let yaml = format!(
+        "job: {{name: sequence-check, args: {{keys: 2, eventsPerSecond: 100, output: '{}'}}}}\njobId: seq\n",
+        dir.path().join("out").display()
+    );
+    let job = write_job(dir.path(), "job.yaml", &yaml);
+    let port = free_port();
+    let mut child = spawn_job(
+        &job,
+        &["--rest-addr", &format!("127.0.0.1:{port}")],
+        &[],
+        &dir.path().join("work"),
+        &dir.path().join("run.log"),
+    );
+    wait_until(Duration::from_secs(30), "the job to be ready", || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+            && http(port, "GET", "/v1/health/ready", None).0 == 200
+    });
+    // Without checkpointing configured a savepoint cannot be taken: it fails, the job runs on.
+    let (status, body) = http(
+        port,
+        "POST",
+        "/v1/jobs/seq/savepoints",
+        Some(r#"{"targetDirectory": "/tmp/weir-never"}"#),
+    );
+    assert_eq!(status, 202, "{body}");
+    let failed = poll_savepoint(port, body["triggerId"].as_str().expect("trigger"));
+    assert_eq!(failed["status"], "FAILED");
+    assert!(
+        failed["failure"]
+            .as_str()
+            .is_some_and(|f| f.contains("checkpointing")),
+        "{failed}"
+    );
+    assert!(child.try_wait().expect("poll").is_none());
+    let (status, _) = http(port, "POST", "/v1/jobs/seq/cancel", None);
+    assert_eq!(status, 202);
+    let exit = child.wait().expect("exits");
+    assert!(exit.success());
+    let log = std::fs::read_to_string(dir.path().join("run.log")).expect("log");
+    assert!(log.contains("cancelled"), "{log}");
+}
