@@ -359,6 +359,8 @@ fn deployment(
     let pod_spec = PodSpec {
         containers: vec![container],
         service_account_name: job.spec.service_account_name.clone(),
+        // Workers never call the Kubernetes API: no token in the pod, whatever account it runs as.
+        automount_service_account_token: Some(false),
         security_context: Some(PodSecurityContext {
             run_as_non_root: Some(true),
             run_as_user: Some(RUN_AS),
@@ -592,6 +594,11 @@ mod tests {
         let children = built(&StreamJob::test());
         for deployment in [&children.jobmanager, &children.taskmanagers] {
             let pod = pod(deployment);
+            assert_eq!(
+                pod.automount_service_account_token,
+                Some(false),
+                "job pods get no API token"
+            );
             let pod_security = pod.security_context.as_ref().expect("pod security");
             assert_eq!(pod_security.run_as_non_root, Some(true));
             assert_eq!(
