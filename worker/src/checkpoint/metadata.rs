@@ -66,8 +66,7 @@ pub struct KeyedStateHandle {
 
 impl CheckpointMetadata {
     pub fn encode(&self) -> Result<Vec<u8>> {
-        let json =
-            serde_json::to_vec_pretty(self).map_err(|e| Error::codec("checkpoint metadata", e))?;
+        let json = serde_json::to_vec(self).map_err(|e| Error::codec("checkpoint metadata", e))?;
         let mut out = format!("{HEADER_PREFIX}{:08x}\n", crc32fast::hash(&json)).into_bytes();
         out.extend_from_slice(&json);
         Ok(out)

@@ -2,6 +2,9 @@
 //! increasing sequence numbers 0, 1, 2, ... Key `k` belongs to subtask `k % parallelism`;
 //! the next number per key is the checkpointed offset (union-redistributed, so after a
 //! rescale each subtask picks up the keys it now owns exactly where they stopped).
+//!
+//! Positions are checkpointed as runs: round-robin emission leaves all owned keys at one of
+//! two next numbers, so a million keys take two entries, not a million.
 
 use std::time::{Duration, Instant};
 
@@ -25,10 +28,30 @@ pub struct SequenceGenerator {
     pub events_per_second: Option<u64>,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
-struct KeyPosition {
-    key: u64,
+/// Keys `first, first + stride, ..., last` all continue at `next`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct PositionRun {
+    first: u64,
+    last: u64,
+    stride: u64,
     next: u64,
+}
+
+/// Collapses `(key, next)` pairs of keys spaced `stride` apart into runs of equal `next`.
+fn position_runs(keys: &[u64], next: &[u64], stride: u64) -> Vec<PositionRun> {
+    let mut runs: Vec<PositionRun> = Vec::new();
+    for (&key, &n) in keys.iter().zip(next) {
+        match runs.last_mut() {
+            Some(run) if run.next == n && run.last + stride == key => run.last = key,
+            _ => runs.push(PositionRun {
+                first: key,
+                last: key,
+                stride,
+                next: n,
+            }),
+        }
+    }
+    runs
 }
 
 impl SourceFactory for SequenceGenerator {
@@ -43,15 +66,26 @@ impl SourceFactory for SequenceGenerator {
             .filter(|k| k % u64::from(ctx.parallelism) == u64::from(ctx.subtask))
             .collect();
         let mut next = vec![0u64; owned.len()];
+        let (parallelism, subtask) = (u64::from(ctx.parallelism), u64::from(ctx.subtask));
         for entry in restored.unwrap_or_default() {
-            let position: KeyPosition = serde_json::from_value(entry)
+            let run: PositionRun = serde_json::from_value(entry)
                 .map_err(|e| Error::codec("sequence generator offsets", e))?;
-            if let Ok(i) = owned.binary_search(&position.key) {
-                next[i] = position.next;
+            if run.stride == 0 || run.last < run.first {
+                return Err(Error::codec(
+                    "sequence generator offsets",
+                    format!("invalid run {run:?}"),
+                ));
+            }
+            for key in (run.first..=run.last).step_by(run.stride as usize) {
+                // Owned keys are subtask, subtask + p, ...: the index is arithmetic.
+                if key < self.keys && key % parallelism == subtask {
+                    next[((key - subtask) / parallelism) as usize] = run.next;
+                }
             }
         }
         Ok(Box::new(GeneratorReader {
             owned,
+            parallelism,
             next,
             cursor: 0,
             limit: self.events_per_key,
@@ -64,6 +98,7 @@ impl SourceFactory for SequenceGenerator {
 
 struct GeneratorReader {
     owned: Vec<u64>,
+    parallelism: u64,
     next: Vec<u64>,
     cursor: usize,
     limit: Option<u64>,
@@ -111,11 +146,40 @@ impl SourceReader<SequenceEvent> for GeneratorReader {
     }
 
     fn snapshot(&mut self) -> Result<Vec<serde_json::Value>> {
-        Ok(self
-            .owned
+        position_runs(&self.owned, &self.next, self.parallelism)
             .iter()
-            .zip(&self.next)
-            .map(|(&key, &next)| serde_json::json!({"key": key, "next": next}))
-            .collect())
+            .map(|run| {
+                serde_json::to_value(run).map_err(|e| Error::codec("sequence generator offsets", e))
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_robin_positions_collapse_into_two_runs() {
+        let keys: Vec<u64> = (0..1000).map(|i| 1 + 3 * i).collect();
+        let next: Vec<u64> = (0..1000).map(|i| if i < 400 { 8 } else { 7 }).collect();
+        let runs = position_runs(&keys, &next, 3);
+        assert_eq!(
+            runs,
+            vec![
+                PositionRun {
+                    first: 1,
+                    last: 1 + 3 * 399,
+                    stride: 3,
+                    next: 8
+                },
+                PositionRun {
+                    first: 1 + 3 * 400,
+                    last: 1 + 3 * 999,
+                    stride: 3,
+                    next: 7
+                },
+            ]
+        );
     }
 }
