@@ -4,128 +4,15 @@
 
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
-
 use crate::{Error, Result};
 
 /// Port the JobManager serves REST on.
 pub const REST_PORT: u16 = 8081;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
-pub enum JobState {
-    Created,
-    Running,
-    Restarting,
-    Failing,
-    Failed,
-    Canceled,
-    Finished,
-}
-
-impl JobState {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            JobState::Created => "CREATED",
-            JobState::Running => "RUNNING",
-            JobState::Restarting => "RESTARTING",
-            JobState::Failing => "FAILING",
-            JobState::Failed => "FAILED",
-            JobState::Canceled => "CANCELED",
-            JobState::Finished => "FINISHED",
-        }
-    }
-
-    /// The job will not run again without a new deployment.
-    pub fn is_terminal(self) -> bool {
-        matches!(
-            self,
-            JobState::Failed | JobState::Canceled | JobState::Finished
-        )
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct JobOverview {
-    pub job_id: String,
-    pub name: String,
-    pub state: JobState,
-    pub parallelism: u32,
-    /// ms since epoch.
-    pub start_time: i64,
-    #[serde(default)]
-    pub restarts: u32,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub last_failure: Option<String>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
-pub enum OperationStatus {
-    InProgress,
-    Completed,
-    Failed,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct CheckpointInfo {
-    pub id: u64,
-    pub status: OperationStatus,
-    pub trigger_time: i64,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub complete_time: Option<i64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub duration_ms: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub state_size: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub external_path: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub failure: Option<String>,
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct CheckpointCounts {
-    pub completed: u64,
-    pub failed: u64,
-    pub in_progress: u64,
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct CheckpointStats {
-    pub counts: CheckpointCounts,
-    /// The latest completed checkpoint.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub latest: Option<CheckpointInfo>,
-    #[serde(default)]
-    pub history: Vec<CheckpointInfo>,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct SavepointStatus {
-    pub status: OperationStatus,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub location: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub failure: Option<String>,
-}
-
-#[derive(Debug, Serialize)]
-#[serde(rename_all = "camelCase")]
-struct SavepointRequest<'a> {
-    target_directory: &'a str,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct TriggerResponse {
-    trigger_id: String,
-}
+pub use weir_spec::rest::{
+    CheckpointCounts, CheckpointInfo, CheckpointStats, JobOverview, JobState, OperationStatus,
+    SavepointRequest, SavepointStatus, TriggerResponse,
+};
 
 /// Where the operator finds a StreamJob's JobManager.
 #[derive(Debug, Clone)]
@@ -233,10 +120,9 @@ impl JobManagerClient {
     }
 
     async fn trigger(&self, url: &str, target_directory: &str) -> Result<String> {
-        let request = self
-            .http
-            .post(url)
-            .json(&SavepointRequest { target_directory });
+        let request = self.http.post(url).json(&SavepointRequest {
+            target_directory: target_directory.to_string(),
+        });
         let response = self.send(request, url).await?;
         let response: TriggerResponse = Self::json(response, url).await?;
         Ok(response.trigger_id)
@@ -432,6 +318,7 @@ pub(crate) mod fake {
         pub fn complete_checkpoint(&self, job_id: &str, id: u64, path: &str) {
             if let Some(job) = lock(&self.state).jobs.get_mut(job_id) {
                 let info = CheckpointInfo {
+                    savepoint: false,
                     id,
                     status: OperationStatus::Completed,
                     trigger_time: 5_000,

@@ -9,6 +9,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub mod rest;
+
 /// A document that cannot run; `field` is the path in the document (e.g. `checkpointing.interval`).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("invalid job document: {field}: {message}")]

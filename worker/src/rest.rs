@@ -4,13 +4,13 @@
 //!
 //! Request bodies are capped at 64 KiB; every error is `{"error": "..."}` with a 4xx status.
 
+use crate::spec::rest::{SavepointRequest, TriggerResponse};
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use serde::Deserialize;
 use serde_json::json;
 
 use crate::runtime::job::{JobHandle, JobState};
@@ -94,12 +94,6 @@ async fn checkpoints(State(job): State<JobHandle>, Path(job_id): Path<String>) -
     unknown_job(&job, &job_id).unwrap_or_else(|| Json(job.checkpoints()).into_response())
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct SavepointRequest {
-    target_directory: String,
-}
-
 fn trigger(
     job: &JobHandle,
     job_id: &str,
@@ -122,7 +116,7 @@ fn trigger(
     }
     match job.request_savepoint(&request.target_directory, stop) {
         Ok(trigger_id) => {
-            (StatusCode::ACCEPTED, Json(json!({"triggerId": trigger_id}))).into_response()
+            (StatusCode::ACCEPTED, Json(TriggerResponse { trigger_id })).into_response()
         }
         Err(message) => error(StatusCode::CONFLICT, message),
     }

@@ -193,6 +193,7 @@ fn steady_running_job_reapplies_children_and_records_checkpoints() {
     observed.jobmanager = JobManagerView::Job {
         overview: overview(JobState::Running, 2),
         latest_checkpoint: Some(CheckpointInfo {
+            savepoint: false,
             id: 4,
             status: OperationStatus::Completed,
             trigger_time: 5_000,

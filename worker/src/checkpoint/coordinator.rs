@@ -31,41 +31,7 @@ pub struct CompletedCheckpoint {
     pub timestamp_ms: u64,
 }
 
-/// One checkpoint or savepoint as the REST API reports it.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct CheckpointInfo {
-    pub id: u64,
-    pub status: OperationStatus,
-    pub savepoint: bool,
-    pub trigger_time: u64,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub complete_time: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub duration_ms: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub state_size: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub external_path: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub failure: Option<String>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
-pub enum OperationStatus {
-    InProgress,
-    Completed,
-    Failed,
-}
-
-#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct CheckpointCounts {
-    pub completed: u64,
-    pub failed: u64,
-    pub in_progress: u64,
-}
+pub use crate::spec::rest::{CheckpointCounts, CheckpointInfo, OperationStatus};
 
 struct PendingCheckpoint {
     barrier: Barrier,
@@ -177,7 +143,7 @@ impl CheckpointCoordinator {
             id: barrier.checkpoint_id,
             status: OperationStatus::InProgress,
             savepoint: barrier.savepoint.is_some(),
-            trigger_time: barrier.timestamp_ms,
+            trigger_time: barrier.timestamp_ms as i64,
             complete_time: None,
             duration_ms: None,
             state_size: None,
@@ -340,7 +306,7 @@ impl CheckpointCoordinator {
         self.counts.completed += 1;
         self.update_history(checkpoint_id, |e| {
             e.status = OperationStatus::Completed;
-            e.complete_time = Some(now_ms());
+            e.complete_time = Some(now_ms() as i64);
             e.duration_ms = Some(completed.duration.as_millis() as u64);
             e.state_size = Some(completed.state_size);
             e.external_path = Some(completed.uri.clone());

@@ -7,55 +7,11 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use crossbeam_channel::{Receiver, Sender};
-use serde::Serialize;
-
 use crate::checkpoint::coordinator::{CheckpointCounts, CheckpointInfo, OperationStatus, now_ms};
 use crate::spec::JobDocument;
+use crossbeam_channel::{Receiver, Sender};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
-pub enum JobState {
-    Created,
-    Running,
-    Restarting,
-    Failing,
-    Failed,
-    Canceled,
-    Finished,
-}
-
-#[derive(Debug, Clone, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct JobOverview {
-    pub job_id: String,
-    pub name: String,
-    pub state: JobState,
-    pub parallelism: u32,
-    pub start_time: u64,
-    pub restarts: u32,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub last_failure: Option<String>,
-}
-
-#[derive(Debug, Clone, Default, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct CheckpointStats {
-    pub counts: CheckpointCounts,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub latest: Option<CheckpointInfo>,
-    pub history: Vec<CheckpointInfo>,
-}
-
-#[derive(Debug, Clone, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct SavepointStatus {
-    pub status: OperationStatus,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub location: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub failure: Option<String>,
-}
+pub use crate::spec::rest::{CheckpointStats, JobOverview, JobState, SavepointStatus};
 
 #[derive(Debug, Clone)]
 pub enum JobCommand {
@@ -96,7 +52,7 @@ impl JobHandle {
                 name: doc.job.name.clone(),
                 state: JobState::Created,
                 parallelism: doc.parallelism,
-                start_time: now_ms(),
+                start_time: now_ms() as i64,
                 restarts: 0,
                 last_failure: None,
             },
