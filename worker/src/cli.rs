@@ -7,6 +7,9 @@ use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 
+use crate::cluster::Heartbeat;
+use crate::cluster::jobmanager::{JobManagerOptions, run_job_manager};
+use crate::cluster::taskmanager::{TaskManagerOptions, run_task_manager};
 use crate::jobs::JobRegistry;
 use crate::runtime::job::JobHandle;
 use crate::runtime::local::{JobEnd, LocalOptions, run_local};
@@ -51,6 +54,58 @@ enum Command {
         #[arg(long, default_value_t = 5)]
         progress_secs: u64,
     },
+    /// Run the JobManager of a job: accept TaskManagers, deploy the job onto their slots,
+    /// coordinate checkpoints, restart from the latest checkpoint on failure, and serve the
+    /// REST API. Keeps serving the REST API after the job ends (unless `--exit-when-done`).
+    Jobmanager {
+        /// The job document (YAML or JSON).
+        #[arg(long, env = "WEIR_JOB")]
+        job: PathBuf,
+        /// Override the document's parallelism.
+        #[arg(long)]
+        parallelism: Option<u32>,
+        /// Override the document's restore source: `latest`, `none`, or a path.
+        #[arg(long)]
+        restore: Option<String>,
+        /// Where TaskManagers connect.
+        #[arg(long, env = "WEIR_RPC_ADDR", default_value = "0.0.0.0:6123")]
+        rpc_addr: SocketAddr,
+        /// The REST API (`docs/jobmanager-api.yaml`), including `/metrics` and health probes.
+        #[arg(long, env = "WEIR_REST_ADDR", default_value = "0.0.0.0:8081")]
+        rest_addr: SocketAddr,
+        #[command(flatten)]
+        heartbeat: HeartbeatArgs,
+        /// Exit when the job ends (status 0 unless it failed) instead of serving on.
+        #[arg(long)]
+        exit_when_done: bool,
+        /// Seconds between progress lines.
+        #[arg(long, default_value_t = 5)]
+        progress_secs: u64,
+    },
+    /// Run a TaskManager: offer slots to a JobManager and run the subtasks it deploys.
+    Taskmanager {
+        /// `host:port` of the JobManager's RPC endpoint.
+        #[arg(long, env = "WEIR_JOBMANAGER")]
+        jobmanager: String,
+        /// Task slots: each runs one subtask of every vertex.
+        #[arg(long, env = "WEIR_SLOTS", default_value_t = 1)]
+        slots: u32,
+        /// Where other TaskManagers connect for keyed-exchange data.
+        #[arg(long, env = "WEIR_DATA_ADDR", default_value = "0.0.0.0:6121")]
+        data_addr: SocketAddr,
+        /// Host other TaskManagers use to reach this one (default: the address the
+        /// JobManager sees this TaskManager connect from).
+        #[arg(long, env = "WEIR_DATA_HOST")]
+        data_host: Option<String>,
+        /// Scratch space for RocksDB and in-progress files.
+        #[arg(long, env = "WEIR_WORK_DIR")]
+        work_dir: Option<PathBuf>,
+        /// Serve Prometheus metrics on this address.
+        #[arg(long, env = "WEIR_METRICS_ADDR")]
+        metrics_addr: Option<SocketAddr>,
+        #[command(flatten)]
+        heartbeat: HeartbeatArgs,
+    },
     /// Check a job document and the job's arguments without running it.
     Validate {
         #[arg(long)]
@@ -58,6 +113,55 @@ enum Command {
     },
     /// List the jobs this binary can run.
     Jobs,
+}
+
+#[derive(Debug, clap::Args)]
+struct HeartbeatArgs {
+    /// How often JobManager and TaskManagers heartbeat each other.
+    #[arg(long, env = "WEIR_HEARTBEAT_INTERVAL", value_parser = humantime::parse_duration, default_value = "1s")]
+    heartbeat_interval: std::time::Duration,
+    /// A peer silent this long is lost: the JobManager restarts the job without that
+    /// TaskManager; a TaskManager cancels its tasks and registers again.
+    #[arg(long, env = "WEIR_HEARTBEAT_TIMEOUT", value_parser = humantime::parse_duration, default_value = "10s")]
+    heartbeat_timeout: std::time::Duration,
+}
+
+impl HeartbeatArgs {
+    fn heartbeat(&self) -> Heartbeat {
+        Heartbeat {
+            interval: self.heartbeat_interval,
+            timeout: self.heartbeat_timeout.max(self.heartbeat_interval * 2),
+        }
+    }
+}
+
+/// Reads the document and applies command-line overrides.
+fn load_document(
+    job: &std::path::Path,
+    parallelism: Option<u32>,
+    restore: Option<String>,
+) -> anyhow::Result<Arc<JobDocument>> {
+    let mut doc = JobDocument::from_file(job)?;
+    if let Some(p) = parallelism {
+        doc.parallelism = p;
+    }
+    if let Some(restore) = restore {
+        doc.restore = match restore.as_str() {
+            "latest" => RestoreSource::Latest,
+            "none" => RestoreSource::None,
+            path => RestoreSource::Path(path.to_string()),
+        };
+    }
+    doc.validate()?;
+    Ok(Arc::new(doc))
+}
+
+fn io_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("weir-io")
+        .enable_all()
+        .build()?)
 }
 
 pub fn main_with(registry: JobRegistry) -> anyhow::Result<()> {
@@ -68,6 +172,52 @@ pub fn main_with(registry: JobRegistry) -> anyhow::Result<()> {
             for name in registry.names() {
                 println!("{name}");
             }
+            Ok(())
+        }
+        Command::Jobmanager {
+            job,
+            parallelism,
+            restore,
+            rpc_addr,
+            rest_addr,
+            heartbeat,
+            exit_when_done,
+            progress_secs,
+        } => {
+            let doc = load_document(&job, parallelism, restore)?;
+            let options = JobManagerOptions {
+                rpc_bind: rpc_addr,
+                heartbeat: heartbeat.heartbeat(),
+                progress_interval: std::time::Duration::from_secs(progress_secs.max(1)),
+            };
+            run_jobmanager(&registry, doc, options, rest_addr, exit_when_done)
+        }
+        Command::Taskmanager {
+            jobmanager,
+            slots,
+            data_addr,
+            data_host,
+            work_dir,
+            metrics_addr,
+            heartbeat,
+        } => {
+            if slots == 0 {
+                anyhow::bail!("--slots must be at least 1");
+            }
+            let runtime = io_runtime()?;
+            if let Some(addr) = metrics_addr {
+                let bound = runtime.block_on(crate::metrics::serve(addr))?;
+                tracing::info!(%bound, "serving metrics at http://{bound}/metrics");
+            }
+            let options = TaskManagerOptions {
+                jobmanager,
+                slots,
+                data_bind: data_addr,
+                data_host,
+                work_dir: work_dir.unwrap_or_else(|| std::env::temp_dir().join("weir")),
+                heartbeat: heartbeat.heartbeat(),
+            };
+            run_task_manager(options, registry, runtime.handle().clone())?;
             Ok(())
         }
         Command::Validate { job } => {
@@ -91,25 +241,9 @@ pub fn main_with(registry: JobRegistry) -> anyhow::Result<()> {
             work_dir,
             progress_secs,
         } => {
-            let mut doc = JobDocument::from_file(&job)?;
-            if let Some(p) = parallelism {
-                doc.parallelism = p;
-            }
-            if let Some(restore) = restore {
-                doc.restore = match restore.as_str() {
-                    "latest" => RestoreSource::Latest,
-                    "none" => RestoreSource::None,
-                    path => RestoreSource::Path(path.to_string()),
-                };
-            }
-            doc.validate()?;
-            let doc = Arc::new(doc);
+            let doc = load_document(&job, parallelism, restore)?;
             let built = registry.build(doc.clone())?;
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .thread_name("weir-io")
-                .enable_all()
-                .build()?;
+            let runtime = io_runtime()?;
             if let Some(addr) = metrics_addr {
                 let bound = runtime.block_on(crate::metrics::serve(addr))?;
                 tracing::info!(%bound, "serving metrics at http://{bound}/metrics");
@@ -172,6 +306,45 @@ pub fn main_with(registry: JobRegistry) -> anyhow::Result<()> {
             }
             Ok(())
         }
+    }
+}
+
+fn run_jobmanager(
+    registry: &JobRegistry,
+    doc: Arc<JobDocument>,
+    options: JobManagerOptions,
+    rest_addr: SocketAddr,
+    exit_when_done: bool,
+) -> anyhow::Result<()> {
+    let built = registry.build(doc.clone())?;
+    let runtime = io_runtime()?;
+    let (job_handle, commands) = JobHandle::new(&doc);
+    let bound = runtime.block_on(crate::rest::serve(rest_addr, job_handle.clone()))?;
+    tracing::info!(%bound, "serving the REST API at http://{bound}/v1/jobs");
+    tracing::info!(job = %doc.job.name, job_id = doc.job_id(), parallelism = doc.parallelism, "starting JobManager");
+    let result = run_job_manager(
+        doc.clone(),
+        &built.graph,
+        runtime.handle(),
+        &options,
+        &job_handle,
+        &commands,
+    );
+    match &result {
+        Ok(outcome) => {
+            tracing::info!(end = ?outcome.end, restarts = outcome.restarts, "job ended")
+        }
+        Err(e) => tracing::error!(error = %e, "job failed"),
+    }
+    if exit_when_done {
+        result?;
+        return Ok(());
+    }
+    // The operator (or a user) reads the final state and savepoint from the REST API; a
+    // JobManager that exited would be restarted by Kubernetes and run the job again.
+    tracing::info!(state = ?job_handle.overview().state, "job ended; the REST API stays up until this process is stopped");
+    loop {
+        std::thread::park();
     }
 }
 

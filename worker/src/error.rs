@@ -52,6 +52,17 @@ pub enum Error {
     #[error("checkpoint {checkpoint_id} failed: {reason}")]
     CheckpointFailed { checkpoint_id: u64, reason: String },
 
+    /// A failure reported by a task on another process, as its message.
+    #[error("{message}")]
+    Remote { message: String, recoverable: bool },
+
+    /// A TaskManager stopped answering (connection lost or heartbeats missed).
+    #[error("TaskManager {task_manager} lost: {reason}")]
+    TaskManagerLost {
+        task_manager: String,
+        reason: String,
+    },
+
     /// The restart strategy gave up; `cause` is the last failure.
     #[error("job failed after {restarts} restarts: {cause}")]
     JobFailed { restarts: u32, cause: String },
@@ -69,6 +80,19 @@ impl From<weir_spec::SpecError> for Error {
 }
 
 impl Error {
+    /// Whether restarting from the latest checkpoint can fix this. Retrying the others would
+    /// loop or, worse, start from nothing.
+    pub fn is_recoverable(&self) -> bool {
+        match self {
+            Error::InvalidSpec { .. }
+            | Error::UnknownJob { .. }
+            | Error::CorruptCheckpoint { .. }
+            | Error::MalformedRecord { .. } => false,
+            Error::Remote { recoverable, .. } => *recoverable,
+            _ => true,
+        }
+    }
+
     pub fn spec(field: impl Into<String>, message: impl Into<String>) -> Self {
         Error::InvalidSpec {
             field: field.into(),

@@ -4,6 +4,7 @@
 //! - [`state`]: keyed state in RocksDB split into key groups, and operator state;
 //! - [`checkpoint`]: aligned-barrier checkpoints, their storage layout and the coordinator;
 //! - [`runtime`]: tasks, channels, the local executor and the job handle;
+//! - [`cluster`]: the JobManager and TaskManager processes and the protocol between them;
 //! - [`rest`]: the JobManager REST API (`docs/jobmanager-api.yaml`);
 //! - [`connectors`]: the file source, the sequence generator, the exactly-once file sink;
 //! - [`jobs`]: the built-in jobs of the stock worker image;
@@ -12,6 +13,7 @@
 pub mod api;
 pub mod checkpoint;
 pub mod cli;
+pub mod cluster;
 pub mod connectors;
 pub mod error;
 pub mod jobs;

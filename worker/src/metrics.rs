@@ -28,6 +28,12 @@ pub struct Metrics {
     /// Milliseconds producers spent blocked on full channels (backpressure).
     pub backpressure_ms: Family<OperatorLabels, Counter>,
     pub committed_files: Counter,
+    pub network_bytes_sent: Counter,
+    pub network_bytes_received: Counter,
+    /// JobManager: registered TaskManagers and their slots; slots the job needs.
+    pub task_managers: Gauge,
+    pub slots_registered: Gauge,
+    pub slots_required: Gauge,
 }
 
 pub fn global() -> &'static Metrics {
@@ -50,6 +56,11 @@ impl Metrics {
             restarts: Counter::default(),
             backpressure_ms: Family::default(),
             committed_files: Counter::default(),
+            network_bytes_sent: Counter::default(),
+            network_bytes_received: Counter::default(),
+            task_managers: Gauge::default(),
+            slots_registered: Gauge::default(),
+            slots_required: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -102,6 +113,31 @@ impl Metrics {
             "sink_committed_files",
             "Files published by exactly-once sinks",
             metrics.committed_files.clone(),
+        );
+        registry.register(
+            "network_sent_bytes",
+            "Bytes of data frames sent to other TaskManagers",
+            metrics.network_bytes_sent.clone(),
+        );
+        registry.register(
+            "network_received_bytes",
+            "Bytes of data frames received from other TaskManagers",
+            metrics.network_bytes_received.clone(),
+        );
+        registry.register(
+            "task_managers",
+            "TaskManagers registered with this JobManager",
+            metrics.task_managers.clone(),
+        );
+        registry.register(
+            "slots_registered",
+            "Task slots offered by registered TaskManagers",
+            metrics.slots_registered.clone(),
+        );
+        registry.register(
+            "slots_required",
+            "Task slots the job needs (its parallelism)",
+            metrics.slots_required.clone(),
         );
         Metrics {
             registry,

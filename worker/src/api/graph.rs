@@ -3,8 +3,13 @@
 
 use std::sync::Arc;
 
+use crossbeam_channel::{Receiver, Sender};
+
+use super::Data;
+use crate::cluster::exchange::{Incoming, IncomingChannel, Outgoing, OutgoingChannel};
+use crate::cluster::wire::ChannelId;
 use crate::error::Result;
-use crate::runtime::{Task, TaskId};
+use crate::runtime::{CHANNEL_CAPACITY, Message, Task, TaskId};
 
 pub struct TaskSpec {
     pub id: TaskId,
@@ -19,7 +24,24 @@ pub struct GraphBuilder {
     pub max_parallelism: u32,
     vertices: Vec<String>,
     tasks: Vec<TaskSpec>,
+    /// Which subtask indices run in this process (slot sharing: subtask `i` of every vertex
+    /// shares slot `i`); `None` in local mode, where all do.
+    local_subtasks: Option<Vec<bool>>,
+    exchanges: u32,
+    outgoing: Vec<Box<dyn OutgoingChannel>>,
+    incoming: Vec<Box<dyn IncomingChannel>>,
 }
+
+/// One attempt's tasks for this process, and the channel ends that cross to other processes.
+pub struct GraphInstance {
+    pub tasks: Vec<TaskSpec>,
+    pub outgoing: Vec<Box<dyn OutgoingChannel>>,
+    pub incoming: Vec<Box<dyn IncomingChannel>>,
+}
+
+/// Producer-side senders (`[producer][consumer]`) and consumer-side receivers
+/// (`[consumer][producer]`) of one all-to-all exchange.
+pub type ExchangeEnds<R> = (Vec<Vec<Sender<Message<R>>>>, Vec<Vec<Receiver<Message<R>>>>);
 
 impl GraphBuilder {
     pub fn new(parallelism: u32, max_parallelism: u32) -> Self {
@@ -28,7 +50,53 @@ impl GraphBuilder {
             max_parallelism,
             vertices: Vec::new(),
             tasks: Vec::new(),
+            local_subtasks: None,
+            exchanges: 0,
+            outgoing: Vec::new(),
+            incoming: Vec::new(),
         }
+    }
+
+    fn is_local(&self, subtask: usize) -> bool {
+        self.local_subtasks
+            .as_ref()
+            .is_none_or(|local| local.get(subtask).copied().unwrap_or(false))
+    }
+
+    /// Channels from every producer subtask to every consumer subtask. Between two local
+    /// subtasks a channel is a bounded queue; when exactly one end is local, that end is a
+    /// queue too and the other end goes to a network pump (see `cluster::exchange`).
+    pub fn exchange<R: Data>(&mut self) -> ExchangeEnds<R> {
+        let parallelism = self.parallelism as usize;
+        let exchange = self.exchanges;
+        self.exchanges += 1;
+        let mut senders: Vec<Vec<_>> = (0..parallelism).map(|_| Vec::new()).collect();
+        let mut receivers: Vec<Vec<_>> = (0..parallelism).map(|_| Vec::new()).collect();
+        for (producer, outputs) in senders.iter_mut().enumerate() {
+            for (consumer, inputs) in receivers.iter_mut().enumerate() {
+                let (tx, rx) = crossbeam_channel::bounded(CHANNEL_CAPACITY);
+                let id = ChannelId {
+                    exchange,
+                    producer: producer as u32,
+                    consumer: consumer as u32,
+                };
+                // A task that does not run here still gets (unused) channel ends.
+                let (tx, rx) = match (self.is_local(producer), self.is_local(consumer)) {
+                    (true, false) => {
+                        self.outgoing.push(Box::new(Outgoing { id, queue: rx }));
+                        (tx, crossbeam_channel::never())
+                    }
+                    (false, true) => {
+                        self.incoming.push(Box::new(Incoming { id, queue: tx }));
+                        (crossbeam_channel::bounded(0).0, rx)
+                    }
+                    _ => (tx, rx),
+                };
+                outputs.push(tx);
+                inputs.push(rx);
+            }
+        }
+        (senders, receivers)
     }
 
     pub fn add_vertex(&mut self, name: &str) -> u32 {
@@ -66,9 +134,43 @@ pub struct JobGraph {
 }
 
 impl JobGraph {
+    /// Every task of one attempt, wired in this process (local mode).
     pub fn instantiate(&self, parallelism: u32, max_parallelism: u32) -> Result<Vec<TaskSpec>> {
         let mut builder = GraphBuilder::new(parallelism, max_parallelism);
         (self.build)(&mut builder)?;
         Ok(builder.into_tasks())
+    }
+
+    /// The tasks of the subtask indices in `local` (one TaskManager's share of an attempt),
+    /// with the channel ends that connect them to the other TaskManagers.
+    pub fn instantiate_part(
+        &self,
+        parallelism: u32,
+        max_parallelism: u32,
+        local: &[u32],
+    ) -> Result<GraphInstance> {
+        let mut builder = GraphBuilder::new(parallelism, max_parallelism);
+        let mut is_local = vec![false; parallelism as usize];
+        for &subtask in local {
+            if let Some(slot) = is_local.get_mut(subtask as usize) {
+                *slot = true;
+            }
+        }
+        builder.local_subtasks = Some(is_local);
+        (self.build)(&mut builder)?;
+        let GraphBuilder {
+            tasks,
+            outgoing,
+            incoming,
+            ..
+        } = builder;
+        Ok(GraphInstance {
+            tasks: tasks
+                .into_iter()
+                .filter(|t| local.contains(&t.id.subtask))
+                .collect(),
+            outgoing,
+            incoming,
+        })
     }
 }

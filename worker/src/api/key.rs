@@ -1,7 +1,13 @@
 //! Keys of keyed streams. The encoding feeds the key-group hash and the state key, so it is
 //! part of the checkpoint format: never change an existing impl.
 
-pub trait Key: Send + 'static {
+/// Records that cross a shuffle: between TaskManagers they travel serialized (postcard).
+pub trait Data: Send + serde::Serialize + serde::de::DeserializeOwned + 'static {}
+
+impl<T: Send + serde::Serialize + serde::de::DeserializeOwned + 'static> Data for T {}
+
+/// Keys also cross the network with their record (between TaskManagers), hence serde.
+pub trait Key: Send + serde::Serialize + serde::de::DeserializeOwned + 'static {
     fn write_key(&self, out: &mut Vec<u8>);
 }
 
@@ -31,21 +37,24 @@ int_key!(u8, u16, u32, u64, i32, i64);
 /// Tuple parts are length-prefixed so ("ab","c") and ("a","bc") differ.
 impl<A: Key, B: Key> Key for (A, B) {
     fn write_key(&self, out: &mut Vec<u8>) {
-        for part in [&self.0 as &dyn Key, &self.1 as &dyn Key] {
-            let at = out.len();
-            out.extend_from_slice(&[0; 4]);
-            part.write_key(out);
-            let len = (out.len() - at - 4) as u32;
-            out[at..at + 4].copy_from_slice(&len.to_be_bytes());
-        }
+        write_part(&self.0, out);
+        write_part(&self.1, out);
     }
+}
+
+fn write_part(part: &impl Key, out: &mut Vec<u8>) {
+    let at = out.len();
+    out.extend_from_slice(&[0; 4]);
+    part.write_key(out);
+    let len = (out.len() - at - 4) as u32;
+    out[at..at + 4].copy_from_slice(&len.to_be_bytes());
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn bytes(k: &dyn Key) -> Vec<u8> {
+    fn bytes(k: &impl Key) -> Vec<u8> {
         let mut v = Vec::new();
         k.write_key(&mut v);
         v

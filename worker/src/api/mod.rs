@@ -15,7 +15,7 @@ mod key;
 pub mod stream;
 
 pub use graph::{GraphBuilder, JobGraph, TaskSpec};
-pub use key::Key;
+pub use key::{Data, Key};
 pub use stream::{KeyedStream, Stream, StreamEnv};
 
 use std::sync::Arc;

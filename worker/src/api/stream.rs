@@ -6,12 +6,12 @@ use std::marker::PhantomData;
 use std::sync::{Arc, Mutex};
 
 use super::graph::{GraphBuilder, JobGraph, SinkRecovery};
-use super::{Key, KeyedProcessFunction, SinkContext, SinkFactory, SinkWriter, SourceFactory};
+use super::{Data, Key, KeyedProcessFunction, SinkContext, SinkFactory, SinkWriter, SourceFactory};
 use crate::error::{Error, Result};
 use crate::runtime::chain::{Collector, FilterOp, FlatMapOp, MapOp};
-use crate::runtime::shuffle::ShuffleWriter;
+use crate::runtime::shuffle::{KeyedRecord, ShuffleWriter};
 use crate::runtime::task::{KeyedTask, SourceTask};
-use crate::runtime::{Barrier, CHANNEL_CAPACITY, TaskEnv, TaskSnapshot};
+use crate::runtime::{Barrier, TaskEnv, TaskSnapshot};
 use crate::spec::JobDocument;
 use crate::state::Redistribution;
 
@@ -190,7 +190,7 @@ pub struct KeyedStream<K, T> {
     key: Arc<dyn Fn(&T) -> K + Send + Sync>,
 }
 
-impl<K: Key, T: Send + 'static> KeyedStream<K, T> {
+impl<K: Key, T: Data> KeyedStream<K, T> {
     /// Runs a keyed function; `make` creates one instance per subtask and attempt.
     pub fn process<O, P>(self, uid: &str, make: impl Fn() -> P + Send + Sync + 'static) -> Stream<O>
     where
@@ -205,17 +205,7 @@ impl<K: Key, T: Send + 'static> KeyedStream<K, T> {
         Stream {
             env,
             build: Arc::new(move |graph, tails: Vec<Box<dyn Collector<O>>>| {
-                let parallelism = tails.len();
-                // senders[producer][consumer], receivers[consumer][producer]
-                let mut senders: Vec<Vec<_>> = (0..parallelism).map(|_| Vec::new()).collect();
-                let mut receivers: Vec<Vec<_>> = (0..parallelism).map(|_| Vec::new()).collect();
-                for producer in senders.iter_mut() {
-                    for consumer in receivers.iter_mut() {
-                        let (tx, rx) = crossbeam_channel::bounded(CHANNEL_CAPACITY);
-                        producer.push(tx);
-                        consumer.push(rx);
-                    }
-                }
+                let (senders, receivers) = graph.exchange::<KeyedRecord<K, T>>();
                 let writers = senders
                     .into_iter()
                     .map(|outputs| {

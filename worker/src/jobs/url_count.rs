@@ -9,7 +9,7 @@ use crate::connectors::{FileSink, FileSource};
 use crate::error::Result;
 use crate::state::{KeyedContext, StateRegistry, ValueState};
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct AccessLog {
     #[serde(rename = "@timestamp")]
     pub timestamp: String,

@@ -1,26 +1,24 @@
-//! Local mode: the whole job in one process. Each task runs on its own thread; this module is
-//! the coordinator side: it triggers checkpoints, completes them, tells sinks to commit,
-//! detects failures, and restarts every task from the latest completed checkpoint as the
-//! restart strategy allows.
+//! Local mode: the whole job in one process (a mini-cluster). The driver is the same as the
+//! JobManager's; the executor runs every task on a thread of this process, connected by
+//! in-memory channels.
 
-use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use crossbeam_channel::{RecvTimeoutError, Sender};
+use crossbeam_channel::{Receiver, Sender};
 
-use super::job::{JobCommand, JobHandle, JobState};
-use super::{ControlMessage, SavepointTarget, TaskEnv, TaskEvent};
-use crate::api::{JobGraph, stream::SINK_PENDING_STATE};
-use crate::checkpoint::{
-    CheckpointCoordinator, CompletedCheckpoint, RestorePoint, SharedRestore, SnapshotKind,
-};
+use super::driver::{AttemptPlan, Deployment, DriverOptions, Executor, TaskHandle, run_job};
+use super::job::{JobCommand, JobHandle};
+use super::{TaskEnv, TaskEvent};
+use crate::api::{JobGraph, TaskSpec};
+use crate::checkpoint::SharedRestore;
 use crate::error::{Error, Result};
-use crate::spec::{CheckpointMode, JobDocument, RestartStrategy, RestoreSource};
-use crate::state::Redistribution;
-use crate::storage::{Location, ObjectStore};
+use crate::spec::{CheckpointMode, JobDocument};
+use crate::storage::ObjectStore;
+
+pub use super::driver::{JobEnd, JobOutcome};
 
 #[derive(Debug, Clone)]
 pub struct LocalOptions {
@@ -31,649 +29,179 @@ pub struct LocalOptions {
 
 impl LocalOptions {
     pub fn for_document(doc: &JobDocument) -> Self {
-        let base = doc
-            .state
-            .local_dir
-            .as_ref()
-            .map(PathBuf::from)
-            .unwrap_or_else(|| std::env::temp_dir().join("weir"));
         LocalOptions {
-            work_dir: base,
+            work_dir: default_work_dir(doc),
             progress_interval: Duration::from_secs(5),
         }
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum JobEnd {
-    /// All input was read and committed.
-    Finished,
-    /// Stopped with a savepoint at this location; restore from it to continue.
-    StoppedWithSavepoint(String),
-    Cancelled,
+/// The document's `state.localDir`, else `<tmp>/weir`.
+pub fn default_work_dir(doc: &JobDocument) -> PathBuf {
+    doc.state
+        .local_dir
+        .as_ref()
+        .map(PathBuf::from)
+        .unwrap_or_else(|| std::env::temp_dir().join("weir"))
 }
 
-#[derive(Debug, Clone)]
-pub struct JobOutcome {
-    pub end: JobEnd,
-    pub restarts: u32,
-    pub last_checkpoint: Option<CompletedCheckpoint>,
-    pub restored_from: Option<String>,
-}
-
-/// How the driver loop of one attempt ended.
-enum AttemptEnd {
-    Finished,
-    Stopped(String),
-    Cancelled,
-}
-
-/// Runs `graph` to completion (bounded input), until it is stopped or cancelled through
-/// `job`, or until it fails for good.
+/// Runs `graph` in this process to completion (bounded input), until it is stopped or
+/// cancelled through `job`, or until it fails for good.
 pub fn run_local(
     doc: Arc<JobDocument>,
     graph: &JobGraph,
     rt: &tokio::runtime::Handle,
     options: &LocalOptions,
     job: &JobHandle,
-    commands: &crossbeam_channel::Receiver<JobCommand>,
+    commands: &Receiver<JobCommand>,
 ) -> Result<JobOutcome> {
-    let result = run_attempts(doc, graph, rt, options, job, commands);
-    job.set_state(match &result {
-        Ok(outcome) if outcome.end == JobEnd::Cancelled => JobState::Canceled,
-        Ok(_) => JobState::Finished,
-        Err(_) => JobState::Failed,
-    });
-    if let Err(error) = &result {
-        let restarts = job.overview().restarts;
-        job.record_failure(restarts, &error.to_string());
-    }
-    result
-}
-
-fn run_attempts(
-    doc: Arc<JobDocument>,
-    graph: &JobGraph,
-    rt: &tokio::runtime::Handle,
-    options: &LocalOptions,
-    job: &JobHandle,
-    commands: &crossbeam_channel::Receiver<JobCommand>,
-) -> Result<JobOutcome> {
-    let job_id = doc.job_id().to_string();
-    let job_store = match &doc.checkpointing {
-        Some(c) => {
-            let location = Location::parse(&c.storage)?.join(&job_id);
-            Some(rt.block_on(ObjectStore::open(&location, &doc.s3))?)
-        }
-        None => None,
+    let driver = DriverOptions {
+        progress_interval: options.progress_interval,
+        prefer_newer_checkpoint: false,
     };
-    let mut restore: SharedRestore = match (&doc.restore, &job_store) {
-        (RestoreSource::None, _) | (RestoreSource::Latest, None) => None,
-        (RestoreSource::Latest, Some(store)) => {
-            rt.block_on(RestorePoint::latest(store))?.map(Arc::new)
-        }
-        (RestoreSource::Path(path), _) => {
-            let store = rt.block_on(ObjectStore::open(&Location::parse(path)?, &doc.s3))?;
-            Some(Arc::new(rt.block_on(RestorePoint::open(store))?))
-        }
+    let mut executor = LocalExecutor {
+        work_dir: options.work_dir.clone(),
     };
-    let restored_from = restore.as_ref().map(|r| r.uri());
-    // One coordinator for the whole run: checkpoint ids and history continue across restarts.
-    let mut coordinator = match (&doc.checkpointing, &job_store) {
-        (Some(config), Some(store)) => Some(rt.block_on(CheckpointCoordinator::new(
-            store.clone(),
-            config.clone(),
-            &job_id,
-            doc.parallelism,
-            doc.max_parallelism,
-            0,
-        ))?),
-        _ => None,
-    };
-    let mut restarts = RestartTracker::new(doc.restart_strategy.clone());
-    let mut last_checkpoint = None;
-    loop {
-        if let Some(point) = &restore {
-            check_compatible(point, &doc)?;
-            tracing::info!(checkpoint = %point.uri(), checkpoint_id = point.metadata.checkpoint_id, "restoring");
-        } else {
-            tracing::info!("starting with empty state");
-        }
-        let mut attempt = Attempt::start(
-            &doc,
-            graph,
-            rt,
-            options,
-            job_store.clone(),
-            restore.clone(),
-            coordinator.take(),
-            job.clone(),
-        )?;
-        job.set_state(JobState::Running);
-        let result = attempt.drive(options.progress_interval, commands);
-        coordinator = attempt.coordinator.take();
-        if let Some(c) = coordinator.as_ref().and_then(|c| c.latest_completed()) {
-            last_checkpoint = Some(c.clone());
-        }
-        let result = match result {
-            Ok(end) => {
-                attempt.shutdown();
-                Ok(end)
-            }
-            Err(error) => Err(attempt.teardown(error)),
-        };
-        drop(attempt);
-        let error = match result {
-            Ok(end) => {
-                return Ok(JobOutcome {
-                    end: match end {
-                        AttemptEnd::Finished => JobEnd::Finished,
-                        AttemptEnd::Stopped(location) => JobEnd::StoppedWithSavepoint(location),
-                        AttemptEnd::Cancelled => JobEnd::Cancelled,
-                    },
-                    restarts: restarts.restarts,
-                    last_checkpoint,
-                    restored_from,
-                });
-            }
-            Err(error) => error,
-        };
-        if !is_recoverable(&error) {
-            return Err(error);
-        }
-        let Some(delay) = restarts.next_delay() else {
-            return Err(Error::JobFailed {
-                restarts: restarts.restarts,
-                cause: error.to_string(),
-            });
-        };
-        crate::metrics::global().restarts.inc();
-        job.record_failure(restarts.restarts, &error.to_string());
-        job.set_state(JobState::Restarting);
-        tracing::warn!(error = %error, restart = restarts.restarts, ?delay, "job failed; restarting from the latest completed checkpoint");
-        std::thread::sleep(delay);
-        if let Some(store) = &job_store {
-            // Keep the previous restore point (e.g. a savepoint) if nothing newer completed.
-            if let Some(latest) = rt.block_on(RestorePoint::latest(store))? {
-                restore = Some(Arc::new(latest));
-            }
-        }
-    }
+    run_job(doc, graph, rt, &driver, &mut executor, job, commands)
 }
 
-/// Errors a restart cannot fix: retrying them would loop or, worse, start from nothing.
-fn is_recoverable(error: &Error) -> bool {
-    !matches!(
-        error,
-        Error::InvalidSpec { .. }
-            | Error::UnknownJob { .. }
-            | Error::CorruptCheckpoint { .. }
-            | Error::MalformedRecord { .. }
-    )
+struct LocalExecutor {
+    work_dir: PathBuf,
 }
 
-fn check_compatible(point: &RestorePoint, doc: &JobDocument) -> Result<()> {
-    if point.metadata.max_parallelism != doc.max_parallelism {
-        return Err(Error::spec(
-            "maxParallelism",
-            format!(
-                "is {} but {} was taken with {}; key groups cannot be re-split",
-                doc.max_parallelism,
-                point.uri(),
-                point.metadata.max_parallelism
-            ),
-        ));
-    }
-    Ok(())
-}
-
-struct RunningTask {
-    control: Sender<ControlMessage>,
-    is_source: bool,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-struct Attempt {
-    job: JobHandle,
-    doc: Arc<JobDocument>,
-    /// Savepoints asked for but not yet triggered (one checkpoint is in flight at a time).
-    queued_savepoints: VecDeque<(String, SavepointTarget)>,
-    /// Checkpoint id -> trigger id of savepoints in flight.
-    savepoint_triggers: std::collections::HashMap<u64, String>,
-    tasks: Vec<RunningTask>,
-    events: crossbeam_channel::Receiver<TaskEvent>,
-    cancelled: Arc<AtomicBool>,
-    coordinator: Option<CheckpointCoordinator>,
-    rt: tokio::runtime::Handle,
-    local_dir: PathBuf,
-    source_names: Vec<String>,
-    sink_names: Vec<String>,
-}
-
-impl Attempt {
-    #[allow(clippy::too_many_arguments)]
-    fn start(
-        doc: &Arc<JobDocument>,
-        graph: &JobGraph,
-        rt: &tokio::runtime::Handle,
-        options: &LocalOptions,
-        job_store: Option<ObjectStore>,
-        restore: SharedRestore,
-        mut coordinator: Option<CheckpointCoordinator>,
-        job: JobHandle,
-    ) -> Result<Attempt> {
-        let attempt_id = format!("{:016x}", rand::random::<u64>());
-        let local_dir = options.work_dir.join(doc.job_id()).join(&attempt_id);
-        std::fs::create_dir_all(&local_dir).map_err(|e| Error::io(local_dir.display(), e))?;
-
-        // Sinks settle what the restored checkpoint left pending before anything runs.
-        let recover_ctx = crate::api::RecoverContext {
-            rt: rt.clone(),
-            doc: doc.clone(),
-        };
-        for (uid, sink) in &graph.sinks {
-            let pending = restore
-                .as_ref()
-                .map(|r| r.operator_state(uid, SINK_PENDING_STATE, Redistribution::Union, 1, 0))
-                .unwrap_or_default();
-            sink.recover(pending, &recover_ctx)?;
-        }
-
-        let specs = graph.instantiate(doc.parallelism, doc.max_parallelism)?;
-        if let Some(coordinator) = coordinator.as_mut() {
-            coordinator.start_attempt(specs.len());
-        }
-        let checkpoint_mode = doc
-            .checkpointing
-            .as_ref()
-            .map_or(CheckpointMode::ExactlyOnce, |c| c.mode);
-        let (events_tx, events) = crossbeam_channel::unbounded();
-        let cancelled = Arc::new(AtomicBool::new(false));
-        let mut source_names: Vec<String> = specs
-            .iter()
-            .filter(|s| s.is_source)
-            .map(|s| s.name.clone())
-            .collect();
-        source_names.dedup();
-        let mut tasks = Vec::with_capacity(specs.len());
-        for spec in specs {
-            let (control_tx, control) = crossbeam_channel::unbounded();
-            let env = TaskEnv {
-                id: spec.id,
-                name: spec.name.clone(),
-                parallelism: doc.parallelism,
-                max_parallelism: doc.max_parallelism,
-                doc: doc.clone(),
-                rt: rt.clone(),
-                checkpoint_store: job_store.clone(),
-                checkpoint_mode,
-                restore: restore.clone(),
-                local_dir: local_dir.join(format!("{}-{}", spec.name, spec.id.subtask)),
-                attempt_id: attempt_id.clone(),
-                control,
-                events: events_tx.clone(),
-                cancelled: cancelled.clone(),
-            };
-            let events_tx = events_tx.clone();
-            let task = spec.task;
-            let (id, name) = (spec.id, spec.name.clone());
-            let thread = std::thread::Builder::new()
-                .name(format!("{}-{}", spec.name, spec.id.subtask))
-                .spawn(move || {
-                    let outcome =
-                        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| task.run(env)));
-                    let error = match outcome {
-                        Ok(Ok(())) => return,
-                        Ok(Err(error)) => error,
-                        Err(panic) => {
-                            Error::operator(&name, format!("panicked: {}", panic_message(&panic)))
-                        }
-                    };
-                    let _ = events_tx.send(TaskEvent::Failed { task: id, error });
-                })
-                .map_err(|e| Error::io("task thread", e))?;
-            tasks.push(RunningTask {
-                control: control_tx,
-                is_source: spec.is_source,
-                thread: Some(thread),
-            });
-        }
-        Ok(Attempt {
-            job,
-            doc: doc.clone(),
-            queued_savepoints: VecDeque::new(),
-            savepoint_triggers: Default::default(),
-            tasks,
-            events,
-            cancelled,
-            coordinator,
-            rt: rt.clone(),
-            local_dir,
-            source_names,
-            sink_names: graph.sinks.iter().map(|(uid, _)| uid.clone()).collect(),
-        })
-    }
-
-    fn latest_checkpoint(&self) -> Option<CompletedCheckpoint> {
-        self.coordinator
-            .as_ref()
-            .and_then(|c| c.latest_completed().cloned())
-    }
-
-    fn broadcast(&self, message: ControlMessage) {
-        for task in &self.tasks {
-            let _ = task.control.send(message.clone());
-        }
-    }
-
-    fn to_sources(&self, message: ControlMessage) {
-        for task in self.tasks.iter().filter(|t| t.is_source) {
-            let _ = task.control.send(message.clone());
-        }
-    }
-
-    fn trigger(&mut self) {
-        if let Some(barrier) = self.coordinator.as_mut().and_then(|c| c.trigger()) {
-            self.to_sources(ControlMessage::TriggerCheckpoint(barrier));
-        }
-    }
-
-    /// Starts the next queued savepoint if nothing is in flight.
-    fn trigger_queued_savepoint(&mut self) {
-        let Some(coordinator) = self.coordinator.as_mut() else {
-            return;
-        };
-        if coordinator.is_pending() {
-            return;
-        }
-        let Some((trigger_id, target)) = self.queued_savepoints.pop_front() else {
-            return;
-        };
-        if let Some(barrier) = coordinator.trigger_savepoint(target) {
-            tracing::info!(
-                checkpoint_id = barrier.checkpoint_id,
-                stop = barrier.stops_job(),
-                "savepoint triggered"
-            );
-            self.savepoint_triggers
-                .insert(barrier.checkpoint_id, trigger_id);
-            self.to_sources(ControlMessage::TriggerCheckpoint(barrier));
-        }
-    }
-
-    /// Abandons the checkpoint or savepoint in flight; errors once checkpoint failures exceed
-    /// the tolerance.
-    fn fail_checkpoint(&mut self, reason: &str) -> Result<()> {
-        let Some(coordinator) = self.coordinator.as_mut() else {
-            return Ok(());
-        };
-        let Some(id) = coordinator.pending_id() else {
-            return Ok(());
-        };
-        let result = coordinator.fail_pending(reason);
-        self.broadcast(ControlMessage::AbortCheckpoint(id));
-        if let Some(trigger_id) = self.savepoint_triggers.remove(&id) {
-            self.job
-                .savepoint_finished(&trigger_id, Err(reason.to_string()));
-        }
-        self.publish();
-        result
-    }
-
-    fn publish(&self) {
-        if let Some(coordinator) = &self.coordinator {
-            self.job
-                .publish_checkpoints(coordinator.counts(), coordinator.history());
-        }
-    }
-
-    /// Applies one request from the REST API. `Some` ends the attempt.
-    fn on_command(&mut self, command: JobCommand) -> Option<AttemptEnd> {
-        match command {
-            JobCommand::Cancel => return Some(AttemptEnd::Cancelled),
-            JobCommand::Savepoint {
-                trigger_id,
-                target,
-                stop,
-            } => {
-                if self.coordinator.is_none() {
-                    self.job.savepoint_finished(
-                        &trigger_id,
-                        Err(
-                            "savepoints need checkpointing to be configured in the job document"
-                                .into(),
-                        ),
-                    );
-                    return None;
-                }
-                let store = Location::parse(&target)
-                    .map_err(Error::from)
-                    .and_then(|location| {
-                        Ok(self
-                            .rt
-                            .block_on(ObjectStore::open(&location, &self.doc.s3))?)
-                    });
-                match store {
-                    Ok(store) => self
-                        .queued_savepoints
-                        .push_back((trigger_id, SavepointTarget { store, stop })),
-                    Err(e) => self.job.savepoint_finished(&trigger_id, Err(e.to_string())),
-                }
-            }
-        }
-        None
-    }
-
-    /// Writes `_metadata` once every task acknowledged, then tells tasks (so sinks commit).
-    /// Returns the savepoint location when a stop-with-savepoint completed.
-    fn complete_checkpoint(&mut self, checkpoint_id: u64) -> Result<Option<String>> {
-        let Some(coordinator) = self.coordinator.as_mut() else {
-            return Ok(None);
-        };
-        let completed = match self.rt.block_on(coordinator.complete()) {
-            Ok(completed) => completed,
-            Err(e) => {
-                self.fail_checkpoint(&format!("writing _metadata failed: {e}"))?;
-                return Ok(None);
-            }
-        };
-        self.publish();
-        if completed.kind == SnapshotKind::Savepoint {
-            tracing::info!(checkpoint_id, path = %completed.uri, duration_ms = completed.duration.as_millis() as u64, "savepoint completed");
-            if let Some(trigger_id) = self.savepoint_triggers.remove(&checkpoint_id) {
-                self.job
-                    .savepoint_finished(&trigger_id, Ok(completed.uri.clone()));
-            }
-            if completed.stops_job {
-                self.broadcast(ControlMessage::CheckpointComplete(checkpoint_id));
-                self.to_sources(ControlMessage::Stop);
-                return Ok(Some(completed.uri));
-            }
-            return Ok(None);
-        }
-        tracing::info!(
-            checkpoint_id,
-            duration_ms = completed.duration.as_millis() as u64,
-            state_bytes = completed.state_size,
-            path = %completed.uri,
-            "checkpoint completed"
-        );
-        self.broadcast(ControlMessage::CheckpointComplete(checkpoint_id));
-        let retention = self.coordinator.as_ref().map(|c| c.apply_retention());
-        if let Some(retention) = retention
-            && let Err(e) = self.rt.block_on(retention)
-        {
-            tracing::warn!(error = %e, "checkpoint retention failed; will retry after the next checkpoint");
-        }
-        Ok(None)
-    }
-
-    /// Runs until every task finished, the job was stopped or cancelled (Ok), or something
-    /// failed (Err).
-    fn drive(
+impl Executor for LocalExecutor {
+    fn deploy(
         &mut self,
-        progress_interval: Duration,
-        commands: &crossbeam_channel::Receiver<JobCommand>,
-    ) -> Result<AttemptEnd> {
-        let total = self.tasks.len();
-        let sources = self.tasks.iter().filter(|t| t.is_source).count();
-        let interval = self.coordinator.as_ref().map(|c| c.interval());
-        let mut next_trigger = interval.map(|i| Instant::now() + i);
-        let mut sources_finished = 0;
-        let mut tasks_finished = 0;
-        let mut final_checkpoint: Option<u64> = None;
-        let mut stopped_with: Option<String> = None;
-        let mut progress = Progress::new(progress_interval);
-        loop {
-            while let Ok(command) = commands.try_recv() {
-                if let Some(end) = self.on_command(command) {
-                    return Ok(end);
-                }
-            }
-            match self.events.recv_timeout(Duration::from_millis(50)) {
-                Ok(TaskEvent::Acknowledge {
-                    checkpoint_id,
-                    task,
-                    states,
-                }) => {
-                    let complete = self
-                        .coordinator
-                        .as_mut()
-                        .is_some_and(|c| c.acknowledge(checkpoint_id, task, states));
-                    if complete {
-                        if let Some(location) = self.complete_checkpoint(checkpoint_id)? {
-                            stopped_with = Some(location);
-                        }
-                        if final_checkpoint == Some(checkpoint_id) {
-                            self.to_sources(ControlMessage::Stop);
-                        }
-                    }
-                }
-                Ok(TaskEvent::Decline {
-                    checkpoint_id,
-                    task,
-                    reason,
-                }) => {
-                    if self.coordinator.as_ref().and_then(|c| c.pending_id()) == Some(checkpoint_id)
-                    {
-                        self.fail_checkpoint(&format!("{task} declined: {reason}"))?;
-                    }
-                }
-                Ok(TaskEvent::SourceFinished { .. }) => {
-                    sources_finished += 1;
-                    if sources_finished == sources && self.coordinator.is_none() {
-                        self.to_sources(ControlMessage::Stop);
-                    }
-                }
-                Ok(TaskEvent::Finished { .. }) => {
-                    tasks_finished += 1;
-                    if tasks_finished == total {
-                        progress.report(
-                            &self.source_names,
-                            &self.sink_names,
-                            self.latest_checkpoint().as_ref(),
-                        );
-                        return Ok(match stopped_with {
-                            Some(location) => AttemptEnd::Stopped(location),
-                            None => AttemptEnd::Finished,
-                        });
-                    }
-                }
-                Ok(TaskEvent::Failed { task, error }) => {
-                    tracing::error!(%task, error = %error, "task failed");
-                    return Err(error);
-                }
-                Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => return Err(Error::Cancelled),
-            }
-            if stopped_with.is_some() {
-                // Stopping: nothing more is triggered, tasks drain and finish.
-                continue;
-            }
-
-            // With all input read, one last checkpoint commits the sinks' final output.
-            if sources_finished == sources
-                && final_checkpoint.is_none()
-                && let Some(coordinator) = self.coordinator.as_ref()
-                && !coordinator.is_pending()
-            {
-                self.trigger();
-                final_checkpoint = self.coordinator.as_ref().and_then(|c| c.pending_id());
-            }
-            if final_checkpoint.is_none() {
-                self.trigger_queued_savepoint();
-            }
-            if let (Some(at), Some(interval)) = (next_trigger, interval)
-                && Instant::now() >= at
-            {
-                next_trigger = Some(Instant::now() + interval);
-                if final_checkpoint.is_none() {
-                    self.trigger();
-                }
-            }
-            if let Some(id) = self.coordinator.as_ref().and_then(|c| c.timed_out()) {
-                self.fail_checkpoint(&format!("checkpoint {id} timed out"))?;
-            }
-            // A final checkpoint that failed is retried.
-            if let Some(id) = final_checkpoint
-                && self.coordinator.as_ref().is_some_and(|c| !c.is_pending())
-                && self
-                    .latest_checkpoint()
-                    .is_none_or(|c| c.checkpoint_id != id)
-            {
-                final_checkpoint = None;
-            }
-            self.publish();
-            progress.tick(
-                &self.source_names,
-                &self.sink_names,
-                self.latest_checkpoint().as_ref(),
-            );
-        }
-    }
-
-    /// Normal end (or cancellation requested by the user): stop every task and join them.
-    fn shutdown(&mut self) {
-        self.cancelled.store(true, Ordering::Relaxed);
-        self.broadcast(ControlMessage::Cancel);
-        self.join();
-    }
-
-    /// Cancels every task and returns the most telling error: the first that is not a mere
-    /// consequence of the cancellation.
-    fn teardown(&mut self, first: Error) -> Error {
-        self.cancelled.store(true, Ordering::Relaxed);
-        self.broadcast(ControlMessage::Cancel);
-        self.join();
-        if !matches!(first, Error::Cancelled) {
-            return first;
-        }
-        while let Ok(event) = self.events.try_recv() {
-            if let TaskEvent::Failed { error, .. } = event
-                && !matches!(error, Error::Cancelled)
-            {
-                return error;
-            }
-        }
-        first
-    }
-
-    fn join(&mut self) {
-        for task in &mut self.tasks {
-            if let Some(thread) = task.thread.take() {
-                let _ = thread.join();
-            }
-        }
+        plan: &AttemptPlan<'_>,
+        events: Sender<TaskEvent>,
+        _commands: &Receiver<JobCommand>,
+    ) -> Result<Option<Deployment>> {
+        let specs = plan
+            .graph
+            .instantiate(plan.doc.parallelism, plan.doc.max_parallelism)?;
+        let local_dir = self.work_dir.join(plan.doc.job_id()).join(&plan.attempt_id);
+        let resources = TaskResources {
+            doc: plan.doc,
+            rt: plan.rt,
+            job_store: plan.job_store.clone(),
+            restore: plan.restore.clone(),
+            attempt_id: &plan.attempt_id,
+        };
+        let running = spawn_tasks(&resources, specs, &local_dir, &events)?;
+        Ok(Some(running.into_deployment()))
     }
 }
 
-impl Drop for Attempt {
-    fn drop(&mut self) {
+/// Tasks of one attempt running on threads of this process.
+pub(crate) struct RunningTasks {
+    pub handles: Vec<TaskHandle>,
+    pub threads: Vec<std::thread::JoinHandle<()>>,
+    pub cancelled: Arc<AtomicBool>,
+    pub controls: Vec<Sender<super::ControlMessage>>,
+    pub local_dir: PathBuf,
+}
+
+impl RunningTasks {
+    /// Cancels every task, joins its thread and removes the attempt's scratch space.
+    pub fn stop(&mut self) {
         self.cancelled.store(true, Ordering::Relaxed);
-        self.broadcast(ControlMessage::Cancel);
-        self.join();
+        for control in &self.controls {
+            let _ = control.send(super::ControlMessage::Cancel);
+        }
+        for thread in self.threads.drain(..) {
+            let _ = thread.join();
+        }
         let _ = std::fs::remove_dir_all(&self.local_dir);
     }
+
+    fn into_deployment(mut self) -> Deployment {
+        let tasks = std::mem::take(&mut self.handles);
+        Deployment {
+            tasks,
+            stop: Box::new(move || self.stop()),
+        }
+    }
+}
+
+/// What tasks of one attempt share.
+pub(crate) struct TaskResources<'a> {
+    pub doc: &'a Arc<JobDocument>,
+    pub rt: &'a tokio::runtime::Handle,
+    pub job_store: Option<ObjectStore>,
+    pub restore: SharedRestore,
+    pub attempt_id: &'a str,
+}
+
+/// Starts `specs` on threads, each with its own control channel; failures and panics become
+/// `TaskEvent::Failed`.
+pub(crate) fn spawn_tasks(
+    plan: &TaskResources<'_>,
+    specs: Vec<TaskSpec>,
+    local_dir: &std::path::Path,
+    events: &Sender<TaskEvent>,
+) -> Result<RunningTasks> {
+    std::fs::create_dir_all(local_dir).map_err(|e| Error::io(local_dir.display(), e))?;
+    let doc = plan.doc;
+    let checkpoint_mode = doc
+        .checkpointing
+        .as_ref()
+        .map_or(CheckpointMode::ExactlyOnce, |c| c.mode);
+    let cancelled = Arc::new(AtomicBool::new(false));
+    let mut running = RunningTasks {
+        handles: Vec::with_capacity(specs.len()),
+        threads: Vec::with_capacity(specs.len()),
+        cancelled: cancelled.clone(),
+        controls: Vec::with_capacity(specs.len()),
+        local_dir: local_dir.to_path_buf(),
+    };
+    for spec in specs {
+        let (control_tx, control) = crossbeam_channel::unbounded();
+        let env = TaskEnv {
+            id: spec.id,
+            name: spec.name.clone(),
+            parallelism: doc.parallelism,
+            max_parallelism: doc.max_parallelism,
+            doc: doc.clone(),
+            rt: plan.rt.clone(),
+            checkpoint_store: plan.job_store.clone(),
+            checkpoint_mode,
+            restore: plan.restore.clone(),
+            local_dir: local_dir.join(format!("{}-{}", spec.name, spec.id.subtask)),
+            attempt_id: plan.attempt_id.to_string(),
+            control,
+            events: events.clone(),
+            cancelled: cancelled.clone(),
+        };
+        let events_tx = events.clone();
+        let task = spec.task;
+        let (id, name) = (spec.id, spec.name.clone());
+        let thread = std::thread::Builder::new()
+            .name(format!("{}-{}", spec.name, spec.id.subtask))
+            .spawn(move || {
+                let outcome =
+                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| task.run(env)));
+                let error = match outcome {
+                    Ok(Ok(())) => return,
+                    Ok(Err(error)) => error,
+                    Err(panic) => {
+                        Error::operator(&name, format!("panicked: {}", panic_message(&panic)))
+                    }
+                };
+                let _ = events_tx.send(TaskEvent::Failed { task: id, error });
+            })
+            .map_err(|e| Error::io("task thread", e))?;
+        let sender = control_tx.clone();
+        running.handles.push(TaskHandle {
+            id: spec.id,
+            is_source: spec.is_source,
+            control: Box::new(move |message| {
+                let _ = sender.send(message);
+            }),
+        });
+        running.controls.push(control_tx);
+        running.threads.push(thread);
+    }
+    Ok(running)
 }
 
 fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
@@ -682,176 +210,4 @@ fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
         .map(|s| s.to_string())
         .or_else(|| panic.downcast_ref::<String>().cloned())
         .unwrap_or_else(|| "unknown panic".into())
-}
-
-/// Logs throughput and checkpoint progress at a fixed interval.
-struct Progress {
-    interval: Duration,
-    last: Instant,
-    last_in: u64,
-}
-
-impl Progress {
-    fn new(interval: Duration) -> Self {
-        Progress {
-            interval,
-            last: Instant::now(),
-            last_in: 0,
-        }
-    }
-
-    fn tick(
-        &mut self,
-        sources: &[String],
-        sinks: &[String],
-        checkpoint: Option<&CompletedCheckpoint>,
-    ) {
-        if self.last.elapsed() >= self.interval {
-            self.report(sources, sinks, checkpoint);
-        }
-    }
-
-    fn report(
-        &mut self,
-        sources: &[String],
-        sinks: &[String],
-        checkpoint: Option<&CompletedCheckpoint>,
-    ) {
-        let metrics = crate::metrics::global();
-        let sum = |family: &prometheus_client::metrics::family::Family<
-            _,
-            prometheus_client::metrics::counter::Counter,
-        >,
-                   names: &[String]| {
-            names
-                .iter()
-                .map(|n| family.get_or_create(&metrics.operator(n)).get())
-                .sum::<u64>()
-        };
-        let read = sum(&metrics.records_out, sources);
-        let written = sum(&metrics.records_in, sinks);
-        let elapsed = self.last.elapsed().as_secs_f64().max(1e-3);
-        let rate = (read - self.last_in.min(read)) as f64 / elapsed;
-        tracing::info!(
-            records_read = read,
-            records_per_sec = rate as u64,
-            records_to_sink = written,
-            last_checkpoint = checkpoint.map(|c| c.checkpoint_id),
-            "progress"
-        );
-        self.last = Instant::now();
-        self.last_in = read;
-    }
-}
-
-/// Applies the restart strategy: how long to wait before the next attempt, or `None` to give up.
-struct RestartTracker {
-    strategy: RestartStrategy,
-    restarts: u32,
-    recent_failures: VecDeque<Instant>,
-}
-
-impl RestartTracker {
-    fn new(strategy: RestartStrategy) -> Self {
-        RestartTracker {
-            strategy,
-            restarts: 0,
-            recent_failures: VecDeque::new(),
-        }
-    }
-
-    fn next_delay(&mut self) -> Option<Duration> {
-        let delay = match &self.strategy {
-            RestartStrategy::None => None,
-            RestartStrategy::FixedDelay { attempts, delay } => {
-                (self.restarts < *attempts).then_some(*delay)
-            }
-            RestartStrategy::ExponentialDelay {
-                initial_delay,
-                max_delay,
-                multiplier,
-                max_attempts,
-            } => {
-                if max_attempts.is_some_and(|max| self.restarts >= max) {
-                    None
-                } else {
-                    let factor = multiplier.powi(self.restarts.min(64) as i32);
-                    Some(initial_delay.mul_f64(factor).min(*max_delay))
-                }
-            }
-            RestartStrategy::FailureRate {
-                max_failures_per_interval,
-                interval,
-                delay,
-            } => {
-                let now = Instant::now();
-                self.recent_failures.push_back(now);
-                while self
-                    .recent_failures
-                    .front()
-                    .is_some_and(|t| now.duration_since(*t) > *interval)
-                {
-                    self.recent_failures.pop_front();
-                }
-                (self.recent_failures.len() <= *max_failures_per_interval as usize)
-                    .then_some(*delay)
-            }
-        };
-        if delay.is_some() {
-            self.restarts += 1;
-        }
-        delay
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn fixed_delay_gives_up_after_attempts() {
-        let mut t = RestartTracker::new(RestartStrategy::FixedDelay {
-            attempts: 2,
-            delay: Duration::from_millis(5),
-        });
-        assert_eq!(t.next_delay(), Some(Duration::from_millis(5)));
-        assert_eq!(t.next_delay(), Some(Duration::from_millis(5)));
-        assert_eq!(t.next_delay(), None);
-    }
-
-    #[test]
-    fn exponential_delay_grows_to_the_cap() {
-        let mut t = RestartTracker::new(RestartStrategy::ExponentialDelay {
-            initial_delay: Duration::from_millis(100),
-            max_delay: Duration::from_millis(350),
-            multiplier: 2.0,
-            max_attempts: Some(4),
-        });
-        let delays: Vec<_> = std::iter::from_fn(|| t.next_delay()).collect();
-        assert_eq!(
-            delays,
-            [100, 200, 350, 350].map(Duration::from_millis).to_vec()
-        );
-    }
-
-    #[test]
-    fn failure_rate_gives_up_when_failures_bunch_up() {
-        let mut t = RestartTracker::new(RestartStrategy::FailureRate {
-            max_failures_per_interval: 2,
-            interval: Duration::from_secs(60),
-            delay: Duration::ZERO,
-        });
-        assert!(t.next_delay().is_some());
-        assert!(t.next_delay().is_some());
-        assert!(t.next_delay().is_none());
-    }
-
-    #[test]
-    fn corrupt_checkpoints_are_never_retried() {
-        assert!(!is_recoverable(&Error::CorruptCheckpoint {
-            object: "x".into(),
-            reason: "y".into()
-        }));
-        assert!(is_recoverable(&Error::Cancelled));
-    }
 }

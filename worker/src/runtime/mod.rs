@@ -7,6 +7,7 @@
 //! `TaskEvent`, so the same tasks run in both.
 
 pub mod chain;
+pub mod driver;
 pub mod job;
 pub mod local;
 pub mod shuffle;

@@ -14,7 +14,7 @@ use crate::error::{Error, Result};
 use crate::state::keygroups::{key_group_for_key_bytes, subtask_for_key_group};
 
 /// A record with its key and key group, computed once by the producer.
-#[derive(Debug)]
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
 pub struct KeyedRecord<K, T> {
     pub key_group: u16,
     pub key: K,

@@ -1,0 +1,453 @@
+//! What crosses the network: the control protocol between JobManager and TaskManagers (JSON
+//! frames: rare, small, and readable in a packet capture) and the data frames between
+//! TaskManagers (postcard: compact and fast, one frame per batch of records).
+//!
+//! Every message about an attempt carries its epoch. A receiver drops anything from another
+//! epoch, which fences a TaskManager that was paused or cut off while the job moved on.
+
+use serde::{Deserialize, Serialize};
+
+use crate::checkpoint::SubtaskState;
+use crate::error::{Error, Result};
+use crate::runtime::{Barrier, ControlMessage, Message, SavepointTarget, TaskEvent, TaskId};
+use crate::storage::ObjectStore;
+
+/// Identifies one producer -> consumer channel of a keyed exchange within an attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct ChannelId {
+    /// Index of the exchange in graph-building order (the same in every process).
+    pub exchange: u32,
+    pub producer: u32,
+    pub consumer: u32,
+}
+
+impl std::fmt::Display for ChannelId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "exchange {} channel {}->{}",
+            self.exchange, self.producer, self.consumer
+        )
+    }
+}
+
+/// A barrier as it travels: the savepoint directory by URI, reopened by the receiver.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WireBarrier {
+    pub checkpoint_id: u64,
+    pub timestamp_ms: u64,
+    pub savepoint: Option<WireSavepoint>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WireSavepoint {
+    pub uri: String,
+    pub stop: bool,
+}
+
+impl From<&Barrier> for WireBarrier {
+    fn from(barrier: &Barrier) -> Self {
+        WireBarrier {
+            checkpoint_id: barrier.checkpoint_id,
+            timestamp_ms: barrier.timestamp_ms,
+            savepoint: barrier.savepoint.as_ref().map(|s| WireSavepoint {
+                uri: s.store.location().uri(),
+                stop: s.stop,
+            }),
+        }
+    }
+}
+
+impl WireBarrier {
+    pub fn into_barrier(self, resolve: &dyn StoreResolver) -> Result<Barrier> {
+        let savepoint = match self.savepoint {
+            Some(s) => Some(SavepointTarget {
+                store: resolve.open(&s.uri)?,
+                stop: s.stop,
+            }),
+            None => None,
+        };
+        Ok(Barrier {
+            checkpoint_id: self.checkpoint_id,
+            timestamp_ms: self.timestamp_ms,
+            savepoint,
+        })
+    }
+}
+
+/// Opens object stores by URI (savepoint directories named in barriers).
+pub trait StoreResolver: Send + Sync {
+    fn open(&self, uri: &str) -> Result<ObjectStore>;
+}
+
+/// The first frame on a data connection, from the producing TaskManager.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DataHello {
+    pub epoch: u64,
+    pub channel: ChannelId,
+}
+
+/// The consumer's answer to `DataHello`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DataHelloReply {
+    Accepted,
+    /// The consumer has not been deployed for this epoch yet: try again shortly.
+    NotYet,
+    /// The epoch is over (or the channel unknown): give up.
+    Fenced,
+}
+
+/// One data frame: the serialized form of `runtime::Message`.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum DataFrame<R> {
+    Records(Vec<R>),
+    Barrier(WireBarrier),
+    EndOfStream,
+}
+
+/// Borrowing twin of `DataFrame` for encoding without copying the batch; postcard gives both
+/// the same bytes (variant index, then the fields).
+#[derive(Serialize)]
+enum DataFrameRef<'a, R> {
+    Records(&'a [R]),
+    Barrier(&'a WireBarrier),
+    EndOfStream,
+}
+
+/// Appends the encoding of `message` to `out`.
+pub fn encode_data<R: Serialize>(message: &Message<R>, out: &mut Vec<u8>) -> Result<()> {
+    let barrier;
+    let frame = match message {
+        Message::Records(records) => DataFrameRef::Records(records),
+        Message::Barrier(b) => {
+            barrier = WireBarrier::from(b);
+            DataFrameRef::Barrier(&barrier)
+        }
+        Message::EndOfStream => DataFrameRef::EndOfStream,
+    };
+    let encoded = std::mem::take(out);
+    *out = postcard::to_extend(&frame, encoded).map_err(|e| Error::codec("data frame", e))?;
+    Ok(())
+}
+
+/// Decodes one data frame payload. Never panics on arbitrary bytes (fuzzed).
+pub fn decode_data<R: serde::de::DeserializeOwned>(payload: &[u8]) -> Result<DataFrame<R>> {
+    let (frame, rest) =
+        postcard::take_from_bytes(payload).map_err(|e| Error::codec("data frame", e))?;
+    if !rest.is_empty() {
+        return Err(Error::codec(
+            "data frame",
+            format!("{} trailing bytes", rest.len()),
+        ));
+    }
+    Ok(frame)
+}
+
+impl<R> DataFrame<R> {
+    pub fn into_message(self, resolve: &dyn StoreResolver) -> Result<Message<R>> {
+        Ok(match self {
+            DataFrame::Records(records) => Message::Records(records),
+            DataFrame::Barrier(b) => Message::Barrier(b.into_barrier(resolve)?),
+            DataFrame::EndOfStream => Message::EndOfStream,
+        })
+    }
+}
+
+/// TaskManager -> JobManager.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "camelCase")]
+pub enum ToJobManager {
+    /// First message of a connection. The JobManager reaches the TaskManager's data port at
+    /// the address this connection comes from, unless `data_host` says otherwise.
+    Register {
+        tm_id: String,
+        slots: u32,
+        data_port: u16,
+        #[serde(default)]
+        data_host: Option<String>,
+    },
+    Heartbeat,
+    Event {
+        epoch: u64,
+        event: WireTaskEvent,
+    },
+    /// Every task of this attempt has stopped on this TaskManager.
+    AttemptEnded {
+        epoch: u64,
+    },
+}
+
+/// JobManager -> TaskManager.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "camelCase")]
+pub enum ToTaskManager {
+    Heartbeat,
+    /// Run these subtasks (in slot-sharing fashion: subtask `i` of every vertex) as part of
+    /// attempt `epoch`. Anything of an older attempt is cancelled first.
+    Deploy(Deployment),
+    Control {
+        epoch: u64,
+        task: TaskId,
+        message: WireControl,
+    },
+    /// Cancel every task of this attempt.
+    Cancel {
+        epoch: u64,
+    },
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Deployment {
+    pub epoch: u64,
+    pub attempt_id: String,
+    /// The job document as JSON: the JobManager's copy is the one that counts.
+    pub job: String,
+    /// Checkpoint or savepoint directory to restore from.
+    pub restore: Option<String>,
+    /// Subtask indices this TaskManager runs.
+    pub subtasks: Vec<u32>,
+    /// Data address (`host:port`) of the TaskManager running each subtask index.
+    pub peers: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "camelCase")]
+pub enum WireControl {
+    TriggerCheckpoint { barrier: WireBarrier },
+    CheckpointComplete { checkpoint_id: u64 },
+    AbortCheckpoint { checkpoint_id: u64 },
+    Stop,
+    Cancel,
+}
+
+impl From<&ControlMessage> for WireControl {
+    fn from(message: &ControlMessage) -> Self {
+        match message {
+            ControlMessage::TriggerCheckpoint(b) => {
+                WireControl::TriggerCheckpoint { barrier: b.into() }
+            }
+            ControlMessage::CheckpointComplete(id) => {
+                WireControl::CheckpointComplete { checkpoint_id: *id }
+            }
+            ControlMessage::AbortCheckpoint(id) => {
+                WireControl::AbortCheckpoint { checkpoint_id: *id }
+            }
+            ControlMessage::Stop => WireControl::Stop,
+            ControlMessage::Cancel => WireControl::Cancel,
+        }
+    }
+}
+
+impl WireControl {
+    pub fn into_message(self, resolve: &dyn StoreResolver) -> Result<ControlMessage> {
+        Ok(match self {
+            WireControl::TriggerCheckpoint { barrier } => {
+                ControlMessage::TriggerCheckpoint(barrier.into_barrier(resolve)?)
+            }
+            WireControl::CheckpointComplete { checkpoint_id } => {
+                ControlMessage::CheckpointComplete(checkpoint_id)
+            }
+            WireControl::AbortCheckpoint { checkpoint_id } => {
+                ControlMessage::AbortCheckpoint(checkpoint_id)
+            }
+            WireControl::Stop => ControlMessage::Stop,
+            WireControl::Cancel => ControlMessage::Cancel,
+        })
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "camelCase")]
+pub enum WireTaskEvent {
+    Acknowledge {
+        checkpoint_id: u64,
+        task: TaskId,
+        states: Vec<(String, SubtaskState)>,
+    },
+    Decline {
+        checkpoint_id: u64,
+        task: TaskId,
+        reason: String,
+    },
+    SourceFinished {
+        task: TaskId,
+    },
+    Finished {
+        task: TaskId,
+    },
+    Failed {
+        task: TaskId,
+        message: String,
+        /// Whether a restart can fix it (a corrupt checkpoint or an invalid job cannot).
+        recoverable: bool,
+    },
+}
+
+impl From<TaskEvent> for WireTaskEvent {
+    fn from(event: TaskEvent) -> Self {
+        match event {
+            TaskEvent::Acknowledge {
+                checkpoint_id,
+                task,
+                states,
+            } => WireTaskEvent::Acknowledge {
+                checkpoint_id,
+                task,
+                states,
+            },
+            TaskEvent::Decline {
+                checkpoint_id,
+                task,
+                reason,
+            } => WireTaskEvent::Decline {
+                checkpoint_id,
+                task,
+                reason,
+            },
+            TaskEvent::SourceFinished { task } => WireTaskEvent::SourceFinished { task },
+            TaskEvent::Finished { task } => WireTaskEvent::Finished { task },
+            TaskEvent::Failed { task, error } => WireTaskEvent::Failed {
+                task,
+                recoverable: error.is_recoverable(),
+                message: error.to_string(),
+            },
+        }
+    }
+}
+
+impl From<WireTaskEvent> for TaskEvent {
+    fn from(event: WireTaskEvent) -> Self {
+        match event {
+            WireTaskEvent::Acknowledge {
+                checkpoint_id,
+                task,
+                states,
+            } => TaskEvent::Acknowledge {
+                checkpoint_id,
+                task,
+                states,
+            },
+            WireTaskEvent::Decline {
+                checkpoint_id,
+                task,
+                reason,
+            } => TaskEvent::Decline {
+                checkpoint_id,
+                task,
+                reason,
+            },
+            WireTaskEvent::SourceFinished { task } => TaskEvent::SourceFinished { task },
+            WireTaskEvent::Finished { task } => TaskEvent::Finished { task },
+            WireTaskEvent::Failed {
+                task,
+                message,
+                recoverable,
+            } => TaskEvent::Failed {
+                task,
+                error: if message == Error::Cancelled.to_string() {
+                    Error::Cancelled
+                } else {
+                    Error::Remote {
+                        message,
+                        recoverable,
+                    }
+                },
+            },
+        }
+    }
+}
+
+/// Encodes a control message as one JSON payload.
+pub fn encode_control<T: Serialize>(message: &T) -> Result<Vec<u8>> {
+    serde_json::to_vec(message).map_err(|e| Error::codec("control message", e))
+}
+
+/// Decodes a control payload. Never panics on arbitrary bytes (fuzzed).
+pub fn decode_control<T: serde::de::DeserializeOwned>(payload: &[u8]) -> Result<T> {
+    serde_json::from_slice(payload).map_err(|e| Error::codec("control message", e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runtime::shuffle::KeyedRecord;
+
+    struct NoStores;
+    impl StoreResolver for NoStores {
+        fn open(&self, uri: &str) -> Result<ObjectStore> {
+            Err(Error::spec("savepoint", format!("unexpected {uri}")))
+        }
+    }
+
+    #[test]
+    fn data_frames_round_trip() {
+        let records = vec![
+            KeyedRecord {
+                key_group: 7,
+                key: "a".to_string(),
+                value: (1u64, "x".to_string()),
+            },
+            KeyedRecord {
+                key_group: 9,
+                key: "b".to_string(),
+                value: (2u64, "y".to_string()),
+            },
+        ];
+        let mut buf = Vec::new();
+        encode_data(&Message::Records(records), &mut buf).unwrap();
+        let decoded: DataFrame<KeyedRecord<String, (u64, String)>> = decode_data(&buf).unwrap();
+        let Message::Records(back) = decoded.into_message(&NoStores).unwrap() else {
+            panic!("expected records");
+        };
+        assert_eq!(back.len(), 2);
+        assert_eq!((back[1].key_group, back[1].key.as_str()), (9, "b"));
+        assert_eq!(back[1].value, (2, "y".to_string()));
+
+        buf.clear();
+        let barrier = Barrier {
+            checkpoint_id: 42,
+            timestamp_ms: 5,
+            savepoint: None,
+        };
+        encode_data::<KeyedRecord<String, u64>>(&Message::Barrier(barrier), &mut buf).unwrap();
+        let decoded: DataFrame<KeyedRecord<String, u64>> = decode_data(&buf).unwrap();
+        assert!(matches!(
+            decoded.into_message(&NoStores).unwrap(),
+            Message::Barrier(Barrier {
+                checkpoint_id: 42,
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn garbage_is_an_error_not_a_panic() {
+        for bytes in [&b""[..], &[0xff; 9], &[0, 200, 200, 200, 200, 1], &[3]] {
+            assert!(decode_data::<KeyedRecord<String, u64>>(bytes).is_err());
+        }
+        assert!(decode_control::<ToTaskManager>(b"{\"type\":\"deploy\"}").is_err());
+    }
+
+    #[test]
+    fn remote_failures_keep_whether_they_are_recoverable() {
+        let corrupt = Error::CorruptCheckpoint {
+            object: "s3://b/chk-1/_metadata".into(),
+            reason: "crc".into(),
+        };
+        let event = TaskEvent::Failed {
+            task: TaskId {
+                vertex: 0,
+                subtask: 1,
+            },
+            error: corrupt,
+        };
+        let wire = encode_control(&WireTaskEvent::from(event)).unwrap();
+        let back: TaskEvent = decode_control::<WireTaskEvent>(&wire).unwrap().into();
+        let TaskEvent::Failed { error, .. } = back else {
+            panic!("expected a failure");
+        };
+        assert!(!error.is_recoverable());
+        assert!(error.to_string().contains("s3://b/chk-1/_metadata"));
+    }
+}

@@ -1,0 +1,858 @@
+//! The job driver: the coordinator side of a running job, the same in local mode and on the
+//! JobManager. It picks the restore point, deploys each attempt through an `Executor`
+//! (threads in this process, or TaskManagers over the network), triggers checkpoints,
+//! completes them, tells sinks to commit, detects failures, and restarts every task from the
+//! latest completed checkpoint as the restart strategy allows.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+
+use super::job::{JobCommand, JobHandle, JobState};
+use super::{ControlMessage, SavepointTarget, TaskEvent, TaskId};
+use crate::api::{JobGraph, stream::SINK_PENDING_STATE};
+use crate::checkpoint::{
+    CheckpointCoordinator, CompletedCheckpoint, RestorePoint, SharedRestore, SnapshotKind,
+};
+use crate::error::{Error, Result};
+use crate::spec::{JobDocument, RestartStrategy, RestoreSource};
+use crate::state::Redistribution;
+use crate::storage::{Location, ObjectStore};
+
+/// What an executor needs to start one attempt.
+pub struct AttemptPlan<'a> {
+    pub doc: &'a Arc<JobDocument>,
+    pub graph: &'a JobGraph,
+    pub rt: &'a tokio::runtime::Handle,
+    pub job: &'a JobHandle,
+    /// Rooted at `<storage>/<jobId>`; `None` when checkpointing is off.
+    pub job_store: Option<ObjectStore>,
+    pub restore: SharedRestore,
+    /// Fencing token: increases with every attempt, also across JobManager restarts.
+    pub epoch: u64,
+    /// Distinguishes attempts in file names.
+    pub attempt_id: String,
+}
+
+/// The driver's handle on one running task.
+pub struct TaskHandle {
+    pub id: TaskId,
+    pub is_source: bool,
+    pub control: Box<dyn Fn(ControlMessage) + Send>,
+}
+
+/// The running tasks of one attempt.
+pub struct Deployment {
+    pub tasks: Vec<TaskHandle>,
+    /// Cancels every task of the attempt and waits until they stopped (or cannot be reached).
+    pub stop: Box<dyn FnMut() + Send>,
+}
+
+/// Runs an attempt's tasks somewhere: threads of this process (local mode) or TaskManagers.
+pub trait Executor {
+    /// Starts every task; their events arrive on `events`. `Ok(None)` when the user
+    /// cancelled the job before the tasks could start (e.g. while waiting for slots).
+    fn deploy(
+        &mut self,
+        plan: &AttemptPlan<'_>,
+        events: Sender<TaskEvent>,
+        commands: &Receiver<JobCommand>,
+    ) -> Result<Option<Deployment>>;
+}
+
+#[derive(Debug, Clone)]
+pub struct DriverOptions {
+    pub progress_interval: Duration,
+    /// JobManager mode: when the job's storage holds a completed checkpoint newer than the
+    /// document's restore path, restore from that instead. A JobManager that restarts (its
+    /// pod was killed) then continues from where the job was, not from the savepoint it was
+    /// first deployed with. Local mode restores exactly what it is told.
+    pub prefer_newer_checkpoint: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JobEnd {
+    /// All input was read and committed.
+    Finished,
+    /// Stopped with a savepoint at this location; restore from it to continue.
+    StoppedWithSavepoint(String),
+    Cancelled,
+}
+
+#[derive(Debug, Clone)]
+pub struct JobOutcome {
+    pub end: JobEnd,
+    pub restarts: u32,
+    pub last_checkpoint: Option<CompletedCheckpoint>,
+    pub restored_from: Option<String>,
+}
+
+/// How the driver loop of one attempt ended.
+enum AttemptEnd {
+    Finished,
+    Stopped(String),
+    Cancelled,
+}
+
+/// Runs `graph` to completion (bounded input), until it is stopped or cancelled through
+/// `job`, or until it fails for good.
+pub fn run_job(
+    doc: Arc<JobDocument>,
+    graph: &JobGraph,
+    rt: &tokio::runtime::Handle,
+    options: &DriverOptions,
+    executor: &mut dyn Executor,
+    job: &JobHandle,
+    commands: &Receiver<JobCommand>,
+) -> Result<JobOutcome> {
+    let result = run_attempts(doc, graph, rt, options, executor, job, commands);
+    job.set_state(match &result {
+        Ok(outcome) if outcome.end == JobEnd::Cancelled => JobState::Canceled,
+        Ok(_) => JobState::Finished,
+        Err(_) => JobState::Failed,
+    });
+    if let Err(error) = &result {
+        let restarts = job.overview().restarts;
+        job.record_failure(restarts, &error.to_string());
+    }
+    result
+}
+
+fn run_attempts(
+    doc: Arc<JobDocument>,
+    graph: &JobGraph,
+    rt: &tokio::runtime::Handle,
+    options: &DriverOptions,
+    executor: &mut dyn Executor,
+    job: &JobHandle,
+    commands: &Receiver<JobCommand>,
+) -> Result<JobOutcome> {
+    let job_id = doc.job_id().to_string();
+    let job_store = match &doc.checkpointing {
+        Some(c) => {
+            let location = Location::parse(&c.storage)?.join(&job_id);
+            Some(rt.block_on(ObjectStore::open(&location, &doc.s3))?)
+        }
+        None => None,
+    };
+    let mut restore: SharedRestore = None;
+    let mut restored_from = None;
+    // One coordinator for the whole run: checkpoint ids and history continue across restarts.
+    let mut coordinator: Option<CheckpointCoordinator> = None;
+    let mut restarts = RestartTracker::new(doc.restart_strategy.clone());
+    let mut last_checkpoint = None;
+    // Epochs order attempts across JobManager restarts too: wall-clock microseconds at the
+    // start of this driver, plus the attempt number.
+    let first_epoch = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(1, |d| d.as_micros() as u64);
+    let mut attempt_number = 0u64;
+    loop {
+        // Everything from here to the end of the attempt fails into the restart strategy:
+        // storage being unreachable while restarting is a failure like any other.
+        let started = (|| {
+            if attempt_number == 0 {
+                restore = initial_restore_point(&doc, job_store.as_ref(), options, rt)?;
+                restored_from = restore.as_ref().map(|r| r.uri());
+            } else if let Some(store) = &job_store {
+                // Only ever the latest completed checkpoint: restoring an older one would
+                // replay output its successors already committed. Keep the previous restore
+                // point (e.g. a savepoint) if nothing newer completed.
+                if let Some(latest) = rt.block_on(RestorePoint::latest(store))? {
+                    restore = Some(Arc::new(latest));
+                }
+            }
+            if coordinator.is_none()
+                && let (Some(config), Some(store)) = (&doc.checkpointing, &job_store)
+            {
+                coordinator = Some(rt.block_on(CheckpointCoordinator::new(
+                    store.clone(),
+                    config.clone(),
+                    &job_id,
+                    doc.parallelism,
+                    doc.max_parallelism,
+                    0,
+                ))?);
+            }
+            match &restore {
+                Some(point) => {
+                    check_compatible(point, &doc)?;
+                    tracing::info!(checkpoint = %point.uri(), checkpoint_id = point.metadata.checkpoint_id, "restoring");
+                }
+                None => tracing::info!("starting with empty state"),
+            }
+            Ok::<_, Error>(())
+        })();
+        let plan = AttemptPlan {
+            doc: &doc,
+            graph,
+            rt,
+            job,
+            job_store: job_store.clone(),
+            restore: restore.clone(),
+            epoch: first_epoch + attempt_number,
+            attempt_id: format!("{:016x}", rand::random::<u64>()),
+        };
+        attempt_number += 1;
+        let result = match started
+            .and_then(|()| Attempt::start(&plan, executor, &mut coordinator, commands))
+        {
+            Ok(None) => Ok(AttemptEnd::Cancelled),
+            Err(error) => Err(error),
+            Ok(Some(mut attempt)) => {
+                job.set_state(JobState::Running);
+                let result = attempt.drive(options.progress_interval, commands);
+                coordinator = attempt.coordinator.take();
+                if let Some(c) = coordinator.as_ref().and_then(|c| c.latest_completed()) {
+                    last_checkpoint = Some(c.clone());
+                }
+                match result {
+                    Ok(end) => {
+                        attempt.shutdown();
+                        Ok(end)
+                    }
+                    Err(error) => Err(attempt.teardown(error)),
+                }
+            }
+        };
+        let error = match result {
+            Ok(end) => {
+                return Ok(JobOutcome {
+                    end: match end {
+                        AttemptEnd::Finished => JobEnd::Finished,
+                        AttemptEnd::Stopped(location) => JobEnd::StoppedWithSavepoint(location),
+                        AttemptEnd::Cancelled => JobEnd::Cancelled,
+                    },
+                    restarts: restarts.restarts,
+                    last_checkpoint,
+                    restored_from,
+                });
+            }
+            Err(error) => error,
+        };
+        if !error.is_recoverable() {
+            return Err(error);
+        }
+        let Some(delay) = restarts.next_delay() else {
+            return Err(Error::JobFailed {
+                restarts: restarts.restarts,
+                cause: error.to_string(),
+            });
+        };
+        crate::metrics::global().restarts.inc();
+        job.record_failure(restarts.restarts, &error.to_string());
+        job.set_state(JobState::Restarting);
+        tracing::warn!(error = %error, restart = restarts.restarts, ?delay, "job failed; restarting from the latest completed checkpoint");
+        std::thread::sleep(delay);
+    }
+}
+
+/// Where the first attempt restores from: per the document, except that a JobManager
+/// prefers a newer completed checkpoint of the same job (see `DriverOptions`).
+fn initial_restore_point(
+    doc: &JobDocument,
+    job_store: Option<&ObjectStore>,
+    options: &DriverOptions,
+    rt: &tokio::runtime::Handle,
+) -> Result<SharedRestore> {
+    Ok(match (&doc.restore, job_store) {
+        (RestoreSource::None, _) | (RestoreSource::Latest, None) => None,
+        (RestoreSource::Latest, Some(store)) => {
+            rt.block_on(RestorePoint::latest(store))?.map(Arc::new)
+        }
+        (RestoreSource::Path(path), _) => {
+            let store = rt.block_on(ObjectStore::open(&Location::parse(path)?, &doc.s3))?;
+            let explicit = rt.block_on(RestorePoint::open(store))?;
+            let newer = match (job_store, options.prefer_newer_checkpoint) {
+                (Some(store), true) => rt
+                    .block_on(RestorePoint::latest(store))?
+                    .filter(|latest| latest.metadata.timestamp_ms > explicit.metadata.timestamp_ms),
+                _ => None,
+            };
+            if let Some(newer) = &newer {
+                tracing::info!(configured = %explicit.uri(), newer = %newer.uri(), "a checkpoint newer than the configured restore point exists (the JobManager restarted); restoring from it");
+            }
+            Some(Arc::new(newer.unwrap_or(explicit)))
+        }
+    })
+}
+
+fn check_compatible(point: &RestorePoint, doc: &JobDocument) -> Result<()> {
+    if point.metadata.max_parallelism != doc.max_parallelism {
+        return Err(Error::spec(
+            "maxParallelism",
+            format!(
+                "is {} but {} was taken with {}; key groups cannot be re-split",
+                doc.max_parallelism,
+                point.uri(),
+                point.metadata.max_parallelism
+            ),
+        ));
+    }
+    Ok(())
+}
+
+struct Attempt {
+    job: JobHandle,
+    doc: Arc<JobDocument>,
+    /// Savepoints asked for but not yet triggered (one checkpoint is in flight at a time).
+    queued_savepoints: VecDeque<(String, SavepointTarget)>,
+    /// Checkpoint id -> trigger id of savepoints in flight.
+    savepoint_triggers: std::collections::HashMap<u64, String>,
+    tasks: Vec<TaskHandle>,
+    stop_tasks: Option<Box<dyn FnMut() + Send>>,
+    events: Receiver<TaskEvent>,
+    coordinator: Option<CheckpointCoordinator>,
+    rt: tokio::runtime::Handle,
+    source_names: Vec<String>,
+    sink_names: Vec<String>,
+}
+
+impl Attempt {
+    /// `None` when the user cancelled before the tasks started.
+    fn start(
+        plan: &AttemptPlan<'_>,
+        executor: &mut dyn Executor,
+        coordinator: &mut Option<CheckpointCoordinator>,
+        commands: &Receiver<JobCommand>,
+    ) -> Result<Option<Attempt>> {
+        // Sinks settle what the restored checkpoint left pending before anything runs.
+        let recover_ctx = crate::api::RecoverContext {
+            rt: plan.rt.clone(),
+            doc: plan.doc.clone(),
+        };
+        for (uid, sink) in &plan.graph.sinks {
+            let pending = plan
+                .restore
+                .as_ref()
+                .map(|r| r.operator_state(uid, SINK_PENDING_STATE, Redistribution::Union, 1, 0))
+                .unwrap_or_default();
+            sink.recover(pending, &recover_ctx)?;
+        }
+
+        let (events_tx, events) = crossbeam_channel::unbounded();
+        let Some(deployment) = executor.deploy(plan, events_tx, commands)? else {
+            return Ok(None);
+        };
+        if let Some(coordinator) = coordinator.as_mut() {
+            coordinator.start_attempt(deployment.tasks.len());
+        }
+        // Operator names for progress lines, from the graph itself.
+        let specs = plan
+            .graph
+            .instantiate(plan.doc.parallelism, plan.doc.max_parallelism)?;
+        let mut source_names: Vec<String> = specs
+            .iter()
+            .filter(|s| s.is_source)
+            .map(|s| s.name.clone())
+            .collect();
+        source_names.dedup();
+        Ok(Some(Attempt {
+            job: plan.job.clone(),
+            doc: plan.doc.clone(),
+            queued_savepoints: VecDeque::new(),
+            savepoint_triggers: Default::default(),
+            tasks: deployment.tasks,
+            stop_tasks: Some(deployment.stop),
+            events,
+            coordinator: coordinator.take(),
+            rt: plan.rt.clone(),
+            source_names,
+            sink_names: plan
+                .graph
+                .sinks
+                .iter()
+                .map(|(uid, _)| uid.clone())
+                .collect(),
+        }))
+    }
+
+    fn latest_checkpoint(&self) -> Option<CompletedCheckpoint> {
+        self.coordinator
+            .as_ref()
+            .and_then(|c| c.latest_completed().cloned())
+    }
+
+    fn broadcast(&self, message: ControlMessage) {
+        for task in &self.tasks {
+            (task.control)(message.clone());
+        }
+    }
+
+    fn to_sources(&self, message: ControlMessage) {
+        for task in self.tasks.iter().filter(|t| t.is_source) {
+            (task.control)(message.clone());
+        }
+    }
+
+    fn trigger(&mut self) {
+        if let Some(barrier) = self.coordinator.as_mut().and_then(|c| c.trigger()) {
+            self.to_sources(ControlMessage::TriggerCheckpoint(barrier));
+        }
+    }
+
+    /// Starts the next queued savepoint if nothing is in flight.
+    fn trigger_queued_savepoint(&mut self) {
+        let Some(coordinator) = self.coordinator.as_mut() else {
+            return;
+        };
+        if coordinator.is_pending() {
+            return;
+        }
+        let Some((trigger_id, target)) = self.queued_savepoints.pop_front() else {
+            return;
+        };
+        if let Some(barrier) = coordinator.trigger_savepoint(target) {
+            tracing::info!(
+                checkpoint_id = barrier.checkpoint_id,
+                stop = barrier.stops_job(),
+                "savepoint triggered"
+            );
+            self.savepoint_triggers
+                .insert(barrier.checkpoint_id, trigger_id);
+            self.to_sources(ControlMessage::TriggerCheckpoint(barrier));
+        }
+    }
+
+    /// Abandons the checkpoint or savepoint in flight; errors once checkpoint failures exceed
+    /// the tolerance.
+    fn fail_checkpoint(&mut self, reason: &str) -> Result<()> {
+        let Some(coordinator) = self.coordinator.as_mut() else {
+            return Ok(());
+        };
+        let Some(id) = coordinator.pending_id() else {
+            return Ok(());
+        };
+        let result = coordinator.fail_pending(reason);
+        self.broadcast(ControlMessage::AbortCheckpoint(id));
+        if let Some(trigger_id) = self.savepoint_triggers.remove(&id) {
+            self.job
+                .savepoint_finished(&trigger_id, Err(reason.to_string()));
+        }
+        self.publish();
+        result
+    }
+
+    fn publish(&self) {
+        if let Some(coordinator) = &self.coordinator {
+            self.job
+                .publish_checkpoints(coordinator.counts(), coordinator.history());
+        }
+    }
+
+    /// Applies one request from the REST API. `Some` ends the attempt.
+    fn on_command(&mut self, command: JobCommand) -> Option<AttemptEnd> {
+        match command {
+            JobCommand::Cancel => return Some(AttemptEnd::Cancelled),
+            JobCommand::Savepoint {
+                trigger_id,
+                target,
+                stop,
+            } => {
+                if self.coordinator.is_none() {
+                    self.job.savepoint_finished(
+                        &trigger_id,
+                        Err(
+                            "savepoints need checkpointing to be configured in the job document"
+                                .into(),
+                        ),
+                    );
+                    return None;
+                }
+                let store = Location::parse(&target)
+                    .map_err(Error::from)
+                    .and_then(|location| {
+                        Ok(self
+                            .rt
+                            .block_on(ObjectStore::open(&location, &self.doc.s3))?)
+                    });
+                match store {
+                    Ok(store) => self
+                        .queued_savepoints
+                        .push_back((trigger_id, SavepointTarget { store, stop })),
+                    Err(e) => self.job.savepoint_finished(&trigger_id, Err(e.to_string())),
+                }
+            }
+        }
+        None
+    }
+
+    /// Writes `_metadata` once every task acknowledged, then tells tasks (so sinks commit).
+    /// Returns the savepoint location when a stop-with-savepoint completed.
+    fn complete_checkpoint(&mut self, checkpoint_id: u64) -> Result<Option<String>> {
+        let Some(coordinator) = self.coordinator.as_mut() else {
+            return Ok(None);
+        };
+        let completed = match self.rt.block_on(coordinator.complete()) {
+            Ok(completed) => completed,
+            Err(e) => {
+                self.fail_checkpoint(&format!("writing _metadata failed: {e}"))?;
+                return Ok(None);
+            }
+        };
+        self.publish();
+        if completed.kind == SnapshotKind::Savepoint {
+            tracing::info!(checkpoint_id, path = %completed.uri, duration_ms = completed.duration.as_millis() as u64, "savepoint completed");
+            if let Some(trigger_id) = self.savepoint_triggers.remove(&checkpoint_id) {
+                self.job
+                    .savepoint_finished(&trigger_id, Ok(completed.uri.clone()));
+            }
+            if completed.stops_job {
+                self.broadcast(ControlMessage::CheckpointComplete(checkpoint_id));
+                self.to_sources(ControlMessage::Stop);
+                return Ok(Some(completed.uri));
+            }
+            return Ok(None);
+        }
+        tracing::info!(
+            checkpoint_id,
+            duration_ms = completed.duration.as_millis() as u64,
+            state_bytes = completed.state_size,
+            path = %completed.uri,
+            "checkpoint completed"
+        );
+        self.broadcast(ControlMessage::CheckpointComplete(checkpoint_id));
+        let retention = self.coordinator.as_ref().map(|c| c.apply_retention());
+        if let Some(retention) = retention
+            && let Err(e) = self.rt.block_on(retention)
+        {
+            tracing::warn!(error = %e, "checkpoint retention failed; will retry after the next checkpoint");
+        }
+        Ok(None)
+    }
+
+    /// Runs until every task finished, the job was stopped or cancelled (Ok), or something
+    /// failed (Err).
+    fn drive(
+        &mut self,
+        progress_interval: Duration,
+        commands: &Receiver<JobCommand>,
+    ) -> Result<AttemptEnd> {
+        let total = self.tasks.len();
+        let sources = self.tasks.iter().filter(|t| t.is_source).count();
+        let interval = self.coordinator.as_ref().map(|c| c.interval());
+        let mut next_trigger = interval.map(|i| Instant::now() + i);
+        let mut sources_finished = 0;
+        let mut tasks_finished = 0;
+        let mut final_checkpoint: Option<u64> = None;
+        let mut stopped_with: Option<String> = None;
+        let mut progress = Progress::new(progress_interval);
+        loop {
+            while let Ok(command) = commands.try_recv() {
+                if let Some(end) = self.on_command(command) {
+                    return Ok(end);
+                }
+            }
+            match self.events.recv_timeout(Duration::from_millis(50)) {
+                Ok(TaskEvent::Acknowledge {
+                    checkpoint_id,
+                    task,
+                    states,
+                }) => {
+                    let complete = self
+                        .coordinator
+                        .as_mut()
+                        .is_some_and(|c| c.acknowledge(checkpoint_id, task, states));
+                    if complete {
+                        if let Some(location) = self.complete_checkpoint(checkpoint_id)? {
+                            stopped_with = Some(location);
+                        }
+                        if final_checkpoint == Some(checkpoint_id) {
+                            self.to_sources(ControlMessage::Stop);
+                        }
+                    }
+                }
+                Ok(TaskEvent::Decline {
+                    checkpoint_id,
+                    task,
+                    reason,
+                }) => {
+                    if self.coordinator.as_ref().and_then(|c| c.pending_id()) == Some(checkpoint_id)
+                    {
+                        self.fail_checkpoint(&format!("{task} declined: {reason}"))?;
+                    }
+                }
+                Ok(TaskEvent::SourceFinished { .. }) => {
+                    sources_finished += 1;
+                    if sources_finished == sources && self.coordinator.is_none() {
+                        self.to_sources(ControlMessage::Stop);
+                    }
+                }
+                Ok(TaskEvent::Finished { .. }) => {
+                    tasks_finished += 1;
+                    if tasks_finished == total {
+                        progress.report(
+                            &self.source_names,
+                            &self.sink_names,
+                            self.latest_checkpoint().as_ref(),
+                        );
+                        return Ok(match stopped_with {
+                            Some(location) => AttemptEnd::Stopped(location),
+                            None => AttemptEnd::Finished,
+                        });
+                    }
+                }
+                Ok(TaskEvent::Failed { task, error }) => {
+                    tracing::error!(%task, error = %error, "task failed");
+                    return Err(error);
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => return Err(Error::Cancelled),
+            }
+            if stopped_with.is_some() {
+                // Stopping: nothing more is triggered, tasks drain and finish.
+                continue;
+            }
+
+            // With all input read, one last checkpoint commits the sinks' final output.
+            if sources_finished == sources
+                && final_checkpoint.is_none()
+                && let Some(coordinator) = self.coordinator.as_ref()
+                && !coordinator.is_pending()
+            {
+                self.trigger();
+                final_checkpoint = self.coordinator.as_ref().and_then(|c| c.pending_id());
+            }
+            if final_checkpoint.is_none() {
+                self.trigger_queued_savepoint();
+            }
+            if let (Some(at), Some(interval)) = (next_trigger, interval)
+                && Instant::now() >= at
+            {
+                next_trigger = Some(Instant::now() + interval);
+                if final_checkpoint.is_none() {
+                    self.trigger();
+                }
+            }
+            if let Some(id) = self.coordinator.as_ref().and_then(|c| c.timed_out()) {
+                self.fail_checkpoint(&format!("checkpoint {id} timed out"))?;
+            }
+            // A final checkpoint that failed is retried.
+            if let Some(id) = final_checkpoint
+                && self.coordinator.as_ref().is_some_and(|c| !c.is_pending())
+                && self
+                    .latest_checkpoint()
+                    .is_none_or(|c| c.checkpoint_id != id)
+            {
+                final_checkpoint = None;
+            }
+            self.publish();
+            progress.tick(
+                &self.source_names,
+                &self.sink_names,
+                self.latest_checkpoint().as_ref(),
+            );
+        }
+    }
+
+    /// Normal end (or cancellation requested by the user): stop every task.
+    fn shutdown(&mut self) {
+        self.stop_tasks();
+    }
+
+    /// Cancels every task and returns the most telling error: the first that is not a mere
+    /// consequence of the cancellation.
+    fn teardown(&mut self, first: Error) -> Error {
+        self.stop_tasks();
+        if !matches!(first, Error::Cancelled) {
+            return first;
+        }
+        while let Ok(event) = self.events.try_recv() {
+            if let TaskEvent::Failed { error, .. } = event
+                && !matches!(error, Error::Cancelled)
+            {
+                return error;
+            }
+        }
+        first
+    }
+
+    fn stop_tasks(&mut self) {
+        if let Some(mut stop) = self.stop_tasks.take() {
+            stop();
+        }
+    }
+}
+
+impl Drop for Attempt {
+    fn drop(&mut self) {
+        self.stop_tasks();
+    }
+}
+
+/// Logs throughput and checkpoint progress at a fixed interval.
+struct Progress {
+    interval: Duration,
+    last: Instant,
+    last_in: u64,
+}
+
+impl Progress {
+    fn new(interval: Duration) -> Self {
+        Progress {
+            interval,
+            last: Instant::now(),
+            last_in: 0,
+        }
+    }
+
+    fn tick(
+        &mut self,
+        sources: &[String],
+        sinks: &[String],
+        checkpoint: Option<&CompletedCheckpoint>,
+    ) {
+        if self.last.elapsed() >= self.interval {
+            self.report(sources, sinks, checkpoint);
+        }
+    }
+
+    fn report(
+        &mut self,
+        sources: &[String],
+        sinks: &[String],
+        checkpoint: Option<&CompletedCheckpoint>,
+    ) {
+        let metrics = crate::metrics::global();
+        let sum = |family: &prometheus_client::metrics::family::Family<
+            _,
+            prometheus_client::metrics::counter::Counter,
+        >,
+                   names: &[String]| {
+            names
+                .iter()
+                .map(|n| family.get_or_create(&metrics.operator(n)).get())
+                .sum::<u64>()
+        };
+        let read = sum(&metrics.records_out, sources);
+        let written = sum(&metrics.records_in, sinks);
+        let elapsed = self.last.elapsed().as_secs_f64().max(1e-3);
+        let rate = (read - self.last_in.min(read)) as f64 / elapsed;
+        tracing::info!(
+            records_read = read,
+            records_per_sec = rate as u64,
+            records_to_sink = written,
+            last_checkpoint = checkpoint.map(|c| c.checkpoint_id),
+            "progress"
+        );
+        self.last = Instant::now();
+        self.last_in = read;
+    }
+}
+
+/// Applies the restart strategy: how long to wait before the next attempt, or `None` to give up.
+struct RestartTracker {
+    strategy: RestartStrategy,
+    restarts: u32,
+    recent_failures: VecDeque<Instant>,
+}
+
+impl RestartTracker {
+    fn new(strategy: RestartStrategy) -> Self {
+        RestartTracker {
+            strategy,
+            restarts: 0,
+            recent_failures: VecDeque::new(),
+        }
+    }
+
+    fn next_delay(&mut self) -> Option<Duration> {
+        let delay = match &self.strategy {
+            RestartStrategy::None => None,
+            RestartStrategy::FixedDelay { attempts, delay } => {
+                (self.restarts < *attempts).then_some(*delay)
+            }
+            RestartStrategy::ExponentialDelay {
+                initial_delay,
+                max_delay,
+                multiplier,
+                max_attempts,
+            } => {
+                if max_attempts.is_some_and(|max| self.restarts >= max) {
+                    None
+                } else {
+                    let factor = multiplier.powi(self.restarts.min(64) as i32);
+                    Some(initial_delay.mul_f64(factor).min(*max_delay))
+                }
+            }
+            RestartStrategy::FailureRate {
+                max_failures_per_interval,
+                interval,
+                delay,
+            } => {
+                let now = Instant::now();
+                self.recent_failures.push_back(now);
+                while self
+                    .recent_failures
+                    .front()
+                    .is_some_and(|t| now.duration_since(*t) > *interval)
+                {
+                    self.recent_failures.pop_front();
+                }
+                (self.recent_failures.len() <= *max_failures_per_interval as usize)
+                    .then_some(*delay)
+            }
+        };
+        if delay.is_some() {
+            self.restarts += 1;
+        }
+        delay
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fixed_delay_gives_up_after_attempts() {
+        let mut t = RestartTracker::new(RestartStrategy::FixedDelay {
+            attempts: 2,
+            delay: Duration::from_millis(5),
+        });
+        assert_eq!(t.next_delay(), Some(Duration::from_millis(5)));
+        assert_eq!(t.next_delay(), Some(Duration::from_millis(5)));
+        assert_eq!(t.next_delay(), None);
+    }
+
+    #[test]
+    fn exponential_delay_grows_to_the_cap() {
+        let mut t = RestartTracker::new(RestartStrategy::ExponentialDelay {
+            initial_delay: Duration::from_millis(100),
+            max_delay: Duration::from_millis(350),
+            multiplier: 2.0,
+            max_attempts: Some(4),
+        });
+        let delays: Vec<_> = std::iter::from_fn(|| t.next_delay()).collect();
+        assert_eq!(
+            delays,
+            [100, 200, 350, 350].map(Duration::from_millis).to_vec()
+        );
+    }
+
+    #[test]
+    fn failure_rate_gives_up_when_failures_bunch_up() {
+        let mut t = RestartTracker::new(RestartStrategy::FailureRate {
+            max_failures_per_interval: 2,
+            interval: Duration::from_secs(60),
+            delay: Duration::ZERO,
+        });
+        assert!(t.next_delay().is_some());
+        assert!(t.next_delay().is_some());
+        assert!(t.next_delay().is_none());
+    }
+
+    #[test]
+    fn corrupt_checkpoints_are_never_retried() {
+        assert!(
+            !Error::CorruptCheckpoint {
+                object: "x".into(),
+                reason: "y".into()
+            }
+            .is_recoverable()
+        );
+        assert!(Error::Cancelled.is_recoverable());
+    }
+}
