@@ -1,7 +1,8 @@
 //! Keys of keyed streams. The encoding feeds the key-group hash and the state key, so it is
 //! part of the checkpoint format: never change an existing impl.
 
-pub trait Key: Send + 'static {
+/// Keys also serialize (postcard), so a timer can hand its key back to `on_timer`.
+pub trait Key: Send + serde::Serialize + serde::de::DeserializeOwned + 'static {
     fn write_key(&self, out: &mut Vec<u8>);
 }
 
@@ -31,21 +32,24 @@ int_key!(u8, u16, u32, u64, i32, i64);
 /// Tuple parts are length-prefixed so ("ab","c") and ("a","bc") differ.
 impl<A: Key, B: Key> Key for (A, B) {
     fn write_key(&self, out: &mut Vec<u8>) {
-        for part in [&self.0 as &dyn Key, &self.1 as &dyn Key] {
-            let at = out.len();
-            out.extend_from_slice(&[0; 4]);
-            part.write_key(out);
-            let len = (out.len() - at - 4) as u32;
-            out[at..at + 4].copy_from_slice(&len.to_be_bytes());
-        }
+        write_length_prefixed(out, |out| self.0.write_key(out));
+        write_length_prefixed(out, |out| self.1.write_key(out));
     }
+}
+
+fn write_length_prefixed(out: &mut Vec<u8>, write: impl FnOnce(&mut Vec<u8>)) {
+    let at = out.len();
+    out.extend_from_slice(&[0; 4]);
+    write(out);
+    let len = (out.len() - at - 4) as u32;
+    out[at..at + 4].copy_from_slice(&len.to_be_bytes());
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn bytes(k: &dyn Key) -> Vec<u8> {
+    fn bytes(k: &impl Key) -> Vec<u8> {
         let mut v = Vec::new();
         k.write_key(&mut v);
         v

@@ -7,10 +7,12 @@
 //! `TaskEvent`, so the same tasks run in both.
 
 pub mod chain;
+mod event_time;
 pub mod job;
 pub mod local;
 pub mod shuffle;
 pub mod task;
+pub mod watermark;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -75,6 +77,8 @@ impl Barrier {
 pub enum Message<T> {
     Records(Vec<T>),
     Barrier(Barrier),
+    /// Event time: no record with a timestamp at or below it follows on this channel.
+    Watermark(watermark::Watermark),
     EndOfStream,
 }
 
