@@ -13,10 +13,17 @@
 mod graph;
 mod key;
 pub mod stream;
+pub mod time;
+pub mod window;
 
 pub use graph::{GraphBuilder, JobGraph, TaskSpec};
 pub use key::Key;
 pub use stream::{KeyedStream, Stream, StreamEnv};
+pub use time::{EventTimeKeyedStream, EventTimeStream, WatermarkStrategy};
+pub use window::{
+    MapWindow, TimeWindow, WindowAssigner, WindowFunction, WindowOutput, WindowStreams,
+    WindowedStream,
+};
 
 use std::sync::Arc;
 use std::time::Duration;
