@@ -833,6 +833,248 @@ impl JobGraph {
 }
 
 #[cfg(test)]
+mod harness_tests {
+    //! The window operator driven record by record and watermark by watermark, as a keyed
+    //! task drives it: exact, deterministic results for out-of-order input.
+    use super::*;
+    use crate::runtime::event_time;
+    use crate::runtime::watermark::WatermarkTracker;
+    use crate::state::KeyedStateBackend;
+    use crate::state::keygroups::{KeyGroupRange, key_group_for_key_bytes};
+
+    /// (key, event time, id)
+    type Ev = (u64, i64, u32);
+    type Out = WindowOutput<(u64, i64, i64, Vec<u32>), Ev>;
+
+    struct Recorder(Arc<Mutex<Vec<Out>>>);
+
+    impl Collector<Out> for Recorder {
+        fn open(&mut self, _env: &TaskEnv) -> Result<()> {
+            Ok(())
+        }
+        fn collect(&mut self, item: Out) -> Result<()> {
+            self.0.lock().expect("lock").push(item);
+            Ok(())
+        }
+        fn on_barrier(&mut self, _b: &Barrier, _s: &mut TaskSnapshot) -> Result<()> {
+            Ok(())
+        }
+        fn on_checkpoint_complete(&mut self, _id: u64) -> Result<()> {
+            Ok(())
+        }
+        fn flush(&mut self) -> Result<()> {
+            Ok(())
+        }
+        fn finish(&mut self) -> Result<()> {
+            Ok(())
+        }
+    }
+
+    struct Harness {
+        _dir: tempfile::TempDir,
+        backend: KeyedStateBackend,
+        operator: Box<dyn KeyedProcessFunction<u64, Ev, Out>>,
+        tracker: WatermarkTracker,
+        chain: Recorder,
+        seen: Arc<Mutex<Vec<Out>>>,
+    }
+
+    fn ids_of(key: &u64, w: &TimeWindow, events: Vec<Ev>) -> (u64, i64, i64, Vec<u32>) {
+        let mut ids: Vec<u32> = events.iter().map(|e| e.2).collect();
+        ids.sort_unstable();
+        (*key, w.start, w.end, ids)
+    }
+
+    impl Harness {
+        /// Windows that keep every element (ListState).
+        fn listing(assigner: WindowAssigner, lateness: i64) -> Self {
+            let operator = WindowOperator {
+                name: "windows".into(),
+                timestamp: Arc::new(|e: &Ev| e.1),
+                assigner,
+                allowed_lateness: lateness,
+                contents: ListContents::<Ev> {
+                    state: None,
+                    _t: PhantomData,
+                },
+                function: MapWindow(ids_of),
+                sessions: None,
+                _k: PhantomData,
+            };
+            Self::with(Box::new(operator))
+        }
+
+        /// Windows that keep one reduced element: the ids are summed into the id field.
+        fn reducing(assigner: WindowAssigner) -> Self {
+            let operator = WindowOperator {
+                name: "windows".into(),
+                timestamp: Arc::new(|e: &Ev| e.1),
+                assigner,
+                allowed_lateness: 0,
+                contents: ReduceContents::<Ev> {
+                    reduce: Arc::new(|a: Ev, b: Ev| (a.0, a.1.max(b.1), a.2 + b.2)),
+                    state: None,
+                },
+                function: MapWindow(|key: &u64, w: &TimeWindow, e: Ev| {
+                    (*key, w.start, w.end, vec![e.2])
+                }),
+                sessions: None,
+                _k: PhantomData,
+            };
+            Self::with(Box::new(operator))
+        }
+
+        fn with(mut operator: Box<dyn KeyedProcessFunction<u64, Ev, Out>>) -> Self {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let backend = KeyedStateBackend::open(
+                &dir.path().join("db"),
+                KeyGroupRange { start: 0, end: 128 },
+                1 << 20,
+            )
+            .expect("open");
+            let mut registry = StateRegistry::new("windows");
+            operator.open(&mut registry).expect("open operator");
+            let seen = Arc::new(Mutex::new(Vec::new()));
+            Harness {
+                _dir: dir,
+                backend,
+                operator,
+                tracker: WatermarkTracker::new(1),
+                chain: Recorder(seen.clone()),
+                seen,
+            }
+        }
+
+        fn element(&mut self, key: u64, time: i64, id: u32) {
+            let bytes = key.to_be_bytes();
+            self.backend
+                .set_current_key(key_group_for_key_bytes(&bytes, 128), &bytes);
+            let mut emitted = 0;
+            let mut ctx = KeyedContext {
+                backend: &mut self.backend,
+            };
+            let mut out = Output {
+                next: &mut self.chain,
+                emitted: &mut emitted,
+            };
+            self.operator
+                .process(&key, (key, time, id), &mut ctx, &mut out)
+                .expect("process");
+            event_time::after_call(&mut self.backend, &key).expect("timers");
+        }
+
+        fn watermark(&mut self, time: i64) {
+            let mut emitted = 0;
+            event_time::on_watermark(
+                &mut self.tracker,
+                0,
+                Watermark::At(time),
+                &mut self.backend,
+                self.operator.as_mut(),
+                &mut self.chain,
+                &mut emitted,
+            )
+            .expect("watermark");
+        }
+
+        fn take(&mut self) -> Vec<Out> {
+            std::mem::take(&mut *self.seen.lock().expect("lock"))
+        }
+    }
+
+    fn result(key: u64, start: i64, end: i64, ids: &[u32]) -> String {
+        format!("{:?}", Out::Result((key, start, end, ids.to_vec())))
+    }
+
+    fn late(key: u64, time: i64, id: u32) -> String {
+        format!("{:?}", Out::Late((key, time, id)))
+    }
+
+    fn shown(outputs: Vec<Out>) -> Vec<String> {
+        outputs.iter().map(|o| format!("{o:?}")).collect()
+    }
+
+    #[test]
+    fn tumbling_windows_fire_at_the_watermark_refire_within_lateness_then_drop_late_records() {
+        let mut h = Harness::listing(WindowAssigner::tumbling(Duration::from_millis(10)), 5);
+        h.element(1, 1, 1);
+        h.element(1, 12, 2);
+        h.element(1, 5, 3); // out of order, not late
+        h.element(2, 3, 10);
+        h.watermark(8);
+        assert!(h.take().is_empty(), "nothing closes before 9");
+        h.watermark(9);
+        assert_eq!(
+            shown(h.take()),
+            // Timers of one time fire in key-group order: deterministic, key 2 first here.
+            vec![result(2, 0, 10, &[10]), result(1, 0, 10, &[1, 3])]
+        );
+        h.element(1, 7, 4); // late but within the allowed lateness: fires again, updated
+        assert_eq!(shown(h.take()), vec![result(1, 0, 10, &[1, 3, 4])]);
+        h.watermark(14); // 9 + 5: state of [0, 10) is dropped
+        assert!(h.take().is_empty());
+        h.element(1, 8, 5); // beyond the lateness: the late stream
+        h.element(1, 14, 6);
+        assert_eq!(shown(h.take()), vec![late(1, 8, 5)]);
+        h.watermark(i64::MAX);
+        assert_eq!(shown(h.take()), vec![result(1, 10, 20, &[2, 6])]);
+        assert_eq!(
+            h.backend.timers.len(TimeDomain::EventTime),
+            0,
+            "no timer left behind"
+        );
+    }
+
+    #[test]
+    fn sliding_windows_fire_each_overlapping_window_in_time_order() {
+        let mut h = Harness::reducing(WindowAssigner::sliding(
+            Duration::from_millis(10),
+            Duration::from_millis(5),
+        ));
+        h.element(1, 7, 2);
+        h.element(1, 3, 1);
+        h.element(1, 12, 4);
+        h.watermark(9);
+        assert_eq!(
+            shown(h.take()),
+            vec![result(1, -5, 5, &[1]), result(1, 0, 10, &[3])],
+            "ids are summed by the reduce function"
+        );
+        h.element(1, 4, 100); // both of its windows have fired: late
+        h.element(1, 9, 8); // [0, 10) has fired, [5, 15) has not: not late
+        assert_eq!(shown(h.take()), vec![late(1, 4, 100)]);
+        h.watermark(i64::MAX);
+        assert_eq!(
+            shown(h.take()),
+            vec![result(1, 5, 15, &[14]), result(1, 10, 20, &[4])]
+        );
+    }
+
+    #[test]
+    fn session_windows_merge_when_a_record_bridges_them() {
+        let mut h = Harness::listing(WindowAssigner::session(Duration::from_millis(5)), 0);
+        h.element(1, 1, 1);
+        h.element(1, 4, 2); // [1, 9)
+        h.element(1, 20, 3); // [20, 25)
+        h.element(1, 14, 4); // [14, 19): does not touch [20, 25)
+        h.element(2, 2, 50);
+        h.watermark(8);
+        assert_eq!(
+            shown(h.take()),
+            vec![result(2, 2, 7, &[50]), result(1, 1, 9, &[1, 2])]
+        );
+        h.element(1, 17, 5); // [17, 22) bridges [14, 19) and [20, 25)
+        h.element(1, 2, 6); // its session is closed and gone: late
+        assert_eq!(shown(h.take()), vec![late(1, 2, 6)]);
+        h.watermark(23);
+        assert!(h.take().is_empty(), "the merged session ends at 25");
+        h.watermark(24);
+        assert_eq!(shown(h.take()), vec![result(1, 14, 25, &[3, 4, 5])]);
+        assert_eq!(h.backend.timers.len(TimeDomain::EventTime), 0);
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
 

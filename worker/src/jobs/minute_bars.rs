@@ -33,6 +33,9 @@ struct Args {
     /// How long a minute stays open for late trades after it fired (default 0).
     #[serde(default, with = "humantime_serde")]
     allowed_lateness: Duration,
+    /// Trades between watermarks (default 1024); 1 gives Flink's punctuated behaviour.
+    #[serde(default)]
+    emit_watermark_every: Option<u64>,
 }
 
 fn default_out_of_orderness() -> Duration {
@@ -145,14 +148,16 @@ impl WindowFunction<String, Trade, MinuteBar> for MinuteBarFunction {
 
 pub fn define(env: &StreamEnv) -> Result<BuiltJob> {
     let args: Args = env.doc().args()?;
+    let mut strategy =
+        WatermarkStrategy::bounded_out_of_orderness(args.out_of_orderness, |t: &Trade| {
+            t.event_time
+        });
+    if let Some(every) = args.emit_watermark_every {
+        strategy = strategy.with_emit_every(every);
+    }
     let windows = env
         .source("trades", FileSource::<Trade>::json_lines(&args.input))
-        .assign_timestamps(
-            "trade-time",
-            WatermarkStrategy::bounded_out_of_orderness(args.out_of_orderness, |t: &Trade| {
-                t.event_time
-            }),
-        )
+        .assign_timestamps("trade-time", strategy)
         .key_by(|t: &Trade| t.sec_code.clone())
         .window(WindowAssigner::tumbling(Duration::from_secs(60)))
         .allowed_lateness(args.allowed_lateness)

@@ -7,7 +7,7 @@
 //! `TaskEvent`, so the same tasks run in both.
 
 pub mod chain;
-mod event_time;
+pub(crate) mod event_time;
 pub mod job;
 pub mod local;
 pub mod shuffle;
