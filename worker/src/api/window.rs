@@ -359,7 +359,8 @@ where
 trait Contents<T>: Send + 'static {
     type Out;
     fn open(&mut self, state: &mut StateRegistry) -> Result<()>;
-    fn add(&self, ctx: &mut KeyedContext<'_>, window: &[u8], value: T) -> Result<()>;
+    /// Returns whether the window had no contents before (its timers are not registered).
+    fn add(&self, ctx: &mut KeyedContext<'_>, window: &[u8], value: T) -> Result<bool>;
     fn get(&self, ctx: &mut KeyedContext<'_>, window: &[u8]) -> Result<Option<Self::Out>>;
     fn merge(&self, ctx: &mut KeyedContext<'_>, from: &[u8], into: &[u8]) -> Result<()>;
     fn clear(&self, ctx: &mut KeyedContext<'_>, window: &[u8]) -> Result<()>;
@@ -384,7 +385,7 @@ impl<T: Serialize + DeserializeOwned + Send + 'static> Contents<T> for ReduceCon
         self.state = Some(state.reducing_state(CONTENTS_STATE, move |a, b| reduce(a, b))?);
         Ok(())
     }
-    fn add(&self, ctx: &mut KeyedContext<'_>, window: &[u8], value: T) -> Result<()> {
+    fn add(&self, ctx: &mut KeyedContext<'_>, window: &[u8], value: T) -> Result<bool> {
         self.state
             .as_ref()
             .ok_or_else(unopened)?
@@ -421,7 +422,7 @@ impl<A: AggregateFunction + Clone> Contents<A::In> for AggregateContents<A> {
         self.state = Some(state.aggregating_state(CONTENTS_STATE, self.function.clone())?);
         Ok(())
     }
-    fn add(&self, ctx: &mut KeyedContext<'_>, window: &[u8], value: A::In) -> Result<()> {
+    fn add(&self, ctx: &mut KeyedContext<'_>, window: &[u8], value: A::In) -> Result<bool> {
         self.state
             .as_ref()
             .ok_or_else(unopened)?
@@ -458,7 +459,7 @@ impl<T: Serialize + DeserializeOwned + Send + 'static> Contents<T> for ListConte
         self.state = Some(state.list_state(CONTENTS_STATE)?);
         Ok(())
     }
-    fn add(&self, ctx: &mut KeyedContext<'_>, window: &[u8], value: T) -> Result<()> {
+    fn add(&self, ctx: &mut KeyedContext<'_>, window: &[u8], value: T) -> Result<bool> {
         self.state
             .as_ref()
             .ok_or_else(unopened)?
@@ -513,12 +514,15 @@ where
         self.cleanup_time(window) <= watermark
     }
 
-    /// Registers the window's firing and cleanup timers, or fires it now when the watermark
-    /// has already passed its end (a late record within the allowed lateness).
+    /// After a record was added: fires the window now when the watermark has already passed
+    /// its end (a late record within the allowed lateness); for a `new_window`, registers its
+    /// firing and cleanup timers (an existing window has them: registering once per window
+    /// rather than per record keeps timer lookups off the hot path).
     fn trigger<O>(
         &mut self,
         key: &K,
         window: &TimeWindow,
+        new_window: bool,
         ctx: &mut KeyedContext<'_>,
         out: &mut Emitter<'_, WindowOutput<O, T>>,
     ) -> Result<()>
@@ -526,13 +530,17 @@ where
         W: WindowFunction<K, C::Out, O>,
     {
         let namespace = window.namespace();
-        ctx.register_timer(TimeDomain::EventTime, self.cleanup_time(window), &namespace);
-        if window.max_timestamp() <= ctx.current_watermark() {
-            self.fire(key, window, ctx, out)
-        } else {
-            ctx.register_timer(TimeDomain::EventTime, window.max_timestamp(), &namespace);
-            Ok(())
+        let fire_now = window.max_timestamp() <= ctx.current_watermark();
+        if new_window {
+            ctx.register_timer(TimeDomain::EventTime, self.cleanup_time(window), &namespace);
+            if !fire_now {
+                ctx.register_timer(TimeDomain::EventTime, window.max_timestamp(), &namespace);
+            }
         }
+        if fire_now {
+            self.fire(key, window, ctx, out)?;
+        }
+        Ok(())
     }
 
     fn fire<O>(
@@ -604,10 +612,11 @@ where
             )?;
         }
         self.contents.add(ctx, &target, value)?;
+        let new_window = !touching.contains(&merged);
         others.push(merged);
         others.sort_unstable();
         sessions_state.set(ctx, &others)?;
-        self.trigger(key, &merged, ctx, out)
+        self.trigger(key, &merged, new_window, ctx, out)
     }
 }
 
@@ -649,11 +658,11 @@ where
             return self.late(value, out);
         };
         for window in rest {
-            self.contents.add(ctx, &window.namespace(), value.clone())?;
-            self.trigger(key, window, ctx, out)?;
+            let new_window = self.contents.add(ctx, &window.namespace(), value.clone())?;
+            self.trigger(key, window, new_window, ctx, out)?;
         }
-        self.contents.add(ctx, &last.namespace(), value)?;
-        self.trigger(key, last, ctx, out)
+        let new_window = self.contents.add(ctx, &last.namespace(), value)?;
+        self.trigger(key, last, new_window, ctx, out)
     }
 
     fn on_timer(

@@ -188,15 +188,18 @@ impl<T: Serialize + DeserializeOwned> ListState<T> {
 /// Namespaced lists (one per window of the current key) are stored as the concatenated
 /// postcard encodings of their elements, so `add_in` appends bytes without decoding the list.
 impl<T: Serialize + DeserializeOwned> ListState<T> {
-    pub fn add_in(&self, ctx: &mut KeyedContext<'_>, namespace: &[u8], value: &T) -> Result<()> {
+    /// Appends `value`; returns whether the namespace's list was empty before.
+    pub fn add_in(&self, ctx: &mut KeyedContext<'_>, namespace: &[u8], value: &T) -> Result<bool> {
         let encoded = self.desc.encode(value)?;
-        let mut bytes = ctx
+        let existing = ctx
             .backend
             .get(self.desc.id, namespace)?
-            .map(<[u8]>::to_vec)
-            .unwrap_or_default();
+            .map(<[u8]>::to_vec);
+        let created = existing.is_none();
+        let mut bytes = existing.unwrap_or_default();
         bytes.extend_from_slice(&encoded);
-        ctx.backend.put(self.desc.id, namespace, bytes)
+        ctx.backend.put(self.desc.id, namespace, bytes)?;
+        Ok(created)
     }
 
     pub fn get_in(&self, ctx: &mut KeyedContext<'_>, namespace: &[u8]) -> Result<Vec<T>> {
@@ -300,12 +303,14 @@ impl<T: Serialize + DeserializeOwned> ReducingState<T> {
 
 /// Namespaced values (one per window of the current key).
 impl<T: Serialize + DeserializeOwned> ReducingState<T> {
-    pub fn add_in(&self, ctx: &mut KeyedContext<'_>, namespace: &[u8], value: T) -> Result<()> {
-        let next = match self.desc.get(ctx, namespace)? {
-            Some(current) => (self.reduce)(current, value),
-            None => value,
+    /// Folds `value` in; returns whether the namespace had no value before.
+    pub fn add_in(&self, ctx: &mut KeyedContext<'_>, namespace: &[u8], value: T) -> Result<bool> {
+        let (next, created) = match self.desc.get(ctx, namespace)? {
+            Some(current) => ((self.reduce)(current, value), false),
+            None => (value, true),
         };
-        self.desc.put(ctx, namespace, &next)
+        self.desc.put(ctx, namespace, &next)?;
+        Ok(created)
     }
 
     pub fn get_in(&self, ctx: &mut KeyedContext<'_>, namespace: &[u8]) -> Result<Option<T>> {
@@ -315,8 +320,8 @@ impl<T: Serialize + DeserializeOwned> ReducingState<T> {
     /// Folds the value of `from` into that of `into` and clears `from`.
     pub fn merge_in(&self, ctx: &mut KeyedContext<'_>, from: &[u8], into: &[u8]) -> Result<()> {
         if let Some(moved) = self.desc.get(ctx, from)? {
-            self.add_in(ctx, into, moved)?;
             ctx.backend.delete(self.desc.id, from)?;
+            self.add_in(ctx, into, moved)?;
         }
         Ok(())
     }
@@ -368,13 +373,20 @@ impl<A: AggregateFunction> AggregatingState<A> {
 
 /// Namespaced accumulators (one per window of the current key).
 impl<A: AggregateFunction> AggregatingState<A> {
-    pub fn add_in(&self, ctx: &mut KeyedContext<'_>, namespace: &[u8], value: A::In) -> Result<()> {
-        let acc = match self.desc.get(ctx, namespace)? {
-            Some(acc) => acc,
-            None => self.function.create_accumulator(),
+    /// Adds `value`; returns whether the namespace had no accumulator before.
+    pub fn add_in(
+        &self,
+        ctx: &mut KeyedContext<'_>,
+        namespace: &[u8],
+        value: A::In,
+    ) -> Result<bool> {
+        let (acc, created) = match self.desc.get(ctx, namespace)? {
+            Some(acc) => (acc, false),
+            None => (self.function.create_accumulator(), true),
         };
         let acc = self.function.add(value, acc);
-        self.desc.put(ctx, namespace, &acc)
+        self.desc.put(ctx, namespace, &acc)?;
+        Ok(created)
     }
 
     pub fn get_in(&self, ctx: &mut KeyedContext<'_>, namespace: &[u8]) -> Result<Option<A::Out>> {
