@@ -98,3 +98,141 @@ pub(crate) fn fire_processing_timers<K: Key, T: 'static, O: 'static>(
         _ => Ok(()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runtime::chain::Collector;
+    use crate::runtime::{Barrier, TaskEnv, TaskSnapshot};
+    use crate::state::StateRegistry;
+    use crate::state::keygroups::{KeyGroupRange, key_group_for_key_bytes};
+
+    /// Registers one timer of each domain per record; emits `(key, domain, time)` per firing.
+    struct Reminder;
+
+    impl KeyedProcessFunction<u64, i64, (u64, TimeDomain, i64)> for Reminder {
+        fn open(&mut self, _state: &mut StateRegistry) -> Result<()> {
+            Ok(())
+        }
+        fn process(
+            &mut self,
+            _key: &u64,
+            time: i64,
+            ctx: &mut KeyedContext<'_>,
+            _out: &mut Output<'_, (u64, TimeDomain, i64)>,
+        ) -> Result<()> {
+            ctx.register_event_time_timer(time);
+            // Long past on the wall clock: due at the next check.
+            ctx.register_processing_time_timer(1_000);
+            Ok(())
+        }
+        fn on_timer(
+            &mut self,
+            key: &u64,
+            timer: &Timer,
+            _ctx: &mut KeyedContext<'_>,
+            out: &mut Output<'_, (u64, TimeDomain, i64)>,
+        ) -> Result<()> {
+            let time = match timer.domain {
+                TimeDomain::EventTime => timer.timestamp,
+                TimeDomain::ProcessingTime => timer.timestamp - 1_000,
+            };
+            out.emit((*key, timer.domain, time))
+        }
+    }
+
+    #[derive(Default)]
+    struct Sink(Vec<(u64, TimeDomain, i64)>, Vec<Watermark>);
+
+    impl Collector<(u64, TimeDomain, i64)> for Sink {
+        fn open(&mut self, _env: &TaskEnv) -> Result<()> {
+            Ok(())
+        }
+        fn collect(&mut self, item: (u64, TimeDomain, i64)) -> Result<()> {
+            self.0.push(item);
+            Ok(())
+        }
+        fn on_barrier(&mut self, _b: &Barrier, _s: &mut TaskSnapshot) -> Result<()> {
+            Ok(())
+        }
+        fn on_checkpoint_complete(&mut self, _id: u64) -> Result<()> {
+            Ok(())
+        }
+        fn flush(&mut self) -> Result<()> {
+            Ok(())
+        }
+        fn finish(&mut self) -> Result<()> {
+            Ok(())
+        }
+        fn on_watermark(&mut self, watermark: Watermark) -> Result<()> {
+            self.1.push(watermark);
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn keyed_function_timers_fire_once_each_before_the_watermark_moves_on() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut backend = KeyedStateBackend::open(
+            &dir.path().join("db"),
+            KeyGroupRange { start: 0, end: 128 },
+            1 << 20,
+        )
+        .expect("open");
+        let mut function = Reminder;
+        let mut sink = Sink::default();
+        let mut emitted = 0;
+        for (key, time) in [(1u64, 30i64), (2, 10), (1, 30)] {
+            let bytes = key.to_be_bytes();
+            backend.set_current_key(key_group_for_key_bytes(&bytes, 128), &bytes);
+            let mut ctx = KeyedContext {
+                backend: &mut backend,
+            };
+            let mut out = Output {
+                next: &mut sink,
+                emitted: &mut emitted,
+            };
+            function
+                .process(&key, time, &mut ctx, &mut out)
+                .expect("process");
+            after_call(&mut backend, &key).expect("attach");
+        }
+        fire_processing_timers(&mut backend, &mut function, &mut sink, &mut emitted)
+            .expect("processing timers");
+        assert_eq!(
+            sink.0,
+            // Equal times fire in key-group order: key 2's group sorts first.
+            vec![
+                (2, TimeDomain::ProcessingTime, 0),
+                (1, TimeDomain::ProcessingTime, 0)
+            ],
+            "one per key: key 1 registered the same timer twice"
+        );
+        sink.0.clear();
+        let mut tracker = WatermarkTracker::new(2);
+        for (input, at) in [(0, 40), (1, 20), (1, Timestamp::MAX), (0, Timestamp::MAX)] {
+            on_watermark(
+                &mut tracker,
+                input,
+                Watermark::At(at),
+                &mut backend,
+                &mut function,
+                &mut sink,
+                &mut emitted,
+            )
+            .expect("watermark");
+        }
+        assert_eq!(
+            sink.0,
+            vec![
+                (2, TimeDomain::EventTime, 10),
+                (1, TimeDomain::EventTime, 30)
+            ]
+        );
+        assert_eq!(
+            sink.1,
+            vec![Watermark::At(20), Watermark::At(40), Watermark::MAX],
+            "the minimum over both inputs, forwarded after its timers"
+        );
+    }
+}
