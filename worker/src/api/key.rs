@@ -6,7 +6,8 @@ pub trait Data: Send + serde::Serialize + serde::de::DeserializeOwned + 'static 
 
 impl<T: Send + serde::Serialize + serde::de::DeserializeOwned + 'static> Data for T {}
 
-/// Keys also cross the network with their record (between TaskManagers), hence serde.
+/// Keys also serialize: they cross the network with their record (between TaskManagers),
+/// and a timer hands its key back to `on_timer`.
 pub trait Key: Send + serde::Serialize + serde::de::DeserializeOwned + 'static {
     fn write_key(&self, out: &mut Vec<u8>);
 }

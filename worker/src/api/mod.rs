@@ -13,10 +13,17 @@
 mod graph;
 mod key;
 pub mod stream;
+pub mod time;
+pub mod window;
 
 pub use graph::{GraphBuilder, JobGraph, TaskSpec};
 pub use key::{Data, Key};
 pub use stream::{KeyedStream, Stream, StreamEnv};
+pub use time::{EventTimeKeyedStream, EventTimeStream, WatermarkStrategy};
+pub use window::{
+    MapWindow, TimeWindow, WindowAssigner, WindowFunction, WindowOutput, WindowStreams,
+    WindowedStream,
+};
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,7 +31,7 @@ use std::time::Duration;
 use crate::error::Result;
 use crate::runtime::chain::Output;
 use crate::spec::JobDocument;
-use crate::state::{KeyedContext, StateRegistry};
+use crate::state::{KeyedContext, StateRegistry, Timer};
 
 /// Where a source subtask runs.
 pub struct SourceContext {
@@ -111,6 +118,19 @@ pub trait KeyedProcessFunction<K, I, O>: Send + 'static {
         ctx: &mut KeyedContext<'_>,
         out: &mut Output<'_, O>,
     ) -> Result<()>;
+
+    /// A timer of `key` registered through the context fired: event-time timers when the
+    /// watermark reaches them, processing-time timers when the wall clock does. Each fires
+    /// once; `ctx` holds `key`'s state.
+    fn on_timer(
+        &mut self,
+        _key: &K,
+        _timer: &Timer,
+        _ctx: &mut KeyedContext<'_>,
+        _out: &mut Output<'_, O>,
+    ) -> Result<()> {
+        Ok(())
+    }
 }
 
 pub use crate::runtime::chain::Output as Emitter;

@@ -44,7 +44,7 @@ impl StreamEnv {
     }
 
     /// Operator uids name state in checkpoints, so they must be unique and stable.
-    fn register_uid(&self, uid: &str) {
+    pub(crate) fn register_uid(&self, uid: &str) {
         let valid = !uid.is_empty()
             && uid
                 .chars()
@@ -89,13 +89,13 @@ impl StreamEnv {
 }
 
 pub struct Stream<T> {
-    env: StreamEnv,
-    build: Build<T>,
+    pub(crate) env: StreamEnv,
+    pub(crate) build: Build<T>,
 }
 
 impl<T: Send + 'static> Stream<T> {
     /// Adds a link in front of every downstream collector.
-    fn chain<U: Send + 'static>(
+    pub(crate) fn chain<U: Send + 'static>(
         self,
         link: impl Fn(Box<dyn Collector<U>>) -> Box<dyn Collector<T>> + Send + Sync + 'static,
     ) -> Stream<U> {
@@ -186,8 +186,8 @@ impl<T: Send + 'static> Stream<T> {
 }
 
 pub struct KeyedStream<K, T> {
-    stream: Stream<T>,
-    key: Arc<dyn Fn(&T) -> K + Send + Sync>,
+    pub(crate) stream: Stream<T>,
+    pub(crate) key: Arc<dyn Fn(&T) -> K + Send + Sync>,
 }
 
 impl<K: Key, T: Data> KeyedStream<K, T> {

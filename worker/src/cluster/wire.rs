@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::SubtaskState;
 use crate::error::{Error, Result};
+use crate::runtime::watermark::Watermark;
 use crate::runtime::{Barrier, ControlMessage, Message, SavepointTarget, TaskEvent, TaskId};
 use crate::storage::ObjectStore;
 
@@ -103,6 +104,7 @@ pub enum DataFrame<R> {
     Records(Vec<R>),
     Barrier(WireBarrier),
     EndOfStream,
+    Watermark(Watermark),
 }
 
 /// Borrowing twin of `DataFrame` for encoding without copying the batch; postcard gives both
@@ -112,6 +114,7 @@ enum DataFrameRef<'a, R> {
     Records(&'a [R]),
     Barrier(&'a WireBarrier),
     EndOfStream,
+    Watermark(Watermark),
 }
 
 /// Appends the encoding of `message` to `out`.
@@ -124,6 +127,7 @@ pub fn encode_data<R: Serialize>(message: &Message<R>, out: &mut Vec<u8>) -> Res
             DataFrameRef::Barrier(&barrier)
         }
         Message::EndOfStream => DataFrameRef::EndOfStream,
+        Message::Watermark(w) => DataFrameRef::Watermark(*w),
     };
     let encoded = std::mem::take(out);
     *out = postcard::to_extend(&frame, encoded).map_err(|e| Error::codec("data frame", e))?;
@@ -149,6 +153,7 @@ impl<R> DataFrame<R> {
             DataFrame::Records(records) => Message::Records(records),
             DataFrame::Barrier(b) => Message::Barrier(b.into_barrier(resolve)?),
             DataFrame::EndOfStream => Message::EndOfStream,
+            DataFrame::Watermark(w) => Message::Watermark(w),
         })
     }
 }
@@ -419,6 +424,16 @@ mod tests {
                 ..
             })
         ));
+
+        for watermark in [Watermark::At(-5), Watermark::Idle, Watermark::MAX] {
+            buf.clear();
+            encode_data::<u64>(&Message::Watermark(watermark), &mut buf).unwrap();
+            let decoded: DataFrame<u64> = decode_data(&buf).unwrap();
+            assert!(matches!(
+                decoded.into_message(&NoStores).unwrap(),
+                Message::Watermark(w) if w == watermark
+            ));
+        }
     }
 
     #[test]

@@ -2,9 +2,11 @@
 //! jobs to a [`JobRegistry`] and calls [`crate::cli::main_with`]: the role a jar plays in Flink.
 
 pub mod consumer_lag;
+pub mod minute_bars;
 pub mod sequence_check;
 pub mod state_machine;
 pub mod url_count;
+pub mod window_check;
 pub mod word_count;
 
 use std::collections::BTreeMap;
@@ -39,6 +41,8 @@ impl JobRegistry {
         registry.register("state-machine", state_machine::define);
         registry.register("word-count", word_count::define);
         registry.register("sequence-check", sequence_check::define);
+        registry.register("minute-bars", minute_bars::define);
+        registry.register("window-check", window_check::define);
         registry
     }
 

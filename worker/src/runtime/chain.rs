@@ -5,6 +5,7 @@
 use std::marker::PhantomData;
 use std::sync::Arc;
 
+use super::watermark::Watermark;
 use super::{Barrier, TaskEnv, TaskSnapshot};
 use crate::error::Result;
 
@@ -19,6 +20,11 @@ pub trait Collector<T>: Send {
     fn flush(&mut self) -> Result<()>;
     /// End of input: everything upstream is done.
     fn finish(&mut self) -> Result<()>;
+    /// Event time advanced (or the input went idle). Operators that forward must pass it on;
+    /// the default drops it, which is right for sinks.
+    fn on_watermark(&mut self, _watermark: Watermark) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// Implements the forwarding hooks for a stateless link whose downstream is `self.next`.
@@ -38,6 +44,9 @@ macro_rules! forward_hooks {
         }
         fn finish(&mut self) -> Result<()> {
             self.next.finish()
+        }
+        fn on_watermark(&mut self, watermark: Watermark) -> Result<()> {
+            self.next.on_watermark(watermark)
         }
     };
 }

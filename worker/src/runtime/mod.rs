@@ -8,10 +8,12 @@
 
 pub mod chain;
 pub mod driver;
+pub(crate) mod event_time;
 pub mod job;
 pub mod local;
 pub mod shuffle;
 pub mod task;
+pub mod watermark;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -76,6 +78,8 @@ impl Barrier {
 pub enum Message<T> {
     Records(Vec<T>),
     Barrier(Barrier),
+    /// Event time: no record with a timestamp at or below it follows on this channel.
+    Watermark(watermark::Watermark),
     EndOfStream,
 }
 

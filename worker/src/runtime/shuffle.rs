@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{SendTimeoutError, Sender};
 
 use super::chain::Collector;
+use super::watermark::Watermark;
 use super::{BATCH_SIZE, Barrier, Message, TaskEnv, TaskSnapshot};
 use crate::api::Key;
 use crate::error::{Error, Result};
@@ -30,6 +31,7 @@ pub struct ShuffleWriter<K, T> {
     cancelled: Option<Arc<std::sync::atomic::AtomicBool>>,
     blocked: Duration,
     operator: String,
+    last_watermark: Option<Watermark>,
 }
 
 impl<K: Key, T: Send + 'static> ShuffleWriter<K, T> {
@@ -52,6 +54,7 @@ impl<K: Key, T: Send + 'static> ShuffleWriter<K, T> {
             cancelled: None,
             blocked: Duration::ZERO,
             operator: operator.to_string(),
+            last_watermark: None,
         }
     }
 
@@ -154,5 +157,14 @@ impl<K: Key, T: Send + 'static> Collector<T> for ShuffleWriter<K, T> {
 
     fn finish(&mut self) -> Result<()> {
         self.broadcast(|| Message::EndOfStream)
+    }
+
+    /// Every consumer gets the watermark, after the records that preceded it.
+    fn on_watermark(&mut self, watermark: Watermark) -> Result<()> {
+        if self.last_watermark == Some(watermark) {
+            return Ok(());
+        }
+        self.last_watermark = Some(watermark);
+        self.broadcast(|| Message::Watermark(watermark))
     }
 }

@@ -143,6 +143,8 @@ impl<T: Send + 'static> Task for SourceTask<T> {
                     }
                 }
                 SourceStatus::Finished => {
+                    // End of input closes every window (Flink's MAX_WATERMARK).
+                    chain.on_watermark(super::watermark::Watermark::MAX)?;
                     chain.flush()?;
                     finished = true;
                     tracing::debug!(operator = %uid, subtask = env.id.subtask, "source reached end of input");
@@ -278,8 +280,15 @@ impl<K: Key, T: Send + 'static, O: Send + 'static> Task for KeyedTask<K, T, O> {
         let mut emitted = 0u64;
         let mut key_bytes = Vec::with_capacity(64);
         let mut alignment = Alignment::new(inputs.len(), env.checkpoint_mode);
+        let mut watermarks = super::watermark::WatermarkTracker::new(inputs.len());
 
         loop {
+            super::event_time::fire_processing_timers(
+                &mut backend,
+                function.as_mut(),
+                chain.as_mut(),
+                &mut emitted,
+            )?;
             let mut select = Select::new();
             select.recv(&env.control);
             let mut readable = Vec::with_capacity(inputs.len());
@@ -321,11 +330,27 @@ impl<K: Key, T: Send + 'static, O: Send + 'static> Task for KeyedTask<K, T, O> {
                             emitted: &mut emitted,
                         };
                         function.process(&record.key, record.value, &mut ctx, &mut out)?;
+                        super::event_time::after_call(&mut backend, &record.key)?;
                     }
                     None
                 }
                 Message::Barrier(barrier) => alignment.on_barrier(input, barrier),
-                Message::EndOfStream => alignment.on_end_of_stream(input),
+                Message::Watermark(watermark) => {
+                    super::event_time::on_watermark(
+                        &mut watermarks,
+                        input,
+                        watermark,
+                        &mut backend,
+                        function.as_mut(),
+                        chain.as_mut(),
+                        &mut emitted,
+                    )?;
+                    None
+                }
+                Message::EndOfStream => {
+                    watermarks.on_end_of_stream(input);
+                    alignment.on_end_of_stream(input)
+                }
             };
             if let Some(barrier) = aligned {
                 snapshot(&env, &uid, &mut backend, chain.as_mut(), barrier)?;

@@ -42,6 +42,8 @@ pub struct KeyedStateBackend {
     scratch: Vec<u8>,
     write_opts: rocksdb::WriteOptions,
     stats: BackendStats,
+    /// Index of this subtask's timers; the timers themselves are entries of this backend.
+    pub(crate) timers: super::timers::TimerService,
 }
 
 #[derive(Debug, Default, Clone, Copy)]
@@ -81,6 +83,7 @@ impl KeyedStateBackend {
             scratch: Vec::with_capacity(128),
             write_opts,
             stats: BackendStats::default(),
+            timers: Default::default(),
         })
     }
 
@@ -256,6 +259,7 @@ impl KeyedStateBackend {
             if !self.key_groups.contains(key_group) {
                 continue;
             }
+            self.timers.restore_entry(key, value, object)?;
             batch.put(key, value);
             restored += 1;
             if batch.size_in_bytes() >= RESTORE_BATCH_BYTES {
@@ -269,6 +273,28 @@ impl KeyedStateBackend {
             .write_opt(batch, &self.write_opts)
             .map_err(|e| Error::rocks(format!("restore {object}"), e))?;
         Ok(restored)
+    }
+}
+
+/// Raw access for state that is not of one state id, such as timers, whose entries sort by
+/// time within a key group (`state/timers.rs`).
+impl KeyedStateBackend {
+    /// The key group and key bytes of the current key.
+    pub(crate) fn current_key(&self) -> (u16, &[u8]) {
+        let group = u16::from_be_bytes([self.current_prefix[0], self.current_prefix[1]]);
+        (group, &self.current_prefix[6..])
+    }
+
+    pub(crate) fn put_raw(&mut self, key: &[u8], value: Vec<u8>) -> Result<()> {
+        self.scratch.clear();
+        self.scratch.extend_from_slice(key);
+        self.write_slot(Some(value))
+    }
+
+    pub(crate) fn delete_raw(&mut self, key: &[u8]) -> Result<()> {
+        self.scratch.clear();
+        self.scratch.extend_from_slice(key);
+        self.write_slot(None)
     }
 }
 

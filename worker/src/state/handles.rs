@@ -185,6 +185,57 @@ impl<T: Serialize + DeserializeOwned> ListState<T> {
     }
 }
 
+/// Namespaced lists (one per window of the current key) are stored as the concatenated
+/// postcard encodings of their elements, so `add_in` appends bytes without decoding the list.
+impl<T: Serialize + DeserializeOwned> ListState<T> {
+    /// Appends `value`; returns whether the namespace's list was empty before.
+    pub fn add_in(&self, ctx: &mut KeyedContext<'_>, namespace: &[u8], value: &T) -> Result<bool> {
+        let encoded = self.desc.encode(value)?;
+        let existing = ctx
+            .backend
+            .get(self.desc.id, namespace)?
+            .map(<[u8]>::to_vec);
+        let created = existing.is_none();
+        let mut bytes = existing.unwrap_or_default();
+        bytes.extend_from_slice(&encoded);
+        ctx.backend.put(self.desc.id, namespace, bytes)?;
+        Ok(created)
+    }
+
+    pub fn get_in(&self, ctx: &mut KeyedContext<'_>, namespace: &[u8]) -> Result<Vec<T>> {
+        let Some(mut rest) = ctx.backend.get(self.desc.id, namespace)? else {
+            return Ok(Vec::new());
+        };
+        let mut values = Vec::new();
+        while !rest.is_empty() {
+            let (value, tail) = postcard::take_from_bytes(rest)
+                .map_err(|e| Error::codec(format!("state {}", self.desc.name), e))?;
+            values.push(value);
+            rest = tail;
+        }
+        Ok(values)
+    }
+
+    /// Appends the list of `from` to that of `into` and clears `from`.
+    pub fn merge_in(&self, ctx: &mut KeyedContext<'_>, from: &[u8], into: &[u8]) -> Result<()> {
+        let Some(moved) = ctx.backend.get(self.desc.id, from)?.map(<[u8]>::to_vec) else {
+            return Ok(());
+        };
+        let mut bytes = ctx
+            .backend
+            .get(self.desc.id, into)?
+            .map(<[u8]>::to_vec)
+            .unwrap_or_default();
+        bytes.extend_from_slice(&moved);
+        ctx.backend.put(self.desc.id, into, bytes)?;
+        ctx.backend.delete(self.desc.id, from)
+    }
+
+    pub fn clear_in(&self, ctx: &mut KeyedContext<'_>, namespace: &[u8]) -> Result<()> {
+        ctx.backend.delete(self.desc.id, namespace)
+    }
+}
+
 /// A map per key; each map entry is its own RocksDB entry, so large maps stay cheap to update.
 pub struct MapState<K, V> {
     desc: Descriptor,
@@ -250,6 +301,36 @@ impl<T: Serialize + DeserializeOwned> ReducingState<T> {
     }
 }
 
+/// Namespaced values (one per window of the current key).
+impl<T: Serialize + DeserializeOwned> ReducingState<T> {
+    /// Folds `value` in; returns whether the namespace had no value before.
+    pub fn add_in(&self, ctx: &mut KeyedContext<'_>, namespace: &[u8], value: T) -> Result<bool> {
+        let (next, created) = match self.desc.get(ctx, namespace)? {
+            Some(current) => ((self.reduce)(current, value), false),
+            None => (value, true),
+        };
+        self.desc.put(ctx, namespace, &next)?;
+        Ok(created)
+    }
+
+    pub fn get_in(&self, ctx: &mut KeyedContext<'_>, namespace: &[u8]) -> Result<Option<T>> {
+        self.desc.get(ctx, namespace)
+    }
+
+    /// Folds the value of `from` into that of `into` and clears `from`.
+    pub fn merge_in(&self, ctx: &mut KeyedContext<'_>, from: &[u8], into: &[u8]) -> Result<()> {
+        if let Some(moved) = self.desc.get(ctx, from)? {
+            ctx.backend.delete(self.desc.id, from)?;
+            self.add_in(ctx, into, moved)?;
+        }
+        Ok(())
+    }
+
+    pub fn clear_in(&self, ctx: &mut KeyedContext<'_>, namespace: &[u8]) -> Result<()> {
+        ctx.backend.delete(self.desc.id, namespace)
+    }
+}
+
 /// Flink's `AggregateFunction`: an accumulator that takes inputs and yields a result.
 pub trait AggregateFunction: Send + 'static {
     type In;
@@ -258,6 +339,11 @@ pub trait AggregateFunction: Send + 'static {
     fn create_accumulator(&self) -> Self::Acc;
     fn add(&self, value: Self::In, acc: Self::Acc) -> Self::Acc;
     fn result(&self, acc: &Self::Acc) -> Self::Out;
+    /// Combines two accumulators; needed only by merging (session) windows. `None` means
+    /// the function cannot merge.
+    fn merge(&self, _a: Self::Acc, _b: Self::Acc) -> Option<Self::Acc> {
+        None
+    }
 }
 
 pub struct AggregatingState<A: AggregateFunction> {
@@ -282,5 +368,51 @@ impl<A: AggregateFunction> AggregatingState<A> {
 
     pub fn clear(&self, ctx: &mut KeyedContext<'_>) -> Result<()> {
         ctx.backend.delete(self.desc.id, &[])
+    }
+}
+
+/// Namespaced accumulators (one per window of the current key).
+impl<A: AggregateFunction> AggregatingState<A> {
+    /// Adds `value`; returns whether the namespace had no accumulator before.
+    pub fn add_in(
+        &self,
+        ctx: &mut KeyedContext<'_>,
+        namespace: &[u8],
+        value: A::In,
+    ) -> Result<bool> {
+        let (acc, created) = match self.desc.get(ctx, namespace)? {
+            Some(acc) => (acc, false),
+            None => (self.function.create_accumulator(), true),
+        };
+        let acc = self.function.add(value, acc);
+        self.desc.put(ctx, namespace, &acc)?;
+        Ok(created)
+    }
+
+    pub fn get_in(&self, ctx: &mut KeyedContext<'_>, namespace: &[u8]) -> Result<Option<A::Out>> {
+        let acc: Option<A::Acc> = self.desc.get(ctx, namespace)?;
+        Ok(acc.map(|acc| self.function.result(&acc)))
+    }
+
+    /// Merges the accumulator of `from` into that of `into` and clears `from`.
+    pub fn merge_in(&self, ctx: &mut KeyedContext<'_>, from: &[u8], into: &[u8]) -> Result<()> {
+        let Some(moved) = self.desc.get::<A::Acc>(ctx, from)? else {
+            return Ok(());
+        };
+        let merged = match self.desc.get::<A::Acc>(ctx, into)? {
+            None => moved,
+            Some(existing) => self.function.merge(existing, moved).ok_or_else(|| {
+                Error::operator(
+                    self.desc.name.to_string(),
+                    "this AggregateFunction cannot merge accumulators (implement `merge` for session windows)",
+                )
+            })?,
+        };
+        self.desc.put(ctx, into, &merged)?;
+        ctx.backend.delete(self.desc.id, from)
+    }
+
+    pub fn clear_in(&self, ctx: &mut KeyedContext<'_>, namespace: &[u8]) -> Result<()> {
+        ctx.backend.delete(self.desc.id, namespace)
     }
 }

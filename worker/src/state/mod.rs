@@ -5,6 +5,7 @@ pub mod handles;
 pub mod keygroups;
 pub mod operator;
 pub mod snapshot;
+pub mod timers;
 
 pub use backend::KeyedStateBackend;
 pub use handles::{
@@ -13,3 +14,4 @@ pub use handles::{
 };
 pub use keygroups::KeyGroupRange;
 pub use operator::{OperatorStateSnapshot, Redistribution};
+pub use timers::{TimeDomain, Timer};

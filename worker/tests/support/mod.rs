@@ -208,6 +208,15 @@ pub fn free_port() -> u16 {
 /// Minimal HTTP/1.1 client for the REST tests: one request per connection.
 /// Returns (status, body as JSON or `Null` when the body is not JSON).
 pub fn http(port: u16, method: &str, path: &str, body: Option<&str>) -> (u16, serde_json::Value) {
+    let (status, payload) = http_text(port, method, path, body);
+    (
+        status,
+        serde_json::from_str(&payload).unwrap_or(serde_json::Value::Null),
+    )
+}
+
+/// Like `http`, returning the body as text.
+pub fn http_text(port: u16, method: &str, path: &str, body: Option<&str>) -> (u16, String) {
     use std::io::{Read, Write};
     let mut stream =
         std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect to REST API");
@@ -229,8 +238,30 @@ pub fn http(port: u16, method: &str, path: &str, body: Option<&str>) -> (u16, se
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(|| panic!("bad HTTP response: {text}"));
     let payload = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
-    (
-        status,
-        serde_json::from_str(payload).unwrap_or(serde_json::Value::Null),
-    )
+    (status, payload.to_string())
+}
+
+/// Starts `weir-worker <args>` in the background; its logs go to `log`.
+pub fn spawn_worker(args: &[&str], env: &[(String, String)], log: &Path) -> Child {
+    let file = std::fs::File::create(log).expect("log file");
+    let err = file.try_clone().expect("log file");
+    let mut cmd = Command::new(weir_bin());
+    cmd.args(args)
+        .env("WEIR_LOG", "info,weir=debug")
+        .stdout(Stdio::from(file))
+        .stderr(Stdio::from(err));
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.spawn().expect("spawn weir-worker")
+}
+
+/// Sends a signal by name (`STOP`, `CONT`) with the system's `kill`.
+pub fn signal(child: &Child, name: &str) {
+    let status = Command::new("kill")
+        .arg(format!("-{name}"))
+        .arg(child.id().to_string())
+        .status()
+        .expect("run kill");
+    assert!(status.success(), "kill -{name} failed");
 }
