@@ -273,8 +273,10 @@ public class Bench {
         }
         durations.sort(null);
         JsonNode last = cp.path("latest").path("completed");
+        String failure = cp.path("latest").path("failed").path("failure_message").asText("");
         return "{\"completed\":" + cp.path("counts").path("completed").asLong()
                 + ",\"failed\":" + cp.path("counts").path("failed").asLong()
+                + ",\"last_failure\":" + Rest.JSON.valueToTree(failure.length() > 200 ? failure.substring(0, 200) : failure)
                 + ",\"duration_ms_p50\":" + (durations.isEmpty() ? "null" : durations.get(durations.size() / 2))
                 + ",\"duration_ms_max\":" + (durations.isEmpty() ? "null" : durations.get(durations.size() - 1))
                 + ",\"last_checkpointed_size_bytes\":" + (last.isMissingNode() || last.isNull() ? "null" : last.path("checkpointed_size").asLong())
@@ -653,7 +655,7 @@ public class Bench {
                 Thread.sleep(5);
             }
             long firstOutput = Stats.firstOutputEpochMs();
-            Thread.sleep(3000); // let some trickle records check their keys
+            Thread.sleep(1000); // let some trickle records check their keys
             JsonNode cp = rest.get(jobPath + "/checkpoints");
             JsonNode restored = cp.path("latest").path("restored");
             emit("{\"workload\":\"state-restore\",\"engine\":\"flink\",\"keys\":" + a.keys
@@ -680,7 +682,7 @@ public class Bench {
         double loadCpuS = (processCpuNanos() - cpu0) / 1e9;
         emit(String.format(Locale.ROOT, "{\"event\":\"loaded\",\"keys\":%d,\"load_s\":%.3f,\"load_cpu_s\":%.3f}",
                 a.keys, loadS, loadCpuS));
-        Thread.sleep(2000);
+        Thread.sleep(1000);
         List<String> results = new ArrayList<>();
         JsonNode last = null;
         for (int n = 0; n < 2; n++) {
@@ -692,7 +694,7 @@ public class Bench {
                     + ",\"external_path\":\"" + last.path("external_path").asText() + "\"}";
             emit(line);
             results.add(line);
-            Thread.sleep(5000);
+            if (n == 0) Thread.sleep(3000); // some trickle updates between the two checkpoints
         }
         emit(String.format(Locale.ROOT,
                 "{\"workload\":\"state\",\"engine\":\"flink\",\"keys\":%d,\"value_bytes\":%d,\"backend\":\"%s\","
