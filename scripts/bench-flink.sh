@@ -4,8 +4,8 @@
 #   scripts/bench-flink.sh [--size smoke|full] [--parallelism N] [--out FILE] [workload...]
 #
 # Workloads: q0 q1 q2 (a: stateless, from files), count-100k count-2m (b: keyed count, RocksDB),
-# count-100k-heap count-2m-heap (b on heap state), q5 (c), q7 (d), state (e: ~1 GB of state,
-# checkpoint + kill -9 + restore). Default: all of them for --size full; q2 count-100k q5 q7 state
+# count-100k-heap count-2m-heap (b on heap state), q5 (c), q7 (d), state and state-full (e: ~1 GB
+# of state, checkpoint + kill -9 + restore; incremental resp. full RocksDB checkpoints). Default: all of them for --size full; q2 count-100k q5 q7 state
 # for --size smoke (under a minute). Installs the Flink side first (scripts/install-flink.sh).
 #
 # Each workload runs in its own JVM (a local MiniCluster); CPU seconds are user + sys of that JVM
@@ -36,13 +36,13 @@ case "$SIZE" in
   full)
     A_EVENTS=10000000; B_EVENTS=20000000; B_KEYS_SMALL=100000; B_KEYS_LARGE=2000000
     C_EVENTS=5000000; D_EVENTS=10000000; E_KEYS=10000000
-    [ ${#WORKLOADS[@]} -eq 0 ] && WORKLOADS=(q0 q1 q2 count-100k count-2m count-100k-heap count-2m-heap q5 q7 state);;
+    [ ${#WORKLOADS[@]} -eq 0 ] && WORKLOADS=(q0 q1 q2 count-100k count-2m count-100k-heap count-2m-heap q5 q7 state state-full);;
   *) echo "bench-flink: --size must be smoke or full" >&2; exit 2;;
 esac
 for w in "${WORKLOADS[@]}"; do
   case "$w" in
-    q0|q1|q2|count-100k|count-2m|count-100k-heap|count-2m-heap|q5|q7|state) ;;
-    *) echo "bench-flink: unknown workload $w (q0 q1 q2 count-100k count-2m count-100k-heap count-2m-heap q5 q7 state)" >&2; exit 2;;
+    q0|q1|q2|count-100k|count-2m|count-100k-heap|count-2m-heap|q5|q7|state|state-full) ;;
+    *) echo "bench-flink: unknown workload $w (q0 q1 q2 count-100k count-2m count-100k-heap count-2m-heap q5 q7 state state-full)" >&2; exit 2;;
   esac
 done
 
@@ -103,17 +103,18 @@ bid_files() {
 }
 
 # Workload (e): load, checkpoint twice, kill -9, restart from the latest checkpoint, time to first output.
+# run_state NAME INCREMENTAL(true|false)
 run_state() {
-  local name=state work="$RUNS/state" keys="$E_KEYS" load pid chk t_kill
+  local name="$1" incremental="$2" work="$RUNS/$1" keys="$E_KEYS" load pid chk t_kill
   rm -rf "$work"; mkdir -p "$work"
   load="$(loadavg)"
-  echo "--- state: $keys keys x 100 bytes, RocksDB, incremental checkpoints (load average before: $load)" >&2
+  echo "--- $name: $keys keys x 100 bytes, RocksDB, incremental checkpoints $incremental (load average before: $load)" >&2
   java "${JAVA_OPTS[@]}" -cp "$CP" weir.bench.Bench --workload state --parallelism "$PARALLELISM" \
-    --keys "$keys" --incremental true --checkpoint-interval-ms 3600000 --work-dir "$work" \
-    > "$work/stdout" 2> >(progress_filter "$LOGS/state.log") &
+    --keys "$keys" --incremental "$incremental" --checkpoint-interval-ms 3600000 --work-dir "$work" \
+    > "$work/stdout" 2> >(progress_filter "$LOGS/$name.log") &
   pid=$!
   while ! grep -q '"event":"ready_to_kill"' "$work/stdout" 2>/dev/null; do
-    kill -0 "$pid" 2>/dev/null || { echo "bench-flink: state run died; see $LOGS/state.log" >&2; return 1; }
+    kill -0 "$pid" 2>/dev/null || { echo "bench-flink: $name run died; see $LOGS/$name.log" >&2; return 1; }
     sleep 0.2
   done
   grep '^{"event":"checkpoint"' "$work/stdout" | sed 's/^/[flink state] /' >&2
@@ -124,13 +125,13 @@ run_state() {
   echo "[flink state] killed (kill -9) at $t_kill; restarting from $chk" >&2
   /usr/bin/time -f '%U %S %e %M' -o "$work/time-restore" \
     java "${JAVA_OPTS[@]}" -cp "$CP" weir.bench.Bench --workload state --parallelism "$PARALLELISM" \
-      --keys "$keys" --incremental true --checkpoint-interval-ms 3600000 --work-dir "$work" --restore "$chk" \
-      > "$work/stdout-restore" 2> >(progress_filter "$LOGS/state-restore.log") \
-    || { echo "bench-flink: state restore failed; see $LOGS/state-restore.log" >&2; return 1; }
+      --keys "$keys" --incremental "$incremental" --checkpoint-interval-ms 3600000 --work-dir "$work" --restore "$chk" \
+      > "$work/stdout-restore" 2> >(progress_filter "$LOGS/$name-restore.log") \
+    || { echo "bench-flink: $name restore failed; see $LOGS/$name-restore.log" >&2; return 1; }
   sleep 0.2
-  python3 - "$work" "$t_kill" "$load" >> "$RESULTS" <<'EOF'
+  python3 - "$work" "$t_kill" "$load" "$name" >> "$RESULTS" <<'EOF'
 import json, os, sys
-work, t_kill, load = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+work, t_kill, load, name = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
 first = [json.loads(l) for l in open(work + "/stdout") if l.startswith('{"workload"')][-1]
 rest = [json.loads(l) for l in open(work + "/stdout-restore") if l.startswith('{"workload"')][-1]
 def du(path):
@@ -139,7 +140,7 @@ def du(path):
         total += sum(os.path.getsize(os.path.join(root, f)) for f in files)
     return total
 cps = first["checkpoints"]
-res = dict(name="state", workload="state", engine="flink", events=first["keys"], keys=first["keys"],
+res = dict(name=name, workload="state", engine="flink", events=first["keys"], keys=first["keys"],
            value_bytes=first["value_bytes"], backend=first["backend"], incremental=first["incremental"],
            load_avg_before=load, load_s=first["load_s"], load_cpu_s=first["load_cpu_s"],
            load_events_per_s=round(first["keys"] / first["load_s"]),
@@ -169,7 +170,8 @@ for w in "${WORKLOADS[@]}"; do
     count-2m-heap) run_job "$w" "$B_EVENTS" --workload count --keys "$B_KEYS_LARGE" --backend heap;;
     q5) run_job "$w" "$C_EVENTS" --workload q5 --backend rocksdb;;
     q7) run_job "$w" "$D_EVENTS" --workload q7 --backend rocksdb;;
-    state) run_state;;
+    state) run_state state true;;
+    state-full) run_state state-full false;;
   esac
 done
 
@@ -190,7 +192,7 @@ hdr = f"{'workload':<16}{'events':>12}{'wall s':>9}{'CPU s':>9}{'events/s':>12}{
 print(hdr); print("-" * len(hdr))
 for r in rows:
     if r["workload"] == "state":
-        print(f"{'state':<16}{r['keys']:>12,}{r['load_s']:>9.1f}{r['load_cpu_s']:>9.1f}{r['load_events_per_s']:>12,}"
+        print(f"{r['name']:<16}{r['keys']:>12,}{r['load_s']:>9.1f}{r['load_cpu_s']:>9.1f}{r['load_events_per_s']:>12,}"
               f"{r['load_events_per_cpu_s']:>12,}{'':>9}{'':>9}{'':>9}{r['checkpoint_full_duration_ms']:>9,}"
               f"{r['checkpoint_full_size_bytes'] / 1e6:>9,.0f}   recovery {r['recovery_ms']:,} ms")
         continue
