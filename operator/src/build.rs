@@ -27,6 +27,8 @@ use crate::{Error, Result};
 
 /// Port the JobManager accepts TaskManager connections on.
 pub const RPC_PORT: u16 = 6123;
+/// TaskManagers' port for keyed-exchange data from other TaskManagers.
+pub const DATA_PORT: u16 = 6121;
 /// Where the job document is mounted.
 pub const JOB_FILE: &str = "/etc/weir/job.yaml";
 /// RocksDB instances and in-progress sink files (an emptyDir; the root filesystem is read-only).
@@ -229,6 +231,7 @@ pub fn children(job: &StreamJob, restore: RestoreSource, restart_nonce: u32) -> 
             "--slots".into(),
             job.spec.task_manager.slots.to_string(),
         ]),
+        ports: Some(vec![container_port("data", DATA_PORT)]),
         resources: job.spec.task_manager.resources.clone(),
         ..worker_container(job)
     };
