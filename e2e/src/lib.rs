@@ -94,9 +94,13 @@ pub enum Error {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-/// The repository root (this crate lives in `<root>/e2e`).
+/// The repository root (this crate lives in `<root>/e2e`). Read at run time: cargo sets
+/// `CARGO_MANIFEST_DIR` for test binaries, and the compile-time value goes stale when one
+/// target directory serves several clones (cargo reuses the binary across them).
 pub fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
         .parent()
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(".."))

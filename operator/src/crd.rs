@@ -701,11 +701,19 @@ pub(crate) mod test_support {
 
 #[cfg(test)]
 mod tests {
+
+    /// This crate's directory, read at run time (the compile-time value goes stale when one
+    /// target directory serves several clones of the repository).
+    fn manifest_dir() -> std::path::PathBuf {
+        std::env::var_os("CARGO_MANIFEST_DIR")
+            .map(std::path::PathBuf::from)
+            .unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into())
+    }
     use super::*;
     use kube::CustomResourceExt;
 
     fn checked_in_crd() -> String {
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../crds/streamjob.yaml");
+        let path = manifest_dir().join("../crds/streamjob.yaml");
         std::fs::read_to_string(&path)
             .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()))
     }
@@ -815,7 +823,7 @@ mod tests {
 
     #[test]
     fn readme_example_is_a_valid_stream_job() {
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md");
+        let path = manifest_dir().join("README.md");
         let readme = std::fs::read_to_string(&path).expect("README.md");
         let example = readme
             .split("```yaml\n")

@@ -242,19 +242,12 @@ fn session_windows_on_jobmanager_and_taskmanagers_survive_a_taskmanager_sigkill(
     let rpc = format!("127.0.0.1:{}", free_port());
     let rest = format!("127.0.0.1:{}", free_port());
     // The failure must be retried: the document says `none`.
-    let yaml = std::fs::read_to_string(&job)
-        .expect("job")
-        .replace(
-            "restartStrategy: {type: none}",
-            "restartStrategy: {type: fixed-delay, attempts: 10, delay: 200ms}",
-        );
+    let yaml = std::fs::read_to_string(&job).expect("job").replace(
+        "restartStrategy: {type: none}",
+        "restartStrategy: {type: fixed-delay, attempts: 10, delay: 200ms}",
+    );
     std::fs::write(&job, yaml).expect("job");
-    let timing = [
-        "--heartbeat-interval",
-        "200ms",
-        "--heartbeat-timeout",
-        "2s",
-    ];
+    let timing = ["--heartbeat-interval", "200ms", "--heartbeat-timeout", "2s"];
     let mut jm_args = vec![
         "jobmanager",
         "--job",
