@@ -1,7 +1,8 @@
 //! Process-wide Prometheus metrics. Hot loops count into locals and add per batch, so the
 //! atomics here are touched thousands of times per second, not millions.
 
-use std::sync::OnceLock;
+use std::collections::BTreeSet;
+use std::sync::{Mutex, OnceLock};
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -34,6 +35,22 @@ pub struct Metrics {
     pub task_managers: Gauge,
     pub slots_registered: Gauge,
     pub slots_required: Gauge,
+    /// JobManager: per-operator totals of the TaskManagers' latest heartbeats.
+    pub cluster_records_in: Family<OperatorLabels, Gauge>,
+    pub cluster_records_out: Family<OperatorLabels, Gauge>,
+    pub cluster_backpressure_ms: Family<OperatorLabels, Gauge>,
+    /// Operators seen by `operator()`, so totals can be read back for heartbeats.
+    operators: Mutex<BTreeSet<String>>,
+}
+
+/// One operator's counters in this process, as a TaskManager reports them.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OperatorTotals {
+    pub operator: String,
+    pub records_in: u64,
+    pub records_out: u64,
+    pub backpressure_ms: u64,
 }
 
 pub fn global() -> &'static Metrics {
@@ -61,6 +78,10 @@ impl Metrics {
             task_managers: Gauge::default(),
             slots_registered: Gauge::default(),
             slots_required: Gauge::default(),
+            cluster_records_in: Family::default(),
+            cluster_records_out: Family::default(),
+            cluster_backpressure_ms: Family::default(),
+            operators: Mutex::new(BTreeSet::new()),
             registry: Registry::default(),
         };
         registry.register(
@@ -139,6 +160,21 @@ impl Metrics {
             "Task slots the job needs (its parallelism)",
             metrics.slots_required.clone(),
         );
+        registry.register(
+            "cluster_records_in",
+            "JobManager: records received per operator, summed over TaskManagers",
+            metrics.cluster_records_in.clone(),
+        );
+        registry.register(
+            "cluster_records_out",
+            "JobManager: records emitted per operator, summed over TaskManagers",
+            metrics.cluster_records_out.clone(),
+        );
+        registry.register(
+            "cluster_backpressure_milliseconds",
+            "JobManager: time producers were blocked on full channels, summed over TaskManagers",
+            metrics.cluster_backpressure_ms.clone(),
+        );
         Metrics {
             registry,
             ..metrics
@@ -153,8 +189,62 @@ impl Metrics {
     }
 
     pub fn operator(&self, name: &str) -> OperatorLabels {
+        let mut known = self.operators.lock().unwrap_or_else(|e| e.into_inner());
+        if !known.contains(name) {
+            known.insert(name.to_string());
+        }
         OperatorLabels {
             operator: name.to_string(),
+        }
+    }
+
+    /// This process's per-operator counters (what a TaskManager heartbeat carries).
+    pub fn operator_totals(&self) -> Vec<OperatorTotals> {
+        let names: Vec<String> = self
+            .operators
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .cloned()
+            .collect();
+        names
+            .into_iter()
+            .map(|operator| {
+                let labels = OperatorLabels {
+                    operator: operator.clone(),
+                };
+                OperatorTotals {
+                    records_in: self.records_in.get_or_create(&labels).get(),
+                    records_out: self.records_out.get_or_create(&labels).get(),
+                    backpressure_ms: self.backpressure_ms.get_or_create(&labels).get(),
+                    operator,
+                }
+            })
+            .collect()
+    }
+
+    /// JobManager: publishes the sum of every TaskManager's latest totals.
+    pub fn publish_cluster_totals<'a>(&self, reports: impl Iterator<Item = &'a [OperatorTotals]>) {
+        let mut sums: std::collections::BTreeMap<&str, (u64, u64, u64)> = Default::default();
+        for report in reports {
+            for t in report {
+                let sum = sums.entry(&t.operator).or_default();
+                sum.0 += t.records_in;
+                sum.1 += t.records_out;
+                sum.2 += t.backpressure_ms;
+            }
+        }
+        for (operator, (records_in, records_out, backpressure)) in sums {
+            let labels = self.operator(operator);
+            self.cluster_records_in
+                .get_or_create(&labels)
+                .set(records_in as i64);
+            self.cluster_records_out
+                .get_or_create(&labels)
+                .set(records_out as i64);
+            self.cluster_backpressure_ms
+                .get_or_create(&labels)
+                .set(backpressure as i64);
         }
     }
 }

@@ -345,6 +345,19 @@ fn rescale_2_to_3_to_4_to_2_through_stop_with_savepoint() {
         assert_eq!(status, 200);
         assert_eq!(overview["parallelism"], parallelism);
         assert_eq!(overview["state"], "RUNNING");
+        // The JobManager's /metrics sums the TaskManagers' per-operator counters.
+        let (_, metrics) = http_text(cluster.rest_port, "GET", "/metrics", None);
+        assert!(
+            metrics
+                .lines()
+                .any(|l| l.starts_with("weir_cluster_records_out{")
+                    && l.split_whitespace()
+                        .last()
+                        .and_then(|v| v.parse::<f64>().ok())
+                        .unwrap_or(0.0)
+                        > 0.0),
+            "{metrics}"
+        );
         let location = cluster.stop_with_savepoint(&format!("s3://weir/savepoints/step-{step}"));
         assert!(
             location.starts_with("s3://weir/savepoints/step-"),

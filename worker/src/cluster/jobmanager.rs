@@ -80,6 +80,8 @@ struct TaskManagerEntry {
     outbox: Sender<ToTaskManager>,
     socket: TcpStream,
     last_seen: Instant,
+    /// Per-operator counters from its latest heartbeat.
+    operators: Vec<crate::metrics::OperatorTotals>,
 }
 
 struct ActiveAttempt {
@@ -205,6 +207,7 @@ impl Cluster {
                     outbox,
                     socket,
                     last_seen: Instant::now(),
+                    operators: Vec::new(),
                 },
             );
             state.publish_gauges();
@@ -243,7 +246,15 @@ impl Cluster {
                 entry.last_seen = Instant::now();
             }
             match message {
-                ToJobManager::Heartbeat | ToJobManager::Register { .. } => {}
+                ToJobManager::Register { .. } => {}
+                ToJobManager::Heartbeat { operators } => {
+                    if let Some(entry) = state.task_managers.get_mut(&connection) {
+                        entry.operators = operators;
+                    }
+                    crate::metrics::global().publish_cluster_totals(
+                        state.task_managers.values().map(|t| t.operators.as_slice()),
+                    );
+                }
                 ToJobManager::Event { epoch, event } => match &state.attempt {
                     Some(attempt) if attempt.epoch == epoch => {
                         let _ = attempt.events.send(event.into());

@@ -153,7 +153,9 @@ impl TaskManager {
                         let message = match outbox.recv_timeout(interval) {
                             Ok(message) => message,
                             Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
-                                ToJobManager::Heartbeat
+                                ToJobManager::Heartbeat {
+                                    operators: crate::metrics::global().operator_totals(),
+                                }
                             }
                             Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
                         };

@@ -171,7 +171,12 @@ pub enum ToJobManager {
         #[serde(default)]
         data_host: Option<String>,
     },
-    Heartbeat,
+    /// Also carries this TaskManager's per-operator counters, which the JobManager sums
+    /// into its `/metrics`.
+    Heartbeat {
+        #[serde(default)]
+        operators: Vec<crate::metrics::OperatorTotals>,
+    },
     Event {
         epoch: u64,
         event: WireTaskEvent,
