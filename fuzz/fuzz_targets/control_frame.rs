@@ -21,11 +21,8 @@ fuzz_target!(|data: &[u8]| {
     let mut stream = data;
     while let Ok(Some((payload, rest))) = split_frame(stream) {
         // JobManager reads these from TaskManagers.
-        if let Some(message) = check::<ToJobManager>(payload) {
-            if let ToJobManager::Event { event, .. } = message {
-                let event: TaskEvent = event.into();
-                let _ = event;
-            }
+        if let Some(ToJobManager::Event { event, .. }) = check::<ToJobManager>(payload) {
+            let _: TaskEvent = event.into();
         }
         // TaskManagers read these from the JobManager.
         if let Some(ToTaskManager::Control { message, .. }) = check::<ToTaskManager>(payload) {
