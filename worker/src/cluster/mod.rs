@@ -18,6 +18,8 @@
 
 pub mod exchange;
 pub mod frame;
+#[cfg(test)]
+mod fuzz_seeds;
 pub mod jobmanager;
 pub mod taskmanager;
 pub mod wire;
