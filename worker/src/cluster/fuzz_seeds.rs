@@ -230,7 +230,17 @@ fn control_frames() -> Vec<(&'static str, Vec<u8>)> {
                 data_host: Some("weir-tm-0.weir".into()),
             }),
         ),
-        ("tm-heartbeat", control(&ToJobManager::Heartbeat)),
+        (
+            "tm-heartbeat",
+            control(&ToJobManager::Heartbeat {
+                operators: vec![crate::metrics::OperatorTotals {
+                    operator: "checker".into(),
+                    records_in: 7,
+                    records_out: 5,
+                    backpressure_ms: 0,
+                }],
+            }),
+        ),
         (
             "acknowledge",
             control(&event(WireTaskEvent::Acknowledge {
