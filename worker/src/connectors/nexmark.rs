@@ -248,7 +248,7 @@ pub fn auction(i: u64) -> Auction {
     let d: [u64; 7] = Rng::for_event(i).draws();
     let last_person = epoch;
     let initial_bid = price(d[1]);
-    let seller = if d[4] % 4 != 0 {
+    let seller = if !d[4].is_multiple_of(4) {
         (last_person / HOT_PERSON_RATIO) * HOT_PERSON_RATIO
     } else {
         active_person(last_person, d[5])
@@ -272,13 +272,13 @@ pub fn bid(i: u64) -> Bid {
     let d: [u64; 9] = Rng::for_event(i).draws();
     let last_auction = 3 * epoch + 2;
     let last_person = epoch;
-    let a = if d[0] % 2 != 0 {
+    let a = if !d[0].is_multiple_of(2) {
         (last_auction / HOT_AUCTION_RATIO) * HOT_AUCTION_RATIO
     } else {
         let min = last_auction.saturating_sub(NUM_IN_FLIGHT_AUCTIONS);
         min + d[1] % (last_auction - min + 1 + AUCTION_ID_LEAD)
     };
-    let b = if d[2] % 4 != 0 {
+    let b = if !d[2].is_multiple_of(4) {
         (last_person / HOT_PERSON_RATIO) * HOT_PERSON_RATIO + 1
     } else {
         active_person(last_person, d[3])
