@@ -89,6 +89,8 @@ checkpointing:
   timeout: 10m
 restartStrategy: {type: none}
 restore: none
+# The same memory for state as Flink's 512 MB of managed memory: 256 MB per keyed subtask.
+state: {cacheBytes: 268435456}
 EOF
 }
 

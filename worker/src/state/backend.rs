@@ -26,6 +26,10 @@ struct CacheSlot {
     /// `None` records a delete (or a known-absent key) so misses are not re-read from RocksDB.
     value: Option<Vec<u8>>,
     dirty: bool,
+    /// RocksDB may hold an entry for this key. When it cannot, a delete drops the slot instead
+    /// of writing a tombstone: state created and cleared between two flushes (window contents,
+    /// fired timers) never reaches RocksDB at all.
+    in_db: bool,
 }
 
 pub struct KeyedStateBackend {
@@ -136,6 +140,7 @@ impl KeyedStateBackend {
             self.cache.insert(
                 self.scratch.clone(),
                 CacheSlot {
+                    in_db: value.is_some(),
                     value,
                     dirty: false,
                 },
@@ -149,30 +154,53 @@ impl KeyedStateBackend {
 
     pub fn put(&mut self, state: StateId, suffix: &[u8], value: Vec<u8>) -> Result<()> {
         self.compose(state, suffix);
-        self.write_slot(Some(value))
+        self.write_slot(Some(value), false)
     }
 
     pub fn delete(&mut self, state: StateId, suffix: &[u8]) -> Result<()> {
         self.compose(state, suffix);
-        self.write_slot(None)
+        self.write_slot(None, false)
     }
 
-    fn write_slot(&mut self, value: Option<Vec<u8>>) -> Result<()> {
+    /// Writes the slot of the key in `scratch`. `known_absent`: the caller knows RocksDB has
+    /// no entry for the key (only matters when the cache has no slot for it).
+    fn write_slot(&mut self, value: Option<Vec<u8>>, known_absent: bool) -> Result<()> {
         let new_len = value.as_ref().map_or(0, Vec::len);
         if let Some(slot) = self.cache.get_mut(self.scratch.as_slice()) {
             let old_len = slot.value.as_ref().map_or(0, Vec::len);
+            if value.is_none() && !slot.in_db {
+                // Nothing to delete in RocksDB: forget the key.
+                if slot.dirty {
+                    self.dirty_entries -= 1;
+                }
+                self.cache.remove(self.scratch.as_slice());
+                self.cache_bytes = self
+                    .cache_bytes
+                    .saturating_sub(self.scratch.len() + old_len + CACHE_ENTRY_OVERHEAD);
+                return Ok(());
+            }
             self.cache_bytes = self.cache_bytes + new_len - old_len;
             if !slot.dirty {
                 self.dirty_entries += 1;
             }
-            *slot = CacheSlot { value, dirty: true };
+            slot.value = value;
+            slot.dirty = true;
+            return Ok(());
+        }
+        if value.is_none() && known_absent {
             return Ok(());
         }
         self.make_room()?;
         self.cache_bytes += self.scratch.len() + new_len + CACHE_ENTRY_OVERHEAD;
         self.dirty_entries += 1;
-        self.cache
-            .insert(self.scratch.clone(), CacheSlot { value, dirty: true });
+        self.cache.insert(
+            self.scratch.clone(),
+            CacheSlot {
+                value,
+                dirty: true,
+                in_db: !known_absent,
+            },
+        );
         Ok(())
     }
 
@@ -201,6 +229,7 @@ impl KeyedStateBackend {
                 None => batch.delete(key),
             }
             slot.dirty = false;
+            slot.in_db = slot.value.is_some();
         }
         self.dirty_entries = 0;
         self.stats.flushes += 1;
@@ -351,16 +380,17 @@ impl KeyedStateBackend {
         (group, &self.current_prefix[6..])
     }
 
-    pub(crate) fn put_raw(&mut self, key: &[u8], value: Vec<u8>) -> Result<()> {
+    /// A put of a key the caller knows RocksDB does not hold (e.g. a timer new to the index).
+    pub(crate) fn put_raw_new(&mut self, key: &[u8], value: Vec<u8>) -> Result<()> {
         self.scratch.clear();
         self.scratch.extend_from_slice(key);
-        self.write_slot(Some(value))
+        self.write_slot(Some(value), true)
     }
 
     pub(crate) fn delete_raw(&mut self, key: &[u8]) -> Result<()> {
         self.scratch.clear();
         self.scratch.extend_from_slice(key);
-        self.write_slot(None)
+        self.write_slot(None, false)
     }
 }
 
@@ -415,6 +445,44 @@ mod tests {
     fn select(backend: &mut KeyedStateBackend, key: u64) {
         let bytes = key.to_be_bytes();
         backend.set_current_key(key_group_for_key_bytes(&bytes, MAX), &bytes);
+    }
+
+    #[test]
+    fn state_created_and_cleared_between_flushes_never_reaches_rocksdb() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut backend =
+            KeyedStateBackend::open(&dir.path().join("db"), all_groups(), 64 << 20).expect("open");
+        let mut registry = StateRegistry::new("op");
+        let count = registry.value_state::<u64>("count").expect("state");
+        // Key 1 reaches RocksDB before it is cleared; key 2 is created and cleared in the cache.
+        select(&mut backend, 1);
+        count
+            .set(
+                &mut KeyedContext {
+                    backend: &mut backend,
+                },
+                &1,
+            )
+            .expect("set");
+        backend.flush_dirty().expect("flush");
+        for key in [1, 2] {
+            select(&mut backend, key);
+            let mut ctx = KeyedContext {
+                backend: &mut backend,
+            };
+            assert_eq!(count.get(&mut ctx).expect("get"), (key == 1).then_some(1));
+            count.set(&mut ctx, &7).expect("set");
+            count.clear(&mut ctx).expect("clear");
+        }
+        assert_eq!(backend.dirty_entries, 1, "only key 1 needs a tombstone");
+        backend.flush_dirty().expect("flush");
+        for key in [1, 2] {
+            select(&mut backend, key);
+            let mut ctx = KeyedContext {
+                backend: &mut backend,
+            };
+            assert_eq!(count.get(&mut ctx).expect("get"), None, "key {key}");
+        }
     }
 
     #[test]
