@@ -317,8 +317,10 @@ impl KeyedStateBackend {
         }
         self.ingested += 1;
         let sst = self.path.join(format!("restore-{}.sst", self.ingested));
+        // Uncompressed: the file is written once and compacted (and compressed) later by
+        // RocksDB in the background, off the restore's critical path.
         let mut opts = rocksdb::Options::default();
-        opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
+        opts.set_compression_type(rocksdb::DBCompressionType::None);
         let mut writer = rocksdb::SstFileWriter::create(&opts);
         let rocks = |what: &str, e| Error::rocks(format!("restore {object}: {what}"), e);
         writer.open(&sst).map_err(|e| rocks("open SST", e))?;
@@ -415,7 +417,11 @@ pub fn write_snapshot(
         )
     })?;
     let mut writer = super::snapshot::SnapshotWriter::create(out)?;
-    for item in db.iterator(rocksdb::IteratorMode::Start) {
+    // One sequential pass over every file: read ahead, and keep it out of the block cache.
+    let mut read = rocksdb::ReadOptions::default();
+    read.set_readahead_size(4 << 20);
+    read.fill_cache(false);
+    for item in db.iterator_opt(rocksdb::IteratorMode::Start, read) {
         let (key, value) =
             item.map_err(|e| Error::rocks(format!("iterate {}", checkpoint_dir.display()), e))?;
         writer.append(&key, &value)?;
