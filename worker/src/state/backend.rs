@@ -223,7 +223,12 @@ impl KeyedStateBackend {
             return Ok(());
         }
         let mut batch = rocksdb::WriteBatch::default();
-        for (key, slot) in self.cache.iter_mut().filter(|(_, s)| s.dirty) {
+        let mut dirty: Vec<(&Vec<u8>, &mut CacheSlot)> =
+            self.cache.iter_mut().filter(|(_, s)| s.dirty).collect();
+        // In key order RocksDB's memtable inserts each entry next to the previous one instead
+        // of searching its skip list from the top: several times cheaper for big flushes.
+        dirty.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        for (key, slot) in dirty {
             match &slot.value {
                 Some(v) => batch.put(key, v),
                 None => batch.delete(key),
