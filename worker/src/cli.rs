@@ -106,6 +106,17 @@ enum Command {
         #[command(flatten)]
         heartbeat: HeartbeatArgs,
     },
+    /// Write the bid files of benchmark workload (a) (docs/bench-workloads.md §3): bids
+    /// `0..count` as JSON lines in `shards` files `part-0000s.jsonl`, then `_SUCCESS`. The same
+    /// bytes as the Java `weir.bench.Generate bids`.
+    NexmarkGen {
+        #[arg(long)]
+        count: u64,
+        #[arg(long, default_value_t = 4)]
+        shards: u64,
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Check a job document and the job's arguments without running it.
     Validate {
         #[arg(long)]
@@ -220,6 +231,19 @@ pub fn main_with(registry: JobRegistry) -> anyhow::Result<()> {
             run_task_manager(options, registry, runtime.handle().clone())?;
             Ok(())
         }
+        Command::NexmarkGen { count, shards, out } => {
+            if shards == 0 {
+                anyhow::bail!("--shards must be at least 1");
+            }
+            let started = std::time::Instant::now();
+            crate::connectors::nexmark::write_bid_files(&out, count, shards)?;
+            eprintln!(
+                "wrote {count} bids in {shards} files to {} in {:.1?}",
+                out.display(),
+                started.elapsed()
+            );
+            Ok(())
+        }
         Command::Validate { job } => {
             let doc = Arc::new(JobDocument::from_file(&job)?);
             registry.build(doc.clone())?;
@@ -259,6 +283,9 @@ pub fn main_with(registry: JobRegistry) -> anyhow::Result<()> {
                 options.work_dir = dir;
             }
             tracing::info!(job = %doc.job.name, job_id = doc.job_id(), parallelism = doc.parallelism, "starting job in local mode");
+            if let Some(monitor) = &built.monitor {
+                monitor.started(&job_handle);
+            }
             let started = std::time::Instant::now();
             let result = run_local(
                 doc.clone(),
@@ -268,6 +295,9 @@ pub fn main_with(registry: JobRegistry) -> anyhow::Result<()> {
                 &job_handle,
                 &commands,
             );
+            if let Some(monitor) = &built.monitor {
+                monitor.ended(&job_handle, started.elapsed());
+            }
             if rest_addr.is_some() && !linger.is_zero() {
                 tracing::info!(state = ?job_handle.overview().state, ?linger, "job ended; REST API stays up");
                 std::thread::sleep(linger);

@@ -402,6 +402,38 @@ impl ObjectStore {
     /// Uploads the local file `path` under `key`, atomically like `put`. On S3 the file is
     /// streamed from disk (never held in memory) and files over [`MULTIPART_THRESHOLD`] use
     /// multipart upload.
+    /// Like [`ObjectStore::put_file`], but the local file is consumed: on a local store on the
+    /// same filesystem it is renamed into place (no copy), otherwise uploaded and removed.
+    pub async fn move_file(&self, key: &str, path: &Path) -> Result<()> {
+        self.check_writable(key)?;
+        if let Backend::Local { root } = &self.inner.backend {
+            let dst = local_path(root, key);
+            let src = path.to_path_buf();
+            let uri = self.uri(key);
+            let renamed = blocking(&uri.clone(), move || {
+                let renamed = (|| {
+                    let dir = dst.parent().ok_or_else(|| {
+                        io::Error::new(io::ErrorKind::InvalidInput, "no parent directory")
+                    })?;
+                    fs::create_dir_all(dir)?;
+                    // The source must be durable before it becomes the object.
+                    File::open(&src)?.sync_all()?;
+                    fs::rename(&src, &dst)?;
+                    sync_dir(dir)
+                })();
+                Ok(renamed.is_ok())
+            })
+            .await?;
+            if renamed {
+                return Ok(());
+            }
+            // E.g. another filesystem: copy instead.
+        }
+        self.put_file(key, path).await?;
+        let _ = tokio::fs::remove_file(path).await;
+        Ok(())
+    }
+
     pub async fn put_file(&self, key: &str, path: &Path) -> Result<()> {
         self.check_writable(key)?;
         let uri = self.uri(key);

@@ -335,6 +335,7 @@ impl ClusterExecutor {
             while let Ok(command) = commands.try_recv() {
                 match command {
                     JobCommand::Cancel => return None,
+                    JobCommand::Checkpoint => {}
                     JobCommand::Savepoint { trigger_id, .. } => job.savepoint_finished(
                         &trigger_id,
                         Err(format!(

@@ -34,6 +34,19 @@ impl FileSource<String> {
     }
 }
 
+impl<T: Send + 'static> FileSource<T> {
+    /// Each line through `decode`; an `Err` is a malformed record (see the job's policy).
+    pub fn decoded(
+        uri: impl Into<String>,
+        decode: impl Fn(&str) -> std::result::Result<T, String> + Send + Sync + 'static,
+    ) -> Self {
+        FileSource {
+            uri: uri.into(),
+            decode: Arc::new(decode),
+        }
+    }
+}
+
 impl<T: DeserializeOwned + Send + 'static> FileSource<T> {
     /// Each line as one JSON document of type `T`.
     pub fn json_lines(uri: impl Into<String>) -> Self {

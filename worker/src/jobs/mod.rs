@@ -3,6 +3,7 @@
 
 pub mod consumer_lag;
 pub mod minute_bars;
+pub mod nexmark;
 pub mod sequence_check;
 pub mod state_machine;
 pub mod url_count;
@@ -17,12 +18,24 @@ pub use state_machine::{Alert, EventType, MachineState};
 
 use crate::api::{JobGraph, StreamEnv};
 use crate::error::{Error, Result};
+use crate::runtime::job::JobHandle;
 use crate::spec::JobDocument;
 
 /// A job ready to run, and where its results go (for the user's benefit).
 pub struct BuiltJob {
     pub graph: JobGraph,
     pub output: Option<String>,
+    /// Watches the run from outside the tasks (in local mode): the benchmark jobs use it to
+    /// trigger checkpoints and report their figures.
+    pub monitor: Option<Arc<dyn JobMonitor>>,
+}
+
+/// Hooks around a local run of a job.
+pub trait JobMonitor: Send + Sync {
+    /// Right before the job is submitted. Long-running work belongs on a thread of its own.
+    fn started(&self, _job: &JobHandle) {}
+    /// After the job ended (finished, cancelled or failed) `wall` after it was submitted.
+    fn ended(&self, _job: &JobHandle, _wall: std::time::Duration) {}
 }
 
 pub type JobDefinition = fn(&StreamEnv) -> Result<BuiltJob>;
@@ -43,6 +56,7 @@ impl JobRegistry {
         registry.register("sequence-check", sequence_check::define);
         registry.register("minute-bars", minute_bars::define);
         registry.register("window-check", window_check::define);
+        registry.register("nexmark", nexmark::define);
         registry
     }
 

@@ -166,6 +166,7 @@ pub fn define(env: &StreamEnv) -> Result<BuiltJob> {
     Ok(BuiltJob {
         graph,
         output: Some(args.output),
+        monitor: None,
     })
 }
 

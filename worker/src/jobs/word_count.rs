@@ -60,5 +60,6 @@ pub fn define(env: &StreamEnv) -> Result<BuiltJob> {
     Ok(BuiltJob {
         graph,
         output: Some(args.output),
+        monitor: None,
     })
 }

@@ -446,6 +446,11 @@ impl Attempt {
     fn on_command(&mut self, command: JobCommand) -> Option<AttemptEnd> {
         match command {
             JobCommand::Cancel => return Some(AttemptEnd::Cancelled),
+            JobCommand::Checkpoint => {
+                if self.coordinator.as_ref().is_some_and(|c| !c.is_pending()) {
+                    self.trigger();
+                }
+            }
             JobCommand::Savepoint {
                 trigger_id,
                 target,

@@ -20,6 +20,9 @@ pub enum JobCommand {
         target: String,
         stop: bool,
     },
+    /// Take a checkpoint now (Flink's `POST /jobs/:id/checkpoints`); ignored while one is in
+    /// flight or when the job has no checkpointing configured.
+    Checkpoint,
     Cancel,
 }
 
@@ -130,6 +133,13 @@ impl JobHandle {
             })
             .map_err(|_| "the job is no longer running".to_string())?;
         Ok(trigger_id)
+    }
+
+    /// Asks for a checkpoint now; watch [`JobHandle::checkpoints`] for its completion.
+    pub fn trigger_checkpoint(&self) -> Result<(), String> {
+        self.commands
+            .send(JobCommand::Checkpoint)
+            .map_err(|_| "the job is no longer running".to_string())
     }
 
     pub fn cancel(&self) -> Result<(), String> {

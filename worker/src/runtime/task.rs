@@ -409,8 +409,7 @@ fn snapshot<O>(
             })
             .await
             .map_err(|e| Error::operator(&uid, format!("snapshot writer panicked: {e}")))??;
-            store.put_file(&object, &file).await?;
-            let _ = tokio::fs::remove_file(&file).await;
+            store.move_file(&object, &file).await?;
             Ok::<_, Error>(KeyedStateHandle {
                 object: object.clone(),
                 key_groups,

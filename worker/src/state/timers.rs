@@ -184,7 +184,8 @@ pub(crate) fn attach_staged(backend: &mut super::KeyedStateBackend, key: &[u8]) 
         };
         if payload.is_empty() {
             *payload = key.to_vec();
-            backend.put_raw(&timer.encode(domain), key.to_vec())?;
+            // New to the index, so not in RocksDB either (the index holds every timer).
+            backend.put_raw_new(&timer.encode(domain), key.to_vec())?;
         }
     }
     Ok(())
