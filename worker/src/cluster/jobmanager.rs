@@ -418,6 +418,7 @@ impl Executor for ClusterExecutor {
                 let task = spec.id;
                 TaskHandle {
                     id: spec.id,
+                    name: spec.name.clone(),
                     is_source: spec.is_source,
                     control: Box::new(move |message| {
                         let _ = outbox.send(ToTaskManager::Control {

@@ -39,6 +39,8 @@ pub struct AttemptPlan<'a> {
 /// The driver's handle on one running task.
 pub struct TaskHandle {
     pub id: TaskId,
+    /// The vertex's operator uid.
+    pub name: String,
     pub is_source: bool,
     pub control: Box<dyn Fn(ControlMessage) + Send>,
 }
@@ -339,14 +341,12 @@ impl Attempt {
         if let Some(coordinator) = coordinator.as_mut() {
             coordinator.start_attempt(deployment.tasks.len());
         }
-        // Operator names for progress lines, from the graph itself.
-        let specs = plan
-            .graph
-            .instantiate(plan.doc.parallelism, plan.doc.max_parallelism)?;
-        let mut source_names: Vec<String> = specs
+        // Operator names for progress lines.
+        let mut source_names: Vec<String> = deployment
+            .tasks
             .iter()
-            .filter(|s| s.is_source)
-            .map(|s| s.name.clone())
+            .filter(|t| t.is_source)
+            .map(|t| t.name.clone())
             .collect();
         source_names.dedup();
         Ok(Some(Attempt {

@@ -193,6 +193,7 @@ pub(crate) fn spawn_tasks(
         let sender = control_tx.clone();
         running.handles.push(TaskHandle {
             id: spec.id,
+            name: spec.name.clone(),
             is_source: spec.is_source,
             control: Box::new(move |message| {
                 let _ = sender.send(message);
