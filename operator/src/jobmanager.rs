@@ -325,6 +325,7 @@ pub(crate) mod fake {
                     complete_time: Some(6_000),
                     duration_ms: Some(1_000),
                     state_size: Some(42),
+                    checkpointed_size: None,
                     external_path: Some(path.into()),
                     failure: None,
                 };

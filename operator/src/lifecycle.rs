@@ -32,6 +32,8 @@ const RESTART_BACKOFF_BASE_MS: i64 = 10_000;
 const RESTART_BACKOFF_MAX_MS: i64 = 300_000;
 
 /// What the JobManager said, if anything.
+// One value per reconcile: its size does not matter, boxing would only add noise.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum JobManagerView {
     /// No answer (pod gone, restarting, network).

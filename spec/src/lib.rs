@@ -300,6 +300,11 @@ pub struct StateConfig {
     /// Where RocksDB instances and in-progress sink files live. Defaults to the OS temp dir.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub local_dir: Option<String>,
+    /// Checkpoints store only the RocksDB files that changed since the previous checkpoint
+    /// and restore by opening those files (Flink's incremental checkpoints). Off: every
+    /// checkpoint is a full snapshot object, like a savepoint. Savepoints are always full.
+    #[serde(default = "default_true")]
+    pub incremental_checkpoints: bool,
 }
 
 impl Default for StateConfig {
@@ -307,6 +312,7 @@ impl Default for StateConfig {
         StateConfig {
             cache_bytes: default_cache_bytes(),
             local_dir: None,
+            incremental_checkpoints: true,
         }
     }
 }
@@ -325,6 +331,9 @@ fn default_checkpoint_timeout() -> Duration {
 }
 fn default_backoff_multiplier() -> f64 {
     2.0
+}
+fn default_true() -> bool {
+    true
 }
 fn default_cache_bytes() -> u64 {
     64 << 20

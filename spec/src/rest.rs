@@ -75,9 +75,13 @@ pub struct CheckpointInfo {
     pub complete_time: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub duration_ms: Option<u64>,
-    /// Bytes of keyed state.
+    /// Bytes of keyed state the checkpoint restores from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub state_size: Option<u64>,
+    /// Bytes this checkpoint stored itself: less than `stateSize` for an incremental
+    /// checkpoint, which refers to files earlier checkpoints stored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checkpointed_size: Option<u64>,
     /// The directory holding `_metadata`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub external_path: Option<String>,

@@ -434,6 +434,28 @@ impl ObjectStore {
         Ok(())
     }
 
+    /// Stores the local file `path` under `key` and leaves the file in place. For files that
+    /// never change once written (RocksDB's SST files): a local store on the same filesystem
+    /// hard-links the file into place instead of copying it, S3 uploads it like `put_file`.
+    pub async fn put_immutable_file(&self, key: &str, path: &Path) -> Result<()> {
+        self.check_writable(key)?;
+        if let Backend::Local { root } = &self.inner.backend {
+            let dst = local_path(root, key);
+            let src = path.to_path_buf();
+            let uri = self.uri(key);
+            let linked = blocking(&uri.clone(), move || {
+                Ok(link_atomic(&src, &dst).inspect_err(|e| {
+                    tracing::debug!(%uri, error = %e, "hard link failed, copying instead");
+                }))
+            })
+            .await?;
+            if linked.is_ok() {
+                return Ok(());
+            }
+        }
+        self.put_file(key, path).await
+    }
+
     pub async fn put_file(&self, key: &str, path: &Path) -> Result<()> {
         self.check_writable(key)?;
         let uri = self.uri(key);
@@ -517,6 +539,125 @@ impl ObjectStore {
                 collect_body(out.body, &uri).await
             }
         }
+    }
+
+    /// Downloads the object `key` into the local file `dest` (replaced if present), streaming
+    /// it: the object is never held in memory whole. `NotFound` when missing.
+    pub async fn get_file(&self, key: &str, dest: &Path) -> Result<u64> {
+        self.check(key, KeyKind::Object)?;
+        let uri = self.uri(key);
+        match &self.inner.backend {
+            Backend::Local { root } => {
+                let src = local_path(root, key);
+                let dest = dest.to_path_buf();
+                let err_uri = uri.clone();
+                blocking(&uri, move || {
+                    fs::copy(&src, &dest).map_err(|e| not_found_or_io(&err_uri, e))
+                })
+                .await
+            }
+            Backend::S3 {
+                client,
+                bucket,
+                prefix,
+            } => {
+                let out = client
+                    .get_object()
+                    .bucket(bucket)
+                    .key(full_key(prefix, key))
+                    .send()
+                    .await
+                    .map_err(|e| {
+                        if is_missing_object(&e) {
+                            StorageError::NotFound { uri: uri.clone() }
+                        } else {
+                            s3_err("GetObject", &uri, &e)
+                        }
+                    })?;
+                let dest_uri = format!("file://{}", dest.display());
+                let mut file = tokio::fs::File::create(dest)
+                    .await
+                    .map_err(|e| io_err(&dest_uri, e))?;
+                let mut body = out.body;
+                let mut written = 0u64;
+                while let Some(chunk) = body
+                    .try_next()
+                    .await
+                    .map_err(|e| io_err(&uri, io::Error::other(e)))?
+                {
+                    tokio::io::AsyncWriteExt::write_all(&mut file, &chunk)
+                        .await
+                        .map_err(|e| io_err(&dest_uri, e))?;
+                    written += chunk.len() as u64;
+                }
+                tokio::io::AsyncWriteExt::flush(&mut file)
+                    .await
+                    .map_err(|e| io_err(&dest_uri, e))?;
+                Ok(written)
+            }
+        }
+    }
+
+    /// Like [`ObjectStore::get_file`] for objects stored by
+    /// [`ObjectStore::put_immutable_file`]: a local store hard-links instead of copying. The
+    /// caller must never write to `dest`.
+    pub async fn get_immutable_file(&self, key: &str, dest: &Path) -> Result<u64> {
+        self.check(key, KeyKind::Object)?;
+        if let Backend::Local { root } = &self.inner.backend {
+            let src = local_path(root, key);
+            let dest = dest.to_path_buf();
+            let uri = self.uri(key);
+            let linked = blocking(&uri.clone(), move || {
+                Ok(fs::hard_link(&src, &dest).and_then(|()| fs::metadata(&dest)))
+            })
+            .await?;
+            match linked {
+                Ok(meta) => return Ok(meta.len()),
+                Err(e) if is_missing(&e) => return Err(StorageError::NotFound { uri }),
+                Err(_) => {} // e.g. another filesystem: copy
+            }
+        }
+        self.get_file(key, dest).await
+    }
+
+    /// The store one folder up, sharing the client; `None` at a bucket or filesystem root.
+    pub fn parent(&self) -> Option<ObjectStore> {
+        let (location, backend) = match (&self.inner.location, &self.inner.backend) {
+            (Location::Local(path), Backend::Local { root }) => (
+                Location::Local(path.parent()?.to_path_buf()),
+                Backend::Local {
+                    root: root.parent()?.to_path_buf(),
+                },
+            ),
+            (
+                Location::S3 { bucket, .. },
+                Backend::S3 {
+                    client,
+                    bucket: b,
+                    prefix,
+                },
+            ) => {
+                if prefix.is_empty() {
+                    return None;
+                }
+                let up = prefix.rsplit_once('/').map_or("", |(up, _)| up).to_string();
+                (
+                    Location::S3 {
+                        bucket: bucket.clone(),
+                        prefix: up.clone(),
+                    },
+                    Backend::S3 {
+                        client: client.clone(),
+                        bucket: b.clone(),
+                        prefix: up,
+                    },
+                )
+            }
+            _ => unreachable!("a store's location and backend are of the same kind"),
+        };
+        Some(ObjectStore {
+            inner: Arc::new(Inner { location, backend }),
+        })
     }
 
     /// Reads up to `len` bytes starting at `offset`. Returns fewer bytes when the object ends
@@ -1156,6 +1297,24 @@ fn write_atomic(dst: &Path, write: impl FnOnce(&mut File) -> io::Result<()>) -> 
     })();
     if result.is_err() {
         // Best effort; after a successful rename the temp name is already gone.
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// Hard-links `src` to `dst` atomically (link under a temp name, rename over `dst`) and makes
+/// it durable: the data (a no-op when the writer already synced it) and the directory entry.
+fn link_atomic(src: &Path, dst: &Path) -> io::Result<()> {
+    let dir = dst
+        .parent()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no parent directory"))?;
+    fs::create_dir_all(dir)?;
+    File::open(src)?.sync_all()?;
+    let tmp = dir.join(temp_name());
+    let result = fs::hard_link(src, &tmp)
+        .and_then(|()| fs::rename(&tmp, dst))
+        .and_then(|()| sync_dir(dir));
+    if result.is_err() {
         let _ = fs::remove_file(&tmp);
     }
     result

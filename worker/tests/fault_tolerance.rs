@@ -164,10 +164,16 @@ fn restore_at_parallelism_1_from_an_explicit_checkpoint_path_merges_key_groups()
     rescale_after_kill(1, true);
 }
 
-/// Leaves a finished run's checkpoints behind and returns (job file, latest checkpoint dir).
-fn checkpointed_run(dir: &Path) -> (PathBuf, PathBuf) {
+/// Leaves a killed run's checkpoints behind and returns (job file, latest checkpoint dir).
+/// `incremental: false` makes every checkpoint one full snapshot object per keyed subtask.
+fn checkpointed_run(dir: &Path, incremental: bool) -> (PathBuf, PathBuf) {
     let storage = format!("file://{}", dir.join("store").display());
     let job = sequence_job(dir, &storage, None, 2000, 4000);
+    if !incremental {
+        let mut yaml = std::fs::read_to_string(&job).expect("job");
+        yaml.push_str("state: {incrementalCheckpoints: false}\n");
+        std::fs::write(&job, yaml).expect("job");
+    }
     let checkpoints = dir.join("store/checkpoints/seq");
     let mut child = spawn_job(&job, &[], &[], &dir.join("work"), &dir.join("first.log"));
     wait_until(Duration::from_secs(60), "a checkpoint", || {
@@ -195,7 +201,7 @@ fn state_objects(checkpoint: &Path) -> Vec<PathBuf> {
 #[test]
 fn flipped_byte_in_state_object_fails_restore_naming_it() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (job, checkpoint) = checkpointed_run(dir.path());
+    let (job, checkpoint) = checkpointed_run(dir.path(), false);
     let victim = state_objects(&checkpoint).remove(0);
     let mut bytes = std::fs::read(&victim).expect("read");
     let middle = bytes.len() / 2;
@@ -218,7 +224,7 @@ fn flipped_byte_in_state_object_fails_restore_naming_it() {
 #[test]
 fn deleted_state_object_fails_restore_naming_it() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (job, checkpoint) = checkpointed_run(dir.path());
+    let (job, checkpoint) = checkpointed_run(dir.path(), false);
     let victim = state_objects(&checkpoint).pop().expect("object");
     std::fs::remove_file(&victim).expect("delete");
     let stderr = run_job_expecting_failure(&job, &[], &[], &dir.path().join("work"));
@@ -234,10 +240,69 @@ fn deleted_state_object_fails_restore_naming_it() {
     );
 }
 
+/// The shared SST files the `_metadata` of `checkpoint` refers to, as local paths.
+fn shared_files(checkpoint: &Path) -> Vec<PathBuf> {
+    let metadata = std::fs::read_to_string(checkpoint.join("_metadata")).expect("_metadata");
+    let json: serde_json::Value =
+        serde_json::from_str(metadata.split_once('\n').expect("header").1).expect("json");
+    let job_folder = checkpoint.parent().expect("job folder");
+    let mut files: Vec<PathBuf> = json["operators"]
+        .as_object()
+        .expect("operators")
+        .values()
+        .flat_map(|op| op["subtasks"].as_array().expect("subtasks").clone())
+        .filter_map(|s| s.get("keyedIncremental").cloned())
+        .flat_map(|h| h["shared"].as_array().expect("shared").clone())
+        .map(|f| job_folder.join(f["object"].as_str().expect("object")))
+        .collect();
+    files.sort();
+    assert!(
+        !files.is_empty(),
+        "an incremental checkpoint refers to SST files"
+    );
+    files
+}
+
+#[test]
+fn flipped_byte_in_shared_sst_file_fails_restore_naming_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (job, checkpoint) = checkpointed_run(dir.path(), true);
+    let victim = shared_files(&checkpoint).remove(0);
+    let mut bytes = std::fs::read(&victim).expect("read");
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x01;
+    // A new file: the old one may be a hard link into the killed run's RocksDB.
+    std::fs::remove_file(&victim).expect("unlink");
+    std::fs::write(&victim, bytes).expect("write");
+    let stderr = run_job_expecting_failure(&job, &[], &[], &dir.path().join("work"));
+    let name = victim.to_string_lossy().into_owned();
+    assert!(stderr.contains("crc32"), "{stderr}");
+    assert!(
+        stderr.contains(&name),
+        "error should name {name}:\n{stderr}"
+    );
+    assert!(!dir.path().join("store/output").join("part").exists());
+}
+
+#[test]
+fn deleted_shared_sst_file_fails_restore_naming_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (job, checkpoint) = checkpointed_run(dir.path(), true);
+    let victim = shared_files(&checkpoint).pop().expect("file");
+    std::fs::remove_file(&victim).expect("delete");
+    let stderr = run_job_expecting_failure(&job, &[], &[], &dir.path().join("work"));
+    let name = victim.to_string_lossy().into_owned();
+    assert!(stderr.contains("missing"), "{stderr}");
+    assert!(
+        stderr.contains(&name),
+        "error should name {name}:\n{stderr}"
+    );
+}
+
 #[test]
 fn damaged_metadata_fails_restore_naming_it() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (job, checkpoint) = checkpointed_run(dir.path());
+    let (job, checkpoint) = checkpointed_run(dir.path(), true);
     let metadata = checkpoint.join("_metadata");
     let mut bytes = std::fs::read(&metadata).expect("read");
     let last = bytes.len() - 3;

@@ -200,6 +200,7 @@ fn steady_running_job_reapplies_children_and_records_checkpoints() {
             complete_time: Some(6_000),
             duration_ms: Some(100),
             state_size: Some(1),
+            checkpointed_size: None,
             external_path: Some("s3://bucket/checkpoints/streams-clicks/chk-4".into()),
             failure: None,
         }),

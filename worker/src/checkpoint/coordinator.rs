@@ -27,6 +27,8 @@ pub struct CompletedCheckpoint {
     pub checkpoint_id: u64,
     pub uri: String,
     pub state_size: u64,
+    /// Bytes stored by this checkpoint itself (see `CheckpointMetadata::checkpointed_size`).
+    pub checkpointed_size: u64,
     pub duration: Duration,
     pub timestamp_ms: u64,
 }
@@ -147,6 +149,7 @@ impl CheckpointCoordinator {
             complete_time: None,
             duration_ms: None,
             state_size: None,
+            checkpointed_size: None,
             external_path: None,
             failure: None,
         });
@@ -298,6 +301,7 @@ impl CheckpointCoordinator {
             checkpoint_id,
             uri: checkpoint_store.location().uri(),
             state_size: metadata.state_size(),
+            checkpointed_size: metadata.checkpointed_size(),
             duration: pending.triggered_at.elapsed(),
             timestamp_ms: metadata.timestamp_ms,
         };
@@ -309,6 +313,7 @@ impl CheckpointCoordinator {
             e.complete_time = Some(now_ms() as i64);
             e.duration_ms = Some(completed.duration.as_millis() as u64);
             e.state_size = Some(completed.state_size);
+            e.checkpointed_size = Some(completed.checkpointed_size);
             e.external_path = Some(completed.uri.clone());
         });
         if kind == SnapshotKind::Savepoint {
@@ -331,7 +336,9 @@ impl CheckpointCoordinator {
     }
 
     /// Deletes completed checkpoints beyond the newest `retained`, and aborted attempts older
-    /// than the newest completed one.
+    /// than the newest completed one. A shared file (incremental checkpoints) goes with the
+    /// last retained checkpoint that refers to it: it is deleted when a checkpoint that
+    /// referred to it expires and no retained one does.
     pub async fn apply_retention(&self) -> Result<()> {
         let all = list_checkpoints(&self.job_store).await?;
         let completed: Vec<u64> = all.iter().filter(|(_, c)| *c).map(|(id, _)| *id).collect();
@@ -340,20 +347,58 @@ impl CheckpointCoordinator {
             .checked_sub(self.config.retained as usize)
             .map_or(0, |i| completed[i]);
         let newest = completed.last().copied().unwrap_or(0);
-        for (id, complete) in all {
-            let expired = if complete {
-                id < keep_from
-            } else {
-                id < newest
-            };
-            if expired {
-                tracing::debug!(checkpoint_id = id, "removing expired checkpoint");
+        let expired: Vec<(u64, bool)> = all
+            .into_iter()
+            .filter(|&(id, complete)| {
+                if complete {
+                    id < keep_from
+                } else {
+                    id < newest
+                }
+            })
+            .collect();
+        if expired.is_empty() {
+            return Ok(());
+        }
+        // Every retained checkpoint's references, read first: if one cannot be read, nothing
+        // is deleted this time (a shared file still in use must never go).
+        let mut referenced = std::collections::BTreeSet::new();
+        for &id in completed.iter().filter(|&&id| id >= keep_from) {
+            let metadata = self.read_metadata(id).await?;
+            referenced.extend(metadata.shared_objects().map(str::to_string));
+        }
+        for (id, complete) in expired {
+            tracing::debug!(checkpoint_id = id, "removing expired checkpoint");
+            let dir = checkpoint_dir_name(id);
+            if complete {
+                let unreferenced: Vec<String> = match self.read_metadata(id).await {
+                    Ok(metadata) => metadata
+                        .shared_objects()
+                        .filter(|object| !referenced.contains(*object))
+                        .map(str::to_string)
+                        .collect(),
+                    Err(e) => {
+                        tracing::warn!(checkpoint_id = id, error = %e, "cannot read an expired checkpoint's metadata; its shared files stay");
+                        Vec::new()
+                    }
+                };
+                // `_metadata` first: from then on the checkpoint no longer exists, so nothing
+                // can restore from it while its files go.
                 self.job_store
-                    .delete_prefix(&format!("{}/", checkpoint_dir_name(id)))
+                    .delete(&format!("{dir}/{}", super::metadata::METADATA_OBJECT))
                     .await?;
+                for object in unreferenced {
+                    self.job_store.delete(&object).await?;
+                }
             }
+            self.job_store.delete_prefix(&format!("{dir}/")).await?;
         }
         Ok(())
+    }
+
+    async fn read_metadata(&self, checkpoint_id: u64) -> Result<CheckpointMetadata> {
+        let store = self.job_store.child(&checkpoint_dir_name(checkpoint_id));
+        Ok(super::RestorePoint::open(store).await?.metadata)
     }
 }
 

@@ -45,8 +45,13 @@ pub struct OperatorSnapshot {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct SubtaskState {
+    /// Keyed state as one snapshot object (savepoints, and checkpoints when incremental
+    /// checkpoints are off): relocatable, readable at any parallelism.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub keyed: Option<KeyedStateHandle>,
+    /// Keyed state as RocksDB's own files, sharing unchanged files with earlier checkpoints.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keyed_incremental: Option<IncrementalKeyedStateHandle>,
     /// By state name.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub operator_state: BTreeMap<String, OperatorStateSnapshot>,
@@ -62,6 +67,50 @@ pub struct KeyedStateHandle {
     pub size: u64,
     pub crc32: u32,
     pub entries: u64,
+}
+
+/// The files of one RocksDB checkpoint of a keyed subtask (Flink's incremental, native format).
+///
+/// SST files never change once written, so each is stored once under the job's checkpoint
+/// folder (`shared/<backendId>/<file>`) and referenced by every checkpoint that still contains
+/// it; the job's retention deletes a shared file only when no retained checkpoint refers to
+/// it. The few files RocksDB rewrites (MANIFEST, CURRENT, OPTIONS) are this checkpoint's own.
+/// Such a checkpoint is not relocatable on its own (savepoints are).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct IncrementalKeyedStateHandle {
+    pub key_groups: KeyGroupRange,
+    /// The RocksDB instance that wrote the files (one per subtask and attempt).
+    pub backend_id: String,
+    /// SST files; objects relative to the job's checkpoint folder (the parent of `chk-<n>`).
+    pub shared: Vec<StateFile>,
+    /// Objects relative to the checkpoint directory.
+    pub private: Vec<StateFile>,
+    /// Bytes this checkpoint stored (new SST files and the private files); the rest were
+    /// stored by earlier checkpoints.
+    pub uploaded_bytes: u64,
+}
+
+/// One file of a RocksDB checkpoint.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StateFile {
+    /// File name inside the RocksDB directory.
+    pub name: String,
+    pub object: String,
+    pub size: u64,
+    /// Of the whole file, checked on restore before RocksDB opens it.
+    pub crc32: u32,
+}
+
+impl IncrementalKeyedStateHandle {
+    pub fn full_size(&self) -> u64 {
+        self.shared
+            .iter()
+            .chain(&self.private)
+            .map(|f| f.size)
+            .sum()
+    }
 }
 
 impl CheckpointMetadata {
@@ -98,13 +147,39 @@ impl CheckpointMetadata {
         serde_json::from_slice(json).map_err(|e| corrupt(format!("invalid JSON: {e}")))
     }
 
-    /// Total bytes of state objects (metadata excluded).
+    /// Total bytes of the state objects this checkpoint restores from (metadata excluded),
+    /// including shared files stored by earlier checkpoints.
     pub fn state_size(&self) -> u64 {
-        self.operators
-            .values()
-            .flat_map(|op| op.subtasks.iter())
-            .filter_map(|s| s.keyed.as_ref().map(|k| k.size))
+        self.subtasks()
+            .map(|s| {
+                s.keyed.as_ref().map_or(0, |k| k.size)
+                    + s.keyed_incremental
+                        .as_ref()
+                        .map_or(0, IncrementalKeyedStateHandle::full_size)
+            })
             .sum()
+    }
+
+    /// Bytes this checkpoint stored itself (Flink's "checkpointed data size"): the state size
+    /// minus the shared files earlier checkpoints had already stored.
+    pub fn checkpointed_size(&self) -> u64 {
+        self.subtasks()
+            .map(|s| {
+                s.keyed.as_ref().map_or(0, |k| k.size)
+                    + s.keyed_incremental.as_ref().map_or(0, |k| k.uploaded_bytes)
+            })
+            .sum()
+    }
+
+    /// Shared objects (relative to the job's checkpoint folder) this checkpoint refers to.
+    pub fn shared_objects(&self) -> impl Iterator<Item = &str> {
+        self.subtasks()
+            .filter_map(|s| s.keyed_incremental.as_ref())
+            .flat_map(|k| k.shared.iter().map(|f| f.object.as_str()))
+    }
+
+    fn subtasks(&self) -> impl Iterator<Item = &SubtaskState> {
+        self.operators.values().flat_map(|op| op.subtasks.iter())
     }
 }
 
@@ -117,16 +192,42 @@ mod tests {
         operators.insert(
             "counter".to_string(),
             OperatorSnapshot {
-                subtasks: vec![SubtaskState {
-                    keyed: Some(KeyedStateHandle {
-                        object: "counter-0.state".into(),
-                        key_groups: KeyGroupRange { start: 0, end: 64 },
-                        size: 10,
-                        crc32: 7,
-                        entries: 1,
-                    }),
-                    operator_state: BTreeMap::new(),
-                }],
+                subtasks: vec![
+                    SubtaskState {
+                        keyed: Some(KeyedStateHandle {
+                            object: "counter-0.state".into(),
+                            key_groups: KeyGroupRange { start: 0, end: 64 },
+                            size: 10,
+                            crc32: 7,
+                            entries: 1,
+                        }),
+                        keyed_incremental: None,
+                        operator_state: BTreeMap::new(),
+                    },
+                    SubtaskState {
+                        keyed_incremental: Some(IncrementalKeyedStateHandle {
+                            key_groups: KeyGroupRange {
+                                start: 64,
+                                end: 128,
+                            },
+                            backend_id: "counter-1-00ff".into(),
+                            shared: vec![StateFile {
+                                name: "000009.sst".into(),
+                                object: "shared/counter-1-00ff/000009.sst".into(),
+                                size: 2048,
+                                crc32: 5,
+                            }],
+                            private: vec![StateFile {
+                                name: "CURRENT".into(),
+                                object: "counter-1/CURRENT".into(),
+                                size: 16,
+                                crc32: 9,
+                            }],
+                            uploaded_bytes: 16,
+                        }),
+                        ..Default::default()
+                    },
+                ],
             },
         );
         CheckpointMetadata {

@@ -1,16 +1,21 @@
 //! Checkpoints in storage: layout, discovery, restore views, and the coordinator.
 //!
-//! Layout under the checkpoint storage: `<jobId>/chk-<n>/_metadata` plus one object per
-//! keyed subtask (`<operator>-<subtask>.state`). `_metadata` is written last: a `chk-<n>`
-//! directory without it is an aborted attempt and is never restored from.
+//! Layout under the checkpoint storage: `<jobId>/chk-<n>/_metadata` plus, per keyed subtask,
+//! either one snapshot object (`<operator>-<subtask>.state`: savepoints, and checkpoints when
+//! incremental checkpoints are off) or RocksDB's files (`<operator>-<subtask>/MANIFEST-…`
+//! etc., with SST files in `<jobId>/shared/`, see `incremental.rs`). `_metadata` is written
+//! last: a `chk-<n>` directory without it is an aborted attempt and is never restored from.
 
 pub mod coordinator;
+pub mod incremental;
 pub mod metadata;
 
 use std::sync::Arc;
 
 pub use coordinator::{CheckpointCoordinator, CompletedCheckpoint};
-pub use metadata::{CheckpointMetadata, KeyedStateHandle, SnapshotKind, SubtaskState};
+pub use metadata::{
+    CheckpointMetadata, IncrementalKeyedStateHandle, KeyedStateHandle, SnapshotKind, SubtaskState,
+};
 
 use crate::error::{Error, Result};
 use crate::state::{KeyGroupRange, Redistribution, operator::redistribute};
@@ -93,6 +98,25 @@ impl RestorePoint {
                 op.subtasks
                     .iter()
                     .filter_map(|s| s.keyed.clone())
+                    .filter(|h| h.key_groups.intersects(&range))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Incremental keyed-state handles of `operator` that hold any of `range`.
+    pub fn incremental_handles(
+        &self,
+        operator: &str,
+        range: KeyGroupRange,
+    ) -> Vec<IncrementalKeyedStateHandle> {
+        self.metadata
+            .operators
+            .get(operator)
+            .map(|op| {
+                op.subtasks
+                    .iter()
+                    .filter_map(|s| s.keyed_incremental.clone())
                     .filter(|h| h.key_groups.intersects(&range))
                     .collect()
             })

@@ -89,6 +89,7 @@ fn subtask_state() -> SubtaskState {
             crc32: 3_071_615_211,
             entries: 4,
         }),
+        keyed_incremental: None,
         operator_state,
     }
 }

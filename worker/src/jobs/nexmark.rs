@@ -705,6 +705,7 @@ fn checkpoint_summary(stats: &CheckpointStats) -> serde_json::Value {
         "duration_ms_p50": percentile(&durations, 50.0),
         "duration_ms_max": durations.last(),
         "last_state_size_bytes": stats.latest.as_ref().and_then(|c| c.state_size),
+        "last_checkpointed_size_bytes": stats.latest.as_ref().and_then(|c| c.checkpointed_size),
     })
 }
 
@@ -796,6 +797,7 @@ fn checkpoint_now(job: &JobHandle) -> std::result::Result<serde_json::Value, Str
         "id": c.id,
         "duration_ms": c.duration_ms,
         "state_size_bytes": c.state_size,
+        "checkpointed_size_bytes": c.checkpointed_size,
         "external_path": c.external_path,
     }))
 }

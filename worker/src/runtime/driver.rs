@@ -515,6 +515,7 @@ impl Attempt {
             checkpoint_id,
             duration_ms = completed.duration.as_millis() as u64,
             state_bytes = completed.state_size,
+            stored_bytes = completed.checkpointed_size,
             path = %completed.uri,
             "checkpoint completed"
         );

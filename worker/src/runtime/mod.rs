@@ -203,6 +203,14 @@ impl TaskSnapshot {
     pub fn set_keyed(&mut self, operator: &str, handle: KeyedStateHandle) {
         self.entry(operator).keyed = Some(handle);
     }
+
+    pub fn set_keyed_incremental(
+        &mut self,
+        operator: &str,
+        handle: crate::checkpoint::IncrementalKeyedStateHandle,
+    ) {
+        self.entry(operator).keyed_incremental = Some(handle);
+    }
 }
 
 /// A unit of work on its own thread.

@@ -13,11 +13,12 @@ use super::{
     TaskSnapshot,
 };
 use crate::api::{Key, KeyedProcessFunction, SourceContext, SourceFactory, SourceStatus};
+use crate::checkpoint::incremental::{self, IncrementalSnapshots};
 use crate::checkpoint::{KeyedStateHandle, checkpoint_dir_name};
 use crate::error::{Error, Result};
 use crate::spec::CheckpointMode;
 use crate::state::keygroups::key_group_range_for_subtask;
-use crate::state::{KeyedContext, KeyedStateBackend, Redistribution, StateRegistry};
+use crate::state::{KeyGroupRange, KeyedContext, KeyedStateBackend, Redistribution, StateRegistry};
 
 /// Name of a source's offsets in operator state.
 pub const SOURCE_OFFSETS_STATE: &str = "offsets";
@@ -255,20 +256,8 @@ impl<K: Key, T: Send + 'static, O: Send + 'static> Task for KeyedTask<K, T, O> {
         } = *self;
         let key_groups =
             key_group_range_for_subtask(env.max_parallelism, env.parallelism, env.id.subtask);
-        let mut backend = KeyedStateBackend::open(
-            &env.local_dir.join("rocksdb"),
-            key_groups,
-            env.doc.state.cache_bytes,
-        )?;
-        if let Some(restore) = &env.restore {
-            let started = Instant::now();
-            let mut entries = 0;
-            for handle in restore.keyed_handles(&uid, key_groups) {
-                let data = env.rt.block_on(restore.fetch_keyed(&handle))?;
-                entries += backend.restore_snapshot(&data, &restore.store.uri(&handle.object))?;
-            }
-            tracing::info!(operator = %uid, subtask = env.id.subtask, entries, elapsed = ?started.elapsed(), from = %restore.uri(), "keyed state restored");
-        }
+        let snapshots = IncrementalSnapshots::new(&uid, env.id.subtask);
+        let mut backend = open_keyed_state(&env, &uid, key_groups, &snapshots)?;
         let mut registry = StateRegistry::new(&uid);
         function.open(&mut registry)?;
         chain.open(&env)?;
@@ -306,7 +295,10 @@ impl<K: Key, T: Send + 'static, O: Send + 'static> Task for KeyedTask<K, T, O> {
             if op.index() == 0 {
                 let msg = op.recv(&env.control).map_err(|_| Error::Cancelled)?;
                 match msg {
-                    ControlMessage::CheckpointComplete(id) => chain.on_checkpoint_complete(id)?,
+                    ControlMessage::CheckpointComplete(id) => {
+                        snapshots.on_checkpoint_complete(id);
+                        chain.on_checkpoint_complete(id)?;
+                    }
                     ControlMessage::AbortCheckpoint(id) => alignment.abort(id),
                     ControlMessage::Cancel => return Err(Error::Cancelled),
                     ControlMessage::TriggerCheckpoint(_) | ControlMessage::Stop => {}
@@ -353,13 +345,21 @@ impl<K: Key, T: Send + 'static, O: Send + 'static> Task for KeyedTask<K, T, O> {
                 }
             };
             if let Some(barrier) = aligned {
-                snapshot(&env, &uid, &mut backend, chain.as_mut(), barrier)?;
+                snapshot(
+                    &env,
+                    &uid,
+                    &mut backend,
+                    &snapshots,
+                    chain.as_mut(),
+                    barrier,
+                )?;
             }
             if alignment.all_ended() {
                 // Completions are sent before sources are told to stop, so any completion
                 // of the final checkpoint is already queued: apply it before finishing.
                 while let Ok(msg) = env.control.try_recv() {
                     if let ControlMessage::CheckpointComplete(id) = msg {
+                        snapshots.on_checkpoint_complete(id);
                         chain.on_checkpoint_complete(id)?;
                     }
                 }
@@ -372,13 +372,72 @@ impl<K: Key, T: Send + 'static, O: Send + 'static> Task for KeyedTask<K, T, O> {
     }
 }
 
+/// Opens the keyed state of a subtask owning `key_groups`, restored when the attempt restores.
+///
+/// Restoring one incremental handle of exactly these key groups (a restart at the same
+/// parallelism) opens RocksDB on its downloaded files: nothing is rewritten. Anything else (a
+/// rescale, or full snapshot objects) copies the wanted key groups into a fresh instance.
+fn open_keyed_state(
+    env: &TaskEnv,
+    uid: &str,
+    key_groups: KeyGroupRange,
+    snapshots: &IncrementalSnapshots,
+) -> Result<KeyedStateBackend> {
+    let db_path = env.local_dir.join("rocksdb");
+    let cache_bytes = env.doc.state.cache_bytes;
+    let Some(restore) = &env.restore else {
+        return KeyedStateBackend::open(&db_path, key_groups, cache_bytes);
+    };
+    let started = Instant::now();
+    let full = restore.keyed_handles(uid, key_groups);
+    let incremental = restore.incremental_handles(uid, key_groups);
+    if let ([], [handle]) = (full.as_slice(), incremental.as_slice())
+        && handle.key_groups == key_groups
+    {
+        env.rt
+            .block_on(incremental::download(restore, handle, &db_path))?;
+        let backend =
+            KeyedStateBackend::open_restored(&db_path, key_groups, cache_bytes, &restore.uri())?;
+        // Later checkpoints may refer to the restored files only where they live: in this
+        // job's own checkpoint folder (a checkpoint of another job is never written to).
+        let same_job = restore
+            .store
+            .parent()
+            .zip(env.checkpoint_store.as_ref())
+            .is_some_and(|(folder, job)| folder.location() == job.location());
+        if same_job {
+            snapshots.adopt(handle);
+        }
+        tracing::info!(operator = %uid, subtask = env.id.subtask, files = handle.shared.len() + handle.private.len(), bytes = handle.full_size(), elapsed = ?started.elapsed(), from = %restore.uri(), "keyed state restored (RocksDB files opened as they are)");
+        return Ok(backend);
+    }
+    let mut backend = KeyedStateBackend::open(&db_path, key_groups, cache_bytes)?;
+    let mut entries = 0;
+    for handle in full {
+        let data = env.rt.block_on(restore.fetch_keyed(&handle))?;
+        entries += backend.restore_snapshot(&data, &restore.store.uri(&handle.object))?;
+    }
+    for (i, handle) in incremental.iter().enumerate() {
+        let dir = env.local_dir.join(format!("restore-{i}"));
+        env.rt
+            .block_on(incremental::download(restore, handle, &dir))?;
+        entries += backend.restore_from_files(&dir, &restore.uri())?;
+        std::fs::remove_dir_all(&dir).map_err(|e| Error::io(dir.display(), e))?;
+    }
+    tracing::info!(operator = %uid, subtask = env.id.subtask, entries, elapsed = ?started.elapsed(), from = %restore.uri(), "keyed state restored");
+    Ok(backend)
+}
+
 /// Snapshots keyed state and the chain at `barrier`. The synchronous part (flush, RocksDB
-/// hard-link checkpoint, sink pre-commit) runs here; writing and uploading the state object
-/// runs on the I/O runtime, which acknowledges (or declines) when done.
+/// hard-link checkpoint, sink pre-commit) runs here; storing the state runs on the I/O
+/// runtime, which acknowledges (or declines) when done. Checkpoints store RocksDB's files
+/// incrementally (unless `state.incrementalCheckpoints` is off); savepoints write one full,
+/// relocatable snapshot object.
 fn snapshot<O>(
     env: &TaskEnv,
     uid: &str,
     backend: &mut KeyedStateBackend,
+    snapshots: &IncrementalSnapshots,
     chain: &mut dyn Collector<O>,
     barrier: Barrier,
 ) -> Result<()> {
@@ -388,12 +447,17 @@ fn snapshot<O>(
     let mut task_snapshot = TaskSnapshot::default();
     chain.on_barrier(&barrier, &mut task_snapshot)?;
 
-    let store = match (&barrier.savepoint, &env.checkpoint_store) {
-        (Some(savepoint), _) => savepoint.store.clone(),
-        (None, Some(job_store)) => job_store.child(&checkpoint_dir_name(checkpoint_id)),
+    let (store, job_store) = match (&barrier.savepoint, &env.checkpoint_store) {
+        (Some(savepoint), _) => (savepoint.store.clone(), None),
+        (None, Some(job_store)) => (
+            job_store.child(&checkpoint_dir_name(checkpoint_id)),
+            Some(job_store.clone()),
+        ),
         (None, None) => return Ok(()),
     };
-    let object = format!("{uid}-{}.state", env.id.subtask);
+    let incremental_to = job_store.filter(|_| env.doc.state.incremental_checkpoints);
+    let private_prefix = format!("{uid}-{}", env.id.subtask);
+    let object = format!("{private_prefix}.state");
     let file = env
         .local_dir
         .join(format!("snapshot-{checkpoint_id}.state"));
@@ -401,8 +465,23 @@ fn snapshot<O>(
     let events = env.events.clone();
     let task = env.id;
     let uid = uid.to_string();
+    let snapshots = snapshots.clone();
     env.rt.spawn(async move {
-        let upload = async {
+        let stored = async {
+            if let Some(job_store) = &incremental_to {
+                let handle = snapshots
+                    .store(
+                        checkpoint_id,
+                        &copy_dir,
+                        key_groups,
+                        job_store,
+                        &store,
+                        &private_prefix,
+                    )
+                    .await?;
+                task_snapshot.set_keyed_incremental(&uid, handle);
+                return Ok::<_, Error>(());
+            }
             let file_for_write = file.clone();
             let info = tokio::task::spawn_blocking(move || {
                 crate::state::backend::write_snapshot(&copy_dir, &file_for_write)
@@ -410,23 +489,24 @@ fn snapshot<O>(
             .await
             .map_err(|e| Error::operator(&uid, format!("snapshot writer panicked: {e}")))??;
             store.move_file(&object, &file).await?;
-            Ok::<_, Error>(KeyedStateHandle {
-                object: object.clone(),
-                key_groups,
-                size: info.size,
-                crc32: info.crc32,
-                entries: info.entries,
-            })
+            task_snapshot.set_keyed(
+                &uid,
+                KeyedStateHandle {
+                    object: object.clone(),
+                    key_groups,
+                    size: info.size,
+                    crc32: info.crc32,
+                    entries: info.entries,
+                },
+            );
+            Ok(())
         };
-        let event = match upload.await {
-            Ok(handle) => {
-                task_snapshot.set_keyed(&uid, handle);
-                TaskEvent::Acknowledge {
-                    checkpoint_id,
-                    task,
-                    states: task_snapshot.states,
-                }
-            }
+        let event = match stored.await {
+            Ok(()) => TaskEvent::Acknowledge {
+                checkpoint_id,
+                task,
+                states: task_snapshot.states,
+            },
             Err(e) => TaskEvent::Decline {
                 checkpoint_id,
                 task,

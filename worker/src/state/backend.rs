@@ -68,6 +68,29 @@ impl KeyedStateBackend {
             std::fs::remove_dir_all(path).map_err(|e| Error::io(path.display(), e))?;
         }
         std::fs::create_dir_all(path).map_err(|e| Error::io(path.display(), e))?;
+        Self::open_at(path, key_groups, cache_capacity)
+    }
+
+    /// Opens the instance whose files a restore placed at `path` (the files of one RocksDB
+    /// checkpoint of exactly `key_groups`, see `state/incremental.rs`) and rebuilds the timer
+    /// index from it. `object` names the checkpoint in errors.
+    pub fn open_restored(
+        path: &Path,
+        key_groups: KeyGroupRange,
+        cache_capacity: u64,
+        object: &str,
+    ) -> Result<Self> {
+        let mut backend = Self::open_at(path, key_groups, cache_capacity).map_err(|e| {
+            Error::CorruptCheckpoint {
+                object: object.to_string(),
+                reason: format!("its RocksDB files do not open: {e}"),
+            }
+        })?;
+        backend.rebuild_timer_index(object)?;
+        Ok(backend)
+    }
+
+    fn open_at(path: &Path, key_groups: KeyGroupRange, cache_capacity: u64) -> Result<Self> {
         let mut opts = rocksdb::Options::default();
         opts.create_if_missing(true);
         opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
@@ -92,6 +115,27 @@ impl KeyedStateBackend {
             ingested: 0,
             timers: Default::default(),
         })
+    }
+
+    /// Timers are entries like any other state; the in-memory index of them is not. Each key
+    /// group keeps its timers in one contiguous range, so this is one seek per key group.
+    fn rebuild_timer_index(&mut self, object: &str) -> Result<()> {
+        let mut iter = self.db.raw_iterator();
+        for group in self.key_groups.start..self.key_groups.end {
+            let mut prefix = group.to_be_bytes().to_vec();
+            prefix.extend_from_slice(&[0xFF; 4]);
+            iter.seek(&prefix);
+            while let (Some(key), Some(value)) = (iter.key(), iter.value()) {
+                if !key.starts_with(&prefix) {
+                    break;
+                }
+                self.timers.restore_entry(key, value, object)?;
+                iter.next();
+            }
+            iter.status()
+                .map_err(|e| Error::rocks(format!("read timers of {object}"), e))?;
+        }
+        Ok(())
     }
 
     pub fn key_groups(&self) -> KeyGroupRange {
@@ -243,6 +287,16 @@ impl KeyedStateBackend {
             .map_err(|e| Error::rocks(format!("write batch in {}", self.path.display()), e))
     }
 
+    /// Compacts everything into the bottom level (tests: to replace every SST file).
+    #[cfg(test)]
+    pub(crate) fn compact_all(&mut self) -> Result<()> {
+        self.db
+            .flush()
+            .map_err(|e| Error::rocks(format!("flush {}", self.path.display()), e))?;
+        self.db.compact_range(None::<&[u8]>, None::<&[u8]>);
+        Ok(())
+    }
+
     /// All `(suffix, value)` entries of `state` for the current key, e.g. a MapState's entries.
     pub fn entries(&mut self, state: StateId) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
         self.flush_dirty()?;
@@ -350,6 +404,53 @@ impl KeyedStateBackend {
             .ingest_external_file_opts(&ingest, vec![&sst])
             .map_err(|e| rocks("ingest SST", e))?;
         Ok(Some(restored))
+    }
+
+    /// Copies the entries of this backend's key groups out of the RocksDB checkpoint files at
+    /// `dir` (an incremental checkpoint of another key-group range, i.e. a rescale) into one
+    /// SST file that RocksDB ingests. `object` names the checkpoint in errors.
+    pub fn restore_from_files(&mut self, dir: &Path, object: &str) -> Result<u64> {
+        let corrupt = |e: rocksdb::Error| Error::CorruptCheckpoint {
+            object: object.to_string(),
+            reason: format!("its RocksDB files do not read: {e}"),
+        };
+        let source = rocksdb::DB::open_for_read_only(&rocksdb::Options::default(), dir, false)
+            .map_err(corrupt)?;
+        let mut read = rocksdb::ReadOptions::default();
+        read.set_readahead_size(4 << 20);
+        read.fill_cache(false);
+        let mut iter = source.raw_iterator_opt(read);
+        iter.seek(self.key_groups.start.to_be_bytes());
+        self.ingested += 1;
+        let sst = self.path.join(format!("restore-{}.sst", self.ingested));
+        let mut opts = rocksdb::Options::default();
+        opts.set_compression_type(rocksdb::DBCompressionType::None);
+        let mut writer = rocksdb::SstFileWriter::create(&opts);
+        let rocks = |what: &str, e| Error::rocks(format!("restore {object}: {what}"), e);
+        writer.open(&sst).map_err(|e| rocks("open SST", e))?;
+        let mut restored = 0u64;
+        while let (Some(key), Some(value)) = (iter.key(), iter.value()) {
+            if key.len() < 2 || u16::from_be_bytes([key[0], key[1]]) >= self.key_groups.end {
+                break;
+            }
+            self.timers.restore_entry(key, value, object)?;
+            writer.put(key, value).map_err(|e| rocks("write SST", e))?;
+            restored += 1;
+            iter.next();
+        }
+        iter.status().map_err(corrupt)?;
+        if restored == 0 {
+            drop(writer);
+            let _ = std::fs::remove_file(&sst);
+            return Ok(0);
+        }
+        writer.finish().map_err(|e| rocks("finish SST", e))?;
+        let mut ingest = rocksdb::IngestExternalFileOptions::default();
+        ingest.set_move_files(true);
+        self.db
+            .ingest_external_file_opts(&ingest, vec![&sst])
+            .map_err(|e| rocks("ingest SST", e))?;
+        Ok(restored)
     }
 
     fn restore_by_batches(&mut self, data: &[u8], object: &str) -> Result<u64> {
