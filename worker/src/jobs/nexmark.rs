@@ -273,12 +273,17 @@ impl<'a> Cursor<'a> {
             .map(|b| b.wrapping_sub(b'0'))
             .filter(|d| *d <= 9)
         {
-            n = n.checked_mul(10)?.checked_add(u64::from(d))?;
+            // Cannot overflow up to 19 digits; 20 are parsed again with overflow checks below.
+            n = n.wrapping_mul(10).wrapping_add(u64::from(d));
             digits += 1;
         }
-        // Empty, or a leading zero (invalid JSON unless the number is `0`): leave it to serde.
-        if digits == 0 || (digits > 1 && rest[0] == b'0') {
+        // Empty, or a leading zero (invalid JSON unless the number is `0`), or more digits than
+        // any u64 has: leave it to serde.
+        if digits == 0 || (digits > 1 && rest[0] == b'0') || digits > 20 {
             return None;
+        }
+        if digits == 20 {
+            n = self.s.get(self.i..self.i + digits)?.parse().ok()?;
         }
         self.i += digits;
         Some(n)
@@ -1176,6 +1181,11 @@ mod tests {
         // Non-ASCII and DEL need no escaping: fast path, same bytes.
         assert!(parse_bid_plain(&lines[8]).is_some());
         assert!(parse_bid_plain(&lines[9]).is_some());
+        // 20 digits: u64::MAX on the fast path, one more is serde_json's error.
+        let max = ok.replace("1006", &u64::MAX.to_string());
+        assert_eq!(parse_bid_plain(&max).map(|b| b.auction), Some(u64::MAX));
+        assert!(parse_bid_plain(&ok.replace("1006", "18446744073709551616")).is_none());
+        assert!(parse_bid_plain(&ok.replace("1006", "10000000000000000000")).is_some());
     }
 
     /// Random edits of generated lines (bytes JSON cares about): fast path or not, the outputs
