@@ -442,8 +442,11 @@ fn snapshot<O>(
     barrier: Barrier,
 ) -> Result<()> {
     let checkpoint_id = barrier.checkpoint_id;
+    let started = Instant::now();
     let copy_dir = env.local_dir.join(format!("snapshot-{checkpoint_id}"));
     backend.checkpoint_to(&copy_dir)?;
+    let subtask = env.id.subtask;
+    tracing::debug!(operator = %uid, subtask, checkpoint_id, elapsed = ?started.elapsed(), "keyed snapshot: synchronous part done");
     let mut task_snapshot = TaskSnapshot::default();
     chain.on_barrier(&barrier, &mut task_snapshot)?;
 
@@ -501,7 +504,9 @@ fn snapshot<O>(
             );
             Ok(())
         };
-        let event = match stored.await {
+        let result = stored.await;
+        tracing::debug!(operator = %uid, subtask, checkpoint_id, elapsed = ?started.elapsed(), "keyed snapshot: stored");
+        let event = match result {
             Ok(()) => TaskEvent::Acknowledge {
                 checkpoint_id,
                 task,

@@ -325,10 +325,13 @@ impl KeyedStateBackend {
     /// The synchronous part of a snapshot: make RocksDB exact, then hard-link its files into
     /// `dir`. Processing continues while [`write_snapshot`] reads that copy.
     pub fn checkpoint_to(&mut self, dir: &Path) -> Result<()> {
+        let started = std::time::Instant::now();
         self.flush_dirty()?;
+        let cache_flushed = started.elapsed();
         self.db
             .flush()
             .map_err(|e| Error::rocks(format!("flush {}", self.path.display()), e))?;
+        tracing::debug!(?cache_flushed, memtables_flushed = ?started.elapsed(), "keyed state flushed for a snapshot");
         if dir.exists() {
             std::fs::remove_dir_all(dir).map_err(|e| Error::io(dir.display(), e))?;
         }
