@@ -11,20 +11,33 @@
 
 use std::path::{Path, PathBuf};
 
-use rustc_hash::FxHashMap;
-
 use super::keygroups::KeyGroupRange;
 use crate::error::{Error, Result};
 
 /// Bytes charged per cache entry on top of key and value (hash map slot, Vec headers).
 const CACHE_ENTRY_OVERHEAD: usize = 64;
 const RESTORE_BATCH_BYTES: usize = 8 << 20;
+/// Key plus value up to this many bytes live inside the cache slot itself.
+const INLINE_BYTES: usize = 48;
 
 pub type StateId = u32;
 
+/// `[key][value]` of a cache slot: inline when short (a lookup then touches the slot's
+/// cache line only, not a separate key allocation), on the heap otherwise.
+enum SlotBytes {
+    Inline([u8; INLINE_BYTES]),
+    Heap(Vec<u8>),
+}
+
+/// One cache line per slot: the hash table probe and the value read touch the same line.
+#[repr(align(64))]
 struct CacheSlot {
-    /// `None` records a delete (or a known-absent key) so misses are not re-read from RocksDB.
-    value: Option<Vec<u8>>,
+    bytes: SlotBytes,
+    key_len: u32,
+    /// Length of key plus value when `bytes` is inline.
+    inline_len: u8,
+    /// `false` records a delete (or a known-absent key) so misses are not re-read from RocksDB.
+    has_value: bool,
     dirty: bool,
     /// RocksDB may hold an entry for this key. When it cannot, a delete drops the slot instead
     /// of writing a tombstone: state created and cleared between two flushes (window contents,
@@ -32,11 +45,109 @@ struct CacheSlot {
     in_db: bool,
 }
 
+const _: () = assert!(std::mem::size_of::<CacheSlot>() == 64);
+
+impl CacheSlot {
+    fn new(key: &[u8], value: Option<&[u8]>, dirty: bool, in_db: bool) -> Self {
+        let value_bytes = value.unwrap_or_default();
+        let total = key.len() + value_bytes.len();
+        let (bytes, inline_len) = if total <= INLINE_BYTES {
+            let mut inline = [0u8; INLINE_BYTES];
+            inline[..key.len()].copy_from_slice(key);
+            inline[key.len()..total].copy_from_slice(value_bytes);
+            (SlotBytes::Inline(inline), total as u8)
+        } else {
+            let mut heap = Vec::with_capacity(total);
+            heap.extend_from_slice(key);
+            heap.extend_from_slice(value_bytes);
+            (SlotBytes::Heap(heap), 0)
+        };
+        CacheSlot {
+            bytes,
+            // Keys longer than 4 GiB are not a thing state can hold anyway.
+            key_len: key.len() as u32,
+            inline_len,
+            has_value: value.is_some(),
+            dirty,
+            in_db,
+        }
+    }
+
+    fn all(&self) -> &[u8] {
+        match &self.bytes {
+            SlotBytes::Inline(inline) => &inline[..usize::from(self.inline_len)],
+            SlotBytes::Heap(heap) => heap,
+        }
+    }
+
+    fn key(&self) -> &[u8] {
+        &self.all()[..self.key_len as usize]
+    }
+
+    fn value(&self) -> Option<&[u8]> {
+        self.has_value.then(|| &self.all()[self.key_len as usize..])
+    }
+
+    fn value_len(&self) -> usize {
+        self.all().len() - self.key_len as usize
+    }
+
+    fn set_value(&mut self, value: Option<&[u8]>) {
+        let key_len = self.key_len as usize;
+        let value_bytes = value.unwrap_or_default();
+        let total = key_len + value_bytes.len();
+        self.has_value = value.is_some();
+        match &mut self.bytes {
+            SlotBytes::Inline(inline) if total <= INLINE_BYTES => {
+                inline[key_len..total].copy_from_slice(value_bytes);
+                self.inline_len = total as u8;
+            }
+            SlotBytes::Inline(inline) => {
+                let mut heap = Vec::with_capacity(total);
+                heap.extend_from_slice(&inline[..key_len]);
+                heap.extend_from_slice(value_bytes);
+                self.bytes = SlotBytes::Heap(heap);
+            }
+            SlotBytes::Heap(heap) => {
+                heap.truncate(key_len);
+                heap.extend_from_slice(value_bytes);
+            }
+        }
+    }
+}
+
+fn hash_key(key: &[u8]) -> u64 {
+    use std::hash::Hasher;
+    let mut hasher = rustc_hash::FxHasher::default();
+    hasher.write(key);
+    hasher.finish()
+}
+
+fn slot_hash(slot: &CacheSlot) -> u64 {
+    hash_key(slot.key())
+}
+
+/// Sorts by the first 16 key bytes held in the vector itself, and compares whole keys only on
+/// a tie: `(prefix, slot)` pairs sort in byte order of the keys without touching each slot
+/// on every comparison.
+fn key_prefix(key: &[u8]) -> u128 {
+    let mut prefix = [0u8; 16];
+    let n = key.len().min(16);
+    prefix[..n].copy_from_slice(&key[..n]);
+    u128::from_be_bytes(prefix)
+}
+
+const NO_SLOT: usize = usize::MAX;
+
 pub struct KeyedStateBackend {
     db: rocksdb::DB,
     path: PathBuf,
     key_groups: KeyGroupRange,
-    cache: FxHashMap<Vec<u8>, CacheSlot>,
+    cache: hashbrown::HashTable<CacheSlot>,
+    /// Bucket of the slot last looked up or inserted ([`NO_SLOT`] when unknown): the put that
+    /// follows a get of the same key finds its slot without a second hash probe. Reset
+    /// whenever slots may move (insert, remove, clear).
+    last_slot: usize,
     cache_bytes: usize,
     cache_capacity: usize,
     dirty_entries: usize,
@@ -81,7 +192,8 @@ impl KeyedStateBackend {
             db,
             path: path.to_path_buf(),
             key_groups,
-            cache: FxHashMap::default(),
+            cache: hashbrown::HashTable::new(),
+            last_slot: NO_SLOT,
             cache_bytes: 0,
             cache_capacity: usize::try_from(cache_capacity).unwrap_or(usize::MAX),
             dirty_entries: 0,
@@ -123,36 +235,58 @@ impl KeyedStateBackend {
         self.scratch.extend_from_slice(suffix);
     }
 
+    /// The bucket of the cached slot of the key in `scratch`, with the key's hash when it had
+    /// to be computed.
+    fn find_scratch(&self) -> (Option<usize>, Option<u64>) {
+        if let Some(slot) = self.cache.get_bucket(self.last_slot)
+            && slot.key() == self.scratch.as_slice()
+        {
+            return (Some(self.last_slot), None);
+        }
+        let hash = hash_key(&self.scratch);
+        let key = self.scratch.as_slice();
+        let found = self.cache.find_bucket_index(hash, |slot| slot.key() == key);
+        (found, Some(hash))
+    }
+
+    /// Caches a slot for the key in `scratch` (which has none) and returns its bucket.
+    fn insert_scratch(&mut self, hash: Option<u64>, slot: CacheSlot) -> usize {
+        let hash = hash.unwrap_or_else(|| hash_key(&self.scratch));
+        let bucket = self
+            .cache
+            .insert_unique(hash, slot, slot_hash)
+            .bucket_index();
+        self.last_slot = bucket;
+        bucket
+    }
+
     /// The value of `state` (plus map-key `suffix`) for the current key.
     pub fn get(&mut self, state: StateId, suffix: &[u8]) -> Result<Option<&[u8]>> {
         self.compose(state, suffix);
-        if self.cache.contains_key(self.scratch.as_slice()) {
-            self.stats.cache_hits += 1;
-        } else {
-            self.stats.cache_misses += 1;
-            let value = self
-                .db
-                .get(&self.scratch)
-                .map_err(|e| Error::rocks(format!("get in {}", self.path.display()), e))?;
-            self.make_room()?;
-            self.cache_bytes +=
-                self.scratch.len() + value.as_ref().map_or(0, Vec::len) + CACHE_ENTRY_OVERHEAD;
-            self.cache.insert(
-                self.scratch.clone(),
-                CacheSlot {
-                    in_db: value.is_some(),
-                    value,
-                    dirty: false,
-                },
-            );
-        }
-        Ok(self
-            .cache
-            .get(self.scratch.as_slice())
-            .and_then(|slot| slot.value.as_deref()))
+        let (found, hash) = self.find_scratch();
+        let bucket = match found {
+            Some(bucket) => {
+                self.stats.cache_hits += 1;
+                self.last_slot = bucket;
+                bucket
+            }
+            None => {
+                self.stats.cache_misses += 1;
+                let value = self
+                    .db
+                    .get(&self.scratch)
+                    .map_err(|e| Error::rocks(format!("get in {}", self.path.display()), e))?;
+                self.make_room()?;
+                self.cache_bytes +=
+                    self.scratch.len() + value.as_ref().map_or(0, Vec::len) + CACHE_ENTRY_OVERHEAD;
+                let slot = CacheSlot::new(&self.scratch, value.as_deref(), false, value.is_some());
+                self.insert_scratch(hash, slot)
+            }
+        };
+        Ok(self.cache.get_bucket(bucket).and_then(CacheSlot::value))
     }
 
-    pub fn put(&mut self, state: StateId, suffix: &[u8], value: Vec<u8>) -> Result<()> {
+    pub fn put(&mut self, state: StateId, suffix: &[u8], value: &[u8]) -> Result<()> {
         self.compose(state, suffix);
         self.write_slot(Some(value), false)
     }
@@ -164,16 +298,22 @@ impl KeyedStateBackend {
 
     /// Writes the slot of the key in `scratch`. `known_absent`: the caller knows RocksDB has
     /// no entry for the key (only matters when the cache has no slot for it).
-    fn write_slot(&mut self, value: Option<Vec<u8>>, known_absent: bool) -> Result<()> {
-        let new_len = value.as_ref().map_or(0, Vec::len);
-        if let Some(slot) = self.cache.get_mut(self.scratch.as_slice()) {
-            let old_len = slot.value.as_ref().map_or(0, Vec::len);
+    fn write_slot(&mut self, value: Option<&[u8]>, known_absent: bool) -> Result<()> {
+        let new_len = value.map_or(0, <[u8]>::len);
+        let (found, hash) = self.find_scratch();
+        if let Some(bucket) = found {
+            let Ok(mut entry) = self.cache.get_bucket_entry(bucket) else {
+                unreachable!("bucket {bucket} was just found occupied");
+            };
+            let slot = entry.get_mut();
+            let old_len = slot.value_len();
             if value.is_none() && !slot.in_db {
                 // Nothing to delete in RocksDB: forget the key.
                 if slot.dirty {
                     self.dirty_entries -= 1;
                 }
-                self.cache.remove(self.scratch.as_slice());
+                entry.remove();
+                self.last_slot = NO_SLOT;
                 self.cache_bytes = self
                     .cache_bytes
                     .saturating_sub(self.scratch.len() + old_len + CACHE_ENTRY_OVERHEAD);
@@ -183,8 +323,9 @@ impl KeyedStateBackend {
             if !slot.dirty {
                 self.dirty_entries += 1;
             }
-            slot.value = value;
+            slot.set_value(value);
             slot.dirty = true;
+            self.last_slot = bucket;
             return Ok(());
         }
         if value.is_none() && known_absent {
@@ -193,14 +334,8 @@ impl KeyedStateBackend {
         self.make_room()?;
         self.cache_bytes += self.scratch.len() + new_len + CACHE_ENTRY_OVERHEAD;
         self.dirty_entries += 1;
-        self.cache.insert(
-            self.scratch.clone(),
-            CacheSlot {
-                value,
-                dirty: true,
-                in_db: !known_absent,
-            },
-        );
+        let slot = CacheSlot::new(&self.scratch, value, true, !known_absent);
+        self.insert_scratch(hash, slot);
         Ok(())
     }
 
@@ -212,6 +347,7 @@ impl KeyedStateBackend {
         }
         self.flush_dirty()?;
         self.cache.clear();
+        self.last_slot = NO_SLOT;
         self.cache_bytes = 0;
         self.stats.evictions += 1;
         Ok(())
@@ -223,18 +359,23 @@ impl KeyedStateBackend {
             return Ok(());
         }
         let mut batch = rocksdb::WriteBatch::default();
-        let mut dirty: Vec<(&Vec<u8>, &mut CacheSlot)> =
-            self.cache.iter_mut().filter(|(_, s)| s.dirty).collect();
+        let mut dirty: Vec<(u128, &mut CacheSlot)> = Vec::with_capacity(self.dirty_entries);
+        dirty.extend(
+            self.cache
+                .iter_mut()
+                .filter(|s| s.dirty)
+                .map(|s| (key_prefix(s.key()), s)),
+        );
         // In key order RocksDB's memtable inserts each entry next to the previous one instead
         // of searching its skip list from the top: several times cheaper for big flushes.
-        dirty.sort_unstable_by(|a, b| a.0.cmp(b.0));
-        for (key, slot) in dirty {
-            match &slot.value {
-                Some(v) => batch.put(key, v),
-                None => batch.delete(key),
+        dirty.sort_unstable_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.key().cmp(b.1.key())));
+        for (_, slot) in dirty {
+            match slot.value() {
+                Some(v) => batch.put(slot.key(), v),
+                None => batch.delete(slot.key()),
             }
             slot.dirty = false;
-            slot.in_db = slot.value.is_some();
+            slot.in_db = slot.has_value;
         }
         self.dirty_entries = 0;
         self.stats.flushes += 1;
@@ -391,7 +532,7 @@ impl KeyedStateBackend {
     pub(crate) fn put_raw_new(&mut self, key: &[u8], value: Vec<u8>) -> Result<()> {
         self.scratch.clear();
         self.scratch.extend_from_slice(key);
-        self.write_slot(Some(value), true)
+        self.write_slot(Some(&value), true)
     }
 
     pub(crate) fn delete_raw(&mut self, key: &[u8]) -> Result<()> {
@@ -554,6 +695,76 @@ mod tests {
             None,
             "maps are per key"
         );
+    }
+
+    #[test]
+    fn prefix_then_key_order_is_byte_order() {
+        let mut keys: Vec<Vec<u8>> = Vec::new();
+        for len in [0usize, 1, 15, 16, 17, 30] {
+            for fill in [0u8, 1, 255] {
+                let mut key = vec![7u8; len];
+                if let Some(last) = key.last_mut() {
+                    *last = fill;
+                }
+                keys.push(key.clone());
+                key.push(0);
+                keys.push(key);
+            }
+        }
+        let mut by_prefix = keys.clone();
+        by_prefix.sort_by(|a, b| key_prefix(a).cmp(&key_prefix(b)).then_with(|| a.cmp(b)));
+        keys.sort();
+        assert_eq!(by_prefix, keys);
+    }
+
+    #[test]
+    fn long_keys_and_growing_values_move_between_inline_and_heap() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut backend =
+            KeyedStateBackend::open(&dir.path().join("db"), all_groups(), 64 << 20).expect("open");
+        let mut registry = StateRegistry::new("op");
+        let map = registry.map_state::<String, String>("m").expect("state");
+        let list = registry.list_state::<u64>("l").expect("state");
+        let long = "k".repeat(100);
+        for round in 0..2 {
+            for key in 0..50u64 {
+                select(&mut backend, key);
+                let mut ctx = KeyedContext {
+                    backend: &mut backend,
+                };
+                // Short key, value growing past the inline size and back.
+                for v in 0..20 {
+                    list.add(&mut ctx, v * 1_000_000).expect("add");
+                }
+                assert_eq!(list.get(&mut ctx).expect("get").len(), 20 + round);
+                list.update(&mut ctx, &[key]).expect("update");
+                // Keys longer than the inline size.
+                map.put(&mut ctx, &long, &"x".repeat(key as usize))
+                    .expect("put");
+                map.put(&mut ctx, &"s".into(), &"y".into()).expect("put");
+            }
+            if round == 0 {
+                backend.flush_dirty().expect("flush");
+            }
+        }
+        backend.flush_dirty().expect("flush");
+        backend.cache.clear();
+        for key in 0..50u64 {
+            select(&mut backend, key);
+            let mut ctx = KeyedContext {
+                backend: &mut backend,
+            };
+            assert_eq!(list.get(&mut ctx).expect("get"), vec![key]);
+            assert_eq!(
+                map.get(&mut ctx, &long).expect("get"),
+                Some("x".repeat(key as usize))
+            );
+            let mut entries = map.entries(&mut ctx).expect("entries");
+            entries.sort();
+            assert_eq!(entries.len(), 2);
+            map.remove(&mut ctx, &long).expect("remove");
+            assert_eq!(map.get(&mut ctx, &long).expect("get"), None);
+        }
     }
 
     struct Average;

@@ -132,7 +132,7 @@ impl Descriptor {
         value: &T,
     ) -> Result<()> {
         let bytes = self.encode(value)?;
-        ctx.backend.put(self.id, suffix, bytes)
+        ctx.backend.put(self.id, suffix, &bytes)
     }
 }
 
@@ -198,7 +198,7 @@ impl<T: Serialize + DeserializeOwned> ListState<T> {
         let created = existing.is_none();
         let mut bytes = existing.unwrap_or_default();
         bytes.extend_from_slice(&encoded);
-        ctx.backend.put(self.desc.id, namespace, bytes)?;
+        ctx.backend.put(self.desc.id, namespace, &bytes)?;
         Ok(created)
     }
 
@@ -227,7 +227,7 @@ impl<T: Serialize + DeserializeOwned> ListState<T> {
             .map(<[u8]>::to_vec)
             .unwrap_or_default();
         bytes.extend_from_slice(&moved);
-        ctx.backend.put(self.desc.id, into, bytes)?;
+        ctx.backend.put(self.desc.id, into, &bytes)?;
         ctx.backend.delete(self.desc.id, from)
     }
 
