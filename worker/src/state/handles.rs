@@ -131,8 +131,16 @@ impl Descriptor {
         suffix: &[u8],
         value: &T,
     ) -> Result<()> {
-        let bytes = self.encode(value)?;
-        ctx.backend.put(self.id, suffix, &bytes)
+        // Small values are encoded on the stack: no allocation per put.
+        let mut buf = [0u8; 64];
+        match postcard::to_slice(value, &mut buf) {
+            Ok(bytes) => ctx.backend.put(self.id, suffix, bytes),
+            Err(postcard::Error::SerializeBufferFull) => {
+                let bytes = self.encode(value)?;
+                ctx.backend.put(self.id, suffix, &bytes)
+            }
+            Err(e) => Err(Error::codec(format!("state {}", self.name), e)),
+        }
     }
 }
 
