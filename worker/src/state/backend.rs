@@ -116,6 +116,28 @@ impl CacheSlot {
     }
 }
 
+/// `a == b` without a `memcmp` call for keys of 8 to 32 bytes (typical state keys are 18):
+/// two overlapping word compares.
+#[inline]
+fn key_eq(a: &[u8], b: &[u8]) -> bool {
+    fn word<const N: usize>(s: &[u8]) -> [u8; N] {
+        let mut w = [0u8; N];
+        w.copy_from_slice(&s[..N]);
+        w
+    }
+    let n = a.len();
+    if n != b.len() {
+        return false;
+    }
+    match n {
+        8..=16 => word::<8>(a) == word::<8>(b) && word::<8>(&a[n - 8..]) == word::<8>(&b[n - 8..]),
+        17..=32 => {
+            word::<16>(a) == word::<16>(b) && word::<16>(&a[n - 16..]) == word::<16>(&b[n - 16..])
+        }
+        _ => a == b,
+    }
+}
+
 fn hash_key(key: &[u8]) -> u64 {
     use std::hash::Hasher;
     let mut hasher = rustc_hash::FxHasher::default();
@@ -239,13 +261,15 @@ impl KeyedStateBackend {
     /// to be computed.
     fn find_scratch(&self) -> (Option<usize>, Option<u64>) {
         if let Some(slot) = self.cache.get_bucket(self.last_slot)
-            && slot.key() == self.scratch.as_slice()
+            && key_eq(slot.key(), &self.scratch)
         {
             return (Some(self.last_slot), None);
         }
         let hash = hash_key(&self.scratch);
         let key = self.scratch.as_slice();
-        let found = self.cache.find_bucket_index(hash, |slot| slot.key() == key);
+        let found = self
+            .cache
+            .find_bucket_index(hash, |slot| key_eq(slot.key(), key));
         (found, Some(hash))
     }
 
@@ -695,6 +719,20 @@ mod tests {
             None,
             "maps are per key"
         );
+    }
+
+    #[test]
+    fn key_eq_is_slice_equality() {
+        for len in 0..40usize {
+            let a: Vec<u8> = (0..len as u8).collect();
+            assert!(key_eq(&a, &a.clone()));
+            for i in 0..len {
+                let mut b = a.clone();
+                b[i] ^= 1;
+                assert!(!key_eq(&a, &b), "len {len} byte {i}");
+            }
+            assert!(!key_eq(&a, &a[..len.saturating_sub(1)]) || len == 0);
+        }
     }
 
     #[test]
