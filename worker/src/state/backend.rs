@@ -17,100 +17,127 @@ use crate::error::{Error, Result};
 /// Bytes charged per cache entry on top of key and value (hash map slot, Vec headers).
 const CACHE_ENTRY_OVERHEAD: usize = 64;
 const RESTORE_BATCH_BYTES: usize = 8 << 20;
-/// Key plus value up to this many bytes live inside the cache slot itself.
-const INLINE_BYTES: usize = 48;
+/// Key plus value up to this many bytes live inside the cache slot itself (a running count:
+/// an 18-byte key and a varint).
+const INLINE_BYTES: usize = 22;
 
 pub type StateId = u32;
 
-/// `[key][value]` of a cache slot: inline when short (a lookup then touches the slot's
-/// cache line only, not a separate key allocation), on the heap otherwise.
-enum SlotBytes {
-    Inline([u8; INLINE_BYTES]),
-    Heap(Vec<u8>),
+/// `[key][value]` of a slot too long to be inline.
+struct HeapBytes {
+    key_len: usize,
+    bytes: Vec<u8>,
 }
 
-/// One cache line per slot: the hash table probe and the value read touch the same line.
-#[repr(align(64))]
+const HAS_VALUE: u8 = 1 << 5;
+const DIRTY: u8 = 1 << 6;
+/// RocksDB may hold an entry for this key. When it cannot, a delete drops the slot instead
+/// of writing a tombstone: state created and cleared between two flushes (window contents,
+/// fired timers) never reaches RocksDB at all.
+const IN_DB: u8 = 1 << 7;
+const INLINE_LEN: u8 = 0x1f;
+
+/// Half a cache line per slot, key and value inline when short: a lookup touches one line,
+/// and the table of 100k keys stays small enough for caches and TLB.
+#[repr(align(32))]
 struct CacheSlot {
-    bytes: SlotBytes,
-    key_len: u32,
-    /// Length of key plus value when `bytes` is inline.
-    inline_len: u8,
-    /// `false` records a delete (or a known-absent key) so misses are not re-read from RocksDB.
-    has_value: bool,
-    dirty: bool,
-    /// RocksDB may hold an entry for this key. When it cannot, a delete drops the slot instead
-    /// of writing a tombstone: state created and cleared between two flushes (window contents,
-    /// fired timers) never reaches RocksDB at all.
-    in_db: bool,
+    /// `[key][value]` when longer than [`INLINE_BYTES`]; `inline` is unused then.
+    heap: Option<Box<HeapBytes>>,
+    inline: [u8; INLINE_BYTES],
+    inline_key_len: u8,
+    /// Bits 0-4: length of key plus value when inline; then the flags: no [`HAS_VALUE`]
+    /// records a delete (or a known-absent key) so misses are not re-read from RocksDB.
+    meta: u8,
 }
 
-const _: () = assert!(std::mem::size_of::<CacheSlot>() == 64);
+const _: () = assert!(std::mem::size_of::<CacheSlot>() == 32);
+const _: () = assert!(INLINE_BYTES <= INLINE_LEN as usize);
 
 impl CacheSlot {
     fn new(key: &[u8], value: Option<&[u8]>, dirty: bool, in_db: bool) -> Self {
-        let value_bytes = value.unwrap_or_default();
-        let total = key.len() + value_bytes.len();
-        let (bytes, inline_len) = if total <= INLINE_BYTES {
-            let mut inline = [0u8; INLINE_BYTES];
-            inline[..key.len()].copy_from_slice(key);
-            inline[key.len()..total].copy_from_slice(value_bytes);
-            (SlotBytes::Inline(inline), total as u8)
-        } else {
-            let mut heap = Vec::with_capacity(total);
-            heap.extend_from_slice(key);
-            heap.extend_from_slice(value_bytes);
-            (SlotBytes::Heap(heap), 0)
+        let mut slot = CacheSlot {
+            heap: None,
+            inline: [0u8; INLINE_BYTES],
+            inline_key_len: 0,
+            meta: 0,
         };
-        CacheSlot {
-            bytes,
-            // Keys longer than 4 GiB are not a thing state can hold anyway.
-            key_len: key.len() as u32,
-            inline_len,
-            has_value: value.is_some(),
-            dirty,
-            in_db,
+        if key.len() <= INLINE_BYTES {
+            slot.inline[..key.len()].copy_from_slice(key);
+            slot.inline_key_len = key.len() as u8;
+            slot.meta = key.len() as u8;
+        } else {
+            slot.heap = Some(Box::new(HeapBytes {
+                key_len: key.len(),
+                bytes: key.to_vec(),
+            }));
+        }
+        slot.set_value(value);
+        slot.set_flag(DIRTY, dirty);
+        slot.set_flag(IN_DB, in_db);
+        slot
+    }
+
+    fn flag(&self, flag: u8) -> bool {
+        self.meta & flag != 0
+    }
+
+    fn set_flag(&mut self, flag: u8, on: bool) {
+        if on {
+            self.meta |= flag;
+        } else {
+            self.meta &= !flag;
+        }
+    }
+
+    fn key_len(&self) -> usize {
+        match &self.heap {
+            Some(heap) => heap.key_len,
+            None => usize::from(self.inline_key_len),
         }
     }
 
     fn all(&self) -> &[u8] {
-        match &self.bytes {
-            SlotBytes::Inline(inline) => &inline[..usize::from(self.inline_len)],
-            SlotBytes::Heap(heap) => heap,
+        match &self.heap {
+            Some(heap) => &heap.bytes,
+            None => &self.inline[..usize::from(self.meta & INLINE_LEN)],
         }
     }
 
+    #[inline]
     fn key(&self) -> &[u8] {
-        &self.all()[..self.key_len as usize]
+        match &self.heap {
+            Some(heap) => &heap.bytes[..heap.key_len],
+            None => &self.inline[..usize::from(self.inline_key_len)],
+        }
     }
 
     fn value(&self) -> Option<&[u8]> {
-        self.has_value.then(|| &self.all()[self.key_len as usize..])
+        self.flag(HAS_VALUE).then(|| &self.all()[self.key_len()..])
     }
 
     fn value_len(&self) -> usize {
-        self.all().len() - self.key_len as usize
+        self.all().len() - self.key_len()
     }
 
     fn set_value(&mut self, value: Option<&[u8]>) {
-        let key_len = self.key_len as usize;
+        let key_len = self.key_len();
         let value_bytes = value.unwrap_or_default();
         let total = key_len + value_bytes.len();
-        self.has_value = value.is_some();
-        match &mut self.bytes {
-            SlotBytes::Inline(inline) if total <= INLINE_BYTES => {
-                inline[key_len..total].copy_from_slice(value_bytes);
-                self.inline_len = total as u8;
+        self.set_flag(HAS_VALUE, value.is_some());
+        match &mut self.heap {
+            Some(heap) => {
+                heap.bytes.truncate(key_len);
+                heap.bytes.extend_from_slice(value_bytes);
             }
-            SlotBytes::Inline(inline) => {
-                let mut heap = Vec::with_capacity(total);
-                heap.extend_from_slice(&inline[..key_len]);
-                heap.extend_from_slice(value_bytes);
-                self.bytes = SlotBytes::Heap(heap);
+            None if total <= INLINE_BYTES => {
+                self.inline[key_len..total].copy_from_slice(value_bytes);
+                self.meta = (self.meta & !INLINE_LEN) | total as u8;
             }
-            SlotBytes::Heap(heap) => {
-                heap.truncate(key_len);
-                heap.extend_from_slice(value_bytes);
+            None => {
+                let mut bytes = Vec::with_capacity(total);
+                bytes.extend_from_slice(&self.inline[..key_len]);
+                bytes.extend_from_slice(value_bytes);
+                self.heap = Some(Box::new(HeapBytes { key_len, bytes }));
             }
         }
     }
@@ -331,9 +358,9 @@ impl KeyedStateBackend {
             };
             let slot = entry.get_mut();
             let old_len = slot.value_len();
-            if value.is_none() && !slot.in_db {
+            if value.is_none() && !slot.flag(IN_DB) {
                 // Nothing to delete in RocksDB: forget the key.
-                if slot.dirty {
+                if slot.flag(DIRTY) {
                     self.dirty_entries -= 1;
                 }
                 entry.remove();
@@ -344,11 +371,11 @@ impl KeyedStateBackend {
                 return Ok(());
             }
             self.cache_bytes = self.cache_bytes + new_len - old_len;
-            if !slot.dirty {
+            if !slot.flag(DIRTY) {
                 self.dirty_entries += 1;
             }
             slot.set_value(value);
-            slot.dirty = true;
+            slot.set_flag(DIRTY, true);
             self.last_slot = bucket;
             return Ok(());
         }
@@ -387,7 +414,7 @@ impl KeyedStateBackend {
         dirty.extend(
             self.cache
                 .iter_mut()
-                .filter(|s| s.dirty)
+                .filter(|s| s.flag(DIRTY))
                 .map(|s| (key_prefix(s.key()), s)),
         );
         // In key order RocksDB's memtable inserts each entry next to the previous one instead
@@ -398,8 +425,8 @@ impl KeyedStateBackend {
                 Some(v) => batch.put(slot.key(), v),
                 None => batch.delete(slot.key()),
             }
-            slot.dirty = false;
-            slot.in_db = slot.has_value;
+            slot.set_flag(DIRTY, false);
+            slot.set_flag(IN_DB, slot.flag(HAS_VALUE));
         }
         self.dirty_entries = 0;
         self.stats.flushes += 1;
