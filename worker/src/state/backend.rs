@@ -11,32 +11,192 @@
 
 use std::path::{Path, PathBuf};
 
-use rustc_hash::FxHashMap;
-
 use super::keygroups::KeyGroupRange;
 use crate::error::{Error, Result};
 
 /// Bytes charged per cache entry on top of key and value (hash map slot, Vec headers).
 const CACHE_ENTRY_OVERHEAD: usize = 64;
 const RESTORE_BATCH_BYTES: usize = 8 << 20;
+/// Key plus value up to this many bytes live inside the cache slot itself (a running count:
+/// an 18-byte key and a varint).
+const INLINE_BYTES: usize = 22;
 
 pub type StateId = u32;
 
-struct CacheSlot {
-    /// `None` records a delete (or a known-absent key) so misses are not re-read from RocksDB.
-    value: Option<Vec<u8>>,
-    dirty: bool,
-    /// RocksDB may hold an entry for this key. When it cannot, a delete drops the slot instead
-    /// of writing a tombstone: state created and cleared between two flushes (window contents,
-    /// fired timers) never reaches RocksDB at all.
-    in_db: bool,
+/// `[key][value]` of a slot too long to be inline.
+struct HeapBytes {
+    key_len: usize,
+    bytes: Vec<u8>,
 }
+
+const HAS_VALUE: u8 = 1 << 5;
+const DIRTY: u8 = 1 << 6;
+/// RocksDB may hold an entry for this key. When it cannot, a delete drops the slot instead
+/// of writing a tombstone: state created and cleared between two flushes (window contents,
+/// fired timers) never reaches RocksDB at all.
+const IN_DB: u8 = 1 << 7;
+const INLINE_LEN: u8 = 0x1f;
+
+/// Half a cache line per slot, key and value inline when short: a lookup touches one line,
+/// and the table of 100k keys stays small enough for caches and TLB.
+#[repr(align(32))]
+struct CacheSlot {
+    /// `[key][value]` when longer than [`INLINE_BYTES`]; `inline` is unused then.
+    heap: Option<Box<HeapBytes>>,
+    inline: [u8; INLINE_BYTES],
+    inline_key_len: u8,
+    /// Bits 0-4: length of key plus value when inline; then the flags: no [`HAS_VALUE`]
+    /// records a delete (or a known-absent key) so misses are not re-read from RocksDB.
+    meta: u8,
+}
+
+const _: () = assert!(std::mem::size_of::<CacheSlot>() == 32);
+const _: () = assert!(INLINE_BYTES <= INLINE_LEN as usize);
+
+impl CacheSlot {
+    fn new(key: &[u8], value: Option<&[u8]>, dirty: bool, in_db: bool) -> Self {
+        let mut slot = CacheSlot {
+            heap: None,
+            inline: [0u8; INLINE_BYTES],
+            inline_key_len: 0,
+            meta: 0,
+        };
+        if key.len() <= INLINE_BYTES {
+            slot.inline[..key.len()].copy_from_slice(key);
+            slot.inline_key_len = key.len() as u8;
+            slot.meta = key.len() as u8;
+        } else {
+            slot.heap = Some(Box::new(HeapBytes {
+                key_len: key.len(),
+                bytes: key.to_vec(),
+            }));
+        }
+        slot.set_value(value);
+        slot.set_flag(DIRTY, dirty);
+        slot.set_flag(IN_DB, in_db);
+        slot
+    }
+
+    fn flag(&self, flag: u8) -> bool {
+        self.meta & flag != 0
+    }
+
+    fn set_flag(&mut self, flag: u8, on: bool) {
+        if on {
+            self.meta |= flag;
+        } else {
+            self.meta &= !flag;
+        }
+    }
+
+    fn key_len(&self) -> usize {
+        match &self.heap {
+            Some(heap) => heap.key_len,
+            None => usize::from(self.inline_key_len),
+        }
+    }
+
+    fn all(&self) -> &[u8] {
+        match &self.heap {
+            Some(heap) => &heap.bytes,
+            None => &self.inline[..usize::from(self.meta & INLINE_LEN)],
+        }
+    }
+
+    #[inline]
+    fn key(&self) -> &[u8] {
+        match &self.heap {
+            Some(heap) => &heap.bytes[..heap.key_len],
+            None => &self.inline[..usize::from(self.inline_key_len)],
+        }
+    }
+
+    fn value(&self) -> Option<&[u8]> {
+        self.flag(HAS_VALUE).then(|| &self.all()[self.key_len()..])
+    }
+
+    fn value_len(&self) -> usize {
+        self.all().len() - self.key_len()
+    }
+
+    fn set_value(&mut self, value: Option<&[u8]>) {
+        let key_len = self.key_len();
+        let value_bytes = value.unwrap_or_default();
+        let total = key_len + value_bytes.len();
+        self.set_flag(HAS_VALUE, value.is_some());
+        match &mut self.heap {
+            Some(heap) => {
+                heap.bytes.truncate(key_len);
+                heap.bytes.extend_from_slice(value_bytes);
+            }
+            None if total <= INLINE_BYTES => {
+                self.inline[key_len..total].copy_from_slice(value_bytes);
+                self.meta = (self.meta & !INLINE_LEN) | total as u8;
+            }
+            None => {
+                let mut bytes = Vec::with_capacity(total);
+                bytes.extend_from_slice(&self.inline[..key_len]);
+                bytes.extend_from_slice(value_bytes);
+                self.heap = Some(Box::new(HeapBytes { key_len, bytes }));
+            }
+        }
+    }
+}
+
+/// `a == b` without a `memcmp` call for keys of 8 to 32 bytes (typical state keys are 18):
+/// two overlapping word compares.
+#[inline]
+fn key_eq(a: &[u8], b: &[u8]) -> bool {
+    fn word<const N: usize>(s: &[u8]) -> [u8; N] {
+        let mut w = [0u8; N];
+        w.copy_from_slice(&s[..N]);
+        w
+    }
+    let n = a.len();
+    if n != b.len() {
+        return false;
+    }
+    match n {
+        8..=16 => word::<8>(a) == word::<8>(b) && word::<8>(&a[n - 8..]) == word::<8>(&b[n - 8..]),
+        17..=32 => {
+            word::<16>(a) == word::<16>(b) && word::<16>(&a[n - 16..]) == word::<16>(&b[n - 16..])
+        }
+        _ => a == b,
+    }
+}
+
+fn hash_key(key: &[u8]) -> u64 {
+    use std::hash::Hasher;
+    let mut hasher = rustc_hash::FxHasher::default();
+    hasher.write(key);
+    hasher.finish()
+}
+
+fn slot_hash(slot: &CacheSlot) -> u64 {
+    hash_key(slot.key())
+}
+
+/// Sorts by the first 16 key bytes held in the vector itself, and compares whole keys only on
+/// a tie: `(prefix, slot)` pairs sort in byte order of the keys without touching each slot
+/// on every comparison.
+fn key_prefix(key: &[u8]) -> u128 {
+    let mut prefix = [0u8; 16];
+    let n = key.len().min(16);
+    prefix[..n].copy_from_slice(&key[..n]);
+    u128::from_be_bytes(prefix)
+}
+
+const NO_SLOT: usize = usize::MAX;
 
 pub struct KeyedStateBackend {
     db: rocksdb::DB,
     path: PathBuf,
     key_groups: KeyGroupRange,
-    cache: FxHashMap<Vec<u8>, CacheSlot>,
+    cache: hashbrown::HashTable<CacheSlot>,
+    /// Bucket of the slot last looked up or inserted ([`NO_SLOT`] when unknown): the put that
+    /// follows a get of the same key finds its slot without a second hash probe. Reset
+    /// whenever slots may move (insert, remove, clear).
+    last_slot: usize,
     cache_bytes: usize,
     cache_capacity: usize,
     dirty_entries: usize,
@@ -104,7 +264,8 @@ impl KeyedStateBackend {
             db,
             path: path.to_path_buf(),
             key_groups,
-            cache: FxHashMap::default(),
+            cache: hashbrown::HashTable::new(),
+            last_slot: NO_SLOT,
             cache_bytes: 0,
             cache_capacity: usize::try_from(cache_capacity).unwrap_or(usize::MAX),
             dirty_entries: 0,
@@ -167,36 +328,60 @@ impl KeyedStateBackend {
         self.scratch.extend_from_slice(suffix);
     }
 
+    /// The bucket of the cached slot of the key in `scratch`, with the key's hash when it had
+    /// to be computed.
+    fn find_scratch(&self) -> (Option<usize>, Option<u64>) {
+        if let Some(slot) = self.cache.get_bucket(self.last_slot)
+            && key_eq(slot.key(), &self.scratch)
+        {
+            return (Some(self.last_slot), None);
+        }
+        let hash = hash_key(&self.scratch);
+        let key = self.scratch.as_slice();
+        let found = self
+            .cache
+            .find_bucket_index(hash, |slot| key_eq(slot.key(), key));
+        (found, Some(hash))
+    }
+
+    /// Caches a slot for the key in `scratch` (which has none) and returns its bucket.
+    fn insert_scratch(&mut self, hash: Option<u64>, slot: CacheSlot) -> usize {
+        let hash = hash.unwrap_or_else(|| hash_key(&self.scratch));
+        let bucket = self
+            .cache
+            .insert_unique(hash, slot, slot_hash)
+            .bucket_index();
+        self.last_slot = bucket;
+        bucket
+    }
+
     /// The value of `state` (plus map-key `suffix`) for the current key.
     pub fn get(&mut self, state: StateId, suffix: &[u8]) -> Result<Option<&[u8]>> {
         self.compose(state, suffix);
-        if self.cache.contains_key(self.scratch.as_slice()) {
-            self.stats.cache_hits += 1;
-        } else {
-            self.stats.cache_misses += 1;
-            let value = self
-                .db
-                .get(&self.scratch)
-                .map_err(|e| Error::rocks(format!("get in {}", self.path.display()), e))?;
-            self.make_room()?;
-            self.cache_bytes +=
-                self.scratch.len() + value.as_ref().map_or(0, Vec::len) + CACHE_ENTRY_OVERHEAD;
-            self.cache.insert(
-                self.scratch.clone(),
-                CacheSlot {
-                    in_db: value.is_some(),
-                    value,
-                    dirty: false,
-                },
-            );
-        }
-        Ok(self
-            .cache
-            .get(self.scratch.as_slice())
-            .and_then(|slot| slot.value.as_deref()))
+        let (found, hash) = self.find_scratch();
+        let bucket = match found {
+            Some(bucket) => {
+                self.stats.cache_hits += 1;
+                self.last_slot = bucket;
+                bucket
+            }
+            None => {
+                self.stats.cache_misses += 1;
+                let value = self
+                    .db
+                    .get(&self.scratch)
+                    .map_err(|e| Error::rocks(format!("get in {}", self.path.display()), e))?;
+                self.make_room()?;
+                self.cache_bytes +=
+                    self.scratch.len() + value.as_ref().map_or(0, Vec::len) + CACHE_ENTRY_OVERHEAD;
+                let slot = CacheSlot::new(&self.scratch, value.as_deref(), false, value.is_some());
+                self.insert_scratch(hash, slot)
+            }
+        };
+        Ok(self.cache.get_bucket(bucket).and_then(CacheSlot::value))
     }
 
-    pub fn put(&mut self, state: StateId, suffix: &[u8], value: Vec<u8>) -> Result<()> {
+    pub fn put(&mut self, state: StateId, suffix: &[u8], value: &[u8]) -> Result<()> {
         self.compose(state, suffix);
         self.write_slot(Some(value), false)
     }
@@ -208,27 +393,34 @@ impl KeyedStateBackend {
 
     /// Writes the slot of the key in `scratch`. `known_absent`: the caller knows RocksDB has
     /// no entry for the key (only matters when the cache has no slot for it).
-    fn write_slot(&mut self, value: Option<Vec<u8>>, known_absent: bool) -> Result<()> {
-        let new_len = value.as_ref().map_or(0, Vec::len);
-        if let Some(slot) = self.cache.get_mut(self.scratch.as_slice()) {
-            let old_len = slot.value.as_ref().map_or(0, Vec::len);
-            if value.is_none() && !slot.in_db {
+    fn write_slot(&mut self, value: Option<&[u8]>, known_absent: bool) -> Result<()> {
+        let new_len = value.map_or(0, <[u8]>::len);
+        let (found, hash) = self.find_scratch();
+        if let Some(bucket) = found {
+            let Ok(mut entry) = self.cache.get_bucket_entry(bucket) else {
+                unreachable!("bucket {bucket} was just found occupied");
+            };
+            let slot = entry.get_mut();
+            let old_len = slot.value_len();
+            if value.is_none() && !slot.flag(IN_DB) {
                 // Nothing to delete in RocksDB: forget the key.
-                if slot.dirty {
+                if slot.flag(DIRTY) {
                     self.dirty_entries -= 1;
                 }
-                self.cache.remove(self.scratch.as_slice());
+                entry.remove();
+                self.last_slot = NO_SLOT;
                 self.cache_bytes = self
                     .cache_bytes
                     .saturating_sub(self.scratch.len() + old_len + CACHE_ENTRY_OVERHEAD);
                 return Ok(());
             }
             self.cache_bytes = self.cache_bytes + new_len - old_len;
-            if !slot.dirty {
+            if !slot.flag(DIRTY) {
                 self.dirty_entries += 1;
             }
-            slot.value = value;
-            slot.dirty = true;
+            slot.set_value(value);
+            slot.set_flag(DIRTY, true);
+            self.last_slot = bucket;
             return Ok(());
         }
         if value.is_none() && known_absent {
@@ -237,14 +429,8 @@ impl KeyedStateBackend {
         self.make_room()?;
         self.cache_bytes += self.scratch.len() + new_len + CACHE_ENTRY_OVERHEAD;
         self.dirty_entries += 1;
-        self.cache.insert(
-            self.scratch.clone(),
-            CacheSlot {
-                value,
-                dirty: true,
-                in_db: !known_absent,
-            },
-        );
+        let slot = CacheSlot::new(&self.scratch, value, true, !known_absent);
+        self.insert_scratch(hash, slot);
         Ok(())
     }
 
@@ -256,6 +442,7 @@ impl KeyedStateBackend {
         }
         self.flush_dirty()?;
         self.cache.clear();
+        self.last_slot = NO_SLOT;
         self.cache_bytes = 0;
         self.stats.evictions += 1;
         Ok(())
@@ -267,18 +454,23 @@ impl KeyedStateBackend {
             return Ok(());
         }
         let mut batch = rocksdb::WriteBatch::default();
-        let mut dirty: Vec<(&Vec<u8>, &mut CacheSlot)> =
-            self.cache.iter_mut().filter(|(_, s)| s.dirty).collect();
+        let mut dirty: Vec<(u128, &mut CacheSlot)> = Vec::with_capacity(self.dirty_entries);
+        dirty.extend(
+            self.cache
+                .iter_mut()
+                .filter(|s| s.flag(DIRTY))
+                .map(|s| (key_prefix(s.key()), s)),
+        );
         // In key order RocksDB's memtable inserts each entry next to the previous one instead
         // of searching its skip list from the top: several times cheaper for big flushes.
-        dirty.sort_unstable_by(|a, b| a.0.cmp(b.0));
-        for (key, slot) in dirty {
-            match &slot.value {
-                Some(v) => batch.put(key, v),
-                None => batch.delete(key),
+        dirty.sort_unstable_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.key().cmp(b.1.key())));
+        for (_, slot) in dirty {
+            match slot.value() {
+                Some(v) => batch.put(slot.key(), v),
+                None => batch.delete(slot.key()),
             }
-            slot.dirty = false;
-            slot.in_db = slot.value.is_some();
+            slot.set_flag(DIRTY, false);
+            slot.set_flag(IN_DB, slot.flag(HAS_VALUE));
         }
         self.dirty_entries = 0;
         self.stats.flushes += 1;
@@ -495,7 +687,7 @@ impl KeyedStateBackend {
     pub(crate) fn put_raw_new(&mut self, key: &[u8], value: Vec<u8>) -> Result<()> {
         self.scratch.clear();
         self.scratch.extend_from_slice(key);
-        self.write_slot(Some(value), true)
+        self.write_slot(Some(&value), true)
     }
 
     pub(crate) fn delete_raw(&mut self, key: &[u8]) -> Result<()> {
@@ -658,6 +850,90 @@ mod tests {
             None,
             "maps are per key"
         );
+    }
+
+    #[test]
+    fn key_eq_is_slice_equality() {
+        for len in 0..40usize {
+            let a: Vec<u8> = (0..len as u8).collect();
+            assert!(key_eq(&a, &a.clone()));
+            for i in 0..len {
+                let mut b = a.clone();
+                b[i] ^= 1;
+                assert!(!key_eq(&a, &b), "len {len} byte {i}");
+            }
+            assert!(!key_eq(&a, &a[..len.saturating_sub(1)]) || len == 0);
+        }
+    }
+
+    #[test]
+    fn prefix_then_key_order_is_byte_order() {
+        let mut keys: Vec<Vec<u8>> = Vec::new();
+        for len in [0usize, 1, 15, 16, 17, 30] {
+            for fill in [0u8, 1, 255] {
+                let mut key = vec![7u8; len];
+                if let Some(last) = key.last_mut() {
+                    *last = fill;
+                }
+                keys.push(key.clone());
+                key.push(0);
+                keys.push(key);
+            }
+        }
+        let mut by_prefix = keys.clone();
+        by_prefix.sort_by(|a, b| key_prefix(a).cmp(&key_prefix(b)).then_with(|| a.cmp(b)));
+        keys.sort();
+        assert_eq!(by_prefix, keys);
+    }
+
+    #[test]
+    fn long_keys_and_growing_values_move_between_inline_and_heap() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut backend =
+            KeyedStateBackend::open(&dir.path().join("db"), all_groups(), 64 << 20).expect("open");
+        let mut registry = StateRegistry::new("op");
+        let map = registry.map_state::<String, String>("m").expect("state");
+        let list = registry.list_state::<u64>("l").expect("state");
+        let long = "k".repeat(100);
+        for round in 0..2 {
+            for key in 0..50u64 {
+                select(&mut backend, key);
+                let mut ctx = KeyedContext {
+                    backend: &mut backend,
+                };
+                // Short key, value growing past the inline size and back.
+                for v in 0..20 {
+                    list.add(&mut ctx, v * 1_000_000).expect("add");
+                }
+                assert_eq!(list.get(&mut ctx).expect("get").len(), 20 + round);
+                list.update(&mut ctx, &[key]).expect("update");
+                // Keys longer than the inline size.
+                map.put(&mut ctx, &long, &"x".repeat(key as usize))
+                    .expect("put");
+                map.put(&mut ctx, &"s".into(), &"y".into()).expect("put");
+            }
+            if round == 0 {
+                backend.flush_dirty().expect("flush");
+            }
+        }
+        backend.flush_dirty().expect("flush");
+        backend.cache.clear();
+        for key in 0..50u64 {
+            select(&mut backend, key);
+            let mut ctx = KeyedContext {
+                backend: &mut backend,
+            };
+            assert_eq!(list.get(&mut ctx).expect("get"), vec![key]);
+            assert_eq!(
+                map.get(&mut ctx, &long).expect("get"),
+                Some("x".repeat(key as usize))
+            );
+            let mut entries = map.entries(&mut ctx).expect("entries");
+            entries.sort();
+            assert_eq!(entries.len(), 2);
+            map.remove(&mut ctx, &long).expect("remove");
+            assert_eq!(map.get(&mut ctx, &long).expect("get"), None);
+        }
     }
 
     struct Average;

@@ -131,8 +131,16 @@ impl Descriptor {
         suffix: &[u8],
         value: &T,
     ) -> Result<()> {
-        let bytes = self.encode(value)?;
-        ctx.backend.put(self.id, suffix, bytes)
+        // Small values are encoded on the stack: no allocation per put.
+        let mut buf = [0u8; 64];
+        match postcard::to_slice(value, &mut buf) {
+            Ok(bytes) => ctx.backend.put(self.id, suffix, bytes),
+            Err(postcard::Error::SerializeBufferFull) => {
+                let bytes = self.encode(value)?;
+                ctx.backend.put(self.id, suffix, &bytes)
+            }
+            Err(e) => Err(Error::codec(format!("state {}", self.name), e)),
+        }
     }
 }
 
@@ -198,7 +206,7 @@ impl<T: Serialize + DeserializeOwned> ListState<T> {
         let created = existing.is_none();
         let mut bytes = existing.unwrap_or_default();
         bytes.extend_from_slice(&encoded);
-        ctx.backend.put(self.desc.id, namespace, bytes)?;
+        ctx.backend.put(self.desc.id, namespace, &bytes)?;
         Ok(created)
     }
 
@@ -227,7 +235,7 @@ impl<T: Serialize + DeserializeOwned> ListState<T> {
             .map(<[u8]>::to_vec)
             .unwrap_or_default();
         bytes.extend_from_slice(&moved);
-        ctx.backend.put(self.desc.id, into, bytes)?;
+        ctx.backend.put(self.desc.id, into, &bytes)?;
         ctx.backend.delete(self.desc.id, from)
     }
 
