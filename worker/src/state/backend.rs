@@ -17,6 +17,8 @@ use crate::error::{Error, Result};
 /// Bytes charged per cache entry on top of key and value (hash map slot, Vec headers).
 const CACHE_ENTRY_OVERHEAD: usize = 64;
 const RESTORE_BATCH_BYTES: usize = 8 << 20;
+/// Flushes of at least this many dirty entries go to RocksDB as an ingested SST file.
+const INGEST_FLUSH_ENTRIES: usize = 64 * 1024;
 /// Key plus value up to this many bytes live inside the cache slot itself (a running count:
 /// an 18-byte key and a varint).
 const INLINE_BYTES: usize = 22;
@@ -448,12 +450,11 @@ impl KeyedStateBackend {
         Ok(())
     }
 
-    /// Writes every dirty cache entry to RocksDB in one batch; entries stay cached, clean.
+    /// Writes every dirty cache entry to RocksDB in key order; entries stay cached, clean.
     pub fn flush_dirty(&mut self) -> Result<()> {
         if self.dirty_entries == 0 {
             return Ok(());
         }
-        let mut batch = rocksdb::WriteBatch::default();
         let mut dirty: Vec<(u128, &mut CacheSlot)> = Vec::with_capacity(self.dirty_entries);
         dirty.extend(
             self.cache
@@ -464,19 +465,48 @@ impl KeyedStateBackend {
         // In key order RocksDB's memtable inserts each entry next to the previous one instead
         // of searching its skip list from the top: several times cheaper for big flushes.
         dirty.sort_unstable_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.key().cmp(b.1.key())));
+        self.dirty_entries = 0;
+        self.stats.flushes += 1;
+        let rocks = |what: &str, e| Error::rocks(format!("{what} in {}", self.path.display()), e);
+        if dirty.len() < INGEST_FLUSH_ENTRIES {
+            let mut batch = rocksdb::WriteBatch::default();
+            for (_, slot) in dirty {
+                match slot.value() {
+                    Some(v) => batch.put(slot.key(), v),
+                    None => batch.delete(slot.key()),
+                }
+                slot.set_flag(DIRTY, false);
+                slot.set_flag(IN_DB, slot.flag(HAS_VALUE));
+            }
+            return self
+                .db
+                .write_opt(batch, &self.write_opts)
+                .map_err(|e| rocks("write batch", e));
+        }
+        // A big flush (cache eviction, a snapshot after many updates) becomes one sorted SST
+        // file that RocksDB ingests as is: no memtable inserts now and no memtable flush to
+        // wait for at the next snapshot.
+        self.ingested += 1;
+        let sst = self.path.join(format!("flush-{}.sst", self.ingested));
+        let mut opts = rocksdb::Options::default();
+        opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
+        let mut writer = rocksdb::SstFileWriter::create(&opts);
+        writer.open(&sst).map_err(|e| rocks("open SST", e))?;
         for (_, slot) in dirty {
             match slot.value() {
-                Some(v) => batch.put(slot.key(), v),
-                None => batch.delete(slot.key()),
+                Some(v) => writer.put(slot.key(), v),
+                None => writer.delete(slot.key()),
             }
+            .map_err(|e| rocks("write SST", e))?;
             slot.set_flag(DIRTY, false);
             slot.set_flag(IN_DB, slot.flag(HAS_VALUE));
         }
-        self.dirty_entries = 0;
-        self.stats.flushes += 1;
+        writer.finish().map_err(|e| rocks("finish SST", e))?;
+        let mut ingest = rocksdb::IngestExternalFileOptions::default();
+        ingest.set_move_files(true);
         self.db
-            .write_opt(batch, &self.write_opts)
-            .map_err(|e| Error::rocks(format!("write batch in {}", self.path.display()), e))
+            .ingest_external_file_opts(&ingest, vec![&sst])
+            .map_err(|e| rocks("ingest SST", e))
     }
 
     /// Compacts everything into the bottom level (tests: to replace every SST file).
@@ -789,6 +819,54 @@ mod tests {
                 backend: &mut backend,
             };
             assert_eq!(count.get(&mut ctx).expect("get"), None, "key {key}");
+        }
+    }
+
+    #[test]
+    fn big_flushes_go_through_an_ingested_sst_with_updates_and_deletes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut backend =
+            KeyedStateBackend::open(&dir.path().join("db"), all_groups(), 256 << 20).expect("open");
+        let mut registry = StateRegistry::new("op");
+        let count = registry.value_state::<u64>("count").expect("state");
+        let keys = 2 * INGEST_FLUSH_ENTRIES as u64;
+        for key in 0..keys {
+            select(&mut backend, key);
+            let mut ctx = KeyedContext {
+                backend: &mut backend,
+            };
+            count.set(&mut ctx, &key).expect("set");
+        }
+        backend.flush_dirty().expect("flush");
+        for key in 0..keys {
+            select(&mut backend, key);
+            let mut ctx = KeyedContext {
+                backend: &mut backend,
+            };
+            if key % 2 == 0 {
+                count.clear(&mut ctx).expect("clear");
+            } else {
+                count.set(&mut ctx, &(key * 10)).expect("set");
+            }
+        }
+        backend.flush_dirty().expect("flush");
+        assert!(
+            std::fs::read_dir(dir.path().join("db"))
+                .expect("db dir")
+                .flatten()
+                .all(|e| !e.file_name().to_string_lossy().starts_with("flush-")),
+            "ingested files are moved into RocksDB"
+        );
+        backend.cache.clear();
+        backend.last_slot = NO_SLOT;
+        backend.cache_bytes = 0;
+        for key in 0..keys {
+            select(&mut backend, key);
+            let mut ctx = KeyedContext {
+                backend: &mut backend,
+            };
+            let expected = (key % 2 == 1).then_some(key * 10);
+            assert_eq!(count.get(&mut ctx).expect("get"), expected, "key {key}");
         }
     }
 
