@@ -255,7 +255,18 @@ impl KeyedStateBackend {
     fn open_at(path: &Path, key_groups: KeyGroupRange, cache_capacity: u64) -> Result<Self> {
         let mut opts = rocksdb::Options::default();
         opts.create_if_missing(true);
+        // L0 files are short-lived (compacted soon) and written on the snapshot's critical
+        // path: no compression there, LZ4 below (RocksDB's tuning guide does the same).
         opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
+        opts.set_compression_per_level(&[
+            rocksdb::DBCompressionType::None,
+            rocksdb::DBCompressionType::Lz4,
+            rocksdb::DBCompressionType::Lz4,
+            rocksdb::DBCompressionType::Lz4,
+            rocksdb::DBCompressionType::Lz4,
+            rocksdb::DBCompressionType::Lz4,
+            rocksdb::DBCompressionType::Lz4,
+        ]);
         opts.set_write_buffer_size(64 << 20);
         opts.set_max_background_jobs(2);
         let db = rocksdb::DB::open(&opts, path)
@@ -488,8 +499,9 @@ impl KeyedStateBackend {
         // wait for at the next snapshot.
         self.ingested += 1;
         let sst = self.path.join(format!("flush-{}.sst", self.ingested));
+        // Lands in L0 like a memtable flush: uncompressed (see `open_at`).
         let mut opts = rocksdb::Options::default();
-        opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
+        opts.set_compression_type(rocksdb::DBCompressionType::None);
         let mut writer = rocksdb::SstFileWriter::create(&opts);
         writer.open(&sst).map_err(|e| rocks("open SST", e))?;
         for (_, slot) in dirty {
