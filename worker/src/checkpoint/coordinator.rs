@@ -396,6 +396,35 @@ impl CheckpointCoordinator {
         Ok(())
     }
 
+    /// Deletes the files under `shared/` that no completed checkpoint refers to: stored by
+    /// checkpoints that then failed, or by attempts that ended before their checkpoint
+    /// completed. Only between attempts: a running task's new files are not referred to yet.
+    /// Returns how many it deleted.
+    pub async fn remove_orphaned_shared_files(&self) -> Result<usize> {
+        let shared = self
+            .job_store
+            .list(&format!("{}/", super::incremental::SHARED_FOLDER))
+            .await?;
+        if shared.is_empty() {
+            return Ok(0);
+        }
+        let mut referenced = std::collections::BTreeSet::new();
+        for (id, complete) in list_checkpoints(&self.job_store).await? {
+            if complete {
+                let metadata = self.read_metadata(id).await?;
+                referenced.extend(metadata.shared_objects().map(str::to_string));
+            }
+        }
+        let mut removed = 0;
+        for object in shared {
+            if !referenced.contains(&object.key) {
+                self.job_store.delete(&object.key).await?;
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+
     async fn read_metadata(&self, checkpoint_id: u64) -> Result<CheckpointMetadata> {
         let store = self.job_store.child(&checkpoint_dir_name(checkpoint_id));
         Ok(super::RestorePoint::open(store).await?.metadata)

@@ -573,6 +573,20 @@ mod tests {
             );
         }
         assert!(!exists("chk-1") && !exists("chk-2") && exists("chk-3") && exists("chk-4"));
+
+        // Files no completed checkpoint refers to (a checkpoint that failed after storing
+        // them, an attempt that died) go when the next attempt starts; referenced ones stay.
+        let orphan = "shared/count-0-dead/000042.sst";
+        rt.block_on(job.put(orphan, bytes::Bytes::from_static(b"sst")))
+            .expect("put");
+        let removed = rt
+            .block_on(coordinator.remove_orphaned_shared_files())
+            .expect("cleanup");
+        assert_eq!(removed, 1);
+        assert!(!exists(orphan));
+        for object in &kept {
+            assert!(exists(object), "{object} is still referred to");
+        }
         // The retained checkpoints still restore.
         for (id, handle) in [(3, &handles[2]), (4, &handles[3])] {
             let restore = rt.block_on(restore_point(&job, id));

@@ -178,6 +178,19 @@ fn run_attempts(
                     0,
                 ))?);
             }
+            if let Some(coordinator) = &coordinator {
+                // Housekeeping: a failure here costs disk space, never the job.
+                match rt.block_on(coordinator.remove_orphaned_shared_files()) {
+                    Ok(0) => {}
+                    Ok(files) => tracing::info!(
+                        files,
+                        "removed shared state files no completed checkpoint refers to"
+                    ),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "could not remove orphaned shared state files")
+                    }
+                }
+            }
             match &restore {
                 Some(point) => {
                     check_compatible(point, &doc)?;
