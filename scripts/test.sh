@@ -18,3 +18,5 @@ echo "==> cargo clippy"
 cargo clippy --release --workspace --all-targets -- -D warnings
 echo "==> cargo test"
 cargo test --release --workspace -- --test-threads="${WEIR_TEST_THREADS:-2}"
+echo "==> benchmark smoke (tiny sizes, Weir only: keeps scripts/bench.sh working; figures are not checked)"
+scripts/bench.sh --no-flink
