@@ -523,20 +523,8 @@ impl ObjectStore {
                 bucket,
                 prefix,
             } => {
-                let out = client
-                    .get_object()
-                    .bucket(bucket)
-                    .key(full_key(prefix, key))
-                    .send()
-                    .await
-                    .map_err(|e| {
-                        if is_missing_object(&e) {
-                            StorageError::NotFound { uri: uri.clone() }
-                        } else {
-                            s3_err("GetObject", &uri, &e)
-                        }
-                    })?;
-                collect_body(out.body, &uri).await
+                let body = get_object_body(client, bucket, &full_key(prefix, key), &uri).await?;
+                collect_body(body, &uri).await
             }
         }
     }
@@ -561,24 +549,12 @@ impl ObjectStore {
                 bucket,
                 prefix,
             } => {
-                let out = client
-                    .get_object()
-                    .bucket(bucket)
-                    .key(full_key(prefix, key))
-                    .send()
-                    .await
-                    .map_err(|e| {
-                        if is_missing_object(&e) {
-                            StorageError::NotFound { uri: uri.clone() }
-                        } else {
-                            s3_err("GetObject", &uri, &e)
-                        }
-                    })?;
+                let mut body =
+                    get_object_body(client, bucket, &full_key(prefix, key), &uri).await?;
                 let dest_uri = format!("file://{}", dest.display());
                 let mut file = tokio::fs::File::create(dest)
                     .await
                     .map_err(|e| io_err(&dest_uri, e))?;
-                let mut body = out.body;
                 let mut written = 0u64;
                 while let Some(chunk) = body
                     .try_next()
@@ -998,6 +974,31 @@ fn is_missing_object<E: ProvideErrorMetadata>(err: &SdkError<E, HttpResponse>) -
 fn is_invalid_range<E: ProvideErrorMetadata>(err: &SdkError<E, HttpResponse>) -> bool {
     err.as_service_error().and_then(|e| e.code()) == Some("InvalidRange")
         || (matches!(err, SdkError::ServiceError(_)) && status_of(err) == Some(416))
+}
+
+/// The body of a whole object; `NotFound` when it is missing.
+async fn get_object_body(
+    client: &Client,
+    bucket: &str,
+    key: &str,
+    uri: &str,
+) -> Result<ByteStream> {
+    let out = client
+        .get_object()
+        .bucket(bucket)
+        .key(key)
+        .send()
+        .await
+        .map_err(|e| {
+            if is_missing_object(&e) {
+                StorageError::NotFound {
+                    uri: uri.to_string(),
+                }
+            } else {
+                s3_err("GetObject", uri, &e)
+            }
+        })?;
+    Ok(out.body)
 }
 
 async fn collect_body(body: ByteStream, uri: &str) -> Result<Bytes> {

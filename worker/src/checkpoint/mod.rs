@@ -91,17 +91,9 @@ impl RestorePoint {
 
     /// Keyed-state handles of `operator` that hold any of `range`.
     pub fn keyed_handles(&self, operator: &str, range: KeyGroupRange) -> Vec<KeyedStateHandle> {
-        self.metadata
-            .operators
-            .get(operator)
-            .map(|op| {
-                op.subtasks
-                    .iter()
-                    .filter_map(|s| s.keyed.clone())
-                    .filter(|h| h.key_groups.intersects(&range))
-                    .collect()
-            })
-            .unwrap_or_default()
+        self.overlapping(operator, range, |s| {
+            s.keyed.as_ref().map(|h| (h, h.key_groups))
+        })
     }
 
     /// Incremental keyed-state handles of `operator` that hold any of `range`.
@@ -110,17 +102,27 @@ impl RestorePoint {
         operator: &str,
         range: KeyGroupRange,
     ) -> Vec<IncrementalKeyedStateHandle> {
-        self.metadata
-            .operators
-            .get(operator)
-            .map(|op| {
-                op.subtasks
-                    .iter()
-                    .filter_map(|s| s.keyed_incremental.clone())
-                    .filter(|h| h.key_groups.intersects(&range))
-                    .collect()
-            })
-            .unwrap_or_default()
+        self.overlapping(operator, range, |s| {
+            s.keyed_incremental.as_ref().map(|h| (h, h.key_groups))
+        })
+    }
+
+    /// The handles `pick` finds in `operator`'s subtasks whose key groups overlap `range`.
+    fn overlapping<H: Clone>(
+        &self,
+        operator: &str,
+        range: KeyGroupRange,
+        pick: impl Fn(&SubtaskState) -> Option<(&H, KeyGroupRange)>,
+    ) -> Vec<H> {
+        let Some(op) = self.metadata.operators.get(operator) else {
+            return Vec::new();
+        };
+        op.subtasks
+            .iter()
+            .filter_map(pick)
+            .filter(|(_, groups)| groups.intersects(&range))
+            .map(|(h, _)| h.clone())
+            .collect()
     }
 
     /// Operator list state `name` of `operator` for new subtask `index` of `parallelism`.

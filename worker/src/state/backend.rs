@@ -208,7 +208,7 @@ pub struct KeyedStateBackend {
     scratch: Vec<u8>,
     write_opts: rocksdb::WriteOptions,
     stats: BackendStats,
-    /// SST files ingested by restores so far (names them).
+    /// SST files ingested so far (by big flushes and restores; names them).
     ingested: u32,
     /// Index of this subtask's timers; the timers themselves are entries of this backend.
     pub(crate) timers: super::timers::TimerService,
@@ -478,7 +478,6 @@ impl KeyedStateBackend {
         dirty.sort_unstable_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.key().cmp(b.1.key())));
         self.dirty_entries = 0;
         self.stats.flushes += 1;
-        let rocks = |what: &str, e| Error::rocks(format!("{what} in {}", self.path.display()), e);
         if dirty.len() < INGEST_FLUSH_ENTRIES {
             let mut batch = rocksdb::WriteBatch::default();
             for (_, slot) in dirty {
@@ -492,33 +491,32 @@ impl KeyedStateBackend {
             return self
                 .db
                 .write_opt(batch, &self.write_opts)
-                .map_err(|e| rocks("write batch", e));
+                .map_err(|e| Error::rocks(format!("write batch in {}", self.path.display()), e));
         }
         // A big flush (cache eviction, a snapshot after many updates) becomes one sorted SST
         // file that RocksDB ingests as is: no memtable inserts now and no memtable flush to
         // wait for at the next snapshot.
-        self.ingested += 1;
-        let sst = self.path.join(format!("flush-{}.sst", self.ingested));
-        // Lands in L0 like a memtable flush: uncompressed (see `open_at`).
-        let mut opts = rocksdb::Options::default();
-        opts.set_compression_type(rocksdb::DBCompressionType::None);
-        let mut writer = rocksdb::SstFileWriter::create(&opts);
-        writer.open(&sst).map_err(|e| rocks("open SST", e))?;
-        for (_, slot) in dirty {
-            match slot.value() {
-                Some(v) => writer.put(slot.key(), v),
-                None => writer.delete(slot.key()),
-            }
-            .map_err(|e| rocks("write SST", e))?;
-            slot.set_flag(DIRTY, false);
-            slot.set_flag(IN_DB, slot.flag(HAS_VALUE));
-        }
-        writer.finish().map_err(|e| rocks("finish SST", e))?;
-        let mut ingest = rocksdb::IngestExternalFileOptions::default();
-        ingest.set_move_files(true);
-        self.db
-            .ingest_external_file_opts(&ingest, vec![&sst])
-            .map_err(|e| rocks("ingest SST", e))
+        let context = format!("flush in {}", self.path.display());
+        ingest_sst(
+            &self.db,
+            &self.path,
+            &mut self.ingested,
+            &context,
+            |writer| {
+                let written = dirty.len() as u64;
+                for (_, slot) in dirty {
+                    match slot.value() {
+                        Some(v) => writer.put(slot.key(), v),
+                        None => writer.delete(slot.key()),
+                    }
+                    .map_err(|e| Error::rocks(format!("{context}: write SST"), e))?;
+                    slot.set_flag(DIRTY, false);
+                    slot.set_flag(IN_DB, slot.flag(HAS_VALUE));
+                }
+                Ok(written)
+            },
+        )
+        .map(drop)
     }
 
     /// Compacts everything into the bottom level (tests: to replace every SST file).
@@ -593,53 +591,37 @@ impl KeyedStateBackend {
     fn restore_by_ingest(&mut self, data: &[u8], object: &str) -> Result<Option<u64>> {
         // Check the order first, so a fallback leaves nothing half-restored.
         let mut last: Option<&[u8]> = None;
-        let mut wanted = 0u64;
         for entry in super::snapshot::SnapshotReader::new(data, object)? {
             let (key, _) = entry?;
             if last.is_some_and(|last| last >= key) {
                 return Ok(None);
             }
             last = Some(key);
-            if key.len() >= 2
-                && self
-                    .key_groups
-                    .contains(u16::from_be_bytes([key[0], key[1]]))
-            {
-                wanted += 1;
-            }
         }
-        if wanted == 0 {
-            return Ok(Some(0));
-        }
-        self.ingested += 1;
-        let sst = self.path.join(format!("restore-{}.sst", self.ingested));
-        // Uncompressed: the file is written once and compacted (and compressed) later by
-        // RocksDB in the background, off the restore's critical path.
-        let mut opts = rocksdb::Options::default();
-        opts.set_compression_type(rocksdb::DBCompressionType::None);
-        let mut writer = rocksdb::SstFileWriter::create(&opts);
-        let rocks = |what: &str, e| Error::rocks(format!("restore {object}: {what}"), e);
-        writer.open(&sst).map_err(|e| rocks("open SST", e))?;
-        let mut restored = 0u64;
-        for entry in super::snapshot::SnapshotReader::new(data, object)? {
-            let (key, value) = entry?;
-            if key.len() < 2
-                || !self
-                    .key_groups
-                    .contains(u16::from_be_bytes([key[0], key[1]]))
-            {
-                continue;
-            }
-            self.timers.restore_entry(key, value, object)?;
-            writer.put(key, value).map_err(|e| rocks("write SST", e))?;
-            restored += 1;
-        }
-        writer.finish().map_err(|e| rocks("finish SST", e))?;
-        let mut ingest = rocksdb::IngestExternalFileOptions::default();
-        ingest.set_move_files(true);
-        self.db
-            .ingest_external_file_opts(&ingest, vec![&sst])
-            .map_err(|e| rocks("ingest SST", e))?;
+        let context = format!("restore {object}");
+        let key_groups = self.key_groups;
+        let timers = &mut self.timers;
+        let restored = ingest_sst(
+            &self.db,
+            &self.path,
+            &mut self.ingested,
+            &context,
+            |writer| {
+                let mut restored = 0u64;
+                for entry in super::snapshot::SnapshotReader::new(data, object)? {
+                    let (key, value) = entry?;
+                    if key.len() < 2 || !key_groups.contains(u16::from_be_bytes([key[0], key[1]])) {
+                        continue;
+                    }
+                    timers.restore_entry(key, value, object)?;
+                    writer
+                        .put(key, value)
+                        .map_err(|e| Error::rocks(format!("{context}: write SST"), e))?;
+                    restored += 1;
+                }
+                Ok(restored)
+            },
+        )?;
         Ok(Some(restored))
     }
 
@@ -658,36 +640,31 @@ impl KeyedStateBackend {
         read.fill_cache(false);
         let mut iter = source.raw_iterator_opt(read);
         iter.seek(self.key_groups.start.to_be_bytes());
-        self.ingested += 1;
-        let sst = self.path.join(format!("restore-{}.sst", self.ingested));
-        let mut opts = rocksdb::Options::default();
-        opts.set_compression_type(rocksdb::DBCompressionType::None);
-        let mut writer = rocksdb::SstFileWriter::create(&opts);
-        let rocks = |what: &str, e| Error::rocks(format!("restore {object}: {what}"), e);
-        writer.open(&sst).map_err(|e| rocks("open SST", e))?;
-        let mut restored = 0u64;
-        while let (Some(key), Some(value)) = (iter.key(), iter.value()) {
-            if key.len() < 2 || u16::from_be_bytes([key[0], key[1]]) >= self.key_groups.end {
-                break;
-            }
-            self.timers.restore_entry(key, value, object)?;
-            writer.put(key, value).map_err(|e| rocks("write SST", e))?;
-            restored += 1;
-            iter.next();
-        }
-        iter.status().map_err(corrupt)?;
-        if restored == 0 {
-            drop(writer);
-            let _ = std::fs::remove_file(&sst);
-            return Ok(0);
-        }
-        writer.finish().map_err(|e| rocks("finish SST", e))?;
-        let mut ingest = rocksdb::IngestExternalFileOptions::default();
-        ingest.set_move_files(true);
-        self.db
-            .ingest_external_file_opts(&ingest, vec![&sst])
-            .map_err(|e| rocks("ingest SST", e))?;
-        Ok(restored)
+        let context = format!("restore {object}");
+        let end = self.key_groups.end;
+        let timers = &mut self.timers;
+        ingest_sst(
+            &self.db,
+            &self.path,
+            &mut self.ingested,
+            &context,
+            |writer| {
+                let mut restored = 0u64;
+                while let (Some(key), Some(value)) = (iter.key(), iter.value()) {
+                    if key.len() < 2 || u16::from_be_bytes([key[0], key[1]]) >= end {
+                        break;
+                    }
+                    timers.restore_entry(key, value, object)?;
+                    writer
+                        .put(key, value)
+                        .map_err(|e| Error::rocks(format!("{context}: write SST"), e))?;
+                    restored += 1;
+                    iter.next();
+                }
+                iter.status().map_err(corrupt)?;
+                Ok(restored)
+            },
+        )
     }
 
     fn restore_by_batches(&mut self, data: &[u8], object: &str) -> Result<u64> {
@@ -744,6 +721,38 @@ impl Drop for KeyedStateBackend {
         // The instance is scratch space; checkpoints hold the state. Best effort only.
         let _ = std::fs::remove_dir_all(&self.path);
     }
+}
+
+/// Writes one SST file `<prefix>-<n>.sst` in `dir` through `fill` (entries in key order;
+/// returns how many it wrote) and moves it into `db`. Uncompressed: it lands in L0 like a
+/// memtable flush, and compaction compresses it later, off the critical path. Nothing is
+/// ingested when `fill` wrote nothing. `context` starts every error message.
+fn ingest_sst(
+    db: &rocksdb::DB,
+    dir: &Path,
+    counter: &mut u32,
+    context: &str,
+    fill: impl FnOnce(&mut rocksdb::SstFileWriter<'_>) -> Result<u64>,
+) -> Result<u64> {
+    let rocks = |what: &str, e| Error::rocks(format!("{context}: {what}"), e);
+    *counter += 1;
+    let sst = dir.join(format!("ingest-{counter}.sst"));
+    let mut opts = rocksdb::Options::default();
+    opts.set_compression_type(rocksdb::DBCompressionType::None);
+    let mut writer = rocksdb::SstFileWriter::create(&opts);
+    writer.open(&sst).map_err(|e| rocks("open SST", e))?;
+    let written = fill(&mut writer)?;
+    if written == 0 {
+        drop(writer);
+        let _ = std::fs::remove_file(&sst);
+        return Ok(0);
+    }
+    writer.finish().map_err(|e| rocks("finish SST", e))?;
+    let mut ingest = rocksdb::IngestExternalFileOptions::default();
+    ingest.set_move_files(true);
+    db.ingest_external_file_opts(&ingest, vec![&sst])
+        .map_err(|e| rocks("ingest SST", e))?;
+    Ok(written)
 }
 
 /// Reads the RocksDB copy made by [`KeyedStateBackend::checkpoint_to`] and writes the
@@ -866,7 +875,7 @@ mod tests {
             std::fs::read_dir(dir.path().join("db"))
                 .expect("db dir")
                 .flatten()
-                .all(|e| !e.file_name().to_string_lossy().starts_with("flush-")),
+                .all(|e| !e.file_name().to_string_lossy().starts_with("ingest-")),
             "ingested files are moved into RocksDB"
         );
         backend.cache.clear();
