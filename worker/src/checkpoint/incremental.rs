@@ -297,17 +297,134 @@ mod tests {
         end: MAX as u16,
     };
 
-    fn rt() -> tokio::runtime::Runtime {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime")
+    /// A keyed subtask over all key groups with a `count` value state, checkpointing into a
+    /// local job folder the way a keyed task does.
+    struct Fixture {
+        rt: tokio::runtime::Runtime,
+        job: ObjectStore,
+        count: ValueState<u64>,
+        backend: KeyedStateBackend,
+        snapshots: IncrementalSnapshots,
+        /// Last: the backend removes its folder inside it when dropped.
+        dir: tempfile::TempDir,
     }
 
-    async fn local_store(path: &Path) -> ObjectStore {
-        ObjectStore::open(&Location::Local(path.to_path_buf()), &Default::default())
-            .await
-            .expect("store")
+    impl Fixture {
+        fn new() -> Fixture {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            let location = Location::Local(dir.path().join("job"));
+            let job = rt
+                .block_on(ObjectStore::open(&location, &Default::default()))
+                .expect("store");
+            let mut registry = StateRegistry::new("count");
+            let count = registry.value_state::<u64>("count").expect("state");
+            let backend =
+                KeyedStateBackend::open(&dir.path().join("db"), ALL, 64 << 20).expect("open");
+            Fixture {
+                rt,
+                job,
+                count,
+                backend,
+                snapshots: IncrementalSnapshots::new("count", 0),
+                dir,
+            }
+        }
+
+        fn path(&self, name: &str) -> PathBuf {
+            self.dir.path().join(name)
+        }
+
+        fn set(&mut self, key: u64, value: u64) {
+            select(&mut self.backend, key);
+            self.count
+                .set(
+                    &mut KeyedContext {
+                        backend: &mut self.backend,
+                    },
+                    &value,
+                )
+                .expect("set");
+        }
+
+        /// Takes checkpoint `id` and writes a `_metadata` holding it, so retention and restore
+        /// see a completed checkpoint.
+        fn checkpoint(&mut self, id: u64) -> IncrementalKeyedStateHandle {
+            let copy = self.path(&format!("copy-{id}"));
+            self.backend
+                .checkpoint_to(&copy)
+                .expect("rocksdb checkpoint");
+            let chk = self.job.child(&checkpoint_dir_name(id));
+            let key_groups = self.backend.key_groups();
+            let handle = self
+                .rt
+                .block_on(
+                    self.snapshots
+                        .store(id, &copy, key_groups, &self.job, &chk, "count-0"),
+                )
+                .expect("store");
+            let mut operators = BTreeMap::new();
+            operators.insert(
+                "count".to_string(),
+                OperatorSnapshot {
+                    subtasks: vec![SubtaskState {
+                        keyed_incremental: Some(handle.clone()),
+                        ..Default::default()
+                    }],
+                },
+            );
+            let metadata = CheckpointMetadata {
+                job_id: "job".into(),
+                checkpoint_id: id,
+                kind: SnapshotKind::Checkpoint,
+                timestamp_ms: id,
+                parallelism: 1,
+                max_parallelism: MAX,
+                operators,
+            };
+            self.rt
+                .block_on(chk.put(METADATA_OBJECT, metadata.encode().expect("encode").into()))
+                .expect("put metadata");
+            handle
+        }
+
+        fn restore_point(&self, id: u64) -> RestorePoint {
+            self.rt
+                .block_on(RestorePoint::open(self.job.child(&checkpoint_dir_name(id))))
+                .expect("open checkpoint")
+        }
+
+        /// Downloads `handle` of checkpoint `id` into the new folder `name`.
+        fn download(
+            &self,
+            id: u64,
+            handle: &IncrementalKeyedStateHandle,
+            name: &str,
+        ) -> Result<PathBuf> {
+            let path = self.path(name);
+            self.rt
+                .block_on(download(&self.restore_point(id), handle, &path))?;
+            Ok(path)
+        }
+
+        /// Opens the files of `handle` of checkpoint `id` as a new instance.
+        fn restored(
+            &self,
+            id: u64,
+            handle: &IncrementalKeyedStateHandle,
+            name: &str,
+        ) -> KeyedStateBackend {
+            let path = self.download(id, handle, name).expect("download");
+            KeyedStateBackend::open_restored(&path, ALL, 64 << 20, name).expect("open")
+        }
+
+        fn get(&self, backend: &mut KeyedStateBackend, key: u64) -> Option<u64> {
+            select(backend, key);
+            self.count.get(&mut KeyedContext { backend }).expect("get")
+        }
     }
 
     fn select(backend: &mut KeyedStateBackend, key: u64) {
@@ -315,87 +432,20 @@ mod tests {
         backend.set_current_key(key_group_for_key_bytes(&bytes, MAX), &bytes);
     }
 
-    fn set(backend: &mut KeyedStateBackend, state: &ValueState<u64>, key: u64, value: u64) {
-        select(backend, key);
-        state
-            .set(&mut KeyedContext { backend }, &value)
-            .expect("set");
-    }
-
-    fn get(backend: &mut KeyedStateBackend, state: &ValueState<u64>, key: u64) -> Option<u64> {
-        select(backend, key);
-        state.get(&mut KeyedContext { backend }).expect("get")
-    }
-
-    /// Takes checkpoint `id` of `backend` into `job` the way a keyed task does, and writes a
-    /// `_metadata` holding it so retention and restore see a completed checkpoint.
-    async fn checkpoint(
-        backend: &mut KeyedStateBackend,
-        snapshots: &IncrementalSnapshots,
-        job: &ObjectStore,
-        scratch: &Path,
-        id: u64,
-    ) -> IncrementalKeyedStateHandle {
-        let copy = scratch.join(format!("copy-{id}"));
-        backend.checkpoint_to(&copy).expect("rocksdb checkpoint");
-        let chk = job.child(&checkpoint_dir_name(id));
-        let handle = snapshots
-            .store(id, &copy, backend.key_groups(), job, &chk, "count-0")
-            .await
-            .expect("store");
-        let mut operators = BTreeMap::new();
-        operators.insert(
-            "count".to_string(),
-            OperatorSnapshot {
-                subtasks: vec![SubtaskState {
-                    keyed_incremental: Some(handle.clone()),
-                    ..Default::default()
-                }],
-            },
-        );
-        let metadata = CheckpointMetadata {
-            job_id: "job".into(),
-            checkpoint_id: id,
-            kind: SnapshotKind::Checkpoint,
-            timestamp_ms: id,
-            parallelism: 1,
-            max_parallelism: MAX,
-            operators,
-        };
-        chk.put(METADATA_OBJECT, metadata.encode().expect("encode").into())
-            .await
-            .expect("put metadata");
-        handle
-    }
-
-    async fn restore_point(job: &ObjectStore, id: u64) -> RestorePoint {
-        RestorePoint::open(job.child(&checkpoint_dir_name(id)))
-            .await
-            .expect("open checkpoint")
-    }
-
     #[test]
     fn unchanged_files_are_stored_once_and_restore_opens_them_exactly() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let rt = rt();
-        let job = rt.block_on(local_store(&dir.path().join("job")));
-        let mut registry = StateRegistry::new("count");
-        let count = registry.value_state::<u64>("count").expect("state");
-        let mut backend =
-            KeyedStateBackend::open(&dir.path().join("db"), ALL, 64 << 20).expect("open");
-        let snapshots = IncrementalSnapshots::new("count", 0);
-
+        let mut f = Fixture::new();
         for key in 0..5_000 {
-            set(&mut backend, &count, key, key);
+            f.set(key, key);
         }
-        let first = rt.block_on(checkpoint(&mut backend, &snapshots, &job, dir.path(), 1));
+        let first = f.checkpoint(1);
         assert_eq!(first.uploaded_bytes, first.full_size(), "first stores all");
-        snapshots.on_checkpoint_complete(1);
+        f.snapshots.on_checkpoint_complete(1);
         for key in 5_000..6_000 {
-            set(&mut backend, &count, key, key);
+            f.set(key, key);
         }
-        set(&mut backend, &count, 7, 700);
-        let second = rt.block_on(checkpoint(&mut backend, &snapshots, &job, dir.path(), 2));
+        f.set(7, 700);
+        let second = f.checkpoint(2);
         for file in &first.shared {
             assert!(
                 second.shared.contains(file),
@@ -415,52 +465,36 @@ mod tests {
         assert!(second.uploaded_bytes < second.full_size());
 
         // A later write must not reach the restored copy.
-        set(&mut backend, &count, 1, 999);
-        let restore = rt.block_on(restore_point(&job, 2));
-        let path = dir.path().join("restored");
-        rt.block_on(download(&restore, &second, &path))
-            .expect("download");
-        let mut restored =
-            KeyedStateBackend::open_restored(&path, ALL, 64 << 20, "chk-2").expect("open");
+        f.set(1, 999);
+        let mut restored = f.restored(2, &second, "restored");
         for key in 0..6_000 {
             let expected = if key == 7 { 700 } else { key };
-            assert_eq!(get(&mut restored, &count, key), Some(expected), "key {key}");
+            assert_eq!(f.get(&mut restored, key), Some(expected), "key {key}");
         }
-        assert_eq!(get(&mut restored, &count, 6_000), None);
+        assert_eq!(f.get(&mut restored, 6_000), None);
     }
 
     #[test]
     fn rescaling_from_incremental_files_gives_each_key_to_one_subtask() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let rt = rt();
-        let job = rt.block_on(local_store(&dir.path().join("job")));
-        let mut registry = StateRegistry::new("count");
-        let count = registry.value_state::<u64>("count").expect("state");
-        let mut backend =
-            KeyedStateBackend::open(&dir.path().join("db"), ALL, 64 << 20).expect("open");
-        let snapshots = IncrementalSnapshots::new("count", 0);
+        let mut f = Fixture::new();
         for key in 0..3_000 {
-            set(&mut backend, &count, key, key * 3);
+            f.set(key, key * 3);
         }
-        let handle = rt.block_on(checkpoint(&mut backend, &snapshots, &job, dir.path(), 1));
-        let restore = rt.block_on(restore_point(&job, 1));
+        let handle = f.checkpoint(1);
         let mut total = 0;
         for subtask in 0..3 {
             let range = key_group_range_for_subtask(MAX, 3, subtask);
-            let files = dir.path().join(format!("files-{subtask}"));
-            rt.block_on(download(&restore, &handle, &files))
+            let files = f
+                .download(1, &handle, &format!("files-{subtask}"))
                 .expect("download");
-            let mut part = KeyedStateBackend::open(
-                &dir.path().join(format!("part-{subtask}")),
-                range,
-                64 << 20,
-            )
-            .expect("open");
+            let mut part =
+                KeyedStateBackend::open(&f.path(&format!("part-{subtask}")), range, 64 << 20)
+                    .expect("open");
             total += part.restore_from_files(&files, "chk-1").expect("restore");
             for key in 0..3_000u64 {
                 let group = key_group_for_key_bytes(&key.to_be_bytes(), MAX);
                 if range.contains(group) {
-                    assert_eq!(get(&mut part, &count, key), Some(key * 3), "key {key}");
+                    assert_eq!(f.get(&mut part, key), Some(key * 3), "key {key}");
                 }
             }
         }
@@ -469,36 +503,28 @@ mod tests {
 
     #[test]
     fn a_missing_or_truncated_shared_file_fails_the_restore_naming_it() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let rt = rt();
-        let job = rt.block_on(local_store(&dir.path().join("job")));
-        let mut registry = StateRegistry::new("count");
-        let count = registry.value_state::<u64>("count").expect("state");
-        let mut backend =
-            KeyedStateBackend::open(&dir.path().join("db"), ALL, 64 << 20).expect("open");
-        let snapshots = IncrementalSnapshots::new("count", 0);
+        let mut f = Fixture::new();
         for key in 0..100 {
-            set(&mut backend, &count, key, key);
+            f.set(key, key);
         }
-        let handle = rt.block_on(checkpoint(&mut backend, &snapshots, &job, dir.path(), 1));
-        let restore = rt.block_on(restore_point(&job, 1));
-        let sst = dir.path().join("job").join(&handle.shared[0].object);
+        let handle = f.checkpoint(1);
+        let sst = f.path("job").join(&handle.shared[0].object);
 
         std::fs::write(&sst, b"short").expect("truncate");
-        let err = rt
-            .block_on(download(&restore, &handle, &dir.path().join("a")))
-            .expect_err("truncated");
-        let text = err.to_string();
+        let text = f
+            .download(1, &handle, "a")
+            .expect_err("truncated")
+            .to_string();
         assert!(
             text.contains(&handle.shared[0].object) && text.contains("crc32"),
             "{text}"
         );
 
         std::fs::remove_file(&sst).expect("remove");
-        let err = rt
-            .block_on(download(&restore, &handle, &dir.path().join("b")))
-            .expect_err("missing");
-        let text = err.to_string();
+        let text = f
+            .download(1, &handle, "b")
+            .expect_err("missing")
+            .to_string();
         assert!(
             text.contains(&handle.shared[0].object) && text.contains("missing"),
             "{text}"
@@ -507,38 +533,31 @@ mod tests {
 
     #[test]
     fn retention_deletes_a_shared_file_with_the_last_checkpoint_referring_to_it() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let rt = rt();
-        let job = rt.block_on(local_store(&dir.path().join("job")));
-        let mut registry = StateRegistry::new("count");
-        let count = registry.value_state::<u64>("count").expect("state");
-        let mut backend =
-            KeyedStateBackend::open(&dir.path().join("db"), ALL, 64 << 20).expect("open");
-        let snapshots = IncrementalSnapshots::new("count", 0);
+        let mut f = Fixture::new();
         let mut handles = Vec::new();
         for id in 1..=4u64 {
             for key in 0..2_000 {
-                set(&mut backend, &count, key + id * 2_000, id);
+                f.set(key + id * 2_000, id);
             }
             if id == 3 {
                 // Everything into one file: the SST files of checkpoints 1 and 2 are gone.
-                backend.flush_dirty().expect("flush");
-                backend.compact_all().expect("compact");
+                f.backend.flush_dirty().expect("flush");
+                f.backend.compact_all().expect("compact");
             }
-            handles.push(rt.block_on(checkpoint(&mut backend, &snapshots, &job, dir.path(), id)));
-            snapshots.on_checkpoint_complete(id);
+            handles.push(f.checkpoint(id));
+            f.snapshots.on_checkpoint_complete(id);
         }
         let config = crate::spec::CheckpointConfig {
             interval: std::time::Duration::from_secs(1),
             mode: Default::default(),
-            storage: job.location().uri(),
+            storage: f.job.location().uri(),
             retained: 2,
             timeout: std::time::Duration::from_secs(60),
             tolerable_failures: 0,
         };
-        let coordinator = rt
-            .block_on(CheckpointCoordinator::new(
-                job.clone(),
+        let coordinator =
+            f.rt.block_on(CheckpointCoordinator::new(
+                f.job.clone(),
                 config,
                 "job",
                 1,
@@ -546,10 +565,10 @@ mod tests {
                 1,
             ))
             .expect("coordinator");
-        rt.block_on(coordinator.apply_retention())
+        f.rt.block_on(coordinator.apply_retention())
             .expect("retention");
 
-        let exists = |object: &str| dir.path().join("job").join(object).exists();
+        let exists = |object: &str| f.path("job").join(object).exists();
         let kept: std::collections::BTreeSet<&str> = handles[2..]
             .iter()
             .flat_map(|h| h.shared.iter().map(|f| f.object.as_str()))
@@ -577,11 +596,11 @@ mod tests {
         // Files no completed checkpoint refers to (a checkpoint that failed after storing
         // them, an attempt that died) go when the next attempt starts; referenced ones stay.
         let orphan = "shared/count-0-dead/000042.sst";
-        rt.block_on(job.put(orphan, bytes::Bytes::from_static(b"sst")))
+        f.rt.block_on(f.job.put(orphan, bytes::Bytes::from_static(b"sst")))
             .expect("put");
-        let removed = rt
-            .block_on(coordinator.remove_orphaned_shared_files())
-            .expect("cleanup");
+        let removed =
+            f.rt.block_on(coordinator.remove_orphaned_shared_files())
+                .expect("cleanup");
         assert_eq!(removed, 1);
         assert!(!exists(orphan));
         for object in &kept {
@@ -589,17 +608,8 @@ mod tests {
         }
         // The retained checkpoints still restore.
         for (id, handle) in [(3, &handles[2]), (4, &handles[3])] {
-            let restore = rt.block_on(restore_point(&job, id));
-            let path = dir.path().join(format!("restored-{id}"));
-            rt.block_on(download(&restore, handle, &path))
-                .expect("download");
-            let mut restored =
-                KeyedStateBackend::open_restored(&path, ALL, 64 << 20, "chk").expect("open");
-            assert_eq!(
-                get(&mut restored, &count, 2_000),
-                Some(1),
-                "checkpoint {id}"
-            );
+            let mut restored = f.restored(id, handle, &format!("restored-{id}"));
+            assert_eq!(f.get(&mut restored, 2_000), Some(1), "checkpoint {id}");
         }
     }
 }
