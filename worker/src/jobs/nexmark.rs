@@ -486,14 +486,31 @@ impl AggregateFunction for CountAgg {
     }
 }
 
-/// Keyed by window end: the auction with the most bids (ties: the smaller id) and the latest
-/// stamp of any count; emitted when the watermark passes the window.
-#[derive(Default)]
-struct MaxCountPerWindow {
-    best: Option<ValueState<Q5Count>>,
+/// The auction with the most bids (ties: the smaller id), with the latest stamp of either.
+fn more_bids(best: Q5Count, input: Q5Count) -> Q5Count {
+    let stamp = best.3.max(input.3);
+    if input.2 > best.2 || (input.2 == best.2 && input.1 < best.1) {
+        (input.0, input.1, input.2, stamp)
+    } else {
+        (best.0, best.1, best.2, stamp)
+    }
 }
 
-impl KeyedProcessFunction<Timestamp, Q5Count, Q5Count> for MaxCountPerWindow {
+/// Keyed by window end: the best of the window's records by `pick`, emitted when the
+/// watermark passes the window (q5: most bids, q7: highest bid).
+struct BestPerWindow<T> {
+    best: Option<ValueState<T>>,
+    /// (best so far, new record) -> new best.
+    pick: fn(T, T) -> T,
+}
+
+impl<T> BestPerWindow<T> {
+    fn new(pick: fn(T, T) -> T) -> Self {
+        BestPerWindow { best: None, pick }
+    }
+}
+
+impl<T: crate::api::Data> KeyedProcessFunction<Timestamp, T, T> for BestPerWindow<T> {
     fn open(&mut self, state: &mut StateRegistry) -> Result<()> {
         self.best = Some(state.value_state("best")?);
         Ok(())
@@ -501,27 +518,20 @@ impl KeyedProcessFunction<Timestamp, Q5Count, Q5Count> for MaxCountPerWindow {
 
     fn process(
         &mut self,
-        _end: &Timestamp,
-        input: Q5Count,
+        end: &Timestamp,
+        input: T,
         ctx: &mut KeyedContext<'_>,
-        _out: &mut Emitter<'_, Q5Count>,
+        _out: &mut Emitter<'_, T>,
     ) -> Result<()> {
         let Some(best) = &self.best else {
             return Ok(());
         };
         let next = match best.get(ctx)? {
             None => {
-                ctx.register_event_time_timer(input.0 - 1);
+                ctx.register_event_time_timer(end - 1);
                 input
             }
-            Some(b) => {
-                let stamp = b.3.max(input.3);
-                if input.2 > b.2 || (input.2 == b.2 && input.1 < b.1) {
-                    (input.0, input.1, input.2, stamp)
-                } else {
-                    (b.0, b.1, b.2, stamp)
-                }
-            }
+            Some(b) => (self.pick)(b, input),
         };
         best.set(ctx, &next)
     }
@@ -531,7 +541,7 @@ impl KeyedProcessFunction<Timestamp, Q5Count, Q5Count> for MaxCountPerWindow {
         _end: &Timestamp,
         _timer: &Timer,
         ctx: &mut KeyedContext<'_>,
-        out: &mut Emitter<'_, Q5Count>,
+        out: &mut Emitter<'_, T>,
     ) -> Result<()> {
         let Some(best) = &self.best else {
             return Ok(());
@@ -562,62 +572,16 @@ fn max_bid(x: Q7Bid, y: Q7Bid) -> Q7Bid {
     (w.0, w.1, w.2, w.3, stamp)
 }
 
-#[derive(Default)]
-struct MaxBidPerWindow {
-    best: Option<ValueState<Q7Winner>>,
-}
-
-impl KeyedProcessFunction<Timestamp, Q7Winner, Q7Winner> for MaxBidPerWindow {
-    fn open(&mut self, state: &mut StateRegistry) -> Result<()> {
-        self.best = Some(state.value_state("best")?);
-        Ok(())
-    }
-
-    fn process(
-        &mut self,
-        _end: &Timestamp,
-        input: Q7Winner,
-        ctx: &mut KeyedContext<'_>,
-        _out: &mut Emitter<'_, Q7Winner>,
-    ) -> Result<()> {
-        let Some(best) = &self.best else {
-            return Ok(());
-        };
-        let next = match best.get(ctx)? {
-            None => {
-                ctx.register_event_time_timer(input.0 - 1);
-                input
-            }
-            Some(b) => {
-                let as_bid = |w: &Q7Winner| (w.1, w.2, w.3, w.4, 0);
-                let stamp = b.5.max(input.5);
-                let w = if beats(&as_bid(&input), &as_bid(&b)) {
-                    input
-                } else {
-                    b
-                };
-                (w.0, w.1, w.2, w.3, w.4, stamp)
-            }
-        };
-        best.set(ctx, &next)
-    }
-
-    fn on_timer(
-        &mut self,
-        _end: &Timestamp,
-        _timer: &Timer,
-        ctx: &mut KeyedContext<'_>,
-        out: &mut Emitter<'_, Q7Winner>,
-    ) -> Result<()> {
-        let Some(best) = &self.best else {
-            return Ok(());
-        };
-        if let Some(b) = best.get(ctx)? {
-            best.clear(ctx)?;
-            out.emit(b)?;
-        }
-        Ok(())
-    }
+/// The window's highest bid by `beats`, with the latest stamp of either.
+fn higher_bid(best: Q7Winner, input: Q7Winner) -> Q7Winner {
+    let as_bid = |w: &Q7Winner| (w.1, w.2, w.3, w.4, 0);
+    let stamp = best.5.max(input.5);
+    let w = if beats(&as_bid(&input), &as_bid(&best)) {
+        input
+    } else {
+        best
+    };
+    (w.0, w.1, w.2, w.3, w.4, stamp)
 }
 
 // ---------------------------------------------------------------- (e) ~1 GB of keyed state
@@ -741,7 +705,7 @@ pub fn define(env: &StreamEnv) -> Result<BuiltJob> {
             })
             .results
             .key_by(|r: &Q5Count| r.0)
-            .process("max-per-window", MaxCountPerWindow::default)
+            .process("max-per-window", || BestPerWindow::new(more_bids))
             .sink(
                 "counting-sink",
                 CountingSink {
@@ -774,7 +738,7 @@ pub fn define(env: &StreamEnv) -> Result<BuiltJob> {
             })
             .results
             .key_by(|r: &Q7Winner| r.0)
-            .process("max-per-window", MaxBidPerWindow::default)
+            .process("max-per-window", || BestPerWindow::new(higher_bid))
             .sink(
                 "counting-sink",
                 CountingSink {
