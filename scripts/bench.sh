@@ -55,7 +55,9 @@ done
 
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/weir-target}"
 echo "--- building weir-worker (release) into $CARGO_TARGET_DIR" >&2
-(cd "$REPO" && cargo build --release -q -p weir)
+# `--bin` rather than `-p weir`: selecting one package would resolve features for it alone,
+# and the different feature set would rebuild RocksDB's C++ beside the workspace build.
+(cd "$REPO" && cargo build --release -q --bin weir-worker)
 WEIR="$CARGO_TARGET_DIR/release/weir-worker"
 
 BENCH_DIR="$REPO/target/bench"

@@ -222,6 +222,7 @@ impl Cluster {
             );
             return Ok(None);
         }
+        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
         let client = Client::try_default().await.map_err(kube_error(
             "connect to",
             format!("kind cluster {}", config.cluster),

@@ -51,6 +51,9 @@ async fn main() -> anyhow::Result<()> {
         )
         .init();
     let args = Args::parse();
+    // rustls cannot pick a crypto provider on its own when none is installed; kube's client
+    // needs one before the first connection. aws-lc-rs is the workspace's only provider.
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let client = kube::Client::try_default()
         .await
         .context("cannot build a Kubernetes client")?;

@@ -175,8 +175,16 @@ fn io_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .build()?)
 }
 
+/// Installs rustls' process-wide crypto provider (aws-lc-rs, the workspace's only one) before
+/// any TLS client exists, so no client has to guess it from crate features at run time.
+pub fn install_tls_provider() {
+    // An error only means a provider is installed already (an embedding binary chose one).
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+}
+
 pub fn main_with(registry: JobRegistry) -> anyhow::Result<()> {
     init_tracing();
+    install_tls_provider();
     let cli = Cli::parse();
     match cli.command {
         Command::Jobs => {
