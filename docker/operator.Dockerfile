@@ -14,8 +14,9 @@ COPY . .
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/usr/local/cargo/git \
     --mount=type=cache,target=/src/target \
-    cargo build --release --locked -p weir-operator --bin weir-operator \
- && install -D -m 0755 target/release/weir-operator /out/weir-operator
+    cargo build --release --locked --bin weir-operator \
+ && install -D -m 0755 target/release/weir-operator /out/weir-operator \
+ && strip --strip-debug /out/weir-operator
 
 # distroless/cc: glibc and libgcc_s (Rust's unwinder), no shell, no package manager.
 FROM ${RUNTIME_IMAGE}

@@ -72,9 +72,11 @@ helm upgrade --install weir charts/weir --namespace "$SYSTEM_NAMESPACE" \
   --wait --timeout 180s
 
 say "running the kind scenarios"
-export WEIR_E2E=1 WEIR_E2E_CLUSTER="$CLUSTER" WEIR_E2E_NAMESPACE="$NAMESPACE"
+export WEIR_E2E=1 WEIR_E2E_NAMESPACE="$NAMESPACE" WEIR_E2E_S3_CLUSTER_ENDPOINT=http://minio:9000
 export WEIR_E2E_IMAGE="$WORKER_IMAGE" WEIR_E2E_NEXT_IMAGE="$NEXT_WORKER_IMAGE"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/weir-target}"
 # One scenario at a time: they share the cluster, MinIO and the operator.
-cargo test -p weir-e2e --test kind -- --ignored --test-threads=1 --nocapture ${WEIR_E2E_FILTER:+"$WEIR_E2E_FILTER"}
+# (The two-namespace scenario needs a second prepared namespace: scripts/e2e.sh on the
+# control-plane kit prepares it; here it runs against $NAMESPACE only when one exists.)
+cargo test --release --workspace --test scenarios -- --ignored --test-threads=1 --nocapture ${WEIR_E2E_FILTER:+"$WEIR_E2E_FILTER"}
 say "all kind scenarios passed (cluster $CLUSTER kept unless --delete)"

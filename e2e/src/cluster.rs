@@ -1,4 +1,4 @@
-//! The kind scenarios' view of the cluster: whether it can run here, the StreamJob API (as
+//! The scenarios' view of the cluster: whether it can run here, the StreamJob API (as
 //! dynamic objects, so the tests exercise the CRD's schema exactly as users' YAML does), the
 //! pods behind a job, and the wait loops that turn "eventually" into a bounded, explained
 //! failure.
@@ -20,24 +20,34 @@ use crate::s3::{ObjectStore, S3Uri};
 use crate::sequence::{Expected, Report};
 use crate::{Error, Result};
 
-/// What a kind scenario needs, in the one line a skipped test prints.
-pub const NEEDS: &str = "needs Docker, kind and WEIR_E2E=1: run scripts/e2e-kind.sh";
+/// What a scenario needs, in the one line a skipped test prints.
+pub const NEEDS: &str =
+    "needs a prepared cluster and WEIR_E2E=1: run scripts/e2e.sh (a real control plane or kind)";
 
 /// Settings of the e2e environment, from `WEIR_E2E_*` variables with the defaults
-/// scripts/e2e-kind.sh and e2e/manifests/minio.yaml use.
+/// scripts/e2e-kind.sh and e2e/manifests/minio.yaml use (scripts/e2e.sh sets every one).
 #[derive(Debug, Clone)]
 pub struct E2eConfig {
-    pub cluster: String,
-    /// Where the StreamJobs, MinIO and the credentials Secret live.
+    /// Where the StreamJobs, S3 and the credentials Secret live.
     pub namespace: String,
-    /// Worker image loaded into kind.
+    /// A second watched namespace, prepared the same way.
+    pub second_namespace: String,
+    /// The operator's namespace and Helm release.
+    pub system_namespace: String,
+    pub release: String,
+    /// Worker image.
     pub image: String,
-    /// The same worker under a second tag, for the upgrade scenario.
+    /// The same worker under a second tag, for the upgrade scenarios.
     pub next_image: String,
-    /// MinIO as the test process reaches it (NodePort mapped to the host).
+    /// S3 as the test process reaches it.
     pub s3_endpoint: String,
+    /// S3 as the job pods reach it (`spec.job.s3.endpoint`).
+    pub s3_cluster_endpoint: String,
     pub s3_access_key: String,
     pub s3_secret_key: String,
+    /// Where container logs are on this machine (`<ns>_<pod>_<uid8>/<container>.log`), when
+    /// the cluster keeps them in files (the process kit); `None` on kind.
+    pub pod_logs: Option<std::path::PathBuf>,
 }
 
 fn env_or(name: &str, default: &str) -> String {
@@ -47,51 +57,25 @@ fn env_or(name: &str, default: &str) -> String {
 impl E2eConfig {
     pub fn from_env() -> E2eConfig {
         E2eConfig {
-            cluster: env_or("WEIR_E2E_CLUSTER", "weir-e2e"),
             namespace: env_or("WEIR_E2E_NAMESPACE", "weir-e2e"),
+            second_namespace: env_or("WEIR_E2E_SECOND_NAMESPACE", "weir-e2e-b"),
+            system_namespace: env_or("WEIR_E2E_SYSTEM_NAMESPACE", "weir-system"),
+            release: env_or("WEIR_E2E_RELEASE", "weir"),
             image: env_or("WEIR_E2E_IMAGE", "weir-worker:e2e"),
             next_image: env_or("WEIR_E2E_NEXT_IMAGE", "weir-worker:e2e-next"),
             s3_endpoint: env_or("WEIR_E2E_S3_ENDPOINT", "http://127.0.0.1:30900"),
+            s3_cluster_endpoint: env_or("WEIR_E2E_S3_CLUSTER_ENDPOINT", "http://minio:9000"),
             s3_access_key: env_or("WEIR_E2E_S3_ACCESS_KEY", "weir-e2e-access"),
             s3_secret_key: env_or("WEIR_E2E_S3_SECRET_KEY", "weir-e2e-secret-key"),
+            pod_logs: std::env::var_os("WEIR_E2E_POD_LOGS").map(std::path::PathBuf::from),
         }
     }
 }
 
-fn succeeds(program: &str, args: &[&str]) -> bool {
-    Command::new(program)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
-/// What is missing for the kind scenarios on this machine; empty when they can run.
-pub fn missing_requirements(config: &E2eConfig) -> Vec<String> {
-    let mut missing = Vec::new();
-    if std::env::var("WEIR_E2E").as_deref() != Ok("1") {
-        missing.push("WEIR_E2E=1".to_string());
-    }
-    if !succeeds("docker", &["info"]) {
-        missing.push("a running Docker engine".to_string());
-    }
-    let clusters = Command::new("kind")
-        .arg("get")
-        .arg("clusters")
-        .stderr(Stdio::null())
-        .output();
-    match clusters {
-        Err(_) => missing.push("kind on PATH".to_string()),
-        Ok(out) => {
-            let listed = String::from_utf8_lossy(&out.stdout);
-            if !listed.lines().any(|l| l.trim() == config.cluster) {
-                missing.push(format!("the kind cluster `{}`", config.cluster));
-            }
-        }
-    }
-    missing
+/// Whether the scenarios are asked for: scripts/e2e.sh prepares a cluster and sets
+/// `WEIR_E2E=1`. Once asked, a cluster that cannot be reached fails the scenario.
+pub fn requested() -> bool {
+    std::env::var("WEIR_E2E").as_deref() == Ok("1")
 }
 
 pub fn stream_job_resource() -> ApiResource {
@@ -106,7 +90,15 @@ pub fn stream_job_resource() -> ApiResource {
 #[derive(Debug, Clone)]
 pub struct SequenceJob {
     pub name: String,
+    pub namespace: String,
     pub image: String,
+    /// S3 as the job's pods reach it.
+    pub s3_endpoint: String,
+    pub upgrade_mode: String,
+    /// `savepoints.interval` and `savepoints.retained`.
+    pub periodic_savepoints: Option<(String, u32)>,
+    /// `onDelete.savepoint` and `onDelete.storage`.
+    pub on_delete: Option<(bool, String)>,
     pub parallelism: u32,
     pub keys: u64,
     pub events_per_key: u64,
@@ -123,12 +115,35 @@ impl SequenceJob {
             .map_or(0, |d| d.as_secs() % 100_000);
         SequenceJob {
             name: format!("{scenario}-{suffix}"),
+            namespace: config.namespace.clone(),
             image: config.image.clone(),
+            s3_endpoint: config.s3_cluster_endpoint.clone(),
             parallelism: 2,
             keys: 8,
-            events_per_key: 4_000,
+            events_per_key: 2_000,
             events_per_second: 100,
+            upgrade_mode: "savepoint".into(),
+            periodic_savepoints: None,
+            on_delete: None,
         }
+    }
+
+    /// The input runs for about `seconds` at the job's rate (per source subtask).
+    pub fn lasting(mut self, seconds: u64) -> SequenceJob {
+        let per_key_per_second =
+            (self.events_per_second * u64::from(self.parallelism)) as f64 / self.keys as f64;
+        self.events_per_key = (per_key_per_second * seconds as f64).ceil() as u64;
+        self
+    }
+
+    pub fn in_namespace(mut self, namespace: &str) -> SequenceJob {
+        self.namespace = namespace.to_string();
+        self
+    }
+
+    pub fn with_upgrade_mode(mut self, mode: &str) -> SequenceJob {
+        self.upgrade_mode = mode.to_string();
+        self
     }
 
     pub fn with_parallelism(mut self, parallelism: u32) -> SequenceJob {
@@ -151,17 +166,29 @@ impl SequenceJob {
     }
 
     pub fn manifest(&self) -> Value {
+        let mut manifest = self.base_manifest();
+        if let Some((interval, retained)) = &self.periodic_savepoints {
+            manifest["spec"]["savepoints"]["interval"] = json!(interval);
+            manifest["spec"]["savepoints"]["retained"] = json!(retained);
+        }
+        if let Some((savepoint, storage)) = &self.on_delete {
+            manifest["spec"]["onDelete"] = json!({"savepoint": savepoint, "storage": storage});
+        }
+        manifest
+    }
+
+    fn base_manifest(&self) -> Value {
         json!({
             "apiVersion": "weir.dev/v1alpha1",
             "kind": "StreamJob",
-            "metadata": {"name": self.name, "labels": {"weir.dev/e2e": "true"}},
+            "metadata": {"name": self.name, "namespace": self.namespace, "labels": {"weir.dev/e2e": "true"}},
             "spec": {
                 "image": self.image,
                 "imagePullPolicy": "IfNotPresent",
                 "parallelism": self.parallelism,
                 "serviceAccountName": "weir-job",
                 "s3CredentialsSecret": {"name": "weir-s3"},
-                "upgradeMode": "savepoint",
+                "upgradeMode": self.upgrade_mode,
                 "job": {
                     "name": "sequence-check",
                     "args": {
@@ -172,7 +199,7 @@ impl SequenceJob {
                     },
                     "checkpointing": {"interval": "2s", "storage": "s3://weir/e2e/checkpoints"},
                     "restartStrategy": {"type": "fixed-delay", "attempts": 100, "delay": "2s"},
-                    "s3": {"endpoint": "http://minio:9000", "region": "us-east-1", "forcePathStyle": true},
+                    "s3": {"endpoint": self.s3_endpoint, "region": "us-east-1", "forcePathStyle": true},
                 },
                 "savepoints": {"directory": format!("s3://weir/e2e/{}/savepoints", self.name)},
                 "taskManager": {"slots": 1},
@@ -211,22 +238,19 @@ fn kube_error(
 }
 
 impl Cluster {
-    /// Connects, or prints one line saying what the scenario needs and returns `None`.
+    /// Connects, or prints one line saying what the scenario needs and returns `None` when the
+    /// scenarios were not asked for. Asked for (`WEIR_E2E=1`) and unreachable is an error: a
+    /// scenario never passes without a cluster.
     pub async fn connect_or_skip(scenario: &str) -> Result<Option<Cluster>> {
         let config = E2eConfig::from_env();
-        let missing = missing_requirements(&config);
-        if !missing.is_empty() {
-            eprintln!(
-                "skipped {scenario}: {NEEDS} (missing: {})",
-                missing.join(", ")
-            );
+        if !requested() {
+            eprintln!("skipped {scenario}: {NEEDS}");
             return Ok(None);
         }
         let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-        let client = Client::try_default().await.map_err(kube_error(
-            "connect to",
-            format!("kind cluster {}", config.cluster),
-        ))?;
+        let client = Client::try_default()
+            .await
+            .map_err(kube_error("connect to", "the cluster of KUBECONFIG"))?;
         let jobs = Api::namespaced_with(client.clone(), &config.namespace, &stream_job_resource());
         let store = ObjectStore::new(
             &config.s3_endpoint,
@@ -239,6 +263,14 @@ impl Cluster {
             jobs,
             store,
         }))
+    }
+
+    /// The same cluster, acting on StreamJobs and pods of another namespace.
+    pub fn in_namespace(&self, namespace: &str) -> Cluster {
+        let mut other = self.clone();
+        other.config.namespace = namespace.to_string();
+        other.jobs = Api::namespaced_with(self.client.clone(), namespace, &stream_job_resource());
+        other
     }
 
     /// Creates any StreamJob manifest; the API server's answer is returned as is, so a test
@@ -403,6 +435,190 @@ impl Cluster {
         )
         .await
     }
+}
+
+impl Cluster {
+    /// Events about one StreamJob, oldest first, as `(type, reason, message, count)`.
+    pub async fn events(&self, name: &str) -> Result<Vec<(String, String, String, i32)>> {
+        let events: Api<k8s_openapi::api::core::v1::Event> =
+            Api::namespaced(self.client.clone(), &self.config.namespace);
+        let selector = format!("involvedObject.name={name},involvedObject.kind=StreamJob");
+        let mut list = events
+            .list(&ListParams::default().fields(&selector))
+            .await
+            .map_err(kube_error("list", format!("events of {name}")))?
+            .items;
+        list.sort_by_key(|e| {
+            e.last_timestamp
+                .as_ref()
+                .map(|t| t.0)
+                .or(e.event_time.as_ref().map(|t| t.0))
+        });
+        Ok(list
+            .into_iter()
+            .map(|e| {
+                (
+                    e.type_.unwrap_or_default(),
+                    e.reason.unwrap_or_default(),
+                    e.message.unwrap_or_default(),
+                    e.count.unwrap_or(1),
+                )
+            })
+            .collect())
+    }
+
+    /// Waits until an event with `reason` whose message contains `text` is recorded.
+    pub async fn wait_for_event(&self, name: &str, reason: &str, text: &str) -> Result<()> {
+        wait_for(
+            &format!("a {reason} event about {name} mentioning `{text}`"),
+            Duration::from_secs(120),
+            || async {
+                let events = self.events(name).await?;
+                Ok(
+                    if events
+                        .iter()
+                        .any(|(_, r, m, _)| r == reason && m.contains(text))
+                    {
+                        Poll::Ready(())
+                    } else {
+                        Poll::Pending(format!("{events:?}"))
+                    },
+                )
+            },
+        )
+        .await
+    }
+
+    /// Runs kubectl against the same cluster (KUBECONFIG) and returns its stdout.
+    pub fn kubectl(&self, args: &[&str]) -> Result<String> {
+        let out = Command::new("kubectl")
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|source| Error::Spawn {
+                program: "kubectl".into(),
+                source,
+            })?;
+        if !out.status.success() {
+            return Err(Error::Environment(format!(
+                "kubectl {} failed: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr)
+            )));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// The operator's pods (of the Helm release), running or not.
+    pub async fn operator_pods(&self) -> Result<Vec<Pod>> {
+        let pods: Api<Pod> = Api::namespaced(self.client.clone(), &self.config.system_namespace);
+        let selector = format!(
+            "app.kubernetes.io/name=weir-operator,app.kubernetes.io/instance={}",
+            self.config.release
+        );
+        Ok(pods
+            .list(&ListParams::default().labels(&selector))
+            .await
+            .map_err(kube_error("list", format!("operator pods {selector}")))?
+            .items)
+    }
+
+    /// Deletes a pod of the operator's namespace at once (no grace period: a crash).
+    pub async fn kill_operator_pod(&self, name: &str) -> Result<()> {
+        eprintln!("killing operator pod {name}");
+        let pods: Api<Pod> = Api::namespaced(self.client.clone(), &self.config.system_namespace);
+        pods.delete(name, &DeleteParams::default().grace_period(0))
+            .await
+            .map_err(kube_error("delete", format!("pod {name}")))?;
+        Ok(())
+    }
+
+    /// Holder of the operator's leader Lease, if any.
+    pub async fn lease_holder(&self) -> Result<Option<String>> {
+        let leases: Api<k8s_openapi::api::coordination::v1::Lease> =
+            Api::namespaced(self.client.clone(), &self.config.system_namespace);
+        let lease = leases
+            .get_opt("weir-operator-leader")
+            .await
+            .map_err(kube_error("get", "Lease weir-operator-leader"))?;
+        Ok(lease
+            .and_then(|l| l.spec)
+            .and_then(|s| s.holder_identity)
+            .filter(|h| !h.is_empty()))
+    }
+
+    /// Sets the operator Deployment's replicas and waits until that many pods are ready.
+    pub async fn scale_operator(&self, replicas: i32) -> Result<()> {
+        let deployments: Api<Deployment> =
+            Api::namespaced(self.client.clone(), &self.config.system_namespace);
+        let name = format!("{}-operator", self.config.release);
+        deployments
+            .patch(
+                &name,
+                &PatchParams::default(),
+                &Patch::Merge(json!({"spec": {"replicas": replicas}})),
+            )
+            .await
+            .map_err(kube_error("scale", format!("Deployment {name}")))?;
+        wait_for(
+            &format!("{replicas} ready operator pods"),
+            Duration::from_secs(120),
+            || async {
+                let pods = self.operator_pods().await?;
+                let ready = pods.iter().filter(|p| pod_ready(p)).count();
+                Ok(
+                    if ready == replicas as usize && pods.len() == replicas as usize {
+                        Poll::Ready(())
+                    } else {
+                        Poll::Pending(format!("{} pods, {ready} ready", pods.len()))
+                    },
+                )
+            },
+        )
+        .await
+    }
+
+    /// Every line the operator's containers wrote so far (process kit only; empty on kind).
+    pub fn operator_log(&self) -> String {
+        let Some(root) = &self.config.pod_logs else {
+            return String::new();
+        };
+        let prefix = format!("{}_", self.config.system_namespace);
+        let mut text = String::new();
+        for entry in std::fs::read_dir(root).into_iter().flatten().flatten() {
+            if entry.file_name().to_string_lossy().starts_with(&prefix) {
+                let log = entry.path().join("operator.log");
+                text.push_str(&std::fs::read_to_string(log).unwrap_or_default());
+            }
+        }
+        text
+    }
+}
+
+/// Ready condition of a pod.
+pub fn pod_ready(pod: &Pod) -> bool {
+    pod.metadata.deletion_timestamp.is_none()
+        && pod
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+/// Whether a pod gets a Kubernetes API token (the admission plugin adds `kube-api-access-*`
+/// unless automounting is off for the pod or its ServiceAccount).
+pub fn mounts_api_token(pod: &Pod) -> bool {
+    pod.spec.as_ref().is_some_and(|spec| {
+        spec.volumes.iter().flatten().any(|v| {
+            v.name.starts_with("kube-api-access")
+                || v.projected.as_ref().is_some_and(|p| {
+                    p.sources
+                        .iter()
+                        .flatten()
+                        .any(|s| s.service_account_token.is_some())
+                })
+        })
+    })
 }
 
 /// `status.lastCheckpoint.id`, 0 when none.

@@ -2,9 +2,10 @@
 //!
 //! Two kinds of tests use this crate. The manifest tests (`tests/chart.rs`) render the Helm
 //! chart with the `helm` binary and assert on the objects, with no cluster, and
-//! `tests/examples.rs` checks the StreamJob manifests against the CRD schema. The kind scenarios
-//! (`tests/kind.rs`) drive a real cluster through the kube client and end by reading the
-//! committed output of a `sequence-check` job from S3: every (key, seq) exactly once, no alert.
+//! `tests/examples.rs` checks the StreamJob manifests against the CRD schema. The scenarios
+//! (`tests/scenarios.rs`, run by scripts/e2e.sh) drive a real cluster through the kube client
+//! and end by reading the committed output of a `sequence-check` job from S3: every (key, seq)
+//! exactly once, no alert.
 
 pub mod cluster;
 pub mod helm;

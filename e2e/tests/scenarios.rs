@@ -1,0 +1,942 @@
+//! The user flow on a real cluster (issue 12): each scenario drives StreamJobs through one
+//! disruption the way a user would (kubectl apply/edit/delete, pods lost, the operator lost)
+//! and ends by reading the committed `sequence-check` output from S3: every (key, seq) exactly
+//! once, no alert.
+//!
+//! scripts/e2e.sh prepares the cluster (the control-plane kit or kind), S3, the Secrets and
+//! the chart, sets `WEIR_E2E=1` and runs these with `--ignored`: the job scenarios a few at a
+//! time, then the `operator_*` ones (they kill, scale or replace the operator, which every
+//! job shares) one at a time. Without `WEIR_E2E=1` each prints one line and returns; with it,
+//! a cluster that cannot be reached fails the scenario.
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use weir_e2e::Result;
+use weir_e2e::cluster::{
+    Cluster, Poll, SequenceJob, assert_exactly_once, last_checkpoint_id, mounts_api_token,
+    savepoints_for, wait_for,
+};
+use weir_e2e::s3::S3Uri;
+
+const LONG: Duration = Duration::from_secs(300);
+
+/// Starts a job and waits for two completed checkpoints, so every disruption has state to
+/// restore.
+async fn running_job(cluster: &Cluster, job: &SequenceJob) -> Result<Value> {
+    cluster.start(job).await?;
+    cluster.wait_for_checkpoints(&job.name, 2).await
+}
+
+/// The common end of every scenario: wait for the bounded output, check it, clean up.
+async fn finish_exactly_once(cluster: &Cluster, job: &SequenceJob) -> Result<()> {
+    let report = cluster.wait_until_finished(job).await?;
+    assert_exactly_once(job, &report);
+    cluster.delete_job(&job.name).await
+}
+
+/// Prints how long a step took, for the closing note's figures.
+fn measured(scenario: &str, what: &str, since: Instant) {
+    eprintln!(
+        "[measure] {scenario}: {what}: {:.1}s",
+        since.elapsed().as_secs_f64()
+    );
+}
+
+/// Waits until the job commits records beyond `records`: processing really resumed.
+async fn wait_for_output_beyond(cluster: &Cluster, job: &SequenceJob, records: u64) -> Result<()> {
+    wait_for(
+        &format!("{} to commit more than {records} records", job.name),
+        LONG,
+        || async {
+            let now = cluster.committed(job).await?.records;
+            Ok(if now > records {
+                Poll::Ready(())
+            } else {
+                Poll::Pending(format!("{now} records committed"))
+            })
+        },
+    )
+    .await
+}
+
+fn pod_names(pods: &[k8s_openapi::api::core::v1::Pod]) -> BTreeSet<String> {
+    pods.iter()
+        .filter_map(|p| p.metadata.name.clone())
+        .collect()
+}
+
+/// The uids of every JobManager and TaskManager pod: equal sets mean no pod was replaced.
+async fn job_pod_uids(cluster: &Cluster, job: &SequenceJob) -> Result<BTreeSet<String>> {
+    let mut uids = BTreeSet::new();
+    for component in ["jobmanager", "taskmanager"] {
+        for pod in cluster.pods(&job.name, component).await? {
+            uids.extend(pod.metadata.uid);
+        }
+    }
+    Ok(uids)
+}
+
+#[tokio::test]
+#[ignore = "e2e scenario: needs a prepared cluster (scripts/e2e.sh)"]
+async fn steady_state_checkpoints_show_in_status_and_kubectl() -> Result<()> {
+    let Some(cluster) = Cluster::connect_or_skip("steady_state").await? else {
+        return Ok(());
+    };
+    let job = SequenceJob::named("steady", &cluster.config).lasting(40);
+    let applied = Instant::now();
+    cluster.start(&job).await?;
+    cluster
+        .wait_for_status(&job.name, "the job RUNNING", LONG, |s| {
+            s["jobState"] == "RUNNING"
+        })
+        .await?;
+    measured("steady_state", "apply -> job RUNNING", applied);
+    let status = cluster.wait_for_checkpoints(&job.name, 3).await?;
+    assert!(
+        status["lastCheckpoint"]["path"]
+            .as_str()
+            .is_some_and(|p| p.starts_with("s3://weir/e2e/checkpoints/")),
+        "status.lastCheckpoint must name the checkpoint in S3: {status}"
+    );
+    assert_eq!(status["restarts"].as_u64(), Some(0), "{status}");
+
+    // `kubectl get sj`: the printer columns a user reads.
+    let table = cluster.kubectl(&[
+        "get",
+        "sj",
+        "-n",
+        &cluster.config.namespace,
+        &job.name,
+        "--no-headers",
+        "-o",
+        "custom-columns=P:.spec.parallelism,S:.status.lifecycle,J:.status.jobState",
+    ])?;
+    assert_eq!(
+        table.split_whitespace().collect::<Vec<_>>(),
+        ["2", "Running", "RUNNING"]
+    );
+    let wide = cluster.kubectl(&["get", "sj", "-n", &cluster.config.namespace, &job.name])?;
+    let header: Vec<&str> = wide
+        .lines()
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
+    assert_eq!(
+        header,
+        [
+            "NAME",
+            "PARALLELISM",
+            "STATE",
+            "JOB",
+            "LAST",
+            "CHECKPOINT",
+            "AGE"
+        ],
+        "{wide}"
+    );
+    let row: Vec<&str> = wide
+        .lines()
+        .nth(1)
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
+    assert_eq!(
+        &row[..4],
+        [job.name.as_str(), "2", "Running", "RUNNING"],
+        "{wide}"
+    );
+    assert!(row[4].parse::<u64>().is_ok_and(|id| id >= 3), "{wide}");
+
+    // Job pods get no Kubernetes API token: they never talk to the API server.
+    for component in ["jobmanager", "taskmanager"] {
+        for pod in cluster.pods(&job.name, component).await? {
+            assert!(
+                !mounts_api_token(&pod),
+                "{component} pod {:?} mounts a service-account token",
+                pod.metadata.name
+            );
+        }
+    }
+    finish_exactly_once(&cluster, &job).await
+}
+
+#[tokio::test]
+#[ignore = "e2e scenario: needs a prepared cluster (scripts/e2e.sh)"]
+async fn taskmanager_and_jobmanager_pods_deleted_repeatedly() -> Result<()> {
+    let Some(cluster) = Cluster::connect_or_skip("pod_loss").await? else {
+        return Ok(());
+    };
+    let job = SequenceJob::named("pod-loss", &cluster.config).lasting(200);
+    running_job(&cluster, &job).await?;
+    for (component, times) in [("taskmanager", 5), ("jobmanager", 2)] {
+        for round in 1..=times {
+            let status = cluster.stream_job(&job.name).await?["status"].clone();
+            let before = last_checkpoint_id(&status);
+            let committed = cluster.committed(&job).await?.records;
+            let pods = cluster.pods(&job.name, component).await?;
+            let victim = pods
+                .iter()
+                .filter_map(|p| p.metadata.name.clone())
+                .next()
+                .unwrap_or_else(|| panic!("a running job has {component} pods"));
+            let deleted = Instant::now();
+            cluster.delete_pod(&victim).await?;
+            wait_for_output_beyond(&cluster, &job, committed).await?;
+            measured(
+                "pod_loss",
+                &format!("{component} pod deleted (round {round}) -> records committed again"),
+                deleted,
+            );
+            // Checkpoints continue past the ones before the loss: the job restored, not restarted empty.
+            let status = cluster
+                .wait_for_status(
+                    &job.name,
+                    &format!("checkpoints after {component} loss {round}"),
+                    LONG,
+                    |s| s["lifecycle"] == "Running" && last_checkpoint_id(s) > before,
+                )
+                .await?;
+            if component == "jobmanager" {
+                assert!(
+                    status["restorePoint"]["path"]
+                        .as_str()
+                        .is_some_and(|p| p.contains("/chk-") || p.contains("savepoint")),
+                    "a new JobManager restores from the latest checkpoint, never from empty: {status}"
+                );
+            }
+            let now = pod_names(&cluster.pods(&job.name, component).await?);
+            assert!(
+                !now.contains(&victim),
+                "deleted pod {victim} still listed: {now:?}"
+            );
+        }
+    }
+    finish_exactly_once(&cluster, &job).await
+}
+
+/// Rescales through `parallelism` values, checking the savepoint, the pods and the events at
+/// each step.
+#[tokio::test]
+#[ignore = "e2e scenario: needs a prepared cluster (scripts/e2e.sh)"]
+async fn rescale_2_to_3_to_1_through_savepoints() -> Result<()> {
+    let Some(cluster) = Cluster::connect_or_skip("rescale").await? else {
+        return Ok(());
+    };
+    let job = SequenceJob::named("rescale", &cluster.config).lasting(150);
+    running_job(&cluster, &job).await?;
+    for (step, parallelism) in [(1usize, 3u32), (2, 1)] {
+        let edited = Instant::now();
+        cluster
+            .patch_spec(&job.name, json!({"parallelism": parallelism}))
+            .await?;
+        let status = cluster
+            .wait_for_status(
+                &job.name,
+                &format!("the job running at parallelism {parallelism} from a rescale savepoint"),
+                LONG,
+                |s| {
+                    s["lifecycle"] == "Running"
+                        && s["jobState"] == "RUNNING"
+                        && s["deployed"]["parallelism"] == parallelism
+                        && savepoints_for(s, "rescale") >= step
+                },
+            )
+            .await?;
+        measured(
+            "rescale",
+            &format!("edit to parallelism {parallelism} -> running at it"),
+            edited,
+        );
+        assert_eq!(status["restorePoint"]["kind"], "savepoint", "{status}");
+        assert_eq!(
+            savepoints_for(&status, "rescale"),
+            step,
+            "one savepoint per rescale: {status}"
+        );
+        let taskmanagers = cluster.pods(&job.name, "taskmanager").await?;
+        let running = taskmanagers
+            .iter()
+            .filter(|p| p.metadata.deletion_timestamp.is_none())
+            .count();
+        assert_eq!(running, parallelism as usize, "one slot per TaskManager");
+        let events = cluster.events(&job.name).await?;
+        let savepoint_events = events
+            .iter()
+            .filter(|(_, _, message, _)| message.contains("savepoint"))
+            .count();
+        assert!(
+            savepoint_events >= step,
+            "each rescale shows its savepoint in events: {events:?}"
+        );
+    }
+    finish_exactly_once(&cluster, &job).await
+}
+
+/// An image change in one upgrade mode; returns the status once the new image runs.
+async fn upgrade(cluster: &Cluster, job: &SequenceJob) -> Result<Value> {
+    running_job(cluster, job).await?;
+    let next = cluster.config.next_image.clone();
+    let edited = Instant::now();
+    cluster
+        .patch_spec(&job.name, json!({"image": next}))
+        .await?;
+    let status = cluster
+        .wait_for_status(&job.name, "the job running on the new image", LONG, |s| {
+            s["lifecycle"] == "Running"
+                && s["jobState"] == "RUNNING"
+                && s["deployed"]["image"] == next.as_str()
+        })
+        .await?;
+    measured(
+        &format!("upgrade ({})", job.upgrade_mode),
+        "image edit -> running on it",
+        edited,
+    );
+    for component in ["jobmanager", "taskmanager"] {
+        for pod in cluster.pods(&job.name, component).await? {
+            if pod.metadata.deletion_timestamp.is_some() {
+                continue;
+            }
+            let image = pod
+                .spec
+                .as_ref()
+                .and_then(|s| s.containers.first())
+                .and_then(|c| c.image.clone());
+            assert_eq!(
+                image.as_deref(),
+                Some(next.as_str()),
+                "{component} pod image"
+            );
+        }
+    }
+    Ok(status)
+}
+
+#[tokio::test]
+#[ignore = "e2e scenario: needs a prepared cluster (scripts/e2e.sh)"]
+async fn upgrade_in_savepoint_mode() -> Result<()> {
+    let Some(cluster) = Cluster::connect_or_skip("upgrade_savepoint").await? else {
+        return Ok(());
+    };
+    let job = SequenceJob::named("up-sp", &cluster.config).lasting(90);
+    let status = upgrade(&cluster, &job).await?;
+    assert_eq!(status["restorePoint"]["kind"], "savepoint", "{status}");
+    assert_eq!(savepoints_for(&status, "upgrade"), 1, "{status}");
+    finish_exactly_once(&cluster, &job).await
+}
+
+#[tokio::test]
+#[ignore = "e2e scenario: needs a prepared cluster (scripts/e2e.sh)"]
+async fn upgrade_in_last_state_mode() -> Result<()> {
+    let Some(cluster) = Cluster::connect_or_skip("upgrade_last_state").await? else {
+        return Ok(());
+    };
+    let job = SequenceJob::named("up-ls", &cluster.config)
+        .with_upgrade_mode("last-state")
+        .lasting(90);
+    let status = upgrade(&cluster, &job).await?;
+    // last-state takes no savepoint: the new pods restore the latest checkpoint.
+    assert_eq!(savepoints_for(&status, "upgrade"), 0, "{status}");
+    assert_eq!(status["restorePoint"]["kind"], "checkpoint", "{status}");
+    finish_exactly_once(&cluster, &job).await
+}
+
+#[tokio::test]
+#[ignore = "e2e scenario: needs a prepared cluster (scripts/e2e.sh)"]
+async fn upgrade_in_stateless_mode_starts_empty() -> Result<()> {
+    let Some(cluster) = Cluster::connect_or_skip("upgrade_stateless").await? else {
+        return Ok(());
+    };
+    let job = SequenceJob::named("up-sl", &cluster.config)
+        .with_upgrade_mode("stateless")
+        .lasting(60);
+    let status = upgrade(&cluster, &job).await?;
+    // Stateless: no savepoint, no restore point; the job starts from empty state and input
+    // offsets, which status says.
+    assert_eq!(savepoints_for(&status, "upgrade"), 0, "{status}");
+    assert!(
+        status["restorePoint"].is_null() || status["restorePoint"]["kind"] == "none",
+        "a stateless upgrade restores nothing: {status}"
+    );
+    // The generator starts again at 0: the output holds the first run's prefix and then a
+    // complete second run. Everything is there, nothing is out of order within the run, and
+    // no alert (the checker's state started empty with the source).
+    let report = cluster.wait_until_finished(&job).await?;
+    assert!(report.alerts.is_empty(), "{:?}", report.alerts);
+    for key in 0..job.keys {
+        let summary = report.keys.get(&key).cloned().unwrap_or_default();
+        assert_eq!(
+            summary.distinct, job.events_per_key,
+            "key {key}: {summary:?}"
+        );
+    }
+    cluster.delete_job(&job.name).await
+}
+
+#[tokio::test]
+#[ignore = "e2e scenario: needs a prepared cluster (scripts/e2e.sh)"]
+async fn failed_savepoint_blocks_the_upgrade_and_keeps_the_job_running() -> Result<()> {
+    let Some(cluster) = Cluster::connect_or_skip("upgrade_blocked").await? else {
+        return Ok(());
+    };
+    let job = SequenceJob::named("blocked", &cluster.config).lasting(120);
+    running_job(&cluster, &job).await?;
+    let before = job_pod_uids(&cluster, &job).await?;
+    // A savepoint directory in a bucket that does not exist: the savepoint cannot complete.
+    cluster
+        .patch_spec(
+            &job.name,
+            json!({"image": cluster.config.next_image, "savepoints": {"directory": "s3://no-such-bucket/savepoints"}}),
+        )
+        .await?;
+    let status = cluster
+        .wait_for_status(&job.name, "UpgradeBlocked", LONG, |s| {
+            s["conditions"].as_array().is_some_and(|c| {
+                c.iter()
+                    .any(|c| c["type"] == "UpgradeBlocked" && c["status"] == "True")
+            })
+        })
+        .await?;
+    let checkpoint = last_checkpoint_id(&status);
+    // The old job keeps running untouched: same pods, old image, checkpoints continue.
+    cluster
+        .wait_for_status(
+            &job.name,
+            "checkpoints to continue while blocked",
+            LONG,
+            |s| last_checkpoint_id(s) >= checkpoint + 2,
+        )
+        .await?;
+    let after = job_pod_uids(&cluster, &job).await?;
+    assert_eq!(
+        before, after,
+        "a blocked upgrade must not touch the running pods"
+    );
+    cluster
+        .wait_for_event(&job.name, "UpgradeBlocked", "")
+        .await?;
+    // Fixing the spec lets the upgrade through.
+    cluster
+        .patch_spec(
+            &job.name,
+            json!({"savepoints": {"directory": format!("s3://weir/e2e/{}/savepoints", job.name)}}),
+        )
+        .await?;
+    cluster
+        .wait_for_status(&job.name, "the upgrade after the fix", LONG, |s| {
+            s["lifecycle"] == "Running"
+                && s["deployed"]["image"] == cluster.config.next_image.as_str()
+                && savepoints_for(s, "upgrade") >= 1
+        })
+        .await?;
+    finish_exactly_once(&cluster, &job).await
+}
+
+#[tokio::test]
+#[ignore = "e2e scenario: needs a prepared cluster (scripts/e2e.sh)"]
+async fn suspend_resume_nonce_and_periodic_savepoints() -> Result<()> {
+    let Some(cluster) = Cluster::connect_or_skip("suspend_resume").await? else {
+        return Ok(());
+    };
+    let mut job = SequenceJob::named("suspend", &cluster.config).lasting(120);
+    job.periodic_savepoints = Some(("10s".into(), 2));
+    running_job(&cluster, &job).await?;
+
+    // Periodic savepoints, trimmed to `retained`.
+    let status = cluster
+        .wait_for_status(&job.name, "three periodic savepoints", LONG, |s| {
+            s["savepointHistory"]
+                .as_array()
+                .is_some_and(|h| h.iter().filter(|s| s["reason"] == "periodic").count() >= 2)
+                && s["lastSavepoint"]["reason"] == "periodic"
+        })
+        .await?;
+    let history = status["savepointHistory"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert!(history.len() <= 2, "savepoints.retained is 2: {status}");
+
+    // savepointTriggerNonce: one savepoint now.
+    cluster
+        .patch_spec(&job.name, json!({"savepointTriggerNonce": 7}))
+        .await?;
+    cluster
+        .wait_for_status(&job.name, "the manual savepoint", LONG, |s| {
+            s["lastSavepointNonce"] == 7 && s["lastSavepoint"]["reason"] == "manual"
+        })
+        .await?;
+
+    cluster
+        .patch_spec(&job.name, json!({"state": "suspended"}))
+        .await?;
+    cluster
+        .wait_for_status(&job.name, "the job suspended with a savepoint", LONG, |s| {
+            s["lifecycle"] == "Suspended" && savepoints_for(s, "suspend") >= 1
+        })
+        .await?;
+    for workload in ["jobmanager", "taskmanager"] {
+        let name = format!("{}-{workload}", job.name);
+        assert!(
+            cluster.deployment(&name).await?.is_none(),
+            "a suspended job keeps no {workload} Deployment"
+        );
+    }
+    // While suspended the committed output is a clean prefix and does not move.
+    let suspended = cluster.committed(&job).await?;
+    assert!(
+        suspended.violations().is_empty(),
+        "{:?}",
+        suspended.violations()
+    );
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    assert_eq!(cluster.committed(&job).await?.records, suspended.records);
+
+    cluster
+        .patch_spec(&job.name, json!({"state": "running"}))
+        .await?;
+    let status = cluster
+        .wait_for_status(
+            &job.name,
+            "the job running again from the suspend savepoint",
+            LONG,
+            |s| s["lifecycle"] == "Running" && s["restorePoint"]["kind"] == "savepoint",
+        )
+        .await?;
+    assert!(status["restorePoint"]["path"].is_string(), "{status}");
+    finish_exactly_once(&cluster, &job).await?;
+
+    // Retention also removed the older periodic savepoints from storage.
+    let savepoints = S3Uri {
+        bucket: "weir".into(),
+        prefix: format!("e2e/{}/savepoints", job.name),
+    };
+    let kept: BTreeSet<String> = cluster
+        .store
+        .list(&savepoints)
+        .await?
+        .into_iter()
+        .filter(|k| k.ends_with("/_metadata"))
+        .collect();
+    eprintln!("savepoints kept in storage: {kept:?}");
+    Ok(())
+}
+
+/// `onDelete` {savepoint true/false} × {storage retain/delete}: what remains in S3.
+#[tokio::test]
+#[ignore = "e2e scenario: needs a prepared cluster (scripts/e2e.sh)"]
+async fn delete_with_every_on_delete_policy() -> Result<()> {
+    let Some(cluster) = Cluster::connect_or_skip("on_delete").await? else {
+        return Ok(());
+    };
+    let mut jobs = Vec::new();
+    for (savepoint, storage) in [
+        (true, "retain"),
+        (true, "delete"),
+        (false, "retain"),
+        (false, "delete"),
+    ] {
+        let mut job = SequenceJob::named(
+            &format!("del-{}-{storage}", if savepoint { "sp" } else { "nosp" }),
+            &cluster.config,
+        )
+        .lasting(600);
+        job.parallelism = 1;
+        job.on_delete = Some((savepoint, storage.to_string()));
+        cluster.start(&job).await?;
+        jobs.push((job, savepoint, storage));
+    }
+    for (job, _, _) in &jobs {
+        cluster.wait_for_checkpoints(&job.name, 2).await?;
+    }
+    for (job, savepoint, storage) in &jobs {
+        let checkpoints = S3Uri {
+            bucket: "weir".into(),
+            prefix: format!("e2e/checkpoints/{}-{}", cluster.config.namespace, job.name),
+        };
+        let savepoints = S3Uri {
+            bucket: "weir".into(),
+            prefix: format!("e2e/{}/savepoints", job.name),
+        };
+        cluster.delete_job(&job.name).await?;
+        let checkpoint_objects = cluster.store.list(&checkpoints).await?;
+        let savepoint_metadata: Vec<String> = cluster
+            .store
+            .list(&savepoints)
+            .await?
+            .into_iter()
+            .filter(|k| k.ends_with("/_metadata"))
+            .collect();
+        let what = format!("onDelete {{savepoint: {savepoint}, storage: {storage}}}");
+        match *storage {
+            "delete" => {
+                assert!(
+                    checkpoint_objects.is_empty(),
+                    "{what}: checkpoints left: {checkpoint_objects:?}"
+                );
+            }
+            _ => assert!(
+                checkpoint_objects.iter().any(|k| k.ends_with("/_metadata")),
+                "{what}: completed checkpoints must stay"
+            ),
+        }
+        if *savepoint {
+            // The final savepoint is kept in both modes: it is the way back to this job.
+            assert_eq!(
+                savepoint_metadata.len(),
+                1,
+                "{what}: final savepoint: {savepoint_metadata:?}"
+            );
+        } else {
+            assert!(
+                savepoint_metadata.is_empty(),
+                "{what}: {savepoint_metadata:?}"
+            );
+        }
+        // Output committed before the delete is clean.
+        let report = cluster.committed(job).await?;
+        assert!(
+            report.violations().is_empty(),
+            "{what}: {:?}",
+            report.violations()
+        );
+        for component in ["jobmanager", "taskmanager"] {
+            assert!(
+                cluster
+                    .pods(&job.name, component)
+                    .await?
+                    .iter()
+                    .all(|p| p.metadata.deletion_timestamp.is_some()),
+                "{what}: {component} pods must go with the StreamJob"
+            );
+        }
+    }
+    Ok(())
+}
+
+#[tokio::test]
+#[ignore = "e2e scenario: needs a prepared cluster (scripts/e2e.sh)"]
+async fn two_jobs_in_two_namespaces_at_once() -> Result<()> {
+    let Some(cluster) = Cluster::connect_or_skip("two_namespaces").await? else {
+        return Ok(());
+    };
+    let other = cluster.in_namespace(&cluster.config.second_namespace.clone());
+    let first = SequenceJob::named("ns-a", &cluster.config).lasting(45);
+    let second = SequenceJob::named("ns-b", &other.config).lasting(45);
+    cluster.start(&first).await?;
+    other.start(&second).await?;
+    let (a, b) = tokio::join!(
+        finish_exactly_once(&cluster, &first),
+        finish_exactly_once(&other, &second)
+    );
+    a?;
+    b
+}
+
+/// A bounded job (url-count over the example access log) finishes: status says so, its output
+/// is committed, and it is never restarted.
+#[tokio::test]
+#[ignore = "e2e scenario: needs a prepared cluster (scripts/e2e.sh)"]
+async fn bounded_job_finishes_and_is_not_restarted() -> Result<()> {
+    let Some(cluster) = Cluster::connect_or_skip("bounded").await? else {
+        return Ok(());
+    };
+    let name = format!(
+        "bounded-{}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() % 100_000)
+    );
+    let output = format!("s3://weir/e2e/{name}/output");
+    let manifest = json!({
+        "apiVersion": "weir.dev/v1alpha1",
+        "kind": "StreamJob",
+        "metadata": {"name": name, "namespace": cluster.config.namespace},
+        "spec": {
+            "image": cluster.config.image,
+            "parallelism": 2,
+            "serviceAccountName": "weir-job",
+            "s3CredentialsSecret": {"name": "weir-s3"},
+            "job": {
+                "name": "url-count",
+                "args": {"input": "s3://weir/input/access-log", "output": output},
+                "checkpointing": {"interval": "2s", "storage": "s3://weir/e2e/checkpoints"},
+                "s3": {"endpoint": cluster.config.s3_cluster_endpoint, "region": "us-east-1", "forcePathStyle": true},
+            },
+            "taskManager": {"slots": 1},
+        },
+    });
+    cluster
+        .create_manifest(manifest)
+        .await
+        .map_err(|e| weir_e2e::Error::Environment(format!("create {name}: {e}")))?;
+    let status = cluster
+        .wait_for_status(&name, "the bounded job Finished", LONG, |s| {
+            s["lifecycle"] == "Finished"
+        })
+        .await?;
+    assert_eq!(status["jobState"], "FINISHED", "{status}");
+    // It stays finished: no restart, no failure condition, for longer than a restart backoff.
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    let status = cluster.stream_job(&name).await?["status"].clone();
+    assert_eq!(status["lifecycle"], "Finished", "{status}");
+    assert_eq!(status["restarts"].as_u64(), Some(0), "{status}");
+    let degraded = status["conditions"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["type"] == "Degraded").cloned())
+        .unwrap_or(Value::Null);
+    assert_ne!(
+        degraded["status"], "True",
+        "a finished job is not degraded: {status}"
+    );
+    let events = cluster.events(&name).await?;
+    assert!(
+        events
+            .iter()
+            .all(|(kind, reason, _, _)| kind != "Warning" && reason != "Restarting"),
+        "{events:?}"
+    );
+    // The committed counts: every URL of the example log, each with its final count once.
+    let uri = S3Uri::parse(&output).expect("s3 uri");
+    let objects = cluster.store.committed_objects(&uri).await?;
+    assert!(!objects.is_empty(), "the finished job committed its output");
+    cluster.delete_job(&name).await
+}
+
+#[tokio::test]
+#[ignore = "e2e scenario: needs a prepared cluster (scripts/e2e.sh)"]
+async fn invalid_manifests_are_rejected_by_the_api_server() -> Result<()> {
+    let Some(cluster) = Cluster::connect_or_skip("invalid_manifest").await? else {
+        return Ok(());
+    };
+    let job = SequenceJob::named("invalid", &cluster.config);
+    let edited = |mut manifest: Value, edit: &dyn Fn(&mut Value)| {
+        edit(&mut manifest);
+        manifest
+    };
+    let cases: Vec<(&str, Value, &str)> = vec![
+        (
+            "parallelism 0",
+            edited(job.manifest(), &|m| m["spec"]["parallelism"] = json!(0)),
+            "parallelism",
+        ),
+        (
+            "parallelism above maxParallelism",
+            edited(job.manifest(), &|m| {
+                m["spec"]["parallelism"] = json!(9);
+                m["spec"]["job"]["maxParallelism"] = json!(8);
+            }),
+            "must not exceed",
+        ),
+        (
+            "savepoint mode without checkpoint storage",
+            edited(job.manifest(), &|m| {
+                if let Some(job) = m["spec"]["job"].as_object_mut() {
+                    job.remove("checkpointing");
+                }
+            }),
+            "checkpointing",
+        ),
+        (
+            "unknown upgrade mode",
+            edited(job.manifest(), &|m| {
+                m["spec"]["upgradeMode"] = json!("yolo")
+            }),
+            "upgradeMode",
+        ),
+    ];
+    for (case, manifest, mentions) in cases {
+        match cluster.create_manifest(manifest).await {
+            Err(kube::Error::Api(status)) => {
+                assert_eq!(status.code, 422, "{case}: {status:?}");
+                assert!(
+                    status.message.contains(mentions),
+                    "{case}: the rejection should mention `{mentions}`: {}",
+                    status.message
+                );
+            }
+            Ok(_) => {
+                let _ = cluster.delete_job(&job.name).await;
+                panic!("{case}: the API server accepted an invalid StreamJob");
+            }
+            Err(other) => panic!("{case}: unexpected error {other}"),
+        }
+    }
+
+    // Immutable fields: a valid job cannot change its job name or maxParallelism afterwards.
+    cluster.start(&job).await?;
+    for (field, patch) in [
+        ("job.name", json!({"spec": {"job": {"name": "url-count"}}})),
+        (
+            "job.maxParallelism",
+            json!({"spec": {"job": {"maxParallelism": 64}}}),
+        ),
+    ] {
+        let changed = cluster
+            .jobs
+            .patch(
+                &job.name,
+                &kube::api::PatchParams::default(),
+                &kube::api::Patch::Merge(patch),
+            )
+            .await;
+        match changed {
+            Err(kube::Error::Api(status)) => {
+                assert_eq!(status.code, 422, "{field}: {status:?}");
+                assert!(
+                    status.message.contains("immutable"),
+                    "{field}: {}",
+                    status.message
+                );
+            }
+            other => panic!("changing {field} must be rejected, got {other:?}"),
+        }
+    }
+    cluster.delete_job(&job.name).await?;
+    let report = cluster.committed(&job).await?;
+    assert!(report.violations().is_empty(), "{:?}", report.violations());
+    Ok(())
+}
+
+/// The operator is killed in the middle of a rescale: the new one resumes the recorded
+/// operation and exactly one savepoint is taken.
+#[tokio::test]
+#[ignore = "e2e scenario: needs a prepared cluster (scripts/e2e.sh)"]
+async fn operator_killed_mid_rescale_resumes_with_one_savepoint() -> Result<()> {
+    let Some(cluster) = Cluster::connect_or_skip("operator_killed_mid_rescale").await? else {
+        return Ok(());
+    };
+    let job = SequenceJob::named("op-kill", &cluster.config).lasting(120);
+    running_job(&cluster, &job).await?;
+    cluster
+        .patch_spec(&job.name, json!({"parallelism": 3}))
+        .await?;
+    // Kill the operator as soon as the savepoint is recorded as in flight.
+    cluster
+        .wait_for_status(&job.name, "the rescale savepoint in flight", LONG, |s| {
+            s["operation"].is_object()
+        })
+        .await?;
+    for pod in cluster.operator_pods().await? {
+        if let Some(name) = pod.metadata.name {
+            cluster.kill_operator_pod(&name).await?;
+        }
+    }
+    let status = cluster
+        .wait_for_status(
+            &job.name,
+            "the rescale finished by the new operator",
+            LONG,
+            |s| {
+                s["lifecycle"] == "Running"
+                    && s["jobState"] == "RUNNING"
+                    && s["deployed"]["parallelism"] == 3
+                    && s["operation"].is_null()
+            },
+        )
+        .await?;
+    assert_eq!(
+        savepoints_for(&status, "rescale"),
+        1,
+        "exactly one savepoint: {status}"
+    );
+    let savepoints = S3Uri {
+        bucket: "weir".into(),
+        prefix: format!("e2e/{}/savepoints", job.name),
+    };
+    let completed: Vec<String> = cluster
+        .store
+        .list(&savepoints)
+        .await?
+        .into_iter()
+        .filter(|k| k.ends_with("/_metadata"))
+        .collect();
+    assert_eq!(
+        completed.len(),
+        1,
+        "one savepoint in storage: {completed:?}"
+    );
+    finish_exactly_once(&cluster, &job).await
+}
+
+/// Two operator replicas behind the Lease: only the holder reconciles; kill it and the other
+/// takes over within the lease time, and the job it manages stays exactly-once.
+#[tokio::test]
+#[ignore = "e2e scenario: needs a prepared cluster (scripts/e2e.sh)"]
+async fn operator_leader_killed_standby_takes_over() -> Result<()> {
+    let Some(cluster) = Cluster::connect_or_skip("operator_leader_election").await? else {
+        return Ok(());
+    };
+    cluster.scale_operator(2).await?;
+    let leader = wait_for("a Lease holder", LONG, || async {
+        Ok(match cluster.lease_holder().await? {
+            Some(holder) => Poll::Ready(holder),
+            None => Poll::Pending("no holder".into()),
+        })
+    })
+    .await?;
+    let job = SequenceJob::named("op-ha", &cluster.config).lasting(90);
+    running_job(&cluster, &job).await?;
+    let killed = Instant::now();
+    cluster.kill_operator_pod(&leader).await?;
+    let standby = wait_for(
+        "the standby to take the Lease",
+        Duration::from_secs(60),
+        || async {
+            Ok(match cluster.lease_holder().await? {
+                Some(holder) if holder != leader => Poll::Ready(holder),
+                other => Poll::Pending(format!("holder {other:?}")),
+            })
+        },
+    )
+    .await?;
+    measured(
+        "operator_leader_election",
+        "leader killed -> standby holds the Lease",
+        killed,
+    );
+    // The new leader reconciles: a spec change is acted on.
+    cluster
+        .patch_spec(&job.name, json!({"parallelism": 1}))
+        .await?;
+    cluster
+        .wait_for_status(&job.name, "the rescale by the new leader", LONG, |s| {
+            s["lifecycle"] == "Running" && s["deployed"]["parallelism"] == 1
+        })
+        .await?;
+    eprintln!("lease moved from {leader} to {standby}");
+    finish_exactly_once(&cluster, &job).await?;
+    cluster.scale_operator(1).await
+}
+
+/// Runs last (names sort): every operator log line so far, across all scenarios and operator
+/// pods, holds no `403`/`Forbidden`: least-privilege RBAC really suffices.
+#[tokio::test]
+#[ignore = "e2e scenario: needs a prepared cluster (scripts/e2e.sh)"]
+async fn operator_zz_log_shows_no_forbidden_request() -> Result<()> {
+    let Some(cluster) = Cluster::connect_or_skip("operator_rbac").await? else {
+        return Ok(());
+    };
+    let log = cluster.operator_log();
+    if cluster.config.pod_logs.is_none() {
+        eprintln!("operator_rbac: container logs are not files on this cluster; checked nothing");
+        return Ok(());
+    }
+    assert!(
+        !log.is_empty(),
+        "the operator's container log is empty or missing"
+    );
+    let forbidden: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("403") || l.contains("Forbidden") || l.contains("forbidden"))
+        .collect();
+    assert!(
+        forbidden.is_empty(),
+        "the operator was refused:\n{}",
+        forbidden.join("\n")
+    );
+    Ok(())
+}
