@@ -1,7 +1,9 @@
 //! A small in-memory Kubernetes API server behind a `tower-test` mock service, for reconcile
-//! tests. It keeps objects by URL path and answers GET, POST, DELETE and PATCH (server-side
-//! apply, merge patch, the status subresource) the way the real one does for the requests the
-//! operator makes, and records every request in the shared [`Timeline`] so tests can assert on them.
+//! and leader election tests. It keeps objects by URL path and answers GET, POST, PUT, DELETE
+//! and PATCH (server-side apply, merge patch, the status subresource) the way the real one does
+//! for the requests the operator makes: every write sets a new `resourceVersion`, a PUT with a
+//! stale one is a 409 Conflict, a POST of an existing name a 409 AlreadyExists. It records every
+//! request in the shared [`Timeline`] so tests can assert on them.
 //!
 //! It is deliberately not a scripted expectation list: reconcile makes a dozen requests and
 //! their exact order is not the contract. Tests ask about what matters instead ("the
@@ -71,6 +73,16 @@ struct ApiState {
     objects: BTreeMap<String, Value>,
     /// Answer a status write with a 500 after this many more succeed.
     fail_status_write_after: Option<usize>,
+    /// The last `resourceVersion` handed out.
+    resource_version: u64,
+}
+
+impl ApiState {
+    /// Stamps `object` with a new `resourceVersion`, as every write does.
+    fn stamp(&mut self, object: &mut Value) {
+        self.resource_version += 1;
+        object["metadata"]["resourceVersion"] = json!(self.resource_version.to_string());
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -133,11 +145,28 @@ impl FakeApiServer {
                     .as_str()
                     .unwrap_or("generated")
                     .to_string();
+                let path = format!("{key}/{name}");
+                if state.objects.contains_key(&path) {
+                    return conflict("AlreadyExists", &path);
+                }
                 object["metadata"]["uid"] = json!(format!("uid-{name}"));
-                state
-                    .objects
-                    .insert(format!("{key}/{name}"), object.clone());
+                state.stamp(&mut object);
+                state.objects.insert(path, object.clone());
                 (StatusCode::CREATED, object)
+            }
+            "PUT" => {
+                let Some(existing) = state.objects.get(&key) else {
+                    return not_found(&key);
+                };
+                let expected = &request.body["metadata"]["resourceVersion"];
+                if !expected.is_null() && *expected != existing["metadata"]["resourceVersion"] {
+                    return conflict("Conflict", &key);
+                }
+                let mut object = request.body.clone();
+                object["metadata"]["uid"] = existing["metadata"]["uid"].clone();
+                state.stamp(&mut object);
+                state.objects.insert(key, object.clone());
+                (StatusCode::OK, object)
             }
             "DELETE" => match state.objects.remove(&key) {
                 Some(_) => (
@@ -165,7 +194,7 @@ impl FakeApiServer {
                                "message": "injected failure", "reason": "InternalError", "code": 500}),
                     );
                 }
-                let Some(object) = state.objects.get_mut(&key) else {
+                let Some(mut object) = state.objects.get(&key).cloned() else {
                     return not_found(&key);
                 };
                 if request.is_apply() {
@@ -174,7 +203,9 @@ impl FakeApiServer {
                 } else {
                     merge_patch(&mut object["status"], &request.body["status"]);
                 }
-                (StatusCode::OK, object.clone())
+                state.stamp(&mut object);
+                state.objects.insert(key, object.clone());
+                (StatusCode::OK, object)
             }
             "PATCH" => {
                 let existing = state.objects.get(&key).cloned();
@@ -199,6 +230,8 @@ impl FakeApiServer {
                     merge_patch(&mut object, &request.body);
                     object
                 };
+                let mut object = object;
+                state.stamp(&mut object);
                 let finalized = object["metadata"]["deletionTimestamp"].is_string()
                     && object["metadata"]["finalizers"]
                         .as_array()
@@ -264,6 +297,14 @@ impl FakeApiServer {
             });
         }
     }
+}
+
+fn conflict(reason: &str, path: &str) -> (StatusCode, Value) {
+    (
+        StatusCode::CONFLICT,
+        json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+               "message": format!("{path}: {reason}"), "reason": reason, "code": 409}),
+    )
 }
 
 fn not_found(path: &str) -> (StatusCode, Value) {

@@ -1,5 +1,7 @@
 //! `weir-operator`: watches StreamJobs in one namespace, a list, or all, behind a Lease so
-//! two replicas are safe, and serves `/metrics` and `/healthz`.
+//! two replicas are safe, and serves `/metrics` and `/healthz`. On SIGTERM or SIGINT it stops
+//! reconciling (running reconciles finish), releases the Lease so the other replica takes
+//! over at once, and exits 0.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -9,7 +11,7 @@ use anyhow::Context as _;
 use axum::Router;
 use axum::routing::get;
 use clap::Parser;
-use weir_operator::controller::{self, Context, Scope};
+use weir_operator::controller::{self, Context, Scope, Shutdown};
 use weir_operator::jobmanager::JobManagerEndpoint;
 use weir_operator::leader::LeaseLock;
 use weir_operator::metrics::Metrics;
@@ -49,6 +51,9 @@ async fn main() -> anyhow::Result<()> {
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| "info,kube=warn".into()),
         )
+        .with_writer(std::io::stderr)
+        // Colours only on a terminal: `kubectl logs` and log collectors get plain text.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let args = Args::parse();
     // rustls cannot pick a crypto provider on its own when none is installed; kube's client
@@ -87,8 +92,21 @@ async fn main() -> anyhow::Result<()> {
         Scope::Namespaces(args.namespaces)
     };
 
+    let (request_shutdown, shutdown) = Shutdown::new();
+    let signal = tokio::spawn(async move {
+        match termination_signal().await {
+            Ok(name) => {
+                tracing::info!(signal = name, "shutting down");
+                let _ = request_shutdown.send(());
+            }
+            // The default handlers stay: a signal then ends the process without the release.
+            Err(e) => tracing::error!(error = %e, "cannot listen for SIGTERM/SIGINT"),
+        }
+    });
+
     if args.no_leader_election {
-        controller::run(ctx, scope).await;
+        controller::run(ctx, scope, shutdown).await;
+        signal.abort();
         return Ok(());
     }
     let lease = LeaseLock::new(
@@ -99,10 +117,34 @@ async fn main() -> anyhow::Result<()> {
         Duration::from_secs(15),
     );
     tracing::info!(identity = %args.identity, "waiting for leadership");
-    lease.acquire(Duration::from_secs(5)).await?;
+    tokio::select! {
+        acquired = lease.acquire(Duration::from_secs(5)) => acquired?,
+        // Stopped while waiting: nothing held, nothing to release.
+        () = shutdown.clone().requested() => return Ok(()),
+    }
     tracing::info!("leading; starting the controller");
     tokio::select! {
-        () = controller::run(ctx, scope) => Ok(()),
-        lost = lease.keep_renewing(Duration::from_secs(5)) => Err(lost).context("stopped leading"),
+        // Returns once shutdown was requested and the running reconciles finished; the Lease
+        // is renewed meanwhile, so no other replica starts while this one still acts.
+        () = controller::run(ctx, scope, shutdown) => {}
+        lost = lease.keep_renewing(Duration::from_secs(5)) => {
+            return Err(lost).context("stopped leading");
+        }
+    }
+    match lease.release().await {
+        Ok(true) => tracing::info!("released the Lease"),
+        Ok(false) => tracing::info!("the Lease was not ours any more; nothing to release"),
+        // The other replica then takes it when it expires.
+        Err(e) => tracing::warn!(error = %e, "cannot release the Lease"),
+    }
+    Ok(())
+}
+
+/// Waits for SIGTERM (what Kubernetes sends) or SIGINT (Ctrl+C) and names it.
+async fn termination_signal() -> std::io::Result<&'static str> {
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = terminate.recv() => Ok("SIGTERM"),
+        interrupted = tokio::signal::ctrl_c() => interrupted.map(|()| "SIGINT"),
     }
 }

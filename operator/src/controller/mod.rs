@@ -8,6 +8,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
+use futures::channel::oneshot;
+use futures::future::{FutureExt, Shared};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::runtime::controller::Action as Requeue;
@@ -146,8 +148,34 @@ pub enum Scope {
     Namespaces(Vec<String>),
 }
 
-/// Runs the controller until shutdown (SIGTERM/SIGINT).
-pub async fn run(ctx: Arc<Context>, scope: Scope) {
+/// A shutdown request (SIGTERM/SIGINT) that every controller can wait for.
+#[derive(Clone)]
+pub struct Shutdown(Shared<oneshot::Receiver<()>>);
+
+impl std::fmt::Debug for Shutdown {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shutdown").finish_non_exhaustive()
+    }
+}
+
+impl Shutdown {
+    /// Sending on the sender requests shutdown; dropping it does not.
+    pub fn new() -> (oneshot::Sender<()>, Shutdown) {
+        let (sender, receiver) = oneshot::channel();
+        (sender, Shutdown(receiver.shared()))
+    }
+
+    /// Resolves once shutdown was requested.
+    pub async fn requested(self) {
+        if self.0.await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+/// Runs the controller until `shutdown`: then it starts no new reconcile, lets the running
+/// ones finish, and returns.
+pub async fn run(ctx: Arc<Context>, scope: Scope, shutdown: Shutdown) {
     let apis: Vec<(Api<StreamJob>, Api<Deployment>, Api<ConfigMap>)> = match scope {
         Scope::All => vec![(
             Api::all(ctx.client.clone()),
@@ -176,7 +204,7 @@ pub async fn run(ctx: Arc<Context>, scope: Scope) {
                 config_maps,
                 watcher::Config::default().labels("app.kubernetes.io/name=weir"),
             )
-            .shutdown_on_signal()
+            .graceful_shutdown_on(shutdown.clone().requested())
             .run(reconcile, error_policy, ctx)
             .for_each(|result| async move {
                 if let Err(e) = result {
