@@ -27,10 +27,14 @@ use weir_spec::{CheckpointConfig, MalformedRecordPolicy, RestartStrategy, S3Opti
     printcolumn = r#"{"name": "Parallelism", "type": "integer", "jsonPath": ".spec.parallelism"}"#,
     printcolumn = r#"{"name": "State", "type": "string", "jsonPath": ".status.lifecycle"}"#,
     printcolumn = r#"{"name": "Job", "type": "string", "jsonPath": ".status.jobState"}"#,
+    printcolumn = r#"{"name": "Restarts", "type": "integer", "jsonPath": ".status.jobManagerRestarts"}"#,
     printcolumn = r#"{"name": "Last Checkpoint", "type": "integer", "jsonPath": ".status.lastCheckpoint.id"}"#,
-    printcolumn = r#"{"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"}"#
+    printcolumn = r#"{"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"}"#,
+    printcolumn = r#"{"name": "Operator Restarts", "type": "integer", "jsonPath": ".status.operatorRestarts", "priority": 1}"#,
+    printcolumn = r#"{"name": "Last Failure", "type": "string", "jsonPath": ".status.lastFailure.message", "priority": 1}"#
 )]
 #[serde(rename_all = "camelCase")]
+#[schemars(transform = kubernetes_formats)]
 #[schemars(extend("x-kubernetes-validations" = [
     {
         "rule": "self.parallelism <= (has(self.job.maxParallelism) ? self.job.maxParallelism : 128)",
@@ -47,8 +51,12 @@ pub struct StreamJobSpec {
     /// Container image holding `weir-worker`, e.g. `ghcr.io/weir-dev/weir:0.1.0`.
     #[schemars(length(min = 1))]
     pub image: String,
-    /// Pull policy for the image (`Always`, `IfNotPresent` or `Never`).
+    /// Pull policy for the image (`Always`, `IfNotPresent` or `Never`); the Kubernetes default
+    /// when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    // The schema of the policy itself: an `Option` would add `null` to the enum, which the
+    // API server does not accept as a value; an absent field already means "not set".
+    #[schemars(with = "ImagePullPolicy")]
     pub image_pull_policy: Option<ImagePullPolicy>,
     /// The job to run: the worker's job document without the parts the operator owns
     /// (`jobId`, `parallelism`, `restore`).
@@ -304,22 +312,42 @@ fn free_form_object(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
 /// `RestartStrategy` is internally tagged, which a structural schema cannot express as a
 /// `oneOf`; this flattens the variants into one object and checks the tag with CEL.
 fn restart_strategy_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
-    let duration =
-        json!({"type": "string", "description": "A duration such as `500ms`, `10s` or `1m`."});
+    let duration = json!({"type": "string"});
+    let with_description = |schema: &serde_json::Value, text: &str| {
+        let mut schema = schema.clone();
+        schema["description"] = json!(text);
+        schema
+    };
     schemars::json_schema!({
         "type": "object",
         "description": "`none`, `fixed-delay` {attempts, delay}, `exponential-delay` {initialDelay, maxDelay, multiplier, maxAttempts} or `failure-rate` {maxFailuresPerInterval, interval, delay}.",
         "required": ["type"],
         "properties": {
-            "type": {"type": "string", "enum": ["none", "fixed-delay", "exponential-delay", "failure-rate"]},
-            "attempts": {"type": "integer", "minimum": 0},
-            "delay": duration,
-            "initialDelay": duration,
-            "maxDelay": duration,
-            "multiplier": {"type": "number", "minimum": 1},
-            "maxAttempts": {"type": "integer", "minimum": 0},
-            "maxFailuresPerInterval": {"type": "integer", "minimum": 1},
-            "interval": duration,
+            "type": {
+                "type": "string",
+                "enum": ["none", "fixed-delay", "exponential-delay", "failure-rate"],
+                "description": "`none` fails the job on the first task failure; the others restart it from the latest completed checkpoint, with the fields below.",
+            },
+            "attempts": {
+                "type": "integer", "format": "int64", "minimum": 0,
+                "description": "fixed-delay: restarts before the job is declared FAILED.",
+            },
+            "delay": with_description(&duration, "fixed-delay and failure-rate: pause before each restart, e.g. `10s`."),
+            "initialDelay": with_description(&duration, "exponential-delay: pause before the first restart, e.g. `1s`."),
+            "maxDelay": with_description(&duration, "exponential-delay: the pause grows up to this, e.g. `1m`."),
+            "multiplier": {
+                "type": "number", "minimum": 1,
+                "description": "exponential-delay: factor the pause grows by per restart (default 2).",
+            },
+            "maxAttempts": {
+                "type": "integer", "format": "int64", "minimum": 0,
+                "description": "exponential-delay: restarts before the job is declared FAILED; unlimited when absent.",
+            },
+            "maxFailuresPerInterval": {
+                "type": "integer", "format": "int64", "minimum": 1,
+                "description": "failure-rate: failures tolerated within `interval` before the job is declared FAILED.",
+            },
+            "interval": with_description(&duration, "failure-rate: the window failures are counted in, e.g. `5m`."),
         },
         "x-kubernetes-validations": [
             {"rule": "self.type != 'fixed-delay' || (has(self.attempts) && has(self.delay))",
@@ -349,10 +377,20 @@ pub enum Lifecycle {
     Suspended,
     /// The job failed and has not been restarted yet (backoff, or no safe restore point).
     Failed,
+    /// The job reached FINISHED: its bounded input was fully processed. Not a failure, and
+    /// never restarted. As Flink's operator does for a finished application, the JobManager
+    /// Deployment and Service stay, so its REST API keeps serving the final state and
+    /// checkpoints (its pod reports not ready: readiness means RUNNING; the Service publishes
+    /// it anyway); the TaskManager Deployment is removed (nothing runs on it, and without
+    /// TaskManagers a replaced JobManager pod cannot run the job a second time). A later spec
+    /// change (image, parallelism, ...) redeploys from the newest state in storage, the job's
+    /// final checkpoint (empty state in `stateless` mode); `state: suspended` removes the
+    /// JobManager too.
+    Finished,
 }
 
 impl Lifecycle {
-    pub const ALL: [Lifecycle; 7] = [
+    pub const ALL: [Lifecycle; 8] = [
         Lifecycle::Deploying,
         Lifecycle::Running,
         Lifecycle::Savepointing,
@@ -360,6 +398,7 @@ impl Lifecycle {
         Lifecycle::Rescaling,
         Lifecycle::Suspended,
         Lifecycle::Failed,
+        Lifecycle::Finished,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -371,6 +410,7 @@ impl Lifecycle {
             Lifecycle::Rescaling => "Rescaling",
             Lifecycle::Suspended => "Suspended",
             Lifecycle::Failed => "Failed",
+            Lifecycle::Finished => "Finished",
         }
     }
 }
@@ -378,7 +418,10 @@ impl Lifecycle {
 /// What the operator observes and decides; written before every non-idempotent step.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(transform = kubernetes_formats)]
 pub struct StreamJobStatus {
+    /// Where the job is in its life: `Deploying`, `Running`, `Savepointing`, `Upgrading`,
+    /// `Rescaling`, `Suspended`, `Failed` or `Finished`.
     #[serde(default)]
     pub lifecycle: Lifecycle,
     /// The `metadata.generation` the status describes.
@@ -396,8 +439,10 @@ pub struct StreamJobStatus {
     /// What the pods currently run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deployed: Option<DeployedSpec>,
+    /// The newest completed checkpoint the JobManager reported.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_checkpoint: Option<CheckpointRecord>,
+    /// The newest savepoint the operator took.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_savepoint: Option<SavepointRecord>,
     /// Savepoints the operator took, newest last; trimmed to `savepoints.retained`.
@@ -409,9 +454,21 @@ pub struct StreamJobStatus {
     /// The savepoint nonce last acted on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_savepoint_nonce: Option<i64>,
-    /// Restarts of FAILED jobs by the operator.
+    /// Restarts the JobManager made itself after task failures (the job's `restartStrategy`),
+    /// as it reports them for the job it runs now; a new JobManager pod counts from 0 again.
+    /// The pods stay up through these restarts, so only this count and `lastFailure` show them.
     #[serde(default)]
-    pub restarts: u32,
+    pub job_manager_restarts: u32,
+    /// Redeploys of a FAILED (or cancelled) job by the operator: new pods, restored from the
+    /// latest checkpoint, after a backoff. Not the JobManager's own restarts
+    /// (`jobManagerRestarts`).
+    #[serde(default, alias = "restarts")]
+    pub operator_restarts: u32,
+    /// The latest job failure the operator saw: the JobManager's `lastFailure` when it
+    /// restarted the job or declared it FAILED. `Degraded` is `JobRestarting` while it is
+    /// recent (5 minutes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_failure: Option<FailureRecord>,
     /// Failures since the last healthy run; drives the restart backoff.
     #[serde(default)]
     pub consecutive_failures: u32,
@@ -430,8 +487,21 @@ pub struct StreamJobStatus {
     /// A spec the operator refused to roll out, and why; cleared by the next spec change.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub blocked: Option<BlockedUpgrade>,
+    /// `Ready`, `Progressing`, `Degraded`, `UpgradeBlocked` and, once the operator has read
+    /// checkpoint storage, `StorageAccess`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
+}
+
+/// A failure of the job, as the JobManager described it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct FailureRecord {
+    /// The JobManager's `lastFailure`, on one line.
+    pub message: String,
+    /// When the operator first saw it (ms since epoch): the JobManager reports no time, so
+    /// this is at most one reconcile interval (30s) late.
+    pub time: i64,
 }
 
 /// Fingerprints of the spec the pods run, to tell upgrades from rescales.
@@ -440,7 +510,9 @@ pub struct StreamJobStatus {
 pub struct DeployedSpec {
     /// Hash of everything but parallelism and slots.
     pub spec_hash: String,
+    /// Parallelism of the deployed job.
     pub parallelism: u32,
+    /// Task slots per TaskManager pod of the deployment.
     pub slots: u32,
     /// When it was rolled out (ms since epoch).
     pub deployed_at: i64,
@@ -456,6 +528,7 @@ pub struct DeployedSpec {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CheckpointRecord {
+    /// Checkpoint id (`chk-<id>`).
     pub id: u64,
     /// Directory holding `_metadata`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -472,6 +545,7 @@ pub struct SavepointRecord {
     pub path: String,
     /// Completion time, ms since epoch.
     pub time: i64,
+    /// Why it was taken: `upgrade`, `rescale`, `suspend`, `manual`, `periodic` or `delete`.
     pub reason: OperationKind,
 }
 
@@ -487,10 +561,13 @@ pub enum RestoreKind {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RestorePoint {
+    /// `savepoint`, `checkpoint` or `empty`.
     pub kind: RestoreKind,
+    /// Directory holding `_metadata`; absent for empty state.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path: Option<String>,
-    /// True when the operator saw `_metadata` in storage.
+    /// True when the operator saw `_metadata` in storage. False when it could not read
+    /// storage (the `StorageAccess` condition says why) and trusted the JobManager's report.
     #[serde(default)]
     pub verified: bool,
 }
@@ -520,7 +597,9 @@ pub enum OperationStep {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Operation {
+    /// What is being done: `upgrade`, `rescale`, `suspend`, `manual`, `periodic` or `delete`.
     pub kind: OperationKind,
+    /// How far it got: `savepointing`, `cancelling` or `redeploying`.
     pub step: OperationStep,
     /// True for stop-with-savepoint, false for a savepoint that leaves the job running.
     #[serde(default)]
@@ -546,7 +625,9 @@ pub struct Operation {
 pub struct BlockedUpgrade {
     /// `<spec hash>/<parallelism>/<slots>/<upgradeMode>` that was refused.
     pub target: String,
+    /// `SavepointFailed`, `SavepointTimeout` or `NoSavepointDirectory`.
     pub reason: String,
+    /// What failed, for a human.
     pub message: String,
 }
 
@@ -554,16 +635,19 @@ pub struct BlockedUpgrade {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Condition {
-    /// `Ready`, `Progressing`, `Degraded` or `UpgradeBlocked`.
+    /// `Ready`, `Progressing`, `Degraded`, `UpgradeBlocked` or `StorageAccess`.
     #[serde(rename = "type")]
     pub type_: String,
     /// `True`, `False` or `Unknown`.
     pub status: String,
+    /// Why, in one PascalCase word (e.g. `JobRestarting`).
     pub reason: String,
+    /// Details for a human; may be empty.
     #[serde(default)]
     pub message: String,
-    /// RFC 3339.
+    /// When `status` last changed (RFC 3339).
     pub last_transition_time: String,
+    /// The `metadata.generation` the condition was computed for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
 }
@@ -572,6 +656,25 @@ pub const CONDITION_READY: &str = "Ready";
 pub const CONDITION_PROGRESSING: &str = "Progressing";
 pub const CONDITION_DEGRADED: &str = "Degraded";
 pub const CONDITION_UPGRADE_BLOCKED: &str = "UpgradeBlocked";
+/// Whether the operator could read checkpoint storage (list checkpoints, check `_metadata`).
+/// `False` explains why `restorePoint.verified` is false.
+pub const CONDITION_STORAGE_ACCESS: &str = "StorageAccess";
+
+/// Makes integer schemas use formats the API server knows. schemars writes `uint32` and
+/// `uint64` for unsigned fields, which the API server does not recognize (`kubectl apply`
+/// warns `unrecognized format "uint32"`); the `minimum: 0` beside them already says
+/// "unsigned", and every `u32` fits an `int64` (as do the `u64` values here: checkpoint ids
+/// and byte counts), so unsigned formats become `int64`, the small ones `int32`. Applied to
+/// the spec and status types; nested types are inlined into them, so they are covered too.
+pub(crate) fn kubernetes_formats(schema: &mut schemars::Schema) {
+    schemars::transform::transform_subschemas(&mut kubernetes_formats, schema);
+    let known = match schema.get("format").and_then(serde_json::Value::as_str) {
+        Some("int8" | "int16" | "uint8" | "uint16") => "int32",
+        Some("uint32" | "uint64" | "uint" | "int") => "int64",
+        _ => return,
+    };
+    schema.insert("format".into(), json!(known));
+}
 
 /// The CRD as YAML, exactly as `crdgen` prints it and `crds/streamjob.yaml` holds it.
 pub fn crd_yaml() -> Result<String, serde_yaml_ng::Error> {
@@ -749,7 +852,146 @@ mod tests {
             .collect();
         assert_eq!(
             columns,
-            ["Parallelism", "State", "Job", "Last Checkpoint", "Age"]
+            [
+                "Parallelism",
+                "State",
+                "Job",
+                "Restarts",
+                "Last Checkpoint",
+                "Age",
+                "Operator Restarts",
+                "Last Failure"
+            ]
+        );
+    }
+
+    /// The CRD's `openAPIV3Schema` as JSON.
+    fn openapi_schema() -> serde_json::Value {
+        let schema = StreamJob::crd().spec.versions[0]
+            .schema
+            .as_ref()
+            .and_then(|s| s.open_api_v3_schema.clone())
+            .expect("schema");
+        serde_json::to_value(schema).expect("serializes")
+    }
+
+    /// Every schema in `schema` with its path, depth first.
+    fn each_schema<'a>(
+        schema: &'a serde_json::Value,
+        path: String,
+        visit: &mut dyn FnMut(&str, &'a serde_json::Value),
+    ) {
+        visit(&path, schema);
+        if let Some(properties) = schema["properties"].as_object() {
+            for (name, property) in properties {
+                each_schema(property, format!("{path}.{name}"), visit);
+            }
+        }
+        if schema["items"].is_object() {
+            each_schema(&schema["items"], format!("{path}[]"), visit);
+        }
+        if schema["additionalProperties"].is_object() {
+            each_schema(
+                &schema["additionalProperties"],
+                format!("{path}{{}}"),
+                visit,
+            );
+        }
+        for combinator in ["allOf", "anyOf", "oneOf"] {
+            for (i, branch) in schema[combinator]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .enumerate()
+            {
+                each_schema(branch, format!("{path}/{combinator}[{i}]"), visit);
+            }
+        }
+    }
+
+    /// Formats the API server validates or accepts without `unrecognized format` warnings.
+    const KNOWN_FORMATS: [&str; 30] = [
+        "int32",
+        "int64",
+        "float",
+        "double",
+        "byte",
+        "binary",
+        "password",
+        "date",
+        "date-time",
+        "datetime",
+        "duration",
+        "bsonobjectid",
+        "uri",
+        "email",
+        "hostname",
+        "ipv4",
+        "ipv6",
+        "cidr",
+        "mac",
+        "uuid",
+        "uuid3",
+        "uuid4",
+        "uuid5",
+        "isbn",
+        "isbn10",
+        "isbn13",
+        "creditcard",
+        "ssn",
+        "hexcolor",
+        "rgbcolor",
+    ];
+
+    #[test]
+    fn schema_has_only_formats_the_api_server_knows_and_no_null_enum_values() {
+        let schema = openapi_schema();
+        let mut problems = Vec::new();
+        each_schema(&schema, String::new(), &mut |path, schema| {
+            if let Some(format) = schema["format"].as_str()
+                && !KNOWN_FORMATS.contains(&format)
+            {
+                problems.push(format!("{path}: format {format}"));
+            }
+            if schema["enum"]
+                .as_array()
+                .is_some_and(|values| values.contains(&serde_json::Value::Null))
+            {
+                problems.push(format!("{path}: null in enum"));
+            }
+        });
+        assert!(problems.is_empty(), "{problems:#?}");
+    }
+
+    #[test]
+    fn unsigned_fields_keep_their_minimum() {
+        let schema = openapi_schema();
+        let parallelism = &schema["properties"]["spec"]["properties"]["parallelism"];
+        assert_eq!(parallelism["format"], "int64");
+        assert_eq!(parallelism["minimum"], 1.0);
+        let retained = &schema["properties"]["spec"]["properties"]["job"]["properties"]["checkpointing"]
+            ["properties"]["retained"];
+        assert_eq!(retained["format"], "int64");
+        assert_eq!(retained["minimum"], 0.0);
+    }
+
+    #[test]
+    fn every_field_has_a_description() {
+        let schema = openapi_schema();
+        let mut missing = Vec::new();
+        each_schema(&schema, String::new(), &mut |path, schema| {
+            for (name, property) in schema["properties"].as_object().into_iter().flatten() {
+                let described = property["description"]
+                    .as_str()
+                    .is_some_and(|d| !d.trim().is_empty());
+                if !described {
+                    missing.push(format!("{path}.{name}"));
+                }
+            }
+        });
+        assert!(
+            missing.is_empty(),
+            "fields without a description: {missing:#?}"
         );
     }
 
@@ -804,14 +1046,7 @@ mod tests {
     fn restart_strategy_variant_fields_are_checked() {
         let mut value = serde_json::to_value(StreamJob::test()).expect("serializes");
         value["spec"]["job"]["restartStrategy"] = json!({"type": "fixed-delay", "attempts": 3});
-        let schema = serde_json::to_value(
-            StreamJob::crd().spec.versions[0]
-                .schema
-                .as_ref()
-                .and_then(|s| s.open_api_v3_schema.clone())
-                .expect("schema"),
-        )
-        .expect("serializes");
+        let schema = openapi_schema();
         let err = kube::core::cel::Validator::new()
             .validate(&schema, &value, None)
             .expect_err("rejected");

@@ -315,6 +315,23 @@ pub(crate) mod fake {
             );
         }
 
+        /// The job's restart strategy restarted it after `failure`, as the JobManager does by
+        /// itself: the restart count grows, the job runs again.
+        pub fn restart_after_failure(&self, job_id: &str, failure: &str) {
+            if let Some(job) = lock(&self.state).jobs.get_mut(job_id) {
+                job.overview.restarts += 1;
+                job.overview.last_failure = Some(failure.into());
+                job.overview.state = JobState::Running;
+            }
+        }
+
+        /// The job's bounded input is done: FINISHED.
+        pub fn finish_job(&self, job_id: &str) {
+            if let Some(job) = lock(&self.state).jobs.get_mut(job_id) {
+                job.overview.state = JobState::Finished;
+            }
+        }
+
         pub fn complete_checkpoint(&self, job_id: &str, id: u64, path: &str) {
             if let Some(job) = lock(&self.state).jobs.get_mut(job_id) {
                 let info = CheckpointInfo {

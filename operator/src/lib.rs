@@ -87,6 +87,22 @@ pub enum Error {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// An error and its sources on one line, joined with `: `, each part on one line (repeats
+/// dropped: SDK errors often say the same thing at two levels). For logs, conditions and
+/// Events, where a multi-line error is unreadable.
+pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut next = Some(error);
+    while let Some(e) = next {
+        let text = lifecycle::one_line(&e.to_string());
+        if !text.is_empty() && parts.last() != Some(&text) {
+            parts.push(text);
+        }
+        next = e.source();
+    }
+    lifecycle::one_line(&parts.join(": "))
+}
+
 impl Error {
     /// Errors that go away by themselves (network, API server, a restarting JobManager); the
     /// rest need a spec change and are not retried quickly.

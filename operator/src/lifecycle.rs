@@ -9,7 +9,8 @@
 //!   `status.operation` before it is taken, with its savepoint directory fixed up front, so a
 //!   restarted operator resumes it instead of starting a second one;
 //! - a job is restarted from empty state only when it never completed a checkpoint, and then
-//!   with a Warning event.
+//!   with a Warning event;
+//! - a job that FINISHED (bounded input) is done, not failed: it is never restarted.
 
 use std::time::Duration;
 
@@ -18,9 +19,9 @@ use weir_spec::RestoreSource;
 use crate::build::{job_document, job_id, spec_hash};
 use crate::crd::{
     BlockedUpgrade, CONDITION_DEGRADED, CONDITION_PROGRESSING, CONDITION_READY,
-    CONDITION_UPGRADE_BLOCKED, CheckpointRecord, Condition, DeployedSpec, DesiredState, Lifecycle,
-    Operation, OperationKind, OperationStep, RestoreKind, RestorePoint, SavepointRecord,
-    StorageCleanup, StreamJob, StreamJobStatus, UpgradeMode,
+    CONDITION_STORAGE_ACCESS, CONDITION_UPGRADE_BLOCKED, CheckpointRecord, Condition, DeployedSpec,
+    DesiredState, FailureRecord, Lifecycle, Operation, OperationKind, OperationStep, RestoreKind,
+    RestorePoint, SavepointRecord, StorageCleanup, StreamJob, StreamJobStatus, UpgradeMode,
 };
 use crate::jobmanager::{CheckpointInfo, JobOverview, JobState, OperationStatus, SavepointStatus};
 
@@ -30,6 +31,10 @@ pub const REQUEUE_BUSY: Duration = Duration::from_secs(5);
 pub const REQUEUE_STEADY: Duration = Duration::from_secs(30);
 const RESTART_BACKOFF_BASE_MS: i64 = 10_000;
 const RESTART_BACKOFF_MAX_MS: i64 = 300_000;
+/// A job failure this recent keeps `Degraded=True` (`JobRestarting`): a job that the JobManager
+/// restarts every half minute never looks healthy, and one that has run this long without a
+/// failure is healthy again.
+pub const RECENT_FAILURE_MS: i64 = 5 * 60 * 1000;
 
 /// What the JobManager said, if anything.
 // One value per reconcile: its size does not matter, boxing would only add noise.
@@ -70,6 +75,21 @@ pub struct Observed {
     /// Whether `<status.operation.targetDirectory>/_metadata` exists (`None`: unknown).
     pub target_savepoint_complete: Option<bool>,
     pub latest_checkpoint: Option<LatestCheckpoint>,
+    /// Whether the operator could read checkpoint storage in this reconcile.
+    pub storage: StorageProbe,
+    /// The TaskManager Deployment exists (it is removed once the job FINISHED).
+    pub taskmanagers_exist: bool,
+}
+
+/// The outcome of the operator's own reads of checkpoint storage.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum StorageProbe {
+    /// Nothing to read (no checkpoint storage, or a scheme the operator cannot list).
+    #[default]
+    NotChecked,
+    Readable,
+    /// The error, on one line.
+    Failed(String),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -77,7 +97,68 @@ pub struct Event {
     pub warning: bool,
     /// PascalCase, e.g. `UpgradeBlocked`.
     pub reason: &'static str,
+    /// What the operator did (or was doing) when it noticed.
+    pub action: EventAction,
     pub message: String,
+}
+
+/// The `action` of an Event: what the operator did about the StreamJob. With the reason and
+/// the note it tells events apart (see `controller::events`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum EventAction {
+    Validate,
+    Deploy,
+    Redeploy,
+    Restart,
+    Restore,
+    Resume,
+    Upgrade,
+    Rescale,
+    Suspend,
+    TriggerSavepoint,
+    StopWithSavepoint,
+    Cancel,
+    Delete,
+    CleanUp,
+    /// Read the job's state from the JobManager (failures, restarts, end of the job).
+    ObserveJob,
+    /// Moved the lifecycle from one state to another.
+    Transition,
+}
+
+impl EventAction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventAction::Validate => "Validate",
+            EventAction::Deploy => "Deploy",
+            EventAction::Redeploy => "Redeploy",
+            EventAction::Restart => "Restart",
+            EventAction::Restore => "Restore",
+            EventAction::Resume => "Resume",
+            EventAction::Upgrade => "Upgrade",
+            EventAction::Rescale => "Rescale",
+            EventAction::Suspend => "Suspend",
+            EventAction::TriggerSavepoint => "TriggerSavepoint",
+            EventAction::StopWithSavepoint => "StopWithSavepoint",
+            EventAction::Cancel => "Cancel",
+            EventAction::Delete => "Delete",
+            EventAction::CleanUp => "CleanUp",
+            EventAction::ObserveJob => "ObserveJob",
+            EventAction::Transition => "Transition",
+        }
+    }
+}
+
+impl From<OperationKind> for EventAction {
+    fn from(kind: OperationKind) -> Self {
+        match kind {
+            OperationKind::Upgrade => EventAction::Upgrade,
+            OperationKind::Rescale => EventAction::Rescale,
+            OperationKind::Suspend => EventAction::Suspend,
+            OperationKind::Manual | OperationKind::Periodic => EventAction::TriggerSavepoint,
+            OperationKind::Delete => EventAction::Delete,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -91,6 +172,8 @@ pub enum Action {
     },
     /// Delete the JobManager and TaskManager Deployments (suspend); ConfigMap and Service stay.
     RemoveWorkloads,
+    /// Delete the TaskManager Deployment only (the job FINISHED; the JobManager keeps serving).
+    RemoveTaskManagers,
     /// Savepoint that leaves the job running; the trigger id goes to `status.operation`.
     TriggerSavepoint {
         target_directory: String,
@@ -123,6 +206,7 @@ impl Plan {
                 a,
                 Action::Deploy { .. }
                     | Action::RemoveWorkloads
+                    | Action::RemoveTaskManagers
                     | Action::TriggerSavepoint { .. }
                     | Action::StopWithSavepoint { .. }
                     | Action::CancelJob
@@ -248,10 +332,17 @@ impl<'a> Planner<'a> {
         }
     }
 
-    fn event(&mut self, warning: bool, reason: &'static str, message: impl Into<String>) {
+    fn event(
+        &mut self,
+        warning: bool,
+        reason: &'static str,
+        action: EventAction,
+        message: impl Into<String>,
+    ) {
         self.actions.push(Action::Event(Event {
             warning,
             reason,
+            action,
             message: message.into(),
         }));
     }
@@ -287,7 +378,7 @@ impl<'a> Planner<'a> {
             Err(message) => {
                 // Nothing that runs is touched; the condition and event say what to fix.
                 if self.old_degraded_reason() != Some("InvalidSpec") {
-                    self.event(true, "InvalidSpec", message.clone());
+                    self.event(true, "InvalidSpec", EventAction::Validate, message.clone());
                 }
                 self.degraded = Some(("InvalidSpec", message));
                 self.requeue = None;
@@ -321,6 +412,7 @@ impl<'a> Planner<'a> {
     /// Copies what the JobManager reports into status.
     fn record_observations(&mut self) {
         self.status.observed_generation = self.job.metadata.generation;
+        self.record_storage_access();
         let JobManagerView::Job {
             overview,
             latest_checkpoint,
@@ -329,6 +421,7 @@ impl<'a> Planner<'a> {
             return;
         };
         self.status.job_state = Some(overview.state.as_str().to_string());
+        self.record_job_manager_restarts(overview);
         if let Some(info) = latest_checkpoint
             && info.status == OperationStatus::Completed
             && self
@@ -345,6 +438,75 @@ impl<'a> Planner<'a> {
         }
     }
 
+    /// The JobManager restarts a failing job by itself: the pods stay up and the job is soon
+    /// RUNNING again, so only its restart count and `lastFailure` tell. A count above the
+    /// last one seen for the same run (same start time) means new failures.
+    fn record_job_manager_restarts(&mut self, overview: &JobOverview) {
+        let same_run = self.old.job_start_time == Some(overview.start_time);
+        // Right after a redeploy the old JobManager may still answer for its run; its count
+        // belongs to the pods that are going away.
+        let previous_run = !same_run
+            && self
+                .status
+                .deployed
+                .as_ref()
+                .is_some_and(|d| overview.start_time < d.deployed_at);
+        if previous_run {
+            return;
+        }
+        let seen = if same_run {
+            self.old.job_manager_restarts
+        } else {
+            0
+        };
+        self.status.job_manager_restarts = overview.restarts;
+        if overview.restarts <= seen {
+            return;
+        }
+        let message = one_line(
+            overview
+                .last_failure
+                .as_deref()
+                .unwrap_or("the JobManager gave no reason"),
+        );
+        self.status.last_failure = Some(FailureRecord {
+            message: message.clone(),
+            time: self.o.now,
+        });
+        // No restart count in the note: the same failure again is the same event, counted.
+        self.event(
+            true,
+            "JobRestarting",
+            EventAction::ObserveJob,
+            format!("the JobManager restarted the job after a failure: {message}"),
+        );
+    }
+
+    /// `StorageAccess` says whether the operator could read checkpoint storage, and so why
+    /// `restorePoint.verified` may be false. Left as it was when storage was not read.
+    fn record_storage_access(&mut self) {
+        let (readable, reason, message) = match &self.o.storage {
+            StorageProbe::NotChecked => return,
+            StorageProbe::Readable => (true, "StorageReadable", String::new()),
+            StorageProbe::Failed(error) => (
+                false,
+                "StorageUnreadable",
+                format!(
+                    "the operator cannot read checkpoint storage, so it trusts the checkpoint the JobManager reports (restorePoint.verified: false): {error}"
+                ),
+            ),
+        };
+        set_condition(
+            &mut self.status,
+            self.o.now,
+            self.job.metadata.generation,
+            CONDITION_STORAGE_ACCESS,
+            readable,
+            reason,
+            message,
+        );
+    }
+
     // ---- steady state: no operation in flight ----
 
     fn steady(&mut self, desired: &Desired) {
@@ -359,6 +521,17 @@ impl<'a> Planner<'a> {
             }
             return;
         }
+        let changed = desired.spec_hash != deployed.spec_hash
+            || desired.parallelism != deployed.parallelism
+            || desired.slots != deployed.slots;
+        // A FINISHED job is done, not failed. (FINISHED seen while Failed is the failed run's
+        // JobManager: the restart decision stays with `failed`.)
+        if self.status.lifecycle == Lifecycle::Finished
+            || (self.status.lifecycle != Lifecycle::Failed
+                && self.job_state() == Some(JobState::Finished))
+        {
+            return self.finished(desired, &deployed, changed);
+        }
         if self.status.lifecycle == Lifecycle::Failed
             || self.job_state().is_some_and(JobState::is_terminal)
         {
@@ -366,9 +539,6 @@ impl<'a> Planner<'a> {
                 // Nothing runs, so there is nothing to savepoint: keep the restore point.
                 return self.suspend_without_job();
             }
-            let changed = desired.spec_hash != deployed.spec_hash
-                || desired.parallelism != deployed.parallelism
-                || desired.slots != deployed.slots;
             return self.failed(desired, changed);
         }
         if self.job.spec.state == DesiredState::Suspended {
@@ -402,6 +572,52 @@ impl<'a> Planner<'a> {
         self.watch_running(desired, &deployed);
     }
 
+    /// The job FINISHED: its bounded input is fully processed. Never restarted; see
+    /// [`Lifecycle::Finished`] for what stays (the JobManager, serving the final state) and
+    /// what goes (the TaskManagers).
+    fn finished(&mut self, desired: &Desired, deployed: &DeployedSpec, spec_changed: bool) {
+        if self.job.spec.state == DesiredState::Suspended {
+            return self.suspend_without_job();
+        }
+        if spec_changed {
+            // Nothing runs, so there is nothing to savepoint: `start_stop` redeploys from the
+            // newest state in storage (the job's final checkpoint), or empty when stateless.
+            let kind = if desired.spec_hash == deployed.spec_hash {
+                OperationKind::Rescale
+            } else {
+                OperationKind::Upgrade
+            };
+            self.status.blocked = None;
+            return self.start_stop(kind, desired);
+        }
+        if self.status.lifecycle != Lifecycle::Finished {
+            self.status.lifecycle = Lifecycle::Finished;
+            self.status.consecutive_failures = 0;
+            self.status.failed_at = None;
+            if let Some(overview) = self.overview() {
+                self.status.job_start_time = Some(overview.start_time);
+            }
+            let checkpoint = self
+                .status
+                .last_checkpoint
+                .as_ref()
+                .map_or_else(String::new, |c| format!(" (last checkpoint {})", c.id));
+            self.event(
+                false,
+                "JobFinished",
+                EventAction::ObserveJob,
+                format!(
+                    "the job finished{checkpoint}; it is not restarted, the JobManager keeps serving its final state and the TaskManagers are removed"
+                ),
+            );
+        }
+        if self.o.taskmanagers_exist {
+            self.actions.push(Action::RemoveTaskManagers);
+        }
+        // Nothing to poll: only a spec change (or deletion) moves a finished job.
+        self.requeue = None;
+    }
+
     fn first_deploy(&mut self, desired: &Desired) {
         if self.job.spec.state == DesiredState::Suspended {
             self.status.lifecycle = Lifecycle::Suspended;
@@ -423,6 +639,7 @@ impl<'a> Planner<'a> {
         self.event(
             false,
             "Deploying",
+            EventAction::Deploy,
             format!(
                 "deploying job {} with parallelism {}",
                 desired.job_id, desired.parallelism
@@ -448,6 +665,8 @@ impl<'a> Planner<'a> {
         self.status.restore_point = Some(restore);
         self.status.lifecycle = Lifecycle::Deploying;
         self.status.job_start_time = None;
+        // New pods, a new JobManager: it counts its restarts from 0.
+        self.status.job_manager_restarts = 0;
         self.actions.push(Action::Deploy {
             restore: source,
             restart_nonce,
@@ -563,6 +782,7 @@ impl<'a> Planner<'a> {
                 self.event(
                     true,
                     "JobManagerLost",
+                    EventAction::ObserveJob,
                     format!(
                         "{why}; restoring from checkpoint {} at {}",
                         latest.id, latest.path
@@ -572,6 +792,7 @@ impl<'a> Planner<'a> {
             None => self.event(
                 true,
                 "JobManagerLost",
+                EventAction::ObserveJob,
                 format!("{why}; no completed checkpoint yet"),
             ),
         }
@@ -615,6 +836,7 @@ impl<'a> Planner<'a> {
             self.event(
                 true,
                 "SavepointImpossible",
+                EventAction::TriggerSavepoint,
                 "no savepoints.directory and no checkpoint storage to derive it from",
             );
             return;
@@ -633,6 +855,7 @@ impl<'a> Planner<'a> {
         self.event(
             false,
             "SavepointStarted",
+            EventAction::TriggerSavepoint,
             format!("{kind:?} savepoint to {target}"),
         );
         self.actions.push(Action::TriggerSavepoint {
@@ -674,6 +897,7 @@ impl<'a> Planner<'a> {
                 self.event(
                     false,
                     "StopWithSavepoint",
+                    EventAction::StopWithSavepoint,
                     format!("{kind:?}: stopping with savepoint to {target}"),
                 );
                 self.actions.push(Action::StopWithSavepoint {
@@ -685,6 +909,7 @@ impl<'a> Planner<'a> {
                 self.event(
                     false,
                     "Cancelling",
+                    EventAction::Cancel,
                     format!("{kind:?}: cancelling to restore from the latest checkpoint"),
                 );
                 self.actions.push(Action::CancelJob);
@@ -697,6 +922,7 @@ impl<'a> Planner<'a> {
                 self.event(
                     false,
                     "Redeploying",
+                    EventAction::Redeploy,
                     format!("{kind:?}: stateless redeploy with empty state"),
                 );
                 let empty = RestorePoint {
@@ -764,24 +990,31 @@ impl<'a> Planner<'a> {
         self.event(
             false,
             "Resuming",
+            EventAction::Resume,
             format!("resuming from {}", describe(&restore)),
         );
         self.deploy(desired, restore, nonce);
     }
 
-    /// A FAILED (or otherwise stopped) job: restart from the latest checkpoint with backoff.
+    /// A FAILED job, or one CANCELED by someone else: restart from the latest checkpoint with
+    /// backoff. (FINISHED is not a failure: see [`Planner::finished`].)
     fn failed(&mut self, desired: &Desired, spec_changed: bool) {
         if self.status.lifecycle != Lifecycle::Failed {
             let why = self
                 .overview()
-                .and_then(|o| o.last_failure.clone())
+                .and_then(|o| o.last_failure.as_deref())
+                .map(one_line)
                 .unwrap_or_else(|| {
                     format!(
                         "job is {}",
                         self.status.job_state.as_deref().unwrap_or("gone")
                     )
                 });
-            self.event(true, "JobFailed", why);
+            self.event(true, "JobFailed", EventAction::ObserveJob, why.clone());
+            self.status.last_failure = Some(FailureRecord {
+                message: why,
+                time: self.o.now,
+            });
             self.status.lifecycle = Lifecycle::Failed;
             self.status.failed_at = Some(self.o.now);
         }
@@ -791,9 +1024,17 @@ impl<'a> Planner<'a> {
         let due = failed_at + backoff;
         // A spec change is the user's fix: do not make them wait for the backoff.
         if self.o.now < due && !spec_changed {
+            let cause = self
+                .status
+                .last_failure
+                .as_ref()
+                .map_or_else(String::new, |f| format!(": {}", f.message));
             self.degraded = Some((
                 "JobFailed",
-                format!("restarting in {}s", (due - self.o.now + 999) / 1000),
+                format!(
+                    "the job failed{cause}; restarting in {}s",
+                    (due - self.o.now + 999) / 1000
+                ),
             ));
             self.requeue = Some(Duration::from_millis(
                 u64::try_from(due - self.o.now).unwrap_or(0),
@@ -804,15 +1045,16 @@ impl<'a> Planner<'a> {
             return;
         };
         let nonce = self.status.deployed.as_ref().map_or(0, |d| d.restart_nonce) + 1;
-        self.status.restarts += 1;
+        self.status.operator_restarts += 1;
         self.status.consecutive_failures += 1;
         self.status.failed_at = None;
         self.event(
             false,
             "Restarting",
+            EventAction::Restart,
             format!(
                 "restart {} from {}",
-                self.status.restarts,
+                self.status.operator_restarts,
                 describe(&restore)
             ),
         );
@@ -842,7 +1084,12 @@ impl<'a> Planner<'a> {
                     .unwrap_or("checkpoint storage")
             );
             if self.old_degraded_reason() != Some("NoCheckpointToRestore") {
-                self.event(true, "NoCheckpointToRestore", message.clone());
+                self.event(
+                    true,
+                    "NoCheckpointToRestore",
+                    EventAction::Restore,
+                    message.clone(),
+                );
             }
             self.degraded = Some(("NoCheckpointToRestore", message));
             self.requeue = Some(Duration::from_secs(60));
@@ -852,6 +1099,7 @@ impl<'a> Planner<'a> {
             self.event(
                 true,
                 "StartingWithoutState",
+                EventAction::Restore,
                 "the job never completed a checkpoint; starting with empty state",
             );
         }
@@ -876,6 +1124,7 @@ impl<'a> Planner<'a> {
         self.event(
             false,
             "Redeploying",
+            EventAction::Redeploy,
             format!(
                 "{:?}: redeploying from {}",
                 operation.kind,
@@ -921,7 +1170,7 @@ impl<'a> Planner<'a> {
         message: &str,
     ) {
         let message = format!("{kind:?} blocked, the old job keeps running: {message}");
-        self.event(true, "UpgradeBlocked", message.clone());
+        self.event(true, "UpgradeBlocked", kind.into(), message.clone());
         self.status.blocked = Some(BlockedUpgrade {
             target,
             reason: reason.to_string(),
@@ -1001,10 +1250,16 @@ impl<'a> Planner<'a> {
         if operation.kind == OperationKind::Manual {
             self.status.last_savepoint_nonce = operation.nonce;
         }
+        let action = if operation.stop {
+            EventAction::StopWithSavepoint
+        } else {
+            EventAction::TriggerSavepoint
+        };
         self.event(
             false,
             "SavepointCompleted",
-            format!("savepoint at {location}"),
+            action,
+            format!("{:?} savepoint at {location}", operation.kind),
         );
         let verified = self.o.target_savepoint_complete == Some(true);
         let restore = RestorePoint {
@@ -1052,6 +1307,7 @@ impl<'a> Planner<'a> {
                 self.event(
                     true,
                     reason,
+                    EventAction::Delete,
                     format!("final savepoint failed, deleting anyway: {message}"),
                 );
             }
@@ -1064,6 +1320,7 @@ impl<'a> Planner<'a> {
                 self.event(
                     true,
                     reason,
+                    EventAction::TriggerSavepoint,
                     format!("{:?} savepoint: {message}", operation.kind),
                 );
             }
@@ -1107,6 +1364,19 @@ impl<'a> Planner<'a> {
             self.status.operation = None;
             return;
         };
+        // A bounded job may run to its end before it is ever seen RUNNING (and a finished
+        // JobManager never turns ready, so `workloads_ready` cannot be waited for). FINISHED
+        // from a JobManager that started before the redeploy is the old run, stopped with its
+        // savepoint: that one means keep waiting for the new pods. (Start time and deploy
+        // time come from different clocks; pod start-up takes longer than their usual skew.)
+        let new_run_finished = self.overview().is_some_and(|overview| {
+            overview.state == JobState::Finished && overview.start_time >= deployed.deployed_at
+        });
+        if new_run_finished {
+            self.status.operation = None;
+            self.status.blocked = None;
+            return self.finished(desired, &deployed, false);
+        }
         self.keep_running(&deployed);
         match self.overview() {
             Some(overview)
@@ -1126,6 +1396,7 @@ impl<'a> Planner<'a> {
                 self.event(
                     false,
                     reason,
+                    operation.kind.into(),
                     format!("job runs with parallelism {}", overview.parallelism),
                 );
             }
@@ -1172,6 +1443,7 @@ impl<'a> Planner<'a> {
                     self.event(
                         false,
                         "FinalSavepoint",
+                        EventAction::Delete,
                         format!("stopping with a final savepoint to {target}"),
                     );
                     self.actions.push(Action::StopWithSavepoint {
@@ -1204,19 +1476,66 @@ impl<'a> Planner<'a> {
                 self.actions.push(Action::DeleteStorage { path });
             }
         }
-        self.event(false, "Deleted", "cleanup done; removing the finalizer");
+        // The finalizer goes first: once it is gone the object is, and a reconcile of a stale
+        // copy stops at the NotFound instead of announcing the cleanup twice.
         self.actions.push(Action::RemoveFinalizer);
+        self.event(
+            false,
+            "Deleted",
+            EventAction::Delete,
+            "cleanup done; finalizer removed",
+        );
     }
 
     // ---- conditions and transition events ----
 
+    /// `Degraded` message while the job fails and is restarted, by the JobManager (it keeps
+    /// the pods) or by the operator: a recent failure, or the job RESTARTING right now.
+    fn restarting_message(&self) -> Option<String> {
+        if matches!(
+            self.status.lifecycle,
+            Lifecycle::Failed | Lifecycle::Finished | Lifecycle::Suspended
+        ) {
+            return None;
+        }
+        let recent = self
+            .status
+            .last_failure
+            .as_ref()
+            .filter(|f| self.o.now - f.time < RECENT_FAILURE_MS);
+        let restarting_now = matches!(
+            self.job_state(),
+            Some(JobState::Restarting | JobState::Failing)
+        );
+        if recent.is_none() && !restarting_now {
+            return None;
+        }
+        let counts = format!(
+            "{} JobManager restarts, {} operator restarts",
+            self.status.job_manager_restarts, self.status.operator_restarts
+        );
+        Some(match recent {
+            Some(failure) => format!(
+                "the job failed at {} ({counts}): {}; clears after {} minutes without a failure",
+                rfc3339(failure.time),
+                failure.message,
+                RECENT_FAILURE_MS / 60_000
+            ),
+            None => format!("the job is restarting ({counts})"),
+        })
+    }
+
     fn finish(mut self) -> Plan {
         let lifecycle = self.status.lifecycle;
-        if lifecycle != self.old.lifecycle || self.o.job.status.is_none() {
+        if self.o.job.status.is_none() {
+            // A new StreamJob: its first event (`Deploying`) says where it starts.
+            self.status.lifecycle_since = Some(self.o.now);
+        } else if lifecycle != self.old.lifecycle {
             self.status.lifecycle_since = Some(self.o.now);
             self.event(
                 false,
                 "LifecycleChanged",
+                EventAction::Transition,
                 format!("{} -> {}", self.old.lifecycle.as_str(), lifecycle.as_str()),
             );
         }
@@ -1224,8 +1543,14 @@ impl<'a> Planner<'a> {
         let generation = self.job.metadata.generation;
         let running =
             lifecycle == Lifecycle::Running && self.status.job_state.as_deref() == Some("RUNNING");
+        let finished = lifecycle == Lifecycle::Finished;
         let (ready_reason, ready_message) = if running {
             ("Running", String::new())
+        } else if finished {
+            (
+                "Finished",
+                "the job finished; nothing runs until the spec changes".to_string(),
+            )
         } else {
             (
                 lifecycle.as_str(),
@@ -1257,7 +1582,13 @@ impl<'a> Planner<'a> {
             .operation
             .as_ref()
             .map(|op| format!("{:?}: {:?}", op.kind, op.step))
-            .unwrap_or_default();
+            .unwrap_or_else(|| {
+                if finished {
+                    "the job finished".to_string()
+                } else {
+                    String::new()
+                }
+            });
         set_condition(
             &mut self.status,
             now,
@@ -1267,9 +1598,16 @@ impl<'a> Planner<'a> {
             lifecycle.as_str(),
             progress_message,
         );
-        let (degraded, reason, message) = match self.degraded.take() {
-            Some((reason, message)) => (true, reason, message),
-            None => (false, "AsExpected", String::new()),
+        let restarting = self.restarting_message();
+        let (degraded, reason, message) = match (self.degraded.take(), restarting) {
+            (Some((reason, message)), _) => (true, reason, message),
+            (None, Some(message)) => (true, "JobRestarting", message),
+            (None, None) if finished => (
+                false,
+                "Finished",
+                "the job finished; that is not a failure".to_string(),
+            ),
+            (None, None) => (false, "AsExpected", String::new()),
         };
         set_condition(
             &mut self.status,
@@ -1315,6 +1653,27 @@ fn describe(restore: &RestorePoint) -> String {
     }
 }
 
+fn rfc3339(ms: i64) -> String {
+    k8s_openapi::jiff::Timestamp::from_millisecond(ms)
+        .map(|t| t.to_string())
+        .unwrap_or_default()
+}
+
+/// Longest failure or storage error kept in status and Events (an Event note holds 1 kB).
+pub const MAX_MESSAGE_CHARS: usize = 900;
+
+/// `text` on one line (line breaks and runs of whitespace become one space), cut to
+/// [`MAX_MESSAGE_CHARS`]: stack traces and multi-line SDK errors stay readable in
+/// `kubectl describe` and in one log line.
+pub fn one_line(text: &str) -> String {
+    let mut line = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    if let Some((cut, _)) = line.char_indices().nth(MAX_MESSAGE_CHARS) {
+        line.truncate(cut);
+        line.push('…');
+    }
+    line
+}
+
 /// Updates one condition; `lastTransitionTime` moves only when the status flips.
 fn set_condition(
     status: &mut StreamJobStatus,
@@ -1326,9 +1685,7 @@ fn set_condition(
     message: String,
 ) {
     let value = if value { "True" } else { "False" };
-    let time = k8s_openapi::jiff::Timestamp::from_millisecond(now)
-        .map(|t| t.to_string())
-        .unwrap_or_default();
+    let time = rfc3339(now);
     let condition = Condition {
         type_: type_.to_string(),
         status: value.to_string(),

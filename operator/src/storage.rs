@@ -16,7 +16,7 @@ use aws_config::meta::region::RegionProviderChain;
 use aws_config::profile::region::ProfileFileRegionProvider;
 use aws_config::timeout::TimeoutConfig;
 use aws_sdk_s3::config::{Credentials, Region};
-use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::types::{Delete, ObjectIdentifier};
 use futures::future::BoxFuture;
 use weir_spec::S3Options;
@@ -362,13 +362,25 @@ fn dir_prefix(prefix: &str) -> String {
     }
 }
 
+/// One line per error, stable from one attempt to the next: the error chain plus the S3 error
+/// code and message, but not the SDK's debug dump (request ids, raw responses), so the same
+/// trouble reads the same each reconcile and is logged once.
 fn s3_error<E>(operation: &str, uri: &str, error: &SdkError<E>) -> Error
 where
-    E: std::error::Error + 'static,
+    E: std::error::Error + ProvideErrorMetadata + 'static,
 {
+    let mut message = format!("{operation}: {}", crate::error_chain(error));
+    if let Some(service) = error.as_service_error() {
+        for detail in [service.code(), service.message()].into_iter().flatten() {
+            if !message.contains(detail) {
+                message.push_str(": ");
+                message.push_str(detail);
+            }
+        }
+    }
     Error::Storage {
         uri: uri.to_string(),
-        message: format!("{operation}: {}", DisplayErrorContext(error)),
+        message,
     }
 }
 

@@ -134,9 +134,13 @@ pub struct JobRef {
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CheckpointConfig {
+    /// How often a checkpoint is triggered, as a duration such as `10s` or `1m` (at least
+    /// `10ms`).
     #[serde(with = "humantime_serde")]
     #[cfg_attr(feature = "schema", schemars(with = "String"))]
     pub interval: Duration,
+    /// `exactly-once` (default: barriers are aligned, every record counts once in state) or
+    /// `at-least-once` (no alignment: lower latency, records may count twice after a restore).
     #[serde(default)]
     pub mode: CheckpointMode,
     /// `s3://bucket/prefix` or `file:///path`.
@@ -144,6 +148,8 @@ pub struct CheckpointConfig {
     /// Completed checkpoints kept; older ones are deleted.
     #[serde(default = "default_retained")]
     pub retained: u32,
+    /// A checkpoint not completed within this duration (e.g. `10m`, the default) is aborted
+    /// and counts as failed.
     #[serde(default = "default_checkpoint_timeout", with = "humantime_serde")]
     #[cfg_attr(feature = "schema", schemars(with = "String"))]
     pub timeout: Duration,
@@ -156,8 +162,10 @@ pub struct CheckpointConfig {
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "kebab-case")]
 pub enum CheckpointMode {
+    /// Barriers are aligned: every record is reflected exactly once in state after a restore.
     #[default]
     ExactlyOnce,
+    /// No alignment: lower latency, but records may be counted twice after a restore.
     AtLeastOnce,
 }
 

@@ -1,11 +1,12 @@
 //! Carries out a plan: the status is written first (intent, savepoint directory), then each
 //! action in order. A trigger id returned by the JobManager is written to status at once, so a
-//! restarted operator polls it instead of asking for a second savepoint.
+//! restarted operator polls it instead of asking for a second savepoint. A StreamJob that is
+//! gone (NotFound: its finalizer was just removed, the controller's cache is behind) ends the
+//! apply successfully: there is nothing left to do for it.
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Service};
 use kube::api::{DeleteParams, Patch, PatchParams};
-use kube::runtime::events::{Event as KubeEvent, EventType};
 use kube::{Api, Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -13,9 +14,9 @@ use serde_json::json;
 
 use super::Context;
 use crate::build::{children, job_id, jobmanager_name, taskmanager_name};
-use crate::crd::{StreamJob, StreamJobStatus};
+use crate::crd::{CONDITION_STORAGE_ACCESS, StreamJob, StreamJobStatus};
 use crate::jobmanager::JobManagerClient;
-use crate::lifecycle::{Action, Plan};
+use crate::lifecycle::{Action, Event, EventAction, Plan};
 use crate::{Error, FIELD_MANAGER, FINALIZER, Result};
 
 pub(super) async fn apply(job: &StreamJob, ctx: &Context, plan: Plan) -> Result<()> {
@@ -25,7 +26,10 @@ pub(super) async fn apply(job: &StreamJob, ctx: &Context, plan: Plan) -> Result<
     let mut status = plan.status;
     let old = job.status.clone().unwrap_or_default();
     if job.status.as_ref() != Some(&status) {
-        write_status(&jobs, &name, &status).await?;
+        if write_status(&jobs, &name, &status).await? == Written::Gone {
+            return Ok(());
+        }
+        log_storage_access(&old, &status);
         if old.lifecycle != status.lifecycle {
             let spent = match (old.lifecycle_since, status.lifecycle_since) {
                 (Some(from), Some(to)) if to >= from => {
@@ -48,17 +52,24 @@ pub(super) async fn apply(job: &StreamJob, ctx: &Context, plan: Plan) -> Result<
                     finalizers.push(FINALIZER.to_string());
                 }
                 let patch = json!({"metadata": {"finalizers": finalizers}});
-                jobs.patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                match jobs
+                    .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
                     .await
-                    .map_err(|source| {
-                        kube_error(
+                {
+                    Ok(_) => {}
+                    // Already gone: the finalizer was removed before (this reconcile ran on a
+                    // stale copy), which is what removing it was for.
+                    Err(kube::Error::Api(status)) if status.code == 404 => return Ok(()),
+                    Err(source) => {
+                        return Err(kube_error(
                             "patch finalizers of",
                             "StreamJob",
                             &namespace,
                             &name,
                             source,
-                        )
-                    })?;
+                        ));
+                    }
+                }
             }
             Action::Deploy {
                 restore,
@@ -70,9 +81,14 @@ pub(super) async fn apply(job: &StreamJob, ctx: &Context, plan: Plan) -> Result<
                 apply_object(&ctx.client, &namespace, &objects.jobmanager).await?;
                 apply_object(&ctx.client, &namespace, &objects.taskmanagers).await?;
             }
-            Action::RemoveWorkloads => {
+            Action::RemoveWorkloads | Action::RemoveTaskManagers => {
                 let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), &namespace);
-                for deployment in [jobmanager_name(&name), taskmanager_name(&name)] {
+                let names = if action == Action::RemoveWorkloads {
+                    vec![jobmanager_name(&name), taskmanager_name(&name)]
+                } else {
+                    vec![taskmanager_name(&name)]
+                };
+                for deployment in names {
                     match deployments
                         .delete(&deployment, &DeleteParams::foreground())
                         .await
@@ -104,7 +120,9 @@ pub(super) async fn apply(job: &StreamJob, ctx: &Context, plan: Plan) -> Result<
                 if let Some(operation) = status.operation.as_mut() {
                     operation.trigger_id = Some(trigger);
                 }
-                write_status(&jobs, &name, &status).await?;
+                if write_status(&jobs, &name, &status).await? == Written::Gone {
+                    return Ok(());
+                }
             }
             Action::TriggerSavepoint { .. } | Action::StopWithSavepoint { .. } => {}
             Action::CancelJob => match client.cancel(&id).await {
@@ -118,12 +136,16 @@ pub(super) async fn apply(job: &StreamJob, ctx: &Context, plan: Plan) -> Result<
                     .delete_dir(&super::storage_settings(job, &namespace), &path)
                     .await
                 {
-                    publish(ctx, job, true, "StorageCleanupFailed", e.to_string()).await;
+                    let event = Event {
+                        warning: true,
+                        reason: "StorageCleanupFailed",
+                        action: EventAction::CleanUp,
+                        message: e.to_string(),
+                    };
+                    publish(ctx, job, &event).await;
                 }
             }
-            Action::Event(event) => {
-                publish(ctx, job, event.warning, event.reason, event.message).await
-            }
+            Action::Event(event) => publish(ctx, job, &event).await,
         }
     }
     Ok(())
@@ -145,7 +167,18 @@ fn kube_error(
     }
 }
 
-async fn write_status(jobs: &Api<StreamJob>, name: &str, status: &StreamJobStatus) -> Result<()> {
+#[derive(Debug, PartialEq, Eq)]
+enum Written {
+    Yes,
+    /// The StreamJob no longer exists.
+    Gone,
+}
+
+async fn write_status(
+    jobs: &Api<StreamJob>,
+    name: &str,
+    status: &StreamJobStatus,
+) -> Result<Written> {
     // Server-side apply of the whole status: fields the plan dropped (a finished operation)
     // disappear because this manager no longer sets them.
     let patch = json!({
@@ -153,20 +186,69 @@ async fn write_status(jobs: &Api<StreamJob>, name: &str, status: &StreamJobStatu
         "kind": StreamJob::kind(&()),
         "status": status,
     });
-    jobs.patch_status(
-        name,
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(&patch),
-    )
-    .await
-    .map_err(|source| Error::Kube {
-        action: "apply status of",
-        kind: "StreamJob",
-        namespace: jobs.namespace().unwrap_or_default().to_string(),
-        name: name.to_string(),
-        source: Box::new(source),
-    })?;
-    Ok(())
+    match jobs
+        .patch_status(
+            name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&patch),
+        )
+        .await
+    {
+        Ok(_) => Ok(Written::Yes),
+        Err(kube::Error::Api(status)) if status.code == 404 => Ok(Written::Gone),
+        Err(source) => Err(Error::Kube {
+            action: "apply status of",
+            kind: "StreamJob",
+            namespace: jobs.namespace().unwrap_or_default().to_string(),
+            name: name.to_string(),
+            source: Box::new(source),
+        }),
+    }
+}
+
+/// What to log about checkpoint storage after a status change.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum StorageLog {
+    /// Unreadable, for the first time or with a different error: this message.
+    Unreadable(String),
+    /// Readable again after it was not.
+    Readable,
+}
+
+/// Checkpoint storage trouble is logged once per StreamJob and distinct error, as one line:
+/// when the `StorageAccess` condition turns False or its message changes, and once when it is
+/// readable again. (Every reconcile of a job whose storage the operator cannot read would
+/// otherwise log the same multi-line SDK error.)
+pub(super) fn storage_log(old: &StreamJobStatus, new: &StreamJobStatus) -> Option<StorageLog> {
+    let condition = |status: &StreamJobStatus| {
+        status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == CONDITION_STORAGE_ACCESS)
+            .map(|c| (c.status == "True", c.message.clone()))
+    };
+    match (condition(old), condition(new)) {
+        (before, Some((false, message))) if before != Some((false, message.clone())) => {
+            Some(StorageLog::Unreadable(message))
+        }
+        (Some((false, _)), Some((true, _))) => Some(StorageLog::Readable),
+        _ => None,
+    }
+}
+
+fn log_storage_access(old: &StreamJobStatus, new: &StreamJobStatus) {
+    match storage_log(old, new) {
+        Some(StorageLog::Unreadable(message)) => {
+            tracing::warn!(condition = CONDITION_STORAGE_ACCESS, "{message}");
+        }
+        Some(StorageLog::Readable) => {
+            tracing::info!(
+                condition = CONDITION_STORAGE_ACCESS,
+                "checkpoint storage is readable again"
+            );
+        }
+        None => {}
+    }
 }
 
 trait Kind {
@@ -210,20 +292,9 @@ where
     Ok(())
 }
 
-async fn publish(ctx: &Context, job: &StreamJob, warning: bool, reason: &str, note: String) {
-    let event = KubeEvent {
-        type_: if warning {
-            EventType::Warning
-        } else {
-            EventType::Normal
-        },
-        reason: reason.to_string(),
-        note: Some(note),
-        action: "Reconcile".into(),
-        secondary: None,
-    };
+async fn publish(ctx: &Context, job: &StreamJob, event: &Event) {
     // Events are best effort: a failed event must not fail the reconcile after its actions ran.
-    if let Err(e) = ctx.recorder.publish(&event, &job.object_ref(&())).await {
-        tracing::warn!(error = %e, reason, "cannot publish event");
+    if let Err(e) = ctx.events.publish(event, &job.object_ref(&())).await {
+        tracing::warn!(error = %e, reason = event.reason, "cannot publish event");
     }
 }

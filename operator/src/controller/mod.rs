@@ -2,6 +2,7 @@
 //! [`crate::lifecycle::plan`]) -> apply (status first, then actions) -> requeue.
 
 mod apply;
+pub mod events;
 mod observe;
 
 use std::sync::Arc;
@@ -13,12 +14,12 @@ use futures::future::{FutureExt, Shared};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::runtime::controller::Action as Requeue;
-use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::{Controller, watcher};
 use kube::{Api, Client, ResourceExt};
 use tracing::{Instrument, info_span, warn};
 use weir_spec::S3Options;
 
+use self::events::EventPublisher;
 use crate::crd::StreamJob;
 use crate::jobmanager::JobManagerEndpoint;
 use crate::metrics::Metrics;
@@ -40,7 +41,7 @@ pub fn system_clock() -> Clock {
 /// Shared by every reconcile.
 pub struct Context {
     pub client: Client,
-    pub recorder: Recorder,
+    pub events: EventPublisher,
     pub http: reqwest::Client,
     pub endpoint: JobManagerEndpoint,
     pub store: Arc<dyn CheckpointStore>,
@@ -63,12 +64,12 @@ impl Context {
         store: Arc<dyn CheckpointStore>,
         metrics: Arc<Metrics>,
     ) -> Result<Context> {
-        let reporter = Reporter {
-            controller: crate::FIELD_MANAGER.into(),
-            instance: std::env::var("POD_NAME").ok(),
-        };
         Ok(Context {
-            recorder: Recorder::new(client.clone(), reporter),
+            events: EventPublisher::new(
+                client.clone(),
+                crate::FIELD_MANAGER,
+                std::env::var("POD_NAME").ok(),
+            ),
             client,
             http: crate::jobmanager::JobManagerClient::http_client()?,
             endpoint,

@@ -3,13 +3,12 @@
 
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::{Api, ResourceExt};
-use tracing::warn;
 
 use super::Context;
 use crate::build::{job_id, jobmanager_name, taskmanager_name};
 use crate::crd::{Lifecycle, StreamJob};
 use crate::jobmanager::JobManagerClient;
-use crate::lifecycle::{JobManagerView, LatestCheckpoint, Observed};
+use crate::lifecycle::{JobManagerView, LatestCheckpoint, Observed, StorageProbe};
 use crate::{Error, Result};
 
 pub(super) async fn observe(job: &StreamJob, ctx: &Context) -> Result<Observed> {
@@ -45,8 +44,15 @@ pub(super) async fn observe(job: &StreamJob, ctx: &Context) -> Result<Observed> 
         None => None,
     };
     let s3 = super::storage_settings(job, &namespace);
+    let mut storage_probe = StorageProbe::NotChecked;
     let target_savepoint_complete = match operation.and_then(|op| op.target_directory.as_deref()) {
-        Some(dir) => ctx.store.has_metadata(&s3, dir).await.unwrap_or(None),
+        Some(dir) => match ctx.store.has_metadata(&s3, dir).await {
+            Ok(found) => found,
+            Err(e) => {
+                storage_probe = StorageProbe::Failed(crate::error_chain(&e));
+                None
+            }
+        },
         None => None,
     };
 
@@ -63,11 +69,17 @@ pub(super) async fn observe(job: &StreamJob, ctx: &Context) -> Result<Observed> 
                 .latest_completed_checkpoint(&s3, storage, &id)
                 .await
             {
-                Ok(found) => Some(found),
+                Ok(found) => {
+                    if storage_probe == StorageProbe::NotChecked {
+                        storage_probe = StorageProbe::Readable;
+                    }
+                    Some(found)
+                }
                 Err(e) => {
                     // Storage trouble must not stall savepoints and upgrades in flight; the
-                    // restore point then shows `verified: false`.
-                    warn!(error = %e, "cannot list checkpoint storage; trusting the JobManager's report");
+                    // restore point then shows `verified: false`, the `StorageAccess`
+                    // condition says why, and the log says it once (see `apply`).
+                    storage_probe = StorageProbe::Failed(crate::error_chain(&e));
                     None
                 }
             }
@@ -105,6 +117,7 @@ pub(super) async fn observe(job: &StreamJob, ctx: &Context) -> Result<Observed> 
 
     let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), &namespace);
     let mut workloads_ready = true;
+    let mut taskmanagers_exist = false;
     for deployment_name in [jobmanager_name(&name), taskmanager_name(&name)] {
         let deployment = deployments
             .get_opt(&deployment_name)
@@ -117,6 +130,9 @@ pub(super) async fn observe(job: &StreamJob, ctx: &Context) -> Result<Observed> 
                 source: Box::new(source),
             })?;
         workloads_ready &= deployment.as_ref().is_some_and(rolled_out);
+        if deployment_name == taskmanager_name(&name) {
+            taskmanagers_exist = deployment.is_some();
+        }
     }
 
     Ok(Observed {
@@ -127,6 +143,8 @@ pub(super) async fn observe(job: &StreamJob, ctx: &Context) -> Result<Observed> 
         savepoint,
         target_savepoint_complete,
         latest_checkpoint,
+        storage: storage_probe,
+        taskmanagers_exist,
     })
 }
 

@@ -51,6 +51,8 @@ fn world(before: &StreamJob, job: StreamJob) -> Observed {
         savepoint: None,
         target_savepoint_complete: None,
         latest_checkpoint: None,
+        storage: StorageProbe::NotChecked,
+        taskmanagers_exist: true,
     }
 }
 
@@ -574,7 +576,7 @@ fn failed_job_waits_for_backoff_then_restarts_from_latest_checkpoint() {
             "s3://bucket/checkpoints/streams-clicks/chk-9".into()
         )]
     );
-    assert_eq!(second.status.restarts, 1);
+    assert_eq!(second.status.operator_restarts, 1);
     assert_eq!(
         second.status.deployed.as_ref().map(|d| d.restart_nonce),
         Some(1)
@@ -893,4 +895,475 @@ fn deletion_without_savepoint_removes_finalizer_and_retains_storage() {
             .iter()
             .any(|a| matches!(a, Action::DeleteStorage { .. }))
     );
+}
+
+// ---- a bounded job that finishes ----
+
+fn finished_world(job: StreamJob) -> Observed {
+    let mut observed = running(job);
+    observed.jobmanager = JobManagerView::Job {
+        overview: overview(JobState::Finished, 2),
+        latest_checkpoint: None,
+    };
+    observed.latest_checkpoint = Some(latest(12));
+    observed
+}
+
+fn events(plan: &Plan) -> Vec<&Event> {
+    plan.actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Event(e) => Some(e),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn finished_job_is_finished_not_failed_and_keeps_its_jobmanager() {
+    let plan = plan(&finished_world(StreamJob::test()));
+
+    assert_eq!(plan.status.lifecycle, Lifecycle::Finished);
+    assert!(deploys(&plan).is_empty(), "{:?}", plan.actions);
+    assert!(plan.actions.contains(&Action::RemoveTaskManagers));
+    assert!(!plan.actions.contains(&Action::RemoveWorkloads));
+    assert!(
+        events(&plan).iter().all(|e| !e.warning),
+        "{:?}",
+        plan.actions
+    );
+    let finished = events(&plan)
+        .into_iter()
+        .find(|e| e.reason == "JobFinished")
+        .expect("JobFinished event");
+    assert_eq!(finished.action, EventAction::ObserveJob);
+    assert_eq!(plan.status.operator_restarts, 0);
+    assert_eq!(plan.status.failed_at, None);
+    assert_eq!(plan.requeue_after, None);
+    for (type_, status) in [
+        (CONDITION_READY, "False"),
+        (CONDITION_PROGRESSING, "False"),
+        (CONDITION_DEGRADED, "False"),
+    ] {
+        let condition = condition(&plan, type_);
+        assert_eq!(
+            (condition.status.as_str(), condition.reason.as_str()),
+            (status, "Finished"),
+            "{condition:?}"
+        );
+    }
+}
+
+#[test]
+fn finished_job_is_never_restarted() {
+    let first = plan(&finished_world(StreamJob::test()));
+    let mut later = finished_world(StreamJob::test());
+    later.job.status = Some(first.status);
+    later.taskmanagers_exist = false;
+    for minutes in [1, 10, 60] {
+        later.now = NOW + minutes * 60_000;
+        let plan = plan(&later);
+        assert_eq!(plan.status.lifecycle, Lifecycle::Finished);
+        assert!(plan.actions.is_empty(), "{:?}", plan.actions);
+        assert_eq!(plan.status.operator_restarts, 0);
+        assert_eq!(condition(&plan, CONDITION_DEGRADED).status, "False");
+    }
+}
+
+#[test]
+fn finished_job_is_still_finished_when_its_jobmanager_is_gone() {
+    let first = plan(&finished_world(StreamJob::test()));
+    let mut later = finished_world(StreamJob::test());
+    later.job.status = Some(first.status);
+    later.jobmanager = JobManagerView::Unreachable("connection refused".into());
+    later.taskmanagers_exist = false;
+    let plan = plan(&later);
+    assert_eq!(plan.status.lifecycle, Lifecycle::Finished);
+    assert!(!plan.touches_workloads(), "{:?}", plan.actions);
+}
+
+fn finished_then_edited(edit: impl FnOnce(StreamJob) -> StreamJob) -> Observed {
+    let first = plan(&finished_world(StreamJob::test()));
+    let mut observed = finished_world(edit(StreamJob::test()));
+    observed.job.status = Some(first.status);
+    observed
+}
+
+#[test]
+fn rescaling_a_finished_job_redeploys_from_its_final_checkpoint() {
+    let plan = plan(&finished_then_edited(|job| job.with_parallelism(4)));
+    assert_eq!(
+        deploys(&plan),
+        [RestoreSource::Path(
+            "s3://bucket/checkpoints/streams-clicks/chk-12".into()
+        )]
+    );
+    assert!(stop_target(&plan).is_none(), "nothing runs to savepoint");
+    assert_eq!(plan.status.lifecycle, Lifecycle::Rescaling);
+    assert_eq!(plan.status.deployed.map(|d| d.parallelism), Some(4));
+    assert_eq!(plan.status.operator_restarts, 0);
+}
+
+#[test]
+fn upgrading_a_finished_job_redeploys_from_its_final_checkpoint() {
+    let plan = plan(&finished_then_edited(|job| job.with_image("weir:2")));
+    assert_eq!(plan.status.lifecycle, Lifecycle::Upgrading);
+    assert_eq!(
+        plan.status.restore_point.and_then(|r| r.path).as_deref(),
+        Some("s3://bucket/checkpoints/streams-clicks/chk-12")
+    );
+}
+
+#[test]
+fn a_finished_stateless_job_runs_again_from_empty_state_after_a_spec_change() {
+    let stateless = |job: StreamJob| job.with_upgrade_mode(UpgradeMode::Stateless);
+    let first = plan(&finished_world(stateless(StreamJob::test())));
+    let mut observed = finished_world(stateless(StreamJob::test()).with_image("weir:2"));
+    observed.job.status = Some(first.status);
+    let plan = plan(&observed);
+    assert_eq!(deploys(&plan), [RestoreSource::None]);
+}
+
+#[test]
+fn suspending_a_finished_job_removes_the_jobmanager_too() {
+    let plan = plan(&finished_then_edited(StreamJob::suspended));
+    assert!(plan.actions.contains(&Action::RemoveWorkloads));
+    assert_eq!(plan.status.lifecycle, Lifecycle::Suspended);
+}
+
+#[test]
+fn bounded_job_finishing_during_a_redeploy_is_finished() {
+    let before = StreamJob::test();
+    let (mut next, _) = after_stop_requested(&before, before.clone().with_parallelism(4));
+    next.savepoint = Some(savepoint_answer(
+        OperationStatus::Completed,
+        Some("s3://b/sp"),
+        None,
+    ));
+    let redeploying = plan(&next);
+    let deployed_at = redeploying
+        .status
+        .deployed
+        .as_ref()
+        .map(|d| d.deployed_at)
+        .expect("deployed");
+
+    // The old JobManager, stopped with the savepoint, still answers FINISHED: keep waiting.
+    let mut old_run = next.clone();
+    old_run.job.status = Some(redeploying.status.clone());
+    old_run.savepoint = None;
+    old_run.jobmanager = JobManagerView::Job {
+        overview: overview(JobState::Finished, 2),
+        latest_checkpoint: None,
+    };
+    let waiting = plan(&old_run);
+    assert_eq!(waiting.status.lifecycle, Lifecycle::Rescaling);
+    assert!(waiting.status.operation.is_some());
+
+    // The new run ran to its end before the operator saw it RUNNING; a JobManager whose job
+    // is not RUNNING is never ready.
+    let mut new_run = old_run;
+    new_run.workloads_ready = false;
+    new_run.jobmanager = JobManagerView::Job {
+        overview: JobOverview {
+            start_time: deployed_at + 2_000,
+            ..overview(JobState::Finished, 4)
+        },
+        latest_checkpoint: None,
+    };
+    let done = plan(&new_run);
+    assert_eq!(done.status.lifecycle, Lifecycle::Finished);
+    assert!(done.status.operation.is_none());
+    assert!(deploys(&done).is_empty(), "{:?}", done.actions);
+    assert!(has_event(&done, "JobFinished"));
+}
+
+#[test]
+fn job_canceled_by_someone_else_is_a_failure_and_restarts() {
+    let mut observed = running(StreamJob::test());
+    observed.jobmanager = JobManagerView::Job {
+        overview: overview(JobState::Canceled, 2),
+        latest_checkpoint: None,
+    };
+    observed.latest_checkpoint = Some(latest(9));
+    let first = plan(&observed);
+    assert_eq!(first.status.lifecycle, Lifecycle::Failed);
+    assert!(plan_has_warning(&first, "JobFailed"));
+    let mut later = observed;
+    later.job.status = Some(first.status);
+    later.now = NOW + 10_000;
+    let second = plan(&later);
+    assert_eq!(deploys(&second).len(), 1);
+    assert_eq!(second.status.operator_restarts, 1);
+}
+
+// ---- events ----
+
+#[test]
+fn lifecycle_changed_is_emitted_only_when_the_lifecycle_changes() {
+    // A new StreamJob starts Deploying: its `Deploying` event says so, no `X -> X`.
+    let mut new = running(StreamJob::test());
+    new.job.status = None;
+    new.jobmanager = JobManagerView::Unreachable("not deployed".into());
+    let created = plan(&new);
+    assert!(
+        !has_event(&created, "LifecycleChanged"),
+        "{:?}",
+        created.actions
+    );
+    assert!(created.status.lifecycle_since.is_some());
+
+    // Still deploying (pods not ready): nothing changed, nothing said.
+    let mut deploying = with_status(running(StreamJob::test()), |s| {
+        s.lifecycle = Lifecycle::Deploying
+    });
+    deploying.workloads_ready = false;
+    assert!(!has_event(&plan(&deploying), "LifecycleChanged"));
+
+    deploying.workloads_ready = true;
+    let ran = plan(&deploying);
+    let changed: Vec<_> = events(&ran)
+        .into_iter()
+        .filter(|e| e.reason == "LifecycleChanged")
+        .collect();
+    assert_eq!(changed.len(), 1);
+    assert_eq!(changed[0].message, "Deploying -> Running");
+    assert_eq!(changed[0].action, EventAction::Transition);
+}
+
+#[test]
+fn every_event_names_what_the_operator_did() {
+    let before = StreamJob::test();
+    let rescale = plan(&world(&before, before.clone().with_parallelism(4)));
+    let stop = events(&rescale)
+        .into_iter()
+        .find(|e| e.reason == "StopWithSavepoint")
+        .expect("event");
+    assert_eq!(stop.action, EventAction::StopWithSavepoint);
+    assert!(stop.message.starts_with("Rescale: "), "{}", stop.message);
+
+    let failed = plan(&failed_world());
+    let warning = events(&failed)
+        .into_iter()
+        .find(|e| e.reason == "JobFailed")
+        .expect("event");
+    assert_eq!(warning.action, EventAction::ObserveJob);
+    assert!(warning.message.contains("OOM"), "{}", warning.message);
+}
+
+// ---- restarts inside the JobManager ----
+
+/// The running job as the JobManager reports it after `restarts` restarts of its own.
+fn restarted_by_the_jobmanager(restarts: u32, failure: &str) -> Observed {
+    let mut observed = running(StreamJob::test());
+    observed.jobmanager = JobManagerView::Job {
+        overview: JobOverview {
+            restarts,
+            last_failure: Some(failure.into()),
+            ..overview(JobState::Running, 2)
+        },
+        latest_checkpoint: None,
+    };
+    observed
+}
+
+#[test]
+fn jobmanager_restarts_show_in_status_and_degrade_the_job() {
+    let plan = plan(&restarted_by_the_jobmanager(
+        3,
+        "task map-2 failed:\n  division by zero",
+    ));
+
+    assert_eq!(plan.status.lifecycle, Lifecycle::Running);
+    assert_eq!(plan.status.job_manager_restarts, 3);
+    assert_eq!(plan.status.operator_restarts, 0);
+    assert_eq!(
+        plan.status.last_failure,
+        Some(FailureRecord {
+            message: "task map-2 failed: division by zero".into(),
+            time: NOW,
+        })
+    );
+    let degraded = condition(&plan, CONDITION_DEGRADED);
+    assert_eq!(
+        (degraded.status.as_str(), degraded.reason.as_str()),
+        ("True", "JobRestarting")
+    );
+    assert!(
+        degraded.message.contains("division by zero")
+            && degraded.message.contains("3 JobManager restarts"),
+        "{}",
+        degraded.message
+    );
+    let warning = events(&plan)
+        .into_iter()
+        .find(|e| e.reason == "JobRestarting")
+        .expect("JobRestarting event");
+    assert!(warning.warning);
+    assert!(
+        !warning.message.contains('3'),
+        "repeats must read the same: {}",
+        warning.message
+    );
+}
+
+#[test]
+fn jobmanager_restart_degradation_clears_after_five_quiet_minutes() {
+    let first = plan(&restarted_by_the_jobmanager(3, "boom"));
+    let mut later = restarted_by_the_jobmanager(3, "boom");
+    later.job.status = Some(first.status);
+
+    later.now = NOW + RECENT_FAILURE_MS - 1_000;
+    let still = plan(&later);
+    assert_eq!(
+        condition(&still, CONDITION_DEGRADED).reason,
+        "JobRestarting"
+    );
+    assert!(
+        !has_event(&still, "JobRestarting"),
+        "no new failure, no new event"
+    );
+
+    later.now = NOW + RECENT_FAILURE_MS;
+    let healthy = plan(&later);
+    let degraded = condition(&healthy, CONDITION_DEGRADED);
+    assert_eq!(
+        (degraded.status.as_str(), degraded.reason.as_str()),
+        ("False", "AsExpected")
+    );
+    assert_eq!(
+        healthy
+            .status
+            .last_failure
+            .as_ref()
+            .map(|f| f.message.as_str()),
+        Some("boom"),
+        "the last failure stays on record"
+    );
+    assert_eq!(condition(&healthy, CONDITION_READY).status, "True");
+}
+
+#[test]
+fn another_restart_renews_the_failure() {
+    let first = plan(&restarted_by_the_jobmanager(3, "boom"));
+    let mut again = restarted_by_the_jobmanager(4, "bang");
+    again.job.status = Some(first.status);
+    again.now = NOW + 4 * 60_000;
+    let plan = plan(&again);
+    assert_eq!(plan.status.job_manager_restarts, 4);
+    assert_eq!(
+        plan.status.last_failure,
+        Some(FailureRecord {
+            message: "bang".into(),
+            time: NOW + 4 * 60_000
+        })
+    );
+    assert!(plan_has_warning(&plan, "JobRestarting"));
+}
+
+#[test]
+fn a_restarting_job_is_degraded_before_any_failure_is_recorded() {
+    let mut observed = running(StreamJob::test());
+    observed.jobmanager = JobManagerView::Job {
+        overview: overview(JobState::Restarting, 2),
+        latest_checkpoint: None,
+    };
+    let plan = plan(&observed);
+    assert_eq!(condition(&plan, CONDITION_DEGRADED).reason, "JobRestarting");
+    assert_eq!(condition(&plan, CONDITION_READY).status, "False");
+}
+
+#[test]
+fn restarts_of_the_run_being_replaced_are_not_new_failures() {
+    // Redeployed at 5_000; the old JobManager (started at 1_000) still answers.
+    let mut observed = restarted_by_the_jobmanager(4, "old trouble");
+    observed = with_status(observed, |s| {
+        s.job_start_time = None;
+        s.lifecycle = Lifecycle::Deploying;
+        if let Some(d) = s.deployed.as_mut() {
+            d.deployed_at = 5_000;
+        }
+    });
+    let plan = plan(&observed);
+    assert_eq!(plan.status.last_failure, None);
+    assert_eq!(plan.status.job_manager_restarts, 0);
+    assert!(!has_event(&plan, "JobRestarting"));
+}
+
+#[test]
+fn a_new_jobmanager_counts_restarts_from_zero() {
+    let mut observed = restarted_by_the_jobmanager(1, "after the move");
+    if let JobManagerView::Job { overview, .. } = &mut observed.jobmanager {
+        overview.start_time = 99_000;
+    }
+    observed = with_status(observed, |s| s.job_manager_restarts = 5);
+    let plan = plan(&observed);
+    assert_eq!(plan.status.job_manager_restarts, 1);
+    assert_eq!(
+        plan.status.last_failure.map(|f| f.message).as_deref(),
+        Some("after the move")
+    );
+}
+
+#[test]
+fn a_failed_job_records_its_failure_and_says_it_in_degraded() {
+    let plan = plan(&failed_world());
+    assert_eq!(
+        plan.status
+            .last_failure
+            .as_ref()
+            .map(|f| f.message.as_str()),
+        Some("task 3 failed: OOM")
+    );
+    let degraded = condition(&plan, CONDITION_DEGRADED);
+    assert_eq!(degraded.reason, "JobFailed");
+    assert!(degraded.message.contains("OOM"), "{}", degraded.message);
+}
+
+// ---- checkpoint storage access ----
+
+#[test]
+fn storage_access_condition_says_why_restore_points_are_unverified() {
+    let mut observed = running(StreamJob::test());
+    observed.storage =
+        StorageProbe::Failed("ListObjectsV2: dispatch failure: no credentials".into());
+    let failing = plan(&observed);
+    let access = condition(&failing, CONDITION_STORAGE_ACCESS);
+    assert_eq!(
+        (access.status.as_str(), access.reason.as_str()),
+        ("False", "StorageUnreadable")
+    );
+    assert!(
+        access.message.contains("no credentials") && access.message.contains("verified"),
+        "{}",
+        access.message
+    );
+    assert!(
+        events(&failing).iter().all(|e| !e.warning),
+        "a condition, not a Warning every reconcile"
+    );
+    assert_eq!(condition(&failing, CONDITION_DEGRADED).status, "False");
+
+    let mut unchanged = observed.clone();
+    unchanged.job.status = Some(failing.status.clone());
+    unchanged.storage = StorageProbe::NotChecked;
+    let same = plan(&unchanged);
+    assert_eq!(condition(&same, CONDITION_STORAGE_ACCESS), access);
+
+    unchanged.storage = StorageProbe::Readable;
+    let fixed = plan(&unchanged);
+    let access = condition(&fixed, CONDITION_STORAGE_ACCESS);
+    assert_eq!(
+        (access.status.as_str(), access.reason.as_str()),
+        ("True", "StorageReadable")
+    );
+}
+
+#[test]
+fn one_line_joins_lines_and_bounds_the_length() {
+    assert_eq!(one_line("a\n  b\r\n\tc "), "a b c");
+    let long = "x".repeat(MAX_MESSAGE_CHARS + 10);
+    let cut = one_line(&long);
+    assert_eq!(cut.chars().count(), MAX_MESSAGE_CHARS + 1);
+    assert!(cut.ends_with('…'));
 }

@@ -39,6 +39,7 @@ pub fn savepoint_dir(now: i64) -> String {
 pub struct PublishedEvent {
     pub warning: bool,
     pub reason: String,
+    pub action: String,
     pub note: String,
 }
 
@@ -97,6 +98,12 @@ impl Harness {
 
     pub async fn reconcile(&self) -> Requeue {
         self.try_reconcile().await.expect("reconcile succeeds")
+    }
+
+    /// A reconcile of `job` as the controller's cache holds it, which may be behind the API
+    /// server (the object may even be gone).
+    pub async fn reconcile_cached(&self, job: StreamJob) -> crate::Result<Requeue> {
+        reconcile(Arc::new(job), self.ctx.clone()).await
     }
 
     pub fn job(&self) -> StreamJob {
@@ -234,15 +241,45 @@ impl Harness {
             .unwrap_or_else(|| panic!("no status written before {call:?}"))
     }
 
+    /// Events created (one object each; a repeat only counts on the first, see
+    /// [`Self::event_repeats_since`]).
     pub fn events_since(&self, mark: usize) -> Vec<PublishedEvent> {
         self.kube_requests_since(mark)
             .iter()
-            .filter(|r| r.path.contains("/apis/events.k8s.io/v1/") && r.method != "GET")
+            .filter(|r| r.path.contains("/apis/events.k8s.io/v1/") && r.method == "POST")
             .map(|r| PublishedEvent {
                 warning: r.body["type"] == "Warning",
                 reason: r.body["reason"].as_str().unwrap_or_default().to_string(),
+                action: r.body["action"].as_str().unwrap_or_default().to_string(),
                 note: r.body["note"].as_str().unwrap_or_default().to_string(),
             })
+            .collect()
+    }
+
+    /// Repeats of an earlier Event: `(event object, series count)`.
+    pub fn event_repeats_since(&self, mark: usize) -> Vec<(String, i64)> {
+        self.kube_requests_since(mark)
+            .iter()
+            .filter(|r| r.path.contains("/apis/events.k8s.io/v1/") && r.method == "PATCH")
+            .map(|r| {
+                (
+                    r.target(),
+                    r.body["series"]["count"].as_i64().unwrap_or_default(),
+                )
+            })
+            .collect()
+    }
+
+    /// The stored Event objects with this reason.
+    pub fn stored_events(&self, reason: &str) -> Vec<Value> {
+        self.kube_requests_since(0)
+            .iter()
+            .filter(|r| r.path.contains("/apis/events.k8s.io/v1/") && r.method == "POST")
+            .filter_map(|r| {
+                let name = r.body["metadata"]["name"].as_str()?;
+                self.api.get(&format!("{}/{name}", r.path))
+            })
+            .filter(|e| e["reason"] == reason)
             .collect()
     }
 

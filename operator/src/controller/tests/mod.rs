@@ -9,8 +9,9 @@ use weir_spec::RestoreSource;
 
 use self::harness::*;
 use crate::crd::{
-    CONDITION_DEGRADED, CONDITION_READY, CONDITION_UPGRADE_BLOCKED, Condition, DesiredState,
-    Lifecycle, OperationKind, OperationStep, RestoreKind, StreamJob, StreamJobStatus, UpgradeMode,
+    CONDITION_DEGRADED, CONDITION_READY, CONDITION_STORAGE_ACCESS, CONDITION_UPGRADE_BLOCKED,
+    Condition, DesiredState, Lifecycle, OperationKind, OperationStep, RestoreKind, StreamJob,
+    StreamJobStatus, UpgradeMode,
 };
 use crate::jobmanager::{JobState, OperationStatus, SavepointStatus};
 use crate::{FIELD_MANAGER, FINALIZER};
@@ -691,4 +692,304 @@ async fn invalid_edit_of_a_running_job_touches_nothing_that_runs() {
         "False"
     );
     assert_eq!(harness.status().lifecycle, Lifecycle::Upgrading);
+}
+
+// ---- a bounded job finishes ----
+
+#[tokio::test]
+async fn bounded_job_that_finishes_is_finished_and_never_restarted() {
+    let harness = Harness::running(StreamJob::test()).await;
+    let mark = harness.mark();
+
+    harness.jobmanager.finish_job(JOB_ID);
+    harness.reconcile().await;
+
+    let status = harness.status();
+    assert_eq!(status.lifecycle, Lifecycle::Finished);
+    assert_eq!(status.job_state.as_deref(), Some("FINISHED"));
+    assert!(
+        harness.deployment(JOBMANAGER_PATH).is_some(),
+        "the JobManager keeps serving the final state"
+    );
+    assert!(harness.deployment(TASKMANAGERS_PATH).is_none());
+    let events = harness.events_since(mark);
+    assert!(events.iter().all(|e| !e.warning), "{events:?}");
+    assert!(
+        events
+            .iter()
+            .any(|e| e.reason == "JobFinished" && e.action == "ObserveJob"),
+        "{events:?}"
+    );
+
+    let quiet = harness.mark();
+    for _ in 0..3 {
+        harness.advance(10 * MINUTE);
+        harness.reconcile().await;
+    }
+    let status = harness.status();
+    assert_eq!(status.lifecycle, Lifecycle::Finished);
+    assert_eq!(status.operator_restarts, 0);
+    assert_eq!(condition(&status, CONDITION_DEGRADED).status, "False");
+    assert_eq!(condition(&status, CONDITION_READY).reason, "Finished");
+    assert!(harness.applied_children_since(quiet).is_empty());
+    assert!(harness.jobmanager_calls_since(quiet).is_empty());
+    assert!(harness.events_since(quiet).is_empty());
+    assert!(
+        !harness
+            .kube_requests_since(quiet)
+            .iter()
+            .any(|r| r.method == "DELETE")
+    );
+}
+
+#[tokio::test]
+async fn finished_job_redeploys_from_its_final_checkpoint_when_the_spec_changes() {
+    let harness = Harness::running(StreamJob::test()).await;
+    let chk5 = format!("{CHECKPOINTS}/chk-5");
+    harness.storage.put_metadata(&chk5);
+    harness.jobmanager.finish_job(JOB_ID);
+    harness.reconcile().await;
+    assert_eq!(harness.status().lifecycle, Lifecycle::Finished);
+    let mark = harness.mark();
+
+    harness.edit(|spec| spec.parallelism = 4);
+    harness.reconcile().await;
+
+    assert!(
+        harness.jobmanager_calls_since(mark).is_empty(),
+        "no savepoint of a finished job"
+    );
+    assert_eq!(
+        harness.deployed_document().restore,
+        RestoreSource::Path(chk5)
+    );
+    assert_eq!(replicas_of(&harness, TASKMANAGERS_PATH), Some(4));
+    assert_eq!(harness.status().lifecycle, Lifecycle::Rescaling);
+    harness.cluster_runs_what_was_deployed();
+    harness.reconcile().await;
+    assert_eq!(harness.status().lifecycle, Lifecycle::Running);
+}
+
+// ---- events ----
+
+#[tokio::test]
+async fn events_with_different_messages_are_separate_events() {
+    let harness = Harness::running(StreamJob::test()).await;
+    let mark = harness.mark();
+
+    harness.edit(|spec| spec.parallelism = 4);
+    harness.reconcile().await;
+    harness.reconcile().await;
+    harness.cluster_runs_what_was_deployed();
+    harness.reconcile().await;
+    assert_eq!(harness.status().lifecycle, Lifecycle::Running);
+    harness.advance(MINUTE);
+    harness.edit(|spec| spec.image = "weir:2".into());
+    harness.reconcile().await;
+
+    let stops: Vec<_> = harness
+        .events_since(mark)
+        .into_iter()
+        .filter(|e| e.reason == "StopWithSavepoint")
+        .collect();
+    assert_eq!(stops.len(), 2, "{stops:?}");
+    assert!(stops[0].note.starts_with("Rescale: "), "{stops:?}");
+    assert!(stops[1].note.starts_with("Upgrade: "), "{stops:?}");
+    assert!(stops.iter().all(|e| e.action == "StopWithSavepoint"));
+    let stored: Vec<_> = harness
+        .stored_events("StopWithSavepoint")
+        .into_iter()
+        .map(|e| e["note"].clone())
+        .collect();
+    assert_eq!(stored.len(), 2, "each message is its own Event: {stored:?}");
+
+    let transitions: Vec<String> = harness
+        .events_since(0)
+        .into_iter()
+        .filter(|e| e.reason == "LifecycleChanged")
+        .map(|e| e.note)
+        .collect();
+    assert!(transitions.len() >= 4, "{transitions:?}");
+    for transition in &transitions {
+        let (from, to) = transition.split_once(" -> ").expect("from -> to");
+        assert_ne!(from, to, "{transitions:?}");
+    }
+    assert!(harness.event_repeats_since(0).is_empty());
+}
+
+#[tokio::test]
+async fn the_same_event_again_is_counted_on_the_first_one() {
+    let harness = Harness::running(StreamJob::test()).await;
+    let mark = harness.mark();
+
+    harness
+        .jobmanager
+        .restart_after_failure(JOB_ID, "task 1 failed: boom");
+    harness.reconcile().await;
+    harness
+        .jobmanager
+        .restart_after_failure(JOB_ID, "task 1 failed: boom");
+    harness.advance(Duration::from_secs(30));
+    harness.reconcile().await;
+    harness
+        .jobmanager
+        .restart_after_failure(JOB_ID, "task 2 failed: bang");
+    harness.advance(Duration::from_secs(30));
+    harness.reconcile().await;
+
+    let restarts: Vec<_> = harness
+        .events_since(mark)
+        .into_iter()
+        .filter(|e| e.reason == "JobRestarting")
+        .collect();
+    assert_eq!(restarts.len(), 2, "{restarts:?}");
+    assert!(restarts[0].warning && restarts[0].note.contains("boom"));
+    assert!(restarts[1].note.contains("bang"));
+    let repeats = harness.event_repeats_since(mark);
+    assert_eq!(repeats.len(), 1, "{repeats:?}");
+    assert_eq!(repeats[0].1, 2);
+    let boom = harness.stored_events("JobRestarting");
+    assert_eq!(boom[0]["series"]["count"], 2, "{boom:?}");
+}
+
+// ---- restarts inside the JobManager ----
+
+#[tokio::test]
+async fn jobmanager_restarts_show_in_status_and_degraded() {
+    let harness = Harness::running(StreamJob::test()).await;
+
+    harness
+        .jobmanager
+        .restart_after_failure(JOB_ID, "task 1 failed: boom");
+    harness.reconcile().await;
+
+    let status = harness.status();
+    assert_eq!(status.lifecycle, Lifecycle::Running);
+    assert_eq!(status.job_manager_restarts, 1);
+    assert_eq!(status.operator_restarts, 0);
+    let failure = status.last_failure.clone().expect("last failure");
+    assert_eq!(
+        (failure.message.as_str(), failure.time),
+        ("task 1 failed: boom", harness.now())
+    );
+    let degraded = condition(&status, CONDITION_DEGRADED);
+    assert_eq!(
+        (degraded.status.as_str(), degraded.reason.as_str()),
+        ("True", "JobRestarting")
+    );
+
+    harness.advance(6 * MINUTE);
+    harness.reconcile().await;
+    let status = harness.status();
+    assert_eq!(condition(&status, CONDITION_DEGRADED).status, "False");
+    assert_eq!(status.job_manager_restarts, 1);
+}
+
+// ---- a StreamJob that is already gone ----
+
+#[tokio::test]
+async fn reconciling_a_stale_copy_after_the_finalizer_was_removed_succeeds() {
+    let harness = Harness::running(StreamJob::test().deleting_storage_on_delete()).await;
+    harness.delete();
+    let cached = harness.job();
+    harness.reconcile().await;
+    assert!(!harness.job_exists());
+    let mark = harness.mark();
+
+    harness
+        .reconcile_cached(cached)
+        .await
+        .expect("a StreamJob that is gone needs nothing more: success, not NotFound");
+
+    assert!(
+        !harness
+            .event_reasons_since(mark)
+            .contains(&"Deleted".to_string()),
+        "the cleanup is announced once"
+    );
+}
+
+// ---- checkpoint storage the operator cannot read ----
+
+#[tokio::test]
+async fn unreadable_storage_shows_in_a_condition_written_once() {
+    let harness = Harness::running(StreamJob::test()).await;
+    harness.storage.set_unavailable(true);
+
+    harness.reconcile().await;
+    let status = harness.status();
+    let access = condition(&status, CONDITION_STORAGE_ACCESS);
+    assert_eq!(
+        (access.status.as_str(), access.reason.as_str()),
+        ("False", "StorageUnreadable")
+    );
+    assert!(access.message.contains("storage unavailable"), "{access:?}");
+    assert!(!access.message.contains('\n'));
+
+    let mark = harness.mark();
+    harness.reconcile().await;
+    harness.reconcile().await;
+    assert!(
+        !harness
+            .kube_requests_since(mark)
+            .iter()
+            .any(|r| r.is_status()),
+        "the same error changes nothing"
+    );
+    assert!(harness.events_since(mark).is_empty());
+
+    harness.storage.set_unavailable(false);
+    harness.reconcile().await;
+    assert_eq!(
+        condition(&harness.status(), CONDITION_STORAGE_ACCESS).status,
+        "True"
+    );
+}
+
+fn with_storage_access(readable: Option<(bool, &str)>) -> StreamJobStatus {
+    let conditions = readable
+        .map(|(readable, message)| Condition {
+            type_: CONDITION_STORAGE_ACCESS.into(),
+            status: if readable { "True" } else { "False" }.into(),
+            reason: "r".into(),
+            message: message.into(),
+            last_transition_time: String::new(),
+            observed_generation: None,
+        })
+        .into_iter()
+        .collect();
+    StreamJobStatus {
+        conditions,
+        ..StreamJobStatus::default()
+    }
+}
+
+#[test]
+fn storage_trouble_is_logged_once_per_distinct_error_and_on_recovery() {
+    use super::apply::{StorageLog, storage_log};
+    let unknown = with_storage_access(None);
+    let readable = with_storage_access(Some((true, "")));
+    let denied = with_storage_access(Some((false, "AccessDenied")));
+    let timeout = with_storage_access(Some((false, "connect timeout")));
+
+    assert_eq!(
+        storage_log(&unknown, &denied),
+        Some(StorageLog::Unreadable("AccessDenied".into()))
+    );
+    assert_eq!(
+        storage_log(&readable, &denied),
+        Some(StorageLog::Unreadable("AccessDenied".into()))
+    );
+    assert_eq!(
+        storage_log(&denied, &denied),
+        None,
+        "same error: already logged"
+    );
+    assert_eq!(
+        storage_log(&denied, &timeout),
+        Some(StorageLog::Unreadable("connect timeout".into()))
+    );
+    assert_eq!(storage_log(&timeout, &readable), Some(StorageLog::Readable));
+    assert_eq!(storage_log(&readable, &readable), None);
+    assert_eq!(storage_log(&unknown, &readable), None);
 }
