@@ -11,10 +11,16 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use aws_config::BehaviorVersion;
-use aws_config::environment::EnvironmentVariableRegionProvider;
+use aws_config::environment::{
+    EnvironmentVariableCredentialsProvider, EnvironmentVariableRegionProvider,
+};
+use aws_config::meta::credentials::CredentialsProviderChain;
 use aws_config::meta::region::RegionProviderChain;
+use aws_config::profile::ProfileFileCredentialsProvider;
 use aws_config::profile::region::ProfileFileRegionProvider;
+use aws_config::provider_config::ProviderConfig;
 use aws_config::timeout::TimeoutConfig;
+use aws_config::web_identity_token::WebIdentityTokenCredentialsProvider;
 use aws_sdk_s3::config::{Credentials, Region};
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::types::{Delete, ObjectIdentifier};
@@ -311,9 +317,11 @@ impl CheckpointStore for SchemeStore {
     }
 }
 
-/// `s3://bucket/prefix` through the AWS SDK. Credentials come from the standard chain (the
-/// operator pod's environment, IRSA web identity, a profile); endpoint, region and path style
-/// from the StreamJob. One client per distinct setting, built on first use and kept.
+/// `s3://bucket/prefix` through the AWS SDK. Credentials come from the operator pod's
+/// environment, IRSA web identity or a profile (for AWS S3 the SDK's default chain, for a
+/// custom endpoint the same without EC2 instance metadata, see [`CredentialSources`]);
+/// endpoint, region and path style from the StreamJob. One client per distinct setting, built
+/// on first use and kept.
 #[derive(Default)]
 pub struct S3Store {
     clients: tokio::sync::Mutex<HashMap<ClientKey, aws_sdk_s3::Client>>,
@@ -426,6 +434,30 @@ fn is_not_found<E: ProvideErrorMetadata>(error: &SdkError<E>) -> bool {
         )
 }
 
+/// Where the operator's S3 client looks for credentials.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CredentialSources {
+    /// The static pair in [`S3Options`] (tests).
+    Static,
+    /// AWS S3: the SDK's default chain (environment, profile, web identity, ECS, and EC2
+    /// instance metadata last).
+    DefaultChain,
+    /// A custom endpoint (MinIO, Ceph, another cloud): environment, profile and web identity
+    /// only. EC2 instance metadata cannot hold credentials for it, and off EC2 asking it
+    /// costs connect timeouts on every reconcile before the error.
+    WithoutInstanceMetadata,
+}
+
+fn credential_sources(s3: &S3Options) -> CredentialSources {
+    if s3.static_credentials.is_some() {
+        CredentialSources::Static
+    } else if s3.endpoint.is_some() {
+        CredentialSources::WithoutInstanceMetadata
+    } else {
+        CredentialSources::DefaultChain
+    }
+}
+
 async fn build_client(s3: &S3Options) -> aws_sdk_s3::Client {
     // Not the SDK's default region chain: that one ends in an IMDS lookup, which stalls for
     // seconds off EC2. The StreamJob's setting, the environment, the profile, then us-east-1.
@@ -433,25 +465,50 @@ async fn build_client(s3: &S3Options) -> aws_sdk_s3::Client {
         .or_else(EnvironmentVariableRegionProvider::new())
         .or_else(ProfileFileRegionProvider::new())
         .or_else(Region::from_static("us-east-1"));
+    let region = region.region().await;
     // A hung S3 must not hang a reconcile: bound every call, retries included.
     let timeouts = TimeoutConfig::builder()
         .connect_timeout(Duration::from_secs(3))
         .operation_timeout(Duration::from_secs(30))
         .build();
     let mut loader = aws_config::defaults(BehaviorVersion::latest())
-        .region(region)
+        .region(region.clone())
         .timeout_config(timeouts);
     if let Some(endpoint) = &s3.endpoint {
         loader = loader.endpoint_url(endpoint);
     }
-    if let Some((key_id, secret)) = &s3.static_credentials {
-        loader = loader.credentials_provider(Credentials::new(
-            key_id,
-            secret,
-            None,
-            None,
-            "weir-static",
-        ));
+    match (credential_sources(s3), &s3.static_credentials) {
+        (CredentialSources::Static, Some((key_id, secret))) => {
+            loader = loader.credentials_provider(Credentials::new(
+                key_id,
+                secret,
+                None,
+                None,
+                "weir-static",
+            ));
+        }
+        (CredentialSources::WithoutInstanceMetadata, _) => {
+            let conf = ProviderConfig::without_region().with_region(region);
+            let chain = CredentialsProviderChain::first_try(
+                "Environment",
+                EnvironmentVariableCredentialsProvider::new(),
+            )
+            .or_else(
+                "Profile",
+                ProfileFileCredentialsProvider::builder()
+                    .configure(&conf)
+                    .build(),
+            )
+            .or_else(
+                "WebIdentityToken",
+                WebIdentityTokenCredentialsProvider::builder()
+                    .configure(&conf)
+                    .build(),
+            );
+            loader = loader.credentials_provider(chain);
+        }
+        // The loader's default chain.
+        (CredentialSources::DefaultChain | CredentialSources::Static, _) => {}
     }
     let sdk_config = loader.load().await;
     let config = aws_sdk_s3::config::Builder::from(&sdk_config)
@@ -599,6 +656,27 @@ impl CheckpointStore for S3Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn custom_endpoints_never_ask_ec2_instance_metadata_for_credentials() {
+        let minio = S3Options {
+            endpoint: Some("http://minio.jobs.svc:9000".into()),
+            ..S3Options::default()
+        };
+        assert_eq!(
+            credential_sources(&minio),
+            CredentialSources::WithoutInstanceMetadata
+        );
+        assert_eq!(
+            credential_sources(&S3Options::default()),
+            CredentialSources::DefaultChain
+        );
+        let fixed = S3Options {
+            static_credentials: Some(("id".into(), "secret".into())),
+            ..minio
+        };
+        assert_eq!(credential_sources(&fixed), CredentialSources::Static);
+    }
 
     #[test]
     fn s3_locations_split_into_bucket_and_prefix() {

@@ -249,3 +249,33 @@ async fn unreachable_s3_is_an_error_naming_the_location() {
     );
     assert!(err.is_transient());
 }
+
+/// Off AWS (an endpoint is set) a pod without credentials must get a prompt, one-line error,
+/// not one that waited on EC2 instance metadata. Without the credential variables set this
+/// fails at the credential chain; with them, at the closed port: quickly either way.
+#[tokio::test]
+async fn custom_endpoint_without_credentials_fails_fast_on_one_line_without_instance_metadata() {
+    let options = S3Options {
+        endpoint: Some(format!("http://127.0.0.1:{}", free_port())),
+        region: Some("us-east-1".into()),
+        force_path_style: true,
+        static_credentials: None,
+    };
+
+    let started = Instant::now();
+    let err = S3Store::default()
+        .latest_completed_checkpoint(&options, "s3://state/checkpoints", JOB_ID)
+        .await
+        .expect_err("no credentials or nothing listening");
+
+    let message = err.to_string();
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "took {:?}: {message}",
+        started.elapsed()
+    );
+    assert!(!message.contains('\n'), "{message}");
+    for imds in ["IMDS", "Ec2InstanceMetadata", "169.254.169.254"] {
+        assert!(!message.contains(imds), "{message}");
+    }
+}
