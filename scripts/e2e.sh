@@ -17,7 +17,7 @@
 # job scenarios in parallel, then the ones that disrupt the operator itself, one at a time),
 # pod logs to $WEIR_E2E_DIR/logs on failure, teardown.
 #
-# Knobs: WEIR_E2E_DIR (/tmp/weir-e2e: binaries, S3 data, cluster state, logs),
+# Knobs: WEIR_E2E_DIR (/srv/weir-e2e: binaries, S3 data, cluster state, logs),
 # WEIR_E2E_THREADS (3: job scenarios at once), WEIR_E2E_KEEP=1 (leave the cluster running).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -43,7 +43,8 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 KIT="$(cd "$KIT" && pwd)"
 
-E2E_DIR="${WEIR_E2E_DIR:-/tmp/weir-e2e}"
+# Not under /tmp: job pods mount an emptyDir there, which would hide the binaries.
+E2E_DIR="${WEIR_E2E_DIR:-/srv/weir-e2e}"
 export WEIR_K8S_RUN="$E2E_DIR/k8s"
 BRIDGE_IP=10.244.0.1
 S3_PORT="${WEIR_E2E_S3_PORT:-9000}"
@@ -108,6 +109,9 @@ export KUBECONFIG
 say "S3 (s3s-fs) on $BRIDGE_IP:$S3_PORT, data in $E2E_DIR/s3"
 # Inputs of the bounded example job, written straight into the served folder.
 mkdir -p "$E2E_DIR/s3/weir/input"
+# A "bucket" that is a plain file: s3s-fs cannot create objects in it, so a savepoint there
+# fails the way one into an unreachable or read-only bucket does.
+echo "not a bucket" > "$E2E_DIR/s3/unwritable"
 cp -r examples/data/access-log "$E2E_DIR/s3/weir/input/access-log"
 s3s-fs --host "$BRIDGE_IP" --port "$S3_PORT" --access-key "$S3_ACCESS_KEY" \
   --secret-key "$S3_SECRET_KEY" "$E2E_DIR/s3" > "$E2E_DIR/s3s-fs.log" 2>&1 &
@@ -127,7 +131,7 @@ for ns in "$SYSTEM_NAMESPACE" "${NAMESPACES[@]}"; do
     --from-literal=AWS_SECRET_ACCESS_KEY="$S3_SECRET_KEY" \
     --dry-run=client -o yaml | kubectl apply -f - >/dev/null
   # A selector-less Service with its Endpoints at the bridge: pods reach S3 as http://s3:9000.
-  kubectl -n "$ns" apply -f - >/dev/null <<EOF
+  kubectl -n "$ns" apply -f - 2>&1 >/dev/null <<EOF | grep -v 'Endpoints is deprecated' || true
 apiVersion: v1
 kind: Service
 metadata: {name: s3}
@@ -157,7 +161,7 @@ export WEIR_E2E_SYSTEM_NAMESPACE="$SYSTEM_NAMESPACE" WEIR_E2E_RELEASE=weir
 export WEIR_E2E_IMAGE=weir-worker:e2e WEIR_E2E_NEXT_IMAGE=weir-worker:e2e-next
 export WEIR_E2E_S3_ENDPOINT="http://$BRIDGE_IP:$S3_PORT" WEIR_E2E_S3_CLUSTER_ENDPOINT="http://s3:$S3_PORT"
 export WEIR_E2E_S3_ACCESS_KEY="$S3_ACCESS_KEY" WEIR_E2E_S3_SECRET_KEY="$S3_SECRET_KEY"
-export WEIR_E2E_POD_LOGS="$WEIR_K8S_RUN/node/pods"
+export WEIR_E2E_POD_LOGS="$WEIR_K8S_RUN/node/pods" WEIR_E2E_UNWRITABLE_BUCKET=unwritable RUST_BACKTRACE=0
 started=$SECONDS
 if [ -n "$FILTER" ]; then
   say "scenarios matching $FILTER, one at a time"

@@ -45,6 +45,8 @@ pub struct E2eConfig {
     pub s3_cluster_endpoint: String,
     pub s3_access_key: String,
     pub s3_secret_key: String,
+    /// A bucket name S3 refuses writes to, for a savepoint that cannot complete.
+    pub unwritable_bucket: String,
     /// Where container logs are on this machine (`<ns>_<pod>_<uid8>/<container>.log`), when
     /// the cluster keeps them in files (the process kit); `None` on kind.
     pub pod_logs: Option<std::path::PathBuf>,
@@ -67,6 +69,7 @@ impl E2eConfig {
             s3_cluster_endpoint: env_or("WEIR_E2E_S3_CLUSTER_ENDPOINT", "http://minio:9000"),
             s3_access_key: env_or("WEIR_E2E_S3_ACCESS_KEY", "weir-e2e-access"),
             s3_secret_key: env_or("WEIR_E2E_S3_SECRET_KEY", "weir-e2e-secret-key"),
+            unwritable_bucket: env_or("WEIR_E2E_UNWRITABLE_BUCKET", "unwritable"),
             pod_logs: std::env::var_os("WEIR_E2E_POD_LOGS").map(std::path::PathBuf::from),
         }
     }
