@@ -1,7 +1,14 @@
 //! Process-wide Prometheus metrics. Hot loops count into locals and add per batch, so the
 //! atomics here are touched thousands of times per second, not millions.
+//!
+//! On the JobManager, which processes no records itself, `weir_records_in_total`,
+//! `weir_records_out_total` and `weir_backpressure_milliseconds_total` carry the job's totals:
+//! what the TaskManagers counted while registered with this JobManager ([`ClusterCounters`]),
+//! so its progress line and its counters show the real numbers. `weir_cluster_*` are gauges:
+//! the sum of the registered TaskManagers' latest reports (their whole process lifetime), which
+//! drops when a TaskManager goes away.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Mutex, OnceLock};
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -223,6 +230,25 @@ impl Metrics {
             .collect()
     }
 
+    /// JobManager: raises the per-operator counters to the job's totals (counters only go up;
+    /// the totals of [`ClusterCounters`] never go down).
+    pub fn publish_job_totals(&self, totals: &[OperatorTotals]) {
+        for t in totals {
+            let labels = self.operator(&t.operator);
+            for (counter, total) in [
+                (&self.records_in, t.records_in),
+                (&self.records_out, t.records_out),
+                (&self.backpressure_ms, t.backpressure_ms),
+            ] {
+                let counter = counter.get_or_create(&labels);
+                let current = counter.get();
+                if total > current {
+                    counter.inc_by(total - current);
+                }
+            }
+        }
+    }
+
     /// JobManager: publishes the sum of every TaskManager's latest totals.
     pub fn publish_cluster_totals<'a>(&self, reports: impl Iterator<Item = &'a [OperatorTotals]>) {
         let mut sums: std::collections::BTreeMap<&str, (u64, u64, u64)> = Default::default();
@@ -246,6 +272,125 @@ impl Metrics {
                 .get_or_create(&labels)
                 .set(backpressure as i64);
         }
+    }
+}
+
+/// JobManager: the job's per-operator totals from what TaskManagers report, counting only what
+/// they did while registered with this JobManager. Keyed by connection: a TaskManager that
+/// reconnects starts a new entry whose baseline is what it reports on registering, so nothing
+/// is counted twice; a connection that ends keeps what it counted.
+#[derive(Debug, Default)]
+pub struct ClusterCounters {
+    connections: HashMap<u64, Reported>,
+    /// Counted by connections that ended.
+    retired: BTreeMap<String, Counts>,
+}
+
+#[derive(Debug, Default)]
+struct Reported {
+    /// What the TaskManager had counted when it registered: work done before (for another
+    /// JobManager, or another attempt long gone) is not this JobManager's to count.
+    baseline: BTreeMap<String, Counts>,
+    latest: BTreeMap<String, Counts>,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct Counts {
+    records_in: u64,
+    records_out: u64,
+    backpressure_ms: u64,
+}
+
+impl Counts {
+    fn of(t: &OperatorTotals) -> Counts {
+        Counts {
+            records_in: t.records_in,
+            records_out: t.records_out,
+            backpressure_ms: t.backpressure_ms,
+        }
+    }
+
+    fn add(&mut self, other: Counts) {
+        self.records_in += other.records_in;
+        self.records_out += other.records_out;
+        self.backpressure_ms += other.backpressure_ms;
+    }
+
+    fn since(self, base: Counts) -> Counts {
+        Counts {
+            records_in: self.records_in.saturating_sub(base.records_in),
+            records_out: self.records_out.saturating_sub(base.records_out),
+            backpressure_ms: self.backpressure_ms.saturating_sub(base.backpressure_ms),
+        }
+    }
+}
+
+impl Reported {
+    fn counted(&self) -> impl Iterator<Item = (&String, Counts)> {
+        self.latest.iter().map(|(operator, latest)| {
+            let base = self.baseline.get(operator).copied().unwrap_or_default();
+            (operator, latest.since(base))
+        })
+    }
+}
+
+fn by_operator(totals: &[OperatorTotals]) -> BTreeMap<String, Counts> {
+    totals
+        .iter()
+        .map(|t| (t.operator.clone(), Counts::of(t)))
+        .collect()
+}
+
+impl ClusterCounters {
+    /// A TaskManager registered on `connection`, having counted `totals` so far.
+    pub fn registered(&mut self, connection: u64, totals: &[OperatorTotals]) {
+        let baseline = by_operator(totals);
+        self.connections.insert(
+            connection,
+            Reported {
+                latest: baseline.clone(),
+                baseline,
+            },
+        );
+    }
+
+    /// A heartbeat on `connection` reported `totals` (process lifetime counters).
+    pub fn reported(&mut self, connection: u64, totals: &[OperatorTotals]) {
+        let entry = self.connections.entry(connection).or_default();
+        for t in totals {
+            // An operator the TaskManager had not seen at registration starts from zero.
+            entry.latest.insert(t.operator.clone(), Counts::of(t));
+        }
+    }
+
+    /// `connection` ended: what it counted stays in the totals.
+    pub fn ended(&mut self, connection: u64) {
+        if let Some(reported) = self.connections.remove(&connection) {
+            for (operator, counted) in reported.counted() {
+                self.retired
+                    .entry(operator.clone())
+                    .or_default()
+                    .add(counted);
+            }
+        }
+    }
+
+    /// Per-operator totals of the job under this JobManager.
+    pub fn totals(&self) -> Vec<OperatorTotals> {
+        let mut sums = self.retired.clone();
+        for reported in self.connections.values() {
+            for (operator, counted) in reported.counted() {
+                sums.entry(operator.clone()).or_default().add(counted);
+            }
+        }
+        sums.into_iter()
+            .map(|(operator, c)| OperatorTotals {
+                operator,
+                records_in: c.records_in,
+                records_out: c.records_out,
+                backpressure_ms: c.backpressure_ms,
+            })
+            .collect()
     }
 }
 
@@ -274,4 +419,75 @@ pub async fn serve(addr: std::net::SocketAddr) -> std::io::Result<std::net::Sock
         }
     });
     Ok(bound)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn totals(operator: &str, records_in: u64, records_out: u64) -> OperatorTotals {
+        OperatorTotals {
+            operator: operator.into(),
+            records_in,
+            records_out,
+            backpressure_ms: 0,
+        }
+    }
+
+    fn out_of(counters: &ClusterCounters, operator: &str) -> u64 {
+        counters
+            .totals()
+            .iter()
+            .find(|t| t.operator == operator)
+            .map_or(0, |t| t.records_out)
+    }
+
+    #[test]
+    fn job_totals_sum_task_managers_since_they_registered() {
+        let mut counters = ClusterCounters::default();
+        // TaskManager 0 ran for an earlier JobManager: 500 records before registering here.
+        counters.registered(0, &[totals("source", 0, 500)]);
+        counters.registered(1, &[]);
+        counters.reported(0, &[totals("source", 0, 800)]);
+        counters.reported(1, &[totals("source", 0, 200), totals("sink", 150, 0)]);
+        assert_eq!(out_of(&counters, "source"), 300 + 200);
+        let sink = counters.totals().into_iter().find(|t| t.operator == "sink");
+        assert_eq!(sink.map(|t| t.records_in), Some(150));
+    }
+
+    #[test]
+    fn totals_never_go_down_when_task_managers_leave_or_reconnect() {
+        let mut counters = ClusterCounters::default();
+        counters.registered(0, &[]);
+        counters.reported(0, &[totals("source", 0, 1_000)]);
+        // Lost, then the same process registers again on a new connection: what it did while
+        // cut off is not counted, and nothing is counted twice.
+        counters.ended(0);
+        assert_eq!(out_of(&counters, "source"), 1_000);
+        counters.registered(1, &[totals("source", 0, 1_200)]);
+        counters.reported(1, &[totals("source", 0, 1_700)]);
+        assert_eq!(out_of(&counters, "source"), 1_000 + 500);
+        // A replacement process starts counting from zero.
+        counters.ended(1);
+        counters.registered(2, &[]);
+        counters.reported(2, &[totals("source", 0, 40)]);
+        assert_eq!(out_of(&counters, "source"), 1_540);
+    }
+
+    #[test]
+    fn the_job_manager_counters_follow_the_job_totals() {
+        let metrics = global();
+        let operator = "metrics-test-source";
+        metrics.publish_job_totals(&[totals(operator, 0, 10)]);
+        metrics.publish_job_totals(&[totals(operator, 0, 25)]);
+        let labels = metrics.operator(operator);
+        assert_eq!(metrics.records_out.get_or_create(&labels).get(), 25);
+        let text = metrics.encode();
+        assert!(
+            text.contains(&format!(
+                "weir_records_out_total{{operator=\"{operator}\"}} 25"
+            )),
+            "{text}"
+        );
+    }
 }

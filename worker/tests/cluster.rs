@@ -358,6 +358,31 @@ fn rescale_2_to_3_to_4_to_2_through_stop_with_savepoint() {
                         > 0.0),
             "{metrics}"
         );
+        // ... and its own per-operator counters and progress line carry the job's totals.
+        wait_until(
+            Duration::from_secs(30),
+            "weir_records_out_total and a progress line with records read",
+            || {
+                let (_, metrics) = http_text(cluster.rest_port, "GET", "/metrics", None);
+                let counted = metrics.lines().any(|l| {
+                    l.starts_with("weir_records_out_total{")
+                        && l.split_whitespace()
+                            .last()
+                            .and_then(|v| v.parse::<f64>().ok())
+                            .is_some_and(|v| v > 0.0)
+                });
+                let log = std::fs::read_to_string(cluster.jobmanager_logs.last().expect("log"))
+                    .unwrap_or_default();
+                let progressed = log.lines().any(|l| {
+                    l.contains(" progress ")
+                        && l.split_whitespace()
+                            .find_map(|f| f.strip_prefix("records_read="))
+                            .and_then(|n| n.parse::<u64>().ok())
+                            .is_some_and(|n| n > 0)
+                });
+                counted && progressed
+            },
+        );
         let location = cluster.stop_with_savepoint(&format!("s3://weir/savepoints/step-{step}"));
         assert!(
             location.starts_with("s3://weir/savepoints/step-"),

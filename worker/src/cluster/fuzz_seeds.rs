@@ -229,6 +229,7 @@ fn control_frames() -> Vec<(&'static str, Vec<u8>)> {
                 slots: 2,
                 data_port: 6121,
                 data_host: Some("weir-tm-0.weir".into()),
+                operators: Vec::new(),
             }),
         ),
         (

@@ -71,6 +71,8 @@ struct ClusterState {
     /// By connection number: registration order.
     task_managers: BTreeMap<u64, TaskManagerEntry>,
     attempt: Option<ActiveAttempt>,
+    /// The job's record counts, from registrations and heartbeats.
+    counters: crate::metrics::ClusterCounters,
 }
 
 struct TaskManagerEntry {
@@ -102,6 +104,14 @@ impl ClusterState {
         let metrics = crate::metrics::global();
         metrics.task_managers.set(self.task_managers.len() as i64);
         metrics.slots_registered.set(self.slots() as i64);
+    }
+
+    /// The job's per-operator counters (`weir_records_*_total`, which the progress line reads)
+    /// and the `weir_cluster_*` gauges.
+    fn publish_counters(&self) {
+        let metrics = crate::metrics::global();
+        metrics.publish_job_totals(&self.counters.totals());
+        metrics.publish_cluster_totals(self.task_managers.values().map(|t| t.operators.as_slice()));
     }
 }
 
@@ -182,6 +192,7 @@ impl Cluster {
             slots,
             data_port,
             data_host,
+            operators,
         })) = register
         else {
             tracing::warn!(%peer, "connection did not start with a registration; closing it");
@@ -207,9 +218,10 @@ impl Cluster {
                     outbox,
                     socket,
                     last_seen: Instant::now(),
-                    operators: Vec::new(),
+                    operators: operators.clone(),
                 },
             );
+            state.counters.registered(connection, &operators);
             state.publish_gauges();
             tracing::info!(tm = %tm_id, slots, data = %data_address, registered_slots = state.slots(), "TaskManager registered");
             connection
@@ -248,12 +260,11 @@ impl Cluster {
             match message {
                 ToJobManager::Register { .. } => {}
                 ToJobManager::Heartbeat { operators } => {
+                    state.counters.reported(connection, &operators);
                     if let Some(entry) = state.task_managers.get_mut(&connection) {
                         entry.operators = operators;
                     }
-                    crate::metrics::global().publish_cluster_totals(
-                        state.task_managers.values().map(|t| t.operators.as_slice()),
-                    );
+                    state.publish_counters();
                 }
                 ToJobManager::Event { epoch, event } => match &state.attempt {
                     Some(attempt) if attempt.epoch == epoch => {
@@ -278,7 +289,9 @@ impl Cluster {
         let _ = input.get_ref().shutdown(Shutdown::Both);
         let mut state = self.lock();
         state.task_managers.remove(&connection);
+        state.counters.ended(connection);
         state.publish_gauges();
+        state.publish_counters();
         tracing::warn!(tm = %tm_id, %reason, registered_slots = state.slots(), "TaskManager lost");
         if let Some(attempt) = state.attempt.as_mut()
             && let Some(subtasks) = attempt.placement.get(&connection)

@@ -172,6 +172,7 @@ impl TaskManager {
             slots: self.options.slots,
             data_port: self.data_port,
             data_host: self.options.data_host.clone(),
+            operators: crate::metrics::global().operator_totals(),
         });
         tracing::info!(jobmanager = %self.options.jobmanager, "registered with the JobManager");
 

@@ -170,6 +170,10 @@ pub enum ToJobManager {
         data_port: u16,
         #[serde(default)]
         data_host: Option<String>,
+        /// This TaskManager's per-operator counters so far: the JobManager counts only what
+        /// comes after (`metrics::ClusterCounters`).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        operators: Vec<crate::metrics::OperatorTotals>,
     },
     /// Also carries this TaskManager's per-operator counters, which the JobManager sums
     /// into its `/metrics`.
