@@ -27,6 +27,13 @@
 //!   as [`StorageError::S3`], so a misconfiguration never looks like "no checkpoint yet".
 //! * **`rename`** is atomic locally. On S3 it is CopyObject + DeleteObject (S3 has no rename), so a
 //!   crash in between leaves both keys; callers must tolerate seeing both.
+//! * **`put_if_absent`** creates an object only if no object has the key, atomically: of two
+//!   writers of one key exactly one creates it and the other learns it lost. Locally this is a
+//!   hard link of a synced temp file (`link` fails on an existing name); on S3 a conditional
+//!   PutObject with `If-None-Match: *` (answered 412 when the key exists). Checkpoint fencing
+//!   rests on it (`checkpoint::coordinator`). Beware test servers: s3s-fs 0.14.1 honours the
+//!   header but checks and writes in two steps, so two PUTs racing in the same instant can both
+//!   succeed there; AWS S3 and MinIO decide atomically.
 
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
@@ -211,6 +218,8 @@ pub struct ObjectStore {
 struct Inner {
     location: Location,
     backend: Backend,
+    /// The settings the store was opened with, for related locations (`open_related`).
+    s3: S3Options,
 }
 
 enum Backend {
@@ -299,6 +308,7 @@ impl ObjectStore {
             inner: Arc::new(Inner {
                 location: location.clone(),
                 backend,
+                s3: s3.clone(),
             }),
         })
     }
@@ -339,7 +349,11 @@ impl ObjectStore {
             },
         };
         ObjectStore {
-            inner: Arc::new(Inner { location, backend }),
+            inner: Arc::new(Inner {
+                location,
+                backend,
+                s3: self.inner.s3.clone(),
+            }),
         }
     }
 
@@ -395,6 +409,56 @@ impl ObjectStore {
                     .await
                     .map_err(|e| s3_err("PutObject", &uri, &e))?;
                 Ok(())
+            }
+        }
+    }
+
+    /// Stores `data` under `key` only if no object has that key: `Ok(true)` when this call
+    /// created it, `Ok(false)` when an object was already there (left untouched). Atomic
+    /// against other writers of the same key (see the module contract).
+    pub async fn put_if_absent(&self, key: &str, data: Bytes) -> Result<bool> {
+        self.check_writable(key)?;
+        let uri = self.uri(key);
+        tracing::debug!(%uri, len = data.len(), "storage put_if_absent");
+        match &self.inner.backend {
+            Backend::Local { root } => {
+                let path = local_path(root, key);
+                let err_uri = uri.clone();
+                blocking(&uri, move || {
+                    create_new_atomic(&path, |file| io::Write::write_all(file, &data))
+                        .map_err(|source| io_err(&err_uri, source))
+                })
+                .await
+            }
+            Backend::S3 {
+                client,
+                bucket,
+                prefix,
+            } => {
+                let full = full_key(prefix, key);
+                let mut conflicts = 0;
+                loop {
+                    let sent = client
+                        .put_object()
+                        .bucket(bucket)
+                        .key(&full)
+                        .if_none_match("*")
+                        .body(ByteStream::from(data.clone()))
+                        .send()
+                        .await;
+                    match sent {
+                        Ok(_) => return Ok(true),
+                        Err(e) if is_precondition_failed(&e) => return Ok(false),
+                        // 409 ConditionalRequestConflict: another conditional write of this
+                        // key was in progress; AWS asks to retry, which then gets 200 or 412.
+                        Err(e) if status_of(&e) == Some(409) && conflicts < 5 => {
+                            conflicts += 1;
+                            tokio::time::sleep(std::time::Duration::from_millis(50 * conflicts))
+                                .await;
+                        }
+                        Err(e) => return Err(s3_err("PutObject (If-None-Match)", &uri, &e)),
+                    }
+                }
             }
         }
     }
@@ -596,6 +660,26 @@ impl ObjectStore {
         self.get_file(key, dest).await
     }
 
+    /// Opens `location` with this store's S3 settings, sharing its client when both are on
+    /// S3: for locations recorded in storage itself (a claim naming a savepoint).
+    pub async fn open_related(&self, location: &Location) -> Result<ObjectStore> {
+        let backend = match (location, &self.inner.backend) {
+            (Location::S3 { bucket, prefix }, Backend::S3 { client, .. }) => Backend::S3 {
+                client: client.clone(),
+                bucket: bucket.clone(),
+                prefix: prefix.clone(),
+            },
+            _ => return ObjectStore::open(location, &self.inner.s3).await,
+        };
+        Ok(ObjectStore {
+            inner: Arc::new(Inner {
+                location: location.clone(),
+                backend,
+                s3: self.inner.s3.clone(),
+            }),
+        })
+    }
+
     /// The store one folder up, sharing the client; `None` at a bucket or filesystem root.
     pub fn parent(&self) -> Option<ObjectStore> {
         let (location, backend) = match (&self.inner.location, &self.inner.backend) {
@@ -632,7 +716,11 @@ impl ObjectStore {
             _ => unreachable!("a store's location and backend are of the same kind"),
         };
         Some(ObjectStore {
-            inner: Arc::new(Inner { location, backend }),
+            inner: Arc::new(Inner {
+                location,
+                backend,
+                s3: self.inner.s3.clone(),
+            }),
         })
     }
 
@@ -971,6 +1059,12 @@ fn is_missing_object<E: ProvideErrorMetadata>(err: &SdkError<E, HttpResponse>) -
     }
 }
 
+/// 412: a conditional request's precondition (here `If-None-Match: *`) did not hold.
+fn is_precondition_failed<E: ProvideErrorMetadata>(err: &SdkError<E, HttpResponse>) -> bool {
+    err.as_service_error().and_then(|e| e.code()) == Some("PreconditionFailed")
+        || (matches!(err, SdkError::ServiceError(_)) && status_of(err) == Some(412))
+}
+
 fn is_invalid_range<E: ProvideErrorMetadata>(err: &SdkError<E, HttpResponse>) -> bool {
     err.as_service_error().and_then(|e| e.code()) == Some("InvalidRange")
         || (matches!(err, SdkError::ServiceError(_)) && status_of(err) == Some(416))
@@ -1303,6 +1397,34 @@ fn write_atomic(dst: &Path, write: impl FnOnce(&mut File) -> io::Result<()>) -> 
     result
 }
 
+/// Creates `dst` with the content `write` produces, only if `dst` does not exist: the data goes
+/// to a synced temp file that is then hard-linked to `dst` (`link` refuses an existing name,
+/// atomically, where `rename` would replace it). `Ok(false)` when `dst` already existed.
+fn create_new_atomic(
+    dst: &Path,
+    write: impl FnOnce(&mut File) -> io::Result<()>,
+) -> io::Result<bool> {
+    let dir = dst
+        .parent()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no parent directory"))?;
+    fs::create_dir_all(dir)?;
+    let tmp = dir.join(temp_name());
+    let result = (|| {
+        let mut file = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
+        write(&mut file)?;
+        file.sync_all()?;
+        drop(file);
+        match fs::hard_link(&tmp, dst) {
+            Ok(()) => sync_dir(dir).map(|()| true),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(false),
+            Err(e) => Err(e),
+        }
+    })();
+    // The temp name goes in every case: after a successful link `dst` holds the data.
+    let _ = fs::remove_file(&tmp);
+    result
+}
+
 /// Hard-links `src` to `dst` atomically (link under a temp name, rename over `dst`) and makes
 /// it durable: the data (a no-op when the writer already synced it) and the directory entry.
 fn link_atomic(src: &Path, dst: &Path) -> io::Result<()> {
@@ -1581,6 +1703,33 @@ mod tests {
             store.uri("a/b/c.bin"),
             format!("file://{}/a/b/c.bin", dir.path().display())
         );
+    }
+
+    #[tokio::test]
+    async fn local_put_if_absent_creates_once_and_never_replaces() {
+        let (dir, store) = local_store().await;
+        let first = store.put_if_absent("chk-1/_metadata", Bytes::from_static(b"mine"));
+        assert!(first.await.expect("first create"));
+        let second = store.put_if_absent("chk-1/_metadata", Bytes::from_static(b"theirs"));
+        assert!(!second.await.expect("second create"), "the key exists");
+        assert_eq!(store.get("chk-1/_metadata").await.expect("get"), "mine");
+        assert_eq!(all_files(dir.path()), vec!["chk-1/_metadata".to_string()]);
+
+        // Many writers at once: exactly one creates the key.
+        let racers = (0..16).map(|i| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                store
+                    .put_if_absent("chk-2/_metadata", Bytes::from(format!("writer {i}")))
+                    .await
+                    .expect("create")
+            })
+        });
+        let mut created = 0;
+        for racer in racers {
+            created += usize::from(racer.await.expect("join"));
+        }
+        assert_eq!(created, 1);
     }
 
     #[tokio::test]

@@ -356,3 +356,27 @@ async fn s3_options_from_document() {
     );
     assert!(serde_json::from_str::<S3Options>(r#"{"staticCredentials":["a","b"]}"#).is_err());
 }
+
+/// Checkpoint fencing rests on this: `If-None-Match: *` makes PutObject create-only, and the
+/// server (s3s-fs here, AWS S3 and MinIO in production) answers 412 when the key exists.
+#[tokio::test]
+async fn s3_put_if_absent_creates_once_and_never_replaces() {
+    let server = S3Server::start();
+    server.create_bucket(BUCKET);
+    let store = open(&server, &format!("s3://{BUCKET}/checkpoints/job")).await;
+
+    let first = store.put_if_absent("chk-7/_metadata", Bytes::from_static(b"first"));
+    assert!(first.await.expect("create"), "the key was free");
+    let second = store.put_if_absent("chk-7/_metadata", Bytes::from_static(b"second"));
+    assert!(!second.await.expect("second create"), "the key exists");
+    assert_eq!(store.get("chk-7/_metadata").await.expect("get"), "first");
+
+    // Also when the existing object was written without a condition.
+    store
+        .put("chk-8/_metadata", Bytes::from_static(b"plain"))
+        .await
+        .expect("put");
+    let over = store.put_if_absent("chk-8/_metadata", Bytes::from_static(b"other"));
+    assert!(!over.await.expect("create over a plain put"));
+    assert_eq!(store.get("chk-8/_metadata").await.expect("get"), "plain");
+}
