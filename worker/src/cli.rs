@@ -13,6 +13,7 @@ use crate::cluster::taskmanager::{TaskManagerOptions, run_task_manager};
 use crate::jobs::JobRegistry;
 use crate::runtime::job::JobHandle;
 use crate::runtime::local::{JobEnd, LocalOptions, run_local};
+use crate::runtime::shutdown;
 use crate::spec::{JobDocument, RestoreSource};
 
 #[derive(Debug, Parser)]
@@ -224,6 +225,7 @@ pub fn main_with(registry: JobRegistry) -> anyhow::Result<()> {
                 anyhow::bail!("--slots must be at least 1");
             }
             let runtime = io_runtime()?;
+            shutdown::install(runtime.handle())?;
             if let Some(addr) = metrics_addr {
                 let bound = runtime.block_on(crate::metrics::serve(addr))?;
                 tracing::info!(%bound, "serving metrics at http://{bound}/metrics");
@@ -236,8 +238,13 @@ pub fn main_with(registry: JobRegistry) -> anyhow::Result<()> {
                 work_dir: work_dir.unwrap_or_else(|| std::env::temp_dir().join("weir")),
                 heartbeat: heartbeat.heartbeat(),
             };
-            run_task_manager(options, registry, runtime.handle().clone())?;
-            Ok(())
+            match run_task_manager(options, registry, runtime.handle().clone()) {
+                Err(crate::Error::Terminated { signal }) => {
+                    tracing::info!(elapsed = ?shutdown::since_request(), "TaskManager stopped after {signal}");
+                    Ok(())
+                }
+                result => Ok(result?),
+            }
         }
         Command::NexmarkGen { count, shards, out } => {
             if shards == 0 {
@@ -276,6 +283,7 @@ pub fn main_with(registry: JobRegistry) -> anyhow::Result<()> {
             let doc = load_document(&job, parallelism, restore)?;
             let built = registry.build(doc.clone())?;
             let runtime = io_runtime()?;
+            shutdown::install(runtime.handle())?;
             if let Some(addr) = metrics_addr {
                 let bound = runtime.block_on(crate::metrics::serve(addr))?;
                 tracing::info!(%bound, "serving metrics at http://{bound}/metrics");
@@ -306,9 +314,17 @@ pub fn main_with(registry: JobRegistry) -> anyhow::Result<()> {
             if let Some(monitor) = &built.monitor {
                 monitor.ended(&job_handle, started.elapsed());
             }
+            if let Err(crate::Error::Terminated { signal }) = &result {
+                println!(
+                    "job {} stopped by {signal} after {:.1?}; restart it to continue from its latest checkpoint",
+                    doc.job_id(),
+                    started.elapsed()
+                );
+                return Ok(());
+            }
             if rest_addr.is_some() && !linger.is_zero() {
                 tracing::info!(state = ?job_handle.overview().state, ?linger, "job ended; REST API stays up");
-                std::thread::sleep(linger);
+                let _ = shutdown::sleep(linger);
             }
             let outcome = result?;
             match &outcome.end {
@@ -356,6 +372,7 @@ fn run_jobmanager(
 ) -> anyhow::Result<()> {
     let built = registry.build(doc.clone())?;
     let runtime = io_runtime()?;
+    shutdown::install(runtime.handle())?;
     let (job_handle, commands) = JobHandle::new(&doc);
     let bound = runtime.block_on(crate::rest::serve(rest_addr, job_handle.clone()))?;
     tracing::info!(%bound, "serving the REST API at http://{bound}/v1/jobs");
@@ -372,6 +389,15 @@ fn run_jobmanager(
         Ok(outcome) => {
             tracing::info!(end = ?outcome.end, restarts = outcome.restarts, "job ended")
         }
+        // Neither is the job's end: it goes on under the next JobManager.
+        Err(crate::Error::Terminated { signal }) => {
+            tracing::info!(elapsed = ?shutdown::since_request(), "JobManager stopped after {signal}");
+            return Ok(());
+        }
+        Err(e @ crate::Error::Fenced { .. }) => {
+            tracing::error!(error = %e, "JobManager fenced; exiting");
+            anyhow::bail!("{e}");
+        }
         Err(e) => tracing::error!(error = %e, "job failed"),
     }
     if exit_when_done {
@@ -381,9 +407,11 @@ fn run_jobmanager(
     // The operator (or a user) reads the final state and savepoint from the REST API; a
     // JobManager that exited would be restarted by Kubernetes and run the job again.
     tracing::info!(state = ?job_handle.overview().state, "job ended; the REST API stays up until this process is stopped");
-    loop {
-        std::thread::park();
+    while shutdown::requested().is_none() {
+        std::thread::sleep(std::time::Duration::from_millis(100));
     }
+    tracing::info!("JobManager stopped");
+    Ok(())
 }
 
 fn init_tracing() {

@@ -63,6 +63,22 @@ pub enum Error {
         reason: String,
     },
 
+    /// Another JobManager wrote `chk-<checkpoint_id>/_metadata` first: it took the job over.
+    /// This JobManager must not complete, commit or clean up anything any more; it stops.
+    #[error(
+        "fenced: another JobManager {what} checkpoint id {checkpoint_id} first ({object}); this JobManager stops without completing or committing anything"
+    )]
+    Fenced {
+        checkpoint_id: u64,
+        /// What the winner did with the id, e.g. "completed" or "claimed (takeover)".
+        what: String,
+        object: String,
+    },
+
+    /// The process received SIGTERM or SIGINT and stopped coordinating.
+    #[error("stopped by {signal}")]
+    Terminated { signal: &'static str },
+
     /// The restart strategy gave up; `cause` is the last failure.
     #[error("job failed after {restarts} restarts: {cause}")]
     JobFailed { restarts: u32, cause: String },
@@ -87,7 +103,9 @@ impl Error {
             Error::InvalidSpec { .. }
             | Error::UnknownJob { .. }
             | Error::CorruptCheckpoint { .. }
-            | Error::MalformedRecord { .. } => false,
+            | Error::MalformedRecord { .. }
+            | Error::Fenced { .. }
+            | Error::Terminated { .. } => false,
             Error::Remote { recoverable, .. } => *recoverable,
             _ => true,
         }

@@ -58,6 +58,12 @@ impl Cluster {
     }
 
     fn start_jobmanager(&mut self, extra: &[&str]) {
+        self.start_named_jobmanager(extra, None);
+    }
+
+    /// Like `start_jobmanager`, with `HOSTNAME` set so its claims and checkpoints name it
+    /// (`<name>@<start time>` in `_metadata`).
+    fn start_named_jobmanager(&mut self, extra: &[&str], name: Option<&str>) {
         let rpc = format!("127.0.0.1:{}", self.rpc_port);
         let rest = format!("127.0.0.1:{}", self.rest_port);
         let job = self.job.display().to_string();
@@ -77,8 +83,19 @@ impl Cluster {
         let log = self
             .dir
             .join(format!("jobmanager-{}.log", self.jobmanager_logs.len()));
-        self.jobmanager = Some(spawn_worker(&args, &self.env, &log));
+        let mut env = self.env.clone();
+        if let Some(name) = name {
+            env.push(("HOSTNAME".into(), name.into()));
+        }
+        self.jobmanager = Some(spawn_worker(&args, &env, &log));
         self.jobmanager_logs.push(log);
+    }
+
+    /// JobManagers and TaskManagers started from now on use new ports: a second JobManager
+    /// beside a paused one, with TaskManagers of its own.
+    fn use_new_ports(&mut self) {
+        self.rpc_port = free_port();
+        self.rest_port = free_port();
     }
 
     fn start_taskmanager(&mut self, index: usize, slots: u32) {
@@ -205,6 +222,56 @@ fn wait_for_new_checkpoints(s3: &S3Server, n: u64) {
         &format!("{n} new checkpoints after chk-{before}"),
         || latest_checkpoint(s3) >= before + n,
     );
+}
+
+fn job_dir(s3: &S3Server) -> PathBuf {
+    s3.bucket_path("weir").join("checkpoints/seq")
+}
+
+/// Ids of `chk-<n>/_metadata` (checkpoints and claims) written by the JobManager `name`.
+fn written_by(s3: &S3Server, name: &str) -> std::collections::BTreeSet<u64> {
+    let needle = format!("\"jobManager\":\"{name}@");
+    metadata_entries(&job_dir(s3))
+        .into_iter()
+        .filter(|(_, text)| text.contains(&needle))
+        .map(|(id, _)| id)
+        .collect()
+}
+
+/// Waits (polling every millisecond) until `log` has more lines containing `needle` than
+/// `before`.
+fn wait_for_more(log: &Path, needle: &str, before: usize, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let count = std::fs::read_to_string(log)
+            .unwrap_or_default()
+            .matches(needle)
+            .count();
+        if count > before {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {needle:?}"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// Waits for `child` to exit; returns its status and how long it took.
+fn wait_for_exit(child: &mut Child, timeout: Duration) -> (std::process::ExitStatus, Duration) {
+    let started = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().expect("poll child") {
+            return (status, started.elapsed());
+        }
+        assert!(
+            started.elapsed() < timeout,
+            "process {} still running after {timeout:?}",
+            child.id()
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
 }
 
 fn verify_output(s3: &S3Server, events_per_key: u64, what: &str) {
@@ -433,4 +500,163 @@ fn the_jobmanager_reports_the_slots_it_waits_for() {
     wait_until(Duration::from_secs(30), "the job to be cancelled", || {
         http(cluster.rest_port, "GET", "/v1/jobs/seq", None).1["state"] == "CANCELED"
     });
+}
+
+/// Two JobManagers at once (Kubernetes starts the replacement while the old pod terminates; a
+/// paused or partitioned JobManager resumes later): the newer one fences the older through
+/// checkpoint storage, so the old one completes nothing and commits nothing after the takeover.
+#[test]
+fn a_paused_jobmanager_is_fenced_by_its_successor_and_completes_nothing() {
+    let s3 = S3Server::start();
+    s3.create_bucket("weir");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let events_per_key = 8_000;
+    let job = sequence_job(dir.path(), &s3.endpoint, events_per_key, 3_000);
+    let mut cluster = Cluster::new(dir.path(), job, s3.env());
+    cluster.start_named_jobmanager(&["--exit-when-done"], Some("jm-a"));
+    cluster.start_taskmanager(0, 1);
+    cluster.start_taskmanager(1, 1);
+    wait_for_new_checkpoints(&s3, 2);
+
+    // Pause A right after it triggers a checkpoint: its TaskManagers acknowledge into A's
+    // socket buffers, so A resumes holding a checkpoint it could complete.
+    let a_log = cluster.jobmanager_logs[0].clone();
+    let triggered = std::fs::read_to_string(&a_log)
+        .unwrap_or_default()
+        .matches("checkpoint triggered")
+        .count();
+    wait_for_more(
+        &a_log,
+        "checkpoint triggered",
+        triggered,
+        Duration::from_secs(30),
+    );
+    let mut a = cluster.jobmanager.take().expect("JobManager A");
+    signal(&a, "STOP");
+
+    // B: same job and storage, its own ports and TaskManagers.
+    cluster.use_new_ports();
+    cluster.start_named_jobmanager(&["--exit-when-done"], Some("jm-b"));
+    cluster.start_taskmanager(2, 1);
+    cluster.start_taskmanager(3, 1);
+    let b_log = cluster.jobmanager_logs[1].clone();
+    wait_for_more(&b_log, "took the job over", 0, Duration::from_secs(30));
+    let b_claim = *written_by(&s3, "jm-b").first().expect("B's takeover claim");
+    let a_before = written_by(&s3, "jm-a");
+    assert!(
+        a_before.iter().all(|&id| id < b_claim),
+        "A wrote only below B's claim {b_claim}: {a_before:?}"
+    );
+    wait_for_new_checkpoints(&s3, 2);
+
+    signal(&a, "CONT");
+    let (status, took) = wait_for_exit(&mut a, Duration::from_secs(60));
+    let a_text = std::fs::read_to_string(&a_log).expect("A's log");
+    assert!(!status.success(), "a fenced JobManager exits with an error");
+    assert!(
+        a_text.contains("fenced: another JobManager"),
+        "A says it was fenced:\n{a_text}"
+    );
+    let fenced_lines: Vec<&str> = a_text.lines().filter(|l| l.contains("fenced")).collect();
+    eprintln!(
+        "A exited {took:?} after SIGCONT:\n{}",
+        fenced_lines.join("\n")
+    );
+
+    cluster.wait_for_success(Duration::from_secs(120));
+    // Nothing of A's after B took over: every id from B's claim on is B's, and A's own ids
+    // are a subset of what it had written before (retention may have removed some).
+    let a_after = written_by(&s3, "jm-a");
+    assert!(
+        a_after.is_subset(&a_before),
+        "A wrote {:?} after B's takeover",
+        a_after.difference(&a_before).collect::<Vec<_>>()
+    );
+    let entries = metadata_entries(&job_dir(&s3));
+    for (id, text) in entries.range(b_claim..) {
+        assert!(
+            text.contains("\"jobManager\":\"jm-b@"),
+            "chk-{id}/_metadata is not B's: {text}"
+        );
+    }
+    verify_output(&s3, events_per_key, "after two JobManagers at once");
+}
+
+/// SIGTERM (a pod being deleted): a TaskManager running tasks cancels them and exits at once;
+/// the JobManager stops coordinating at once (no checkpoint triggered or completed, no commit
+/// after the signal) and exits in well under the 30 s grace period. A new JobManager then
+/// finishes the job exactly-once.
+#[test]
+fn sigterm_stops_a_taskmanager_and_the_jobmanager_at_once_without_completing_anything() {
+    let s3 = S3Server::start();
+    s3.create_bucket("weir");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let events_per_key = 8_000;
+    let job = sequence_job(dir.path(), &s3.endpoint, events_per_key, 3_000);
+    let mut cluster = Cluster::new(dir.path(), job, s3.env());
+    cluster.start_jobmanager(&["--exit-when-done"]);
+    cluster.start_taskmanager(0, 1);
+    cluster.start_taskmanager(1, 1);
+    wait_for_new_checkpoints(&s3, 2);
+    // A spare, so the job goes on without the TaskManager that is stopped.
+    cluster.start_taskmanager(2, 1);
+
+    // A TaskManager running tasks.
+    let mut tm = cluster.taskmanagers[0].take().expect("TaskManager 0");
+    signal(&tm, "TERM");
+    let (status, took) = wait_for_exit(&mut tm, Duration::from_secs(10));
+    eprintln!("TaskManager exited {took:?} after SIGTERM ({status})");
+    assert!(status.success(), "{status}");
+    assert!(took < Duration::from_secs(5), "exited after {took:?}");
+    let tm_log = std::fs::read_to_string(dir.path().join("taskmanager-0-0.log")).expect("log");
+    assert!(
+        tm_log.contains("TaskManager stopped after SIGTERM"),
+        "{tm_log}"
+    );
+    wait_for_new_checkpoints(&s3, 2);
+
+    // The JobManager, mid-run.
+    let mut jm = cluster.jobmanager.take().expect("JobManager");
+    signal(&jm, "TERM");
+    let signalled = metadata_entries(&job_dir(&s3));
+    let (status, took) = wait_for_exit(&mut jm, Duration::from_secs(10));
+    let log = std::fs::read_to_string(&cluster.jobmanager_logs[0]).expect("log");
+    eprintln!("JobManager exited {took:?} after SIGTERM ({status})");
+    assert!(status.success(), "a clean stop: {status}\n{log}");
+    assert!(took < Duration::from_secs(5), "exited after {took:?}");
+    let (before, after) = log
+        .split_once("received SIGTERM: publishing nothing more")
+        .unwrap_or_else(|| panic!("no SIGTERM line:\n{log}"));
+    assert!(
+        after.contains("JobManager stopped after SIGTERM"),
+        "{after}"
+    );
+    for quiet in ["checkpoint triggered", "checkpoint completed"] {
+        assert!(!after.contains(quiet), "{quiet:?} after SIGTERM:\n{after}");
+    }
+    // A `_metadata` that appeared after the signal was sent can only be the one write the
+    // JobManager let finish before acting on the signal: completed (and logged) before it.
+    std::thread::sleep(Duration::from_secs(1));
+    let completed_before: Vec<String> = before
+        .lines()
+        .filter(|l| l.contains("checkpoint completed"))
+        .filter_map(|l| {
+            l.split_whitespace()
+                .find_map(|f| f.strip_prefix("checkpoint_id="))
+                .map(str::to_string)
+        })
+        .collect();
+    for (id, _) in metadata_entries(&job_dir(&s3)) {
+        if !signalled.contains_key(&id) {
+            assert!(
+                completed_before.contains(&id.to_string()),
+                "chk-{id}/_metadata appeared after SIGTERM without being completed before it"
+            );
+        }
+    }
+
+    // The replacement finishes the job from the latest checkpoint, exactly-once.
+    cluster.start_jobmanager(&["--exit-when-done"]);
+    cluster.wait_for_success(Duration::from_secs(120));
+    verify_output(&s3, events_per_key, "after SIGTERM");
 }

@@ -83,6 +83,10 @@ pub struct SinkContext {
 pub struct RecoverContext {
     pub rt: tokio::runtime::Handle,
     pub doc: Arc<JobDocument>,
+    /// The checkpoint id the starting attempt claimed (`None` without checkpointing). Pending
+    /// output of checkpoints above it may be a newer JobManager's, in flight: recovery must
+    /// leave it alone (it discards only output of checkpoint ids up to this one).
+    pub claimed: Option<u64>,
 }
 
 /// A two-phase-commit sink (Flink's `TwoPhaseCommitSinkFunction`).
@@ -90,7 +94,7 @@ pub trait SinkFactory<T>: Send + Sync + 'static {
     fn create_writer(&self, ctx: &SinkContext) -> Result<Box<dyn SinkWriter<T>>>;
     /// Runs once before any task starts when restoring, with the pending commits of every
     /// old subtask: publish them (idempotently: the checkpoint is complete) and discard
-    /// anything newer that was never committed.
+    /// anything newer that was never committed, up to `ctx.claimed`.
     fn recover(&self, _pending: Vec<serde_json::Value>, _ctx: &RecoverContext) -> Result<()> {
         Ok(())
     }

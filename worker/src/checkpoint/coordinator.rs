@@ -1,16 +1,78 @@
 //! The checkpoint coordinator: triggers checkpoints, collects every task's acknowledgement,
-//! writes `_metadata` last, and applies retention. The local executor drives it today and the
-//! JobManager will drive the same type; it does no task I/O itself, only storage I/O.
+//! writes `_metadata` last, and applies retention. Local mode and the JobManager drive the same
+//! type; it does no task I/O itself, only storage I/O.
 //!
 //! At most one checkpoint is in flight. A checkpoint that times out or is declined counts as
 //! a failure; more than `tolerableFailures` in a row fail the job (it then restarts from the
 //! latest completed checkpoint).
+//!
+//! # Fencing: every checkpoint id is written once, in order, create-only
+//!
+//! Two JobManagers of one job can be alive at once: Kubernetes starts the replacement while
+//! the old pod terminates, and a paused (SIGSTOP, a stalled VM) or partitioned JobManager may
+//! resume at any time later. The only thing both share is checkpoint storage, so that is where
+//! the newer one fences the older one. The rules:
+//!
+//! 1. Every id `n` ends up with exactly one `chk-<n>/_metadata`, written create-only
+//!    (`ObjectStore::put_if_absent`: S3 `If-None-Match: *`, locally a hard link): a completed
+//!    checkpoint, or a claim (`metadata::IdClaim`) saying what else the id was used for: an
+//!    attempt start (`takeover`, `restart`), a checkpoint that failed, a savepoint stored
+//!    elsewhere. Each claim names the job's state as of its id (`restoreFrom`).
+//! 2. A JobManager writes id `n + 1` only after it wrote `n` itself; its first write (the
+//!    takeover claim) goes to one past the newest `_metadata` in storage, and it restores from
+//!    the state as of that newest entry. A checkpoint is triggered with id `last written + 1`;
+//!    when one fails, its id is written (a `failed` claim) before the next is triggered; a new
+//!    attempt of the same JobManager first claims the next id (`restart`), which also settles
+//!    a checkpoint the old attempt left in flight.
+//! 3. Losing a create-only write means another JobManager wrote that id: this one is
+//!    **fenced** (`Error::Fenced`). It does not send the completion (so its sinks never commit
+//!    that checkpoint), deletes nothing, and the process exits.
+//!
+//! So after B's takeover claim at `h + 1` succeeded, every other JobManager's next write is at
+//! some id `<= h + 1`, all of which exist: each of them is fenced at its next write, whatever
+//! that write is (completing, settling a failure, restarting), and a JobManager cannot publish
+//! anything without a write first. The interleavings, for A (old) and B (new), A's latest
+//! completed checkpoint `n`:
+//!
+//! - **A completes `n + 1` before B surveys storage**: B restores from `n + 1` and claims
+//!   `n + 2`. A's commit of `n + 1` and B's recovery of `n + 1`'s pending sink output publish
+//!   the same parts; publishing is idempotent, so output is exactly-once.
+//! - **A's write of `n + 1` and B's takeover claim race**: exactly one creates
+//!   `chk-<n+1>/_metadata`. If A wins, B surveys again (restores `n + 1`, claims `n + 2`). If B
+//!   wins, A is fenced and never commits `n + 1`; B restored `n`, and its sink recovery discards
+//!   the parts A pre-committed for `n + 1`, which nobody will ever commit.
+//! - **A resumes after B moved on** (A paused with all acknowledgements of `n + 1` in its socket
+//!   buffers): A's create of `chk-<n+1>/_metadata` fails on B's claim. A checkpoint id
+//!   triggered before several failures does not help A: the failed ids were written too.
+//! - **A stalls between its survey and its claim**: its claim goes to an id B already wrote
+//!   (fenced), or, if retention deleted that id meanwhile, into a hole: A then sees newer ids
+//!   after its claim (`verify_newest`) and is fenced before it restores or deletes anything.
+//! - **Pending sink parts and shared files of the loser**: cleanup at an attempt start (sink
+//!   recovery, orphaned shared files) deletes only what belongs to checkpoint ids or attempts
+//!   at or below the attempt's own claim: nothing of a newer JobManager, whose files all carry
+//!   higher ids (`checkpoint::attempt_id`), even when the older one runs its cleanup late.
+//! - **Retention deleting files**: retention deletes `_metadata` of ids below the oldest
+//!   retained checkpoint, which opens holes in the id sequence. A hole is harmless unless some
+//!   JobManager's *next* id lands in it. The id after a JobManager's last write is either free
+//!   (it is the newest writer) or was taken by the first write of another JobManager that
+//!   took over, a `takeover` claim: so retention keeps takeover claims (one small object per
+//!   JobManager start) and deletes everything else in their directories.
+//! - **Two JobManagers alive for good** (two Deployments by mistake): each start takes the job
+//!   over and fences the other; output stays exactly-once, the job flaps.
+//!
+//! The guarantee is as strong as the store's create-only write: atomic on AWS S3 and MinIO and
+//! on a local filesystem (`link`); the s3s-fs test server checks and writes in two steps, so
+//! only writes racing within the same instant could both win there (none of the test
+//! scenarios depends on that).
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use super::metadata::{CheckpointMetadata, OperatorSnapshot, SnapshotKind, SubtaskState};
-use super::{checkpoint_dir_name, list_checkpoints};
+use super::metadata::{
+    CheckpointMetadata, ClaimReason, IdClaim, MetadataEntry, OperatorSnapshot, SnapshotKind,
+    SubtaskState,
+};
+use super::{RestorePoint, checkpoint_dir_name, list_checkpoints, read_entry};
 use crate::error::{Error, Result};
 use crate::runtime::{Barrier, SavepointTarget, TaskId};
 use crate::spec::CheckpointConfig;
@@ -41,59 +103,237 @@ struct PendingCheckpoint {
     acks: HashMap<TaskId, Vec<(String, SubtaskState)>>,
 }
 
+/// What a `chk-<n>/_metadata` holds, as far as retention needs to know.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum EntryKind {
+    Checkpoint,
+    /// Kept for good (see the module docs).
+    Takeover,
+    /// Any other claim: deleted like an expired checkpoint.
+    Claim,
+}
+
+impl EntryKind {
+    fn of(entry: &MetadataEntry) -> EntryKind {
+        match entry {
+            MetadataEntry::Checkpoint(_) => EntryKind::Checkpoint,
+            MetadataEntry::Claim(IdClaim {
+                reason: ClaimReason::Takeover,
+                ..
+            }) => EntryKind::Takeover,
+            MetadataEntry::Claim(_) => EntryKind::Claim,
+        }
+    }
+}
+
+/// Where a JobManager taking the job over writes first, and the job's state there.
+#[derive(Debug)]
+pub struct Survey {
+    /// One past the newest `_metadata` in storage.
+    pub next_id: u64,
+    /// The state as of the newest `_metadata`: that checkpoint, or what the claim names.
+    pub latest: Option<RestorePoint>,
+}
+
 pub struct CheckpointCoordinator {
     job_store: ObjectStore,
     config: CheckpointConfig,
     job_id: String,
+    /// Written into claims: which JobManager took an id.
+    job_manager: String,
     parallelism: u32,
     max_parallelism: u32,
     expected_tasks: usize,
+    /// The id this JobManager wrote last, claim or checkpoint; the only one it may write next
+    /// is the one after. `None` until it took the job over.
+    last_written: Option<u64>,
+    /// The job's state as of `last_written` (a checkpoint or savepoint URI; `None`: empty).
+    state_uri: Option<String>,
     next_checkpoint_id: u64,
     pending: Option<PendingCheckpoint>,
+    /// A checkpoint that failed and whose id is not written yet (id, why): nothing is triggered
+    /// until it is (`settle`).
+    unsettled: Option<(u64, String)>,
     consecutive_failures: u32,
     latest: Option<CompletedCheckpoint>,
     history: VecDeque<CheckpointInfo>,
     counts: CheckpointCounts,
+    /// What the `_metadata` of each id holds, as far as known: spares retention re-reading.
+    kinds: BTreeMap<u64, EntryKind>,
 }
 
 impl CheckpointCoordinator {
-    /// `job_store` is rooted at `<storage>/<jobId>`. Ids continue after every `chk-<n>` already
-    /// there, complete or not, so an aborted attempt's leftovers are never overwritten.
-    pub async fn new(
+    /// `job_store` is rooted at `<storage>/<jobId>`; `job_manager` names this JobManager in the
+    /// claims it writes. Nothing is read or written until
+    /// [`claim_takeover`](Self::claim_takeover).
+    pub fn new(
         job_store: ObjectStore,
         config: CheckpointConfig,
         job_id: &str,
+        job_manager: &str,
         parallelism: u32,
         max_parallelism: u32,
-        expected_tasks: usize,
-    ) -> Result<Self> {
-        let next_checkpoint_id = list_checkpoints(&job_store)
-            .await?
-            .last()
-            .map_or(1, |(id, _)| id + 1);
-        Ok(CheckpointCoordinator {
+    ) -> Self {
+        CheckpointCoordinator {
             job_store,
             config,
             job_id: job_id.to_string(),
+            job_manager: job_manager.to_string(),
             parallelism,
             max_parallelism,
-            expected_tasks,
-            next_checkpoint_id,
+            expected_tasks: 0,
+            last_written: None,
+            state_uri: None,
+            next_checkpoint_id: 1,
             pending: None,
+            unsettled: None,
             consecutive_failures: 0,
             latest: None,
             history: VecDeque::new(),
             counts: CheckpointCounts::default(),
+            kinds: BTreeMap::new(),
+        }
+    }
+
+    /// Reads where a takeover would write and the job's state there.
+    pub async fn survey(&self) -> Result<Survey> {
+        let newest = list_checkpoints(&self.job_store)
+            .await?
+            .into_iter()
+            .rev()
+            .find(|(_, has_metadata)| *has_metadata)
+            .map(|(id, _)| id);
+        let Some(newest) = newest else {
+            return Ok(Survey {
+                next_id: 1,
+                latest: None,
+            });
+        };
+        let latest =
+            RestorePoint::resolve(self.job_store.child(&checkpoint_dir_name(newest))).await?;
+        Ok(Survey {
+            next_id: newest + 1,
+            latest,
         })
     }
 
-    /// A new attempt starts with `tasks` tasks: whatever was in flight belonged to the old one.
-    pub fn start_attempt(&mut self, tasks: usize) {
-        if self.pending.is_some() {
-            // Restarts do not count against the checkpoint failure tolerance.
-            let _ = self.fail_pending("the job restarted");
-            self.consecutive_failures = 0;
+    /// Takes the job over by writing a `takeover` claim at `id` (from [`survey`]), naming
+    /// `restore_from` as the state there. `Ok(false)` when another JobManager wrote that id
+    /// first: survey again. `Error::Fenced` when newer ids exist above the claim (this
+    /// JobManager stalled between survey and claim while the job moved on).
+    ///
+    /// [`survey`]: Self::survey
+    pub async fn claim_takeover(&mut self, id: u64, restore_from: Option<String>) -> Result<bool> {
+        if !self
+            .write_claim(id, ClaimReason::Takeover, &restore_from)
+            .await?
+        {
+            return Ok(false);
         }
+        self.kinds.insert(id, EntryKind::Takeover);
+        self.verify_newest(id).await?;
+        self.took(id, restore_from);
+        tracing::info!(checkpoint_id = id, job_manager = %self.job_manager, "took the job over: claimed checkpoint id {id}");
+        Ok(true)
+    }
+
+    /// A new attempt of this JobManager: claims the id after the last one it wrote, which also
+    /// settles a checkpoint the previous attempt left in flight or failed. The job's state
+    /// stays what it was. `Error::Fenced` when another JobManager took that id.
+    pub async fn claim_restart(&mut self) -> Result<u64> {
+        let Some(last) = self.last_written else {
+            return Err(Error::CheckpointFailed {
+                checkpoint_id: 0,
+                reason: "a restart claim before the takeover".into(),
+            });
+        };
+        let id = last + 1;
+        if let Some(pending) = self.pending.take() {
+            self.record_failed(pending.barrier.checkpoint_id, "the job restarted");
+        }
+        self.unsettled = None;
+        let state = self.state_uri.clone();
+        if !self.write_claim(id, ClaimReason::Restart, &state).await? {
+            return Err(self.fenced(id).await);
+        }
+        self.kinds.insert(id, EntryKind::Claim);
+        self.took(id, state);
+        Ok(id)
+    }
+
+    /// The job's state as of the last id this JobManager wrote.
+    pub fn state_uri(&self) -> Option<&str> {
+        self.state_uri.as_deref()
+    }
+
+    /// The id of this JobManager's latest claim or checkpoint.
+    pub fn last_written(&self) -> Option<u64> {
+        self.last_written
+    }
+
+    fn took(&mut self, id: u64, state: Option<String>) {
+        self.last_written = Some(id);
+        self.next_checkpoint_id = id + 1;
+        self.state_uri = state;
+    }
+
+    /// Writes a claim for `id` create-only; false when the id is taken.
+    async fn write_claim(
+        &self,
+        id: u64,
+        reason: ClaimReason,
+        restore_from: &Option<String>,
+    ) -> Result<bool> {
+        let claim = IdClaim {
+            job_id: self.job_id.clone(),
+            checkpoint_id: id,
+            job_manager: self.job_manager.clone(),
+            reason,
+            timestamp_ms: now_ms(),
+            restore_from: restore_from.clone(),
+        };
+        let store = self.job_store.child(&checkpoint_dir_name(id));
+        Ok(store
+            .put_if_absent(super::metadata::METADATA_OBJECT, claim.encode()?.into())
+            .await?)
+    }
+
+    /// `Error::Fenced` if any id above `claimed` has `_metadata`.
+    async fn verify_newest(&self, claimed: u64) -> Result<()> {
+        let newer = list_checkpoints(&self.job_store)
+            .await?
+            .into_iter()
+            .filter(|(id, has_metadata)| *has_metadata && *id > claimed)
+            .map(|(id, _)| id)
+            .max();
+        match newer {
+            Some(id) => Err(self.fenced(id).await),
+            None => Ok(()),
+        }
+    }
+
+    /// The error for losing id `id` to another JobManager, saying what it wrote there.
+    async fn fenced(&self, id: u64) -> Error {
+        let store = self.job_store.child(&checkpoint_dir_name(id));
+        let what = match read_entry(&self.job_store, id).await {
+            Ok(Some(MetadataEntry::Checkpoint(_))) => "completed".to_string(),
+            Ok(Some(MetadataEntry::Claim(claim))) => {
+                format!(
+                    "claimed ({}, JobManager {})",
+                    claim.reason, claim.job_manager
+                )
+            }
+            _ => "wrote".to_string(),
+        };
+        Error::Fenced {
+            checkpoint_id: id,
+            what,
+            object: store.uri(super::metadata::METADATA_OBJECT),
+        }
+    }
+
+    /// A new attempt starts with `tasks` tasks (after its claim).
+    pub fn start_attempt(&mut self, tasks: usize) {
         self.expected_tasks = tasks;
     }
 
@@ -126,7 +366,12 @@ impl CheckpointCoordinator {
     }
 
     fn start(&mut self, savepoint: Option<SavepointTarget>) -> Option<Barrier> {
-        if self.pending.is_some() {
+        // Ids are written in order: nothing new before the takeover, while one is in flight,
+        // or while a failed one is not written yet.
+        if self.pending.is_some()
+            || self.unsettled.is_some()
+            || self.last_written.map(|l| l + 1) != Some(self.next_checkpoint_id)
+        {
             return None;
         }
         let barrier = Barrier {
@@ -221,12 +466,23 @@ impl CheckpointCoordinator {
             .map(|p| p.barrier.checkpoint_id)
     }
 
-    /// Abandons the pending checkpoint. Errors once failures exceed the tolerance.
+    /// Abandons the pending checkpoint. Its id must be written (a `failed` claim, [`settle`])
+    /// before the next checkpoint. Errors once failures exceed the tolerance.
+    ///
+    /// [`settle`]: Self::settle
     pub fn fail_pending(&mut self, reason: &str) -> Result<()> {
         let Some(pending) = self.pending.take() else {
             return Ok(());
         };
         let checkpoint_id = pending.barrier.checkpoint_id;
+        self.unsettled = Some((checkpoint_id, reason.to_string()));
+        self.record_failed(checkpoint_id, reason);
+        self.count_failure(checkpoint_id, reason)
+    }
+
+    /// Counts a failure towards the tolerance (also a failed write of a failed checkpoint's
+    /// id).
+    pub fn count_failure(&mut self, checkpoint_id: u64, reason: &str) -> Result<()> {
         self.consecutive_failures += 1;
         tracing::warn!(
             checkpoint_id,
@@ -247,8 +503,47 @@ impl CheckpointCoordinator {
         Ok(())
     }
 
-    /// Writes `_metadata` for the fully acknowledged checkpoint, making it exist. On error
-    /// the checkpoint counts as failed and the caller decides via [`fail_pending`].
+    fn record_failed(&mut self, checkpoint_id: u64, reason: &str) {
+        self.counts.in_progress = 0;
+        self.counts.failed += 1;
+        self.update_history(checkpoint_id, |e| {
+            e.status = OperationStatus::Failed;
+            e.failure = Some(reason.to_string());
+        });
+    }
+
+    /// The failed checkpoint whose id still has to be written before the next trigger.
+    pub fn unsettled_id(&self) -> Option<u64> {
+        self.unsettled.as_ref().map(|(id, _)| *id)
+    }
+
+    /// Writes the `failed` claim of the checkpoint that failed last, so the next one can be
+    /// triggered. `Error::Fenced` when another JobManager took the id; a storage error leaves
+    /// it to be retried.
+    pub async fn settle(&mut self) -> Result<()> {
+        let Some((id, reason)) = self.unsettled.clone() else {
+            return Ok(());
+        };
+        let state = self.state_uri.clone();
+        if !self
+            .write_claim(id, ClaimReason::Failed { reason }, &state)
+            .await?
+        {
+            return Err(self.fenced(id).await);
+        }
+        self.kinds.insert(id, EntryKind::Claim);
+        self.unsettled = None;
+        self.took(id, state);
+        Ok(())
+    }
+
+    /// Writes `_metadata` for the fully acknowledged checkpoint, create-only, making it exist.
+    /// `Error::Fenced` when another JobManager wrote that id first: the caller must then not
+    /// send the completion (no sink commits it). On other errors the checkpoint counts as
+    /// failed and the caller decides via [`fail_pending`](Self::fail_pending).
+    ///
+    /// A savepoint's `_metadata` goes into its own directory; its id here gets a `savepoint`
+    /// claim, written after it (and before a stop-with-savepoint commits the sinks).
     pub async fn complete(&mut self) -> Result<CompletedCheckpoint> {
         let Some(pending) = self.pending.as_ref() else {
             return Err(Error::CheckpointFailed {
@@ -287,25 +582,72 @@ impl CheckpointCoordinator {
             parallelism: self.parallelism,
             max_parallelism: self.max_parallelism,
             operators,
+            job_manager: Some(self.job_manager.clone()),
         };
-        let checkpoint_store = match &pending.barrier.savepoint {
-            Some(savepoint) => savepoint.store.clone(),
-            None => self.job_store.child(&checkpoint_dir_name(checkpoint_id)),
+        let stops_job = pending.barrier.stops_job();
+        let savepoint = pending.barrier.savepoint.clone();
+        let triggered_at = pending.triggered_at;
+        let encoded = bytes::Bytes::from(metadata.encode()?);
+        let checkpoint_store = match savepoint {
+            Some(savepoint) => {
+                let store = savepoint.store.clone();
+                store.put(super::metadata::METADATA_OBJECT, encoded).await?;
+                let location = store.location().uri();
+                // A stop-with-savepoint commits the sinks: from then on the job's state is
+                // the savepoint. A plain savepoint is the user's, never a failover target.
+                let state = if stops_job {
+                    Some(location.clone())
+                } else {
+                    self.state_uri.clone()
+                };
+                let claimed = self
+                    .write_claim(
+                        checkpoint_id,
+                        ClaimReason::Savepoint {
+                            location: location.clone(),
+                        },
+                        &state,
+                    )
+                    .await;
+                if !matches!(claimed, Ok(true)) {
+                    // Never restore from it: once its id is not claimed as a savepoint, its
+                    // pending sink output may be discarded by the next attempt's recovery.
+                    if let Err(e) = store.delete(super::metadata::METADATA_OBJECT).await {
+                        tracing::warn!(savepoint = %location, error = %e, "could not remove a savepoint that did not complete; do not restore from it");
+                    }
+                    return Err(match claimed {
+                        Err(e) => e,
+                        Ok(_) => self.fenced(checkpoint_id).await,
+                    });
+                }
+                self.kinds.insert(checkpoint_id, EntryKind::Claim);
+                self.took(checkpoint_id, state);
+                store
+            }
+            None => {
+                let store = self.job_store.child(&checkpoint_dir_name(checkpoint_id));
+                if !store
+                    .put_if_absent(super::metadata::METADATA_OBJECT, encoded)
+                    .await?
+                {
+                    return Err(self.fenced(checkpoint_id).await);
+                }
+                self.kinds.insert(checkpoint_id, EntryKind::Checkpoint);
+                self.took(checkpoint_id, Some(store.location().uri()));
+                store
+            }
         };
-        checkpoint_store
-            .put(super::metadata::METADATA_OBJECT, metadata.encode()?.into())
-            .await?;
+        self.pending = None;
         let completed = CompletedCheckpoint {
             kind,
-            stops_job: pending.barrier.stops_job(),
+            stops_job,
             checkpoint_id,
             uri: checkpoint_store.location().uri(),
             state_size: metadata.state_size(),
             checkpointed_size: metadata.checkpointed_size(),
-            duration: pending.triggered_at.elapsed(),
+            duration: triggered_at.elapsed(),
             timestamp_ms: metadata.timestamp_ms,
         };
-        self.pending = None;
         self.counts.in_progress = 0;
         self.counts.completed += 1;
         self.update_history(checkpoint_id, |e| {
@@ -335,25 +677,56 @@ impl CheckpointCoordinator {
         Ok(completed)
     }
 
-    /// Deletes completed checkpoints beyond the newest `retained`, and aborted attempts older
-    /// than the newest completed one. A shared file (incremental checkpoints) goes with the
-    /// last retained checkpoint that refers to it: it is deleted when a checkpoint that
-    /// referred to it expires and no retained one does.
-    pub async fn apply_retention(&self) -> Result<()> {
+    /// What `_metadata` of `id` holds, read once and remembered.
+    async fn kind_of(&mut self, id: u64) -> Result<Option<EntryKind>> {
+        if let Some(kind) = self.kinds.get(&id) {
+            return Ok(Some(*kind));
+        }
+        let kind = read_entry(&self.job_store, id)
+            .await?
+            .map(|entry| EntryKind::of(&entry));
+        if let Some(kind) = kind {
+            self.kinds.insert(id, kind);
+        }
+        Ok(kind)
+    }
+
+    /// Deletes completed checkpoints beyond the newest `retained` and the claims older than
+    /// those (except takeover claims, see the module docs: only the files beside them go), and
+    /// aborted attempts older than the newest id written. A shared file (incremental
+    /// checkpoints) goes with the last retained checkpoint that refers to it: it is deleted
+    /// when a checkpoint that referred to it expires and no retained one does.
+    pub async fn apply_retention(&mut self) -> Result<()> {
         let all = list_checkpoints(&self.job_store).await?;
-        let completed: Vec<u64> = all.iter().filter(|(_, c)| *c).map(|(id, _)| *id).collect();
+        let mut entries = Vec::new();
+        for &(id, has_metadata) in &all {
+            if has_metadata && let Some(kind) = self.kind_of(id).await? {
+                entries.push((id, kind));
+            }
+        }
+        let completed: Vec<u64> = entries
+            .iter()
+            .filter(|(_, kind)| *kind == EntryKind::Checkpoint)
+            .map(|(id, _)| *id)
+            .collect();
         let keep_from = completed
             .len()
             .checked_sub(self.config.retained as usize)
             .map_or(0, |i| completed[i]);
-        let newest = completed.last().copied().unwrap_or(0);
-        let expired: Vec<(u64, bool)> = all
-            .into_iter()
-            .filter(|&(id, complete)| {
-                if complete {
-                    id < keep_from
-                } else {
-                    id < newest
+        let newest = all
+            .iter()
+            .filter(|(_, has_metadata)| *has_metadata)
+            .map(|(id, _)| *id)
+            .max()
+            .unwrap_or(0);
+        let expired: Vec<(u64, Option<EntryKind>)> = all
+            .iter()
+            .filter_map(|&(id, has_metadata)| {
+                let kind = entries.iter().find(|(e, _)| *e == id).map(|(_, k)| *k);
+                match (has_metadata, kind) {
+                    (true, Some(_)) if id < keep_from => Some((id, kind)),
+                    (false, _) if id < newest => Some((id, None)),
+                    _ => None,
                 }
             })
             .collect();
@@ -367,40 +740,59 @@ impl CheckpointCoordinator {
             let metadata = self.read_metadata(id).await?;
             referenced.extend(metadata.shared_objects().map(str::to_string));
         }
-        for (id, complete) in expired {
-            tracing::debug!(checkpoint_id = id, "removing expired checkpoint");
+        let metadata_object = super::metadata::METADATA_OBJECT;
+        for (id, kind) in expired {
             let dir = checkpoint_dir_name(id);
-            if complete {
-                let unreferenced: Vec<String> = match self.read_metadata(id).await {
-                    Ok(metadata) => metadata
-                        .shared_objects()
-                        .filter(|object| !referenced.contains(*object))
-                        .map(str::to_string)
-                        .collect(),
-                    Err(e) => {
-                        tracing::warn!(checkpoint_id = id, error = %e, "cannot read an expired checkpoint's metadata; its shared files stay");
-                        Vec::new()
+            match kind {
+                Some(EntryKind::Checkpoint) => {
+                    tracing::debug!(checkpoint_id = id, "removing expired checkpoint");
+                    let unreferenced: Vec<String> = match self.read_metadata(id).await {
+                        Ok(metadata) => metadata
+                            .shared_objects()
+                            .filter(|object| !referenced.contains(*object))
+                            .map(str::to_string)
+                            .collect(),
+                        Err(e) => {
+                            tracing::warn!(checkpoint_id = id, error = %e, "cannot read an expired checkpoint's metadata; its shared files stay");
+                            Vec::new()
+                        }
+                    };
+                    // `_metadata` first: from then on the checkpoint no longer exists, so
+                    // nothing can restore from it while its files go.
+                    self.job_store
+                        .delete(&format!("{dir}/{metadata_object}"))
+                        .await?;
+                    for object in unreferenced {
+                        self.job_store.delete(&object).await?;
                     }
-                };
-                // `_metadata` first: from then on the checkpoint no longer exists, so nothing
-                // can restore from it while its files go.
-                self.job_store
-                    .delete(&format!("{dir}/{}", super::metadata::METADATA_OBJECT))
-                    .await?;
-                for object in unreferenced {
-                    self.job_store.delete(&object).await?;
+                    self.job_store.delete_prefix(&format!("{dir}/")).await?;
+                    self.kinds.remove(&id);
+                }
+                Some(EntryKind::Takeover) => {
+                    // The claim stays (it fences the JobManager it replaced); state files an
+                    // attempt left beside it go.
+                    let keep = format!("{dir}/{metadata_object}");
+                    for object in self.job_store.list(&format!("{dir}/")).await? {
+                        if object.key != keep {
+                            self.job_store.delete(&object.key).await?;
+                        }
+                    }
+                }
+                Some(EntryKind::Claim) | None => {
+                    self.job_store.delete_prefix(&format!("{dir}/")).await?;
+                    self.kinds.remove(&id);
                 }
             }
-            self.job_store.delete_prefix(&format!("{dir}/")).await?;
         }
         Ok(())
     }
 
-    /// Deletes the files under `shared/` that no completed checkpoint refers to: stored by
-    /// checkpoints that then failed, or by attempts that ended before their checkpoint
-    /// completed. Only between attempts: a running task's new files are not referred to yet.
-    /// Returns how many it deleted.
-    pub async fn remove_orphaned_shared_files(&self) -> Result<usize> {
+    /// Deletes the files under `shared/` that no completed checkpoint refers to and that
+    /// attempts before `claimed` (this attempt's claim) stored: stored by checkpoints that
+    /// then failed, or by attempts that ended before their checkpoint completed. Files of
+    /// attempts with higher claims are never touched: they may be a newer JobManager's, in
+    /// flight. Only between attempts. Returns how many it deleted.
+    pub async fn remove_orphaned_shared_files(&mut self, claimed: u64) -> Result<usize> {
         let shared = self
             .job_store
             .list(&format!("{}/", super::incremental::SHARED_FOLDER))
@@ -409,15 +801,25 @@ impl CheckpointCoordinator {
             return Ok(0);
         }
         let mut referenced = std::collections::BTreeSet::new();
-        for (id, complete) in list_checkpoints(&self.job_store).await? {
-            if complete {
+        for (id, has_metadata) in list_checkpoints(&self.job_store).await? {
+            if has_metadata && self.kind_of(id).await? == Some(EntryKind::Checkpoint) {
                 let metadata = self.read_metadata(id).await?;
                 referenced.extend(metadata.shared_objects().map(str::to_string));
             }
         }
         let mut removed = 0;
         for object in shared {
-            if !referenced.contains(&object.key) {
+            if referenced.contains(&object.key) {
+                continue;
+            }
+            // `shared/<backend id>/<file>`; the backend id ends with its attempt id.
+            let owner = object
+                .key
+                .split('/')
+                .nth(1)
+                .and_then(super::claim_in_name)
+                .unwrap_or(0);
+            if owner < claimed {
                 self.job_store.delete(&object.key).await?;
                 removed += 1;
             }
@@ -435,4 +837,270 @@ pub fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::Location;
+
+    const TASK: TaskId = TaskId {
+        vertex: 0,
+        subtask: 0,
+    };
+
+    struct Storage {
+        rt: tokio::runtime::Runtime,
+        job: ObjectStore,
+        _dir: tempfile::TempDir,
+    }
+
+    impl Storage {
+        fn new() -> Storage {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            let job = rt
+                .block_on(ObjectStore::open(
+                    &Location::Local(dir.path().join("job")),
+                    &Default::default(),
+                ))
+                .expect("store");
+            Storage { rt, job, _dir: dir }
+        }
+
+        fn job_manager(&self, name: &str, retained: u32) -> CheckpointCoordinator {
+            let config = CheckpointConfig {
+                interval: Duration::from_secs(1),
+                mode: Default::default(),
+                storage: self.job.location().uri(),
+                retained,
+                timeout: Duration::from_secs(60),
+                tolerable_failures: 10,
+            };
+            let mut coordinator =
+                CheckpointCoordinator::new(self.job.clone(), config, "job", name, 1, 128);
+            coordinator.start_attempt(1);
+            coordinator
+        }
+
+        /// Surveys storage and claims the next id, as a starting JobManager does.
+        fn take_over(&self, coordinator: &mut CheckpointCoordinator) -> u64 {
+            let survey = self.rt.block_on(coordinator.survey()).expect("survey");
+            let state = survey.latest.as_ref().map(RestorePoint::uri);
+            assert!(
+                self.rt
+                    .block_on(coordinator.claim_takeover(survey.next_id, state))
+                    .expect("claim"),
+                "nobody wrote {} in between",
+                survey.next_id
+            );
+            survey.next_id
+        }
+
+        /// Triggers a checkpoint and acknowledges it from the one task: ready to complete.
+        fn acknowledged(&self, coordinator: &mut CheckpointCoordinator) -> u64 {
+            let barrier = coordinator.trigger().expect("trigger");
+            assert!(coordinator.acknowledge(barrier.checkpoint_id, TASK, Vec::new()));
+            barrier.checkpoint_id
+        }
+
+        fn complete(&self, coordinator: &mut CheckpointCoordinator) -> Result<CompletedCheckpoint> {
+            self.rt.block_on(coordinator.complete())
+        }
+
+        fn entry(&self, id: u64) -> Option<MetadataEntry> {
+            self.rt
+                .block_on(read_entry(&self.job, id))
+                .expect("read _metadata")
+        }
+
+        fn latest(&self) -> Option<u64> {
+            self.rt
+                .block_on(RestorePoint::latest(&self.job))
+                .expect("latest")
+                .map(|p| p.metadata.checkpoint_id)
+        }
+    }
+
+    fn fenced_at(result: Result<impl std::fmt::Debug>) -> u64 {
+        match result {
+            Err(Error::Fenced { checkpoint_id, .. }) => checkpoint_id,
+            other => panic!("expected fenced, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_job_manager_taken_over_mid_checkpoint_cannot_complete_it() {
+        let s = Storage::new();
+        let mut a = s.job_manager("jm-a", 3);
+        assert_eq!(s.take_over(&mut a), 1);
+        let done = s.acknowledged(&mut a);
+        s.complete(&mut a).expect("a completes 2");
+        assert_eq!(done, 2);
+        // A triggers 3 and every task acknowledges; A stalls before writing `_metadata`.
+        assert_eq!(s.acknowledged(&mut a), 3);
+
+        // B starts: restores A's checkpoint 2 and claims 3.
+        let mut b = s.job_manager("jm-b", 3);
+        assert_eq!(s.take_over(&mut b), 3);
+        assert_eq!(
+            b.state_uri(),
+            Some(s.job.child("chk-2").location().uri().as_str())
+        );
+
+        // A resumes: its completion of 3 loses, and so would anything else it writes.
+        let error = s.complete(&mut a).expect_err("fenced");
+        assert!(
+            error
+                .to_string()
+                .starts_with("fenced: another JobManager claimed (takeover, JobManager jm-b) checkpoint id 3 first"),
+            "{error}"
+        );
+        assert_eq!(fenced_at(s.rt.block_on(a.claim_restart())), 3);
+        // B goes on.
+        assert_eq!(s.acknowledged(&mut b), 4);
+        let completed = s.complete(&mut b).expect("b completes 4");
+        assert_eq!(completed.checkpoint_id, 4);
+        assert_eq!(s.latest(), Some(4));
+        assert!(matches!(s.entry(3), Some(MetadataEntry::Claim(c)) if c.job_manager == "jm-b"));
+    }
+
+    #[test]
+    fn an_old_job_manager_that_completes_first_is_where_the_new_one_restores() {
+        let s = Storage::new();
+        let mut a = s.job_manager("jm-a", 3);
+        s.take_over(&mut a);
+        s.acknowledged(&mut a);
+        s.complete(&mut a).expect("a completes 2");
+        // B surveys after A's write: it restores 2 and claims 3.
+        let mut b = s.job_manager("jm-b", 3);
+        assert_eq!(s.take_over(&mut b), 3);
+        // A's next checkpoint would be 3: taken.
+        s.acknowledged(&mut a);
+        assert_eq!(fenced_at(s.complete(&mut a)), 3);
+    }
+
+    #[test]
+    fn a_takeover_claim_that_loses_the_race_surveys_again() {
+        let s = Storage::new();
+        let mut a = s.job_manager("jm-a", 3);
+        s.take_over(&mut a);
+        s.acknowledged(&mut a);
+        let mut b = s.job_manager("jm-b", 3);
+        let survey = s.rt.block_on(b.survey()).expect("survey");
+        assert_eq!(survey.next_id, 2);
+        // A completes 2 between B's survey and B's claim.
+        s.complete(&mut a).expect("a completes 2");
+        assert!(!s.rt.block_on(b.claim_takeover(2, None)).expect("claim"));
+        assert_eq!(s.take_over(&mut b), 3);
+        assert_eq!(
+            b.state_uri(),
+            Some(s.job.child("chk-2").location().uri().as_str())
+        );
+    }
+
+    #[test]
+    fn failed_checkpoints_take_their_ids_so_a_later_one_cannot_slip_past_a_takeover() {
+        let s = Storage::new();
+        let mut a = s.job_manager("jm-a", 3);
+        s.take_over(&mut a);
+        let failed = s.acknowledged(&mut a);
+        a.fail_pending("timed out").expect("tolerated");
+        assert!(
+            a.trigger().is_none(),
+            "nothing new before the failed id is written"
+        );
+        s.rt.block_on(a.settle()).expect("settle");
+        assert!(matches!(
+            s.entry(failed),
+            Some(MetadataEntry::Claim(IdClaim {
+                reason: ClaimReason::Failed { .. },
+                ..
+            }))
+        ));
+        let pending = s.acknowledged(&mut a);
+        assert_eq!(pending, failed + 1);
+        // B claims exactly the id A has in flight.
+        let mut b = s.job_manager("jm-b", 3);
+        assert_eq!(s.take_over(&mut b), pending);
+        assert_eq!(fenced_at(s.complete(&mut a)), pending);
+        assert_eq!(s.latest(), None, "no checkpoint ever completed");
+    }
+
+    #[test]
+    fn a_claim_that_lands_in_a_hole_left_by_retention_is_fenced() {
+        let s = Storage::new();
+        let mut a = s.job_manager("jm-a", 1);
+        s.take_over(&mut a);
+        for _ in 0..4 {
+            s.acknowledged(&mut a);
+            s.complete(&mut a).expect("complete");
+            s.rt.block_on(a.apply_retention()).expect("retention");
+        }
+        // chk-2..chk-4 expired; the takeover claim 1 stays.
+        assert!(s.entry(1).is_some() && s.entry(3).is_none() && s.entry(5).is_some());
+        // A JobManager that surveyed long ago claims 3 only now.
+        let mut stale = s.job_manager("jm-stale", 1);
+        assert_eq!(fenced_at(s.rt.block_on(stale.claim_takeover(3, None))), 5);
+    }
+
+    #[test]
+    fn retention_keeps_takeover_claims_and_drops_other_expired_ids() {
+        let s = Storage::new();
+        let mut a = s.job_manager("jm-a", 2);
+        s.take_over(&mut a); // 1: takeover
+        s.acknowledged(&mut a);
+        s.complete(&mut a).expect("2"); // 2: checkpoint
+        s.acknowledged(&mut a);
+        a.fail_pending("declined").expect("tolerated");
+        s.rt.block_on(a.settle()).expect("3: failed claim");
+        let mut b = s.job_manager("jm-b", 2);
+        assert_eq!(s.take_over(&mut b), 4);
+        // A leftover state file of the attempt that never completed, beside B's claim.
+        s.rt.block_on(
+            s.job
+                .put("chk-4/op-0.state", bytes::Bytes::from_static(b"x")),
+        )
+        .expect("put");
+        for _ in 0..3 {
+            s.acknowledged(&mut b);
+            s.complete(&mut b).expect("complete");
+        }
+        s.rt.block_on(b.apply_retention()).expect("retention");
+        let ids: Vec<u64> =
+            s.rt.block_on(list_checkpoints(&s.job))
+                .expect("list")
+                .into_iter()
+                .map(|(id, _)| id)
+                .collect();
+        assert_eq!(ids, vec![1, 4, 6, 7], "takeovers stay, 2, 3 and 5 expired");
+        let left = s.rt.block_on(s.job.list("chk-4/")).expect("list chk-4");
+        assert_eq!(left.len(), 1, "only the claim stays: {left:?}");
+        assert_eq!(s.latest(), Some(7));
+    }
+
+    #[test]
+    fn a_restore_path_naming_a_claim_restores_the_state_it_names() {
+        let s = Storage::new();
+        let mut a = s.job_manager("jm-a", 3);
+        s.take_over(&mut a);
+        s.acknowledged(&mut a);
+        s.complete(&mut a).expect("2");
+        s.rt.block_on(a.claim_restart()).expect("3: restart");
+        let resolved =
+            s.rt.block_on(RestorePoint::resolve(s.job.child("chk-3")))
+                .expect("resolve")
+                .expect("state");
+        assert_eq!(resolved.metadata.checkpoint_id, 2);
+        assert_eq!(s.latest(), Some(2));
+        let empty =
+            s.rt.block_on(RestorePoint::resolve(s.job.child("chk-1")))
+                .expect("resolve");
+        assert!(empty.is_none(), "the first takeover started empty");
+        let strict = s.rt.block_on(RestorePoint::open(s.job.child("chk-3")));
+        assert!(strict.is_err(), "a claim is never opened as a checkpoint");
+    }
 }

@@ -49,9 +49,12 @@ struct Stored {
 }
 
 impl IncrementalSnapshots {
-    pub fn new(operator: &str, subtask: u32) -> Self {
+    /// One RocksDB instance of `operator`'s `subtask` in attempt `attempt_id`. The backend id
+    /// (and so the `shared/` folder of its files) ends with the attempt id, which starts with
+    /// the checkpoint id the attempt claimed: cleanup knows whose files they are.
+    pub fn new(operator: &str, subtask: u32, attempt_id: &str) -> Self {
         IncrementalSnapshots {
-            backend_id: format!("{operator}-{subtask}-{:016x}", rand::random::<u64>()),
+            backend_id: format!("{operator}-{subtask}-{attempt_id}"),
             stored: Default::default(),
         }
     }
@@ -329,7 +332,7 @@ mod tests {
                 job,
                 count,
                 backend,
-                snapshots: IncrementalSnapshots::new("count", 0),
+                snapshots: IncrementalSnapshots::new("count", 0, &crate::checkpoint::attempt_id(0)),
                 dir,
             }
         }
@@ -384,6 +387,7 @@ mod tests {
                 parallelism: 1,
                 max_parallelism: MAX,
                 operators,
+                job_manager: None,
             };
             self.rt
                 .block_on(chk.put(METADATA_OBJECT, metadata.encode().expect("encode").into()))
@@ -555,16 +559,8 @@ mod tests {
             timeout: std::time::Duration::from_secs(60),
             tolerable_failures: 0,
         };
-        let coordinator =
-            f.rt.block_on(CheckpointCoordinator::new(
-                f.job.clone(),
-                config,
-                "job",
-                1,
-                MAX,
-                1,
-            ))
-            .expect("coordinator");
+        let mut coordinator =
+            CheckpointCoordinator::new(f.job.clone(), config, "job", "test-jm", 1, MAX);
         f.rt.block_on(coordinator.apply_retention())
             .expect("retention");
 
@@ -595,14 +591,20 @@ mod tests {
 
         // Files no completed checkpoint refers to (a checkpoint that failed after storing
         // them, an attempt that died) go when the next attempt starts; referenced ones stay.
+        // Only files of attempts before the one starting (claim 5): a file of a higher claim
+        // may be a newer JobManager's, in flight.
         let orphan = "shared/count-0-dead/000042.sst";
-        f.rt.block_on(f.job.put(orphan, bytes::Bytes::from_static(b"sst")))
-            .expect("put");
+        let newer = "shared/count-0-0000000009-0badcafe/000043.sst";
+        for object in [orphan, newer] {
+            f.rt.block_on(f.job.put(object, bytes::Bytes::from_static(b"sst")))
+                .expect("put");
+        }
         let removed =
-            f.rt.block_on(coordinator.remove_orphaned_shared_files())
+            f.rt.block_on(coordinator.remove_orphaned_shared_files(5))
                 .expect("cleanup");
         assert_eq!(removed, 1);
         assert!(!exists(orphan));
+        assert!(exists(newer));
         for object in &kept {
             assert!(exists(object), "{object} is still referred to");
         }

@@ -4,6 +4,13 @@
 //! covers the JSON, so a damaged `_metadata` is refused rather than half-read. State handles
 //! inside are relative to the checkpoint's own directory, which makes a checkpoint (and a
 //! savepoint) relocatable: copy the directory and it restores from anywhere.
+//!
+//! In a job's checkpoint folder `chk-<n>/_metadata` may instead hold a [`IdClaim`] (header
+//! `WEIR-CLAIM 1 crc32=<hex>`): id `n` was taken by a JobManager for something that is not a
+//! checkpoint to restore (an attempt start, a failed checkpoint, a savepoint stored
+//! elsewhere). Every id gets exactly one of the two, written create-only; that is what fences
+//! a JobManager that another one replaced (see `coordinator.rs`). Decoding a claim as a
+//! checkpoint is an error, so nothing ever restores empty state from one by mistake.
 
 use std::collections::BTreeMap;
 
@@ -14,6 +21,7 @@ use crate::state::{KeyGroupRange, OperatorStateSnapshot};
 
 pub const METADATA_OBJECT: &str = "_metadata";
 const HEADER_PREFIX: &str = "WEIR-CHECKPOINT 1 crc32=";
+const CLAIM_HEADER_PREFIX: &str = "WEIR-CLAIM 1 crc32=";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -33,6 +41,9 @@ pub struct CheckpointMetadata {
     pub max_parallelism: u32,
     /// By operator uid.
     pub operators: BTreeMap<String, OperatorSnapshot>,
+    /// The JobManager that completed it, as in claims (absent in older checkpoints).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job_manager: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -113,16 +124,59 @@ impl IncrementalKeyedStateHandle {
     }
 }
 
-impl CheckpointMetadata {
-    pub fn encode(&self) -> Result<Vec<u8>> {
-        let json = serde_json::to_vec(self).map_err(|e| Error::codec("checkpoint metadata", e))?;
-        let mut out = format!("{HEADER_PREFIX}{:08x}\n", crc32fast::hash(&json)).into_bytes();
-        out.extend_from_slice(&json);
-        Ok(out)
-    }
+/// Checkpoint id `checkpoint_id` was taken by a JobManager for something other than a
+/// checkpoint to restore from. Written create-only to `chk-<n>/_metadata` like a checkpoint.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct IdClaim {
+    pub job_id: String,
+    pub checkpoint_id: u64,
+    /// Which JobManager wrote it (host name and start time), for logs and post-mortems.
+    pub job_manager: String,
+    pub reason: ClaimReason,
+    pub timestamp_ms: u64,
+    /// The job's state as of this id: the checkpoint or savepoint directory the writer would
+    /// restore from at this point (`None`: empty state). Restoring from the claim's directory
+    /// restores from there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restore_from: Option<String>,
+}
 
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "camelCase")]
+pub enum ClaimReason {
+    /// The first id a JobManager wrote: it took the job over from whoever wrote the id before.
+    /// Retention keeps these for good (see `CheckpointCoordinator::apply_retention`).
+    Takeover,
+    /// A later attempt of the same JobManager (a restart after a failure).
+    Restart,
+    /// A checkpoint with this id was triggered and then failed.
+    Failed { reason: String },
+    /// A savepoint with this id; its state and `_metadata` are in `location`.
+    Savepoint { location: String },
+}
+
+impl std::fmt::Display for ClaimReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ClaimReason::Takeover => f.write_str("takeover"),
+            ClaimReason::Restart => f.write_str("restart"),
+            ClaimReason::Failed { .. } => f.write_str("failed checkpoint"),
+            ClaimReason::Savepoint { .. } => f.write_str("savepoint"),
+        }
+    }
+}
+
+/// What a `chk-<n>/_metadata` object holds.
+#[derive(Debug, Clone, PartialEq)]
+pub enum MetadataEntry {
+    Checkpoint(Box<CheckpointMetadata>),
+    Claim(IdClaim),
+}
+
+impl MetadataEntry {
     /// `object` names the `_metadata` object in errors.
-    pub fn decode(data: &[u8], object: &str) -> Result<CheckpointMetadata> {
+    pub fn decode(data: &[u8], object: &str) -> Result<MetadataEntry> {
         let corrupt = |reason: String| Error::CorruptCheckpoint {
             object: object.to_string(),
             reason,
@@ -133,9 +187,12 @@ impl CheckpointMetadata {
             .ok_or_else(|| corrupt("no header line".into()))?;
         let header = std::str::from_utf8(&data[..newline])
             .map_err(|_| corrupt("header is not UTF-8".into()))?;
-        let expected = header
-            .strip_prefix(HEADER_PREFIX)
-            .and_then(|hex| u32::from_str_radix(hex, 16).ok())
+        let (is_claim, expected) = [(false, HEADER_PREFIX), (true, CLAIM_HEADER_PREFIX)]
+            .into_iter()
+            .find_map(|(is_claim, prefix)| {
+                let hex = header.strip_prefix(prefix)?;
+                Some((is_claim, u32::from_str_radix(hex, 16).ok()?))
+            })
             .ok_or_else(|| corrupt(format!("unrecognised header {header:?}")))?;
         let json = &data[newline + 1..];
         let actual = crc32fast::hash(json);
@@ -144,7 +201,46 @@ impl CheckpointMetadata {
                 "checksum mismatch: crc32 {actual:08x}, header says {expected:08x}"
             )));
         }
-        serde_json::from_slice(json).map_err(|e| corrupt(format!("invalid JSON: {e}")))
+        let invalid = |e: serde_json::Error| corrupt(format!("invalid JSON: {e}"));
+        Ok(if is_claim {
+            MetadataEntry::Claim(serde_json::from_slice(json).map_err(invalid)?)
+        } else {
+            MetadataEntry::Checkpoint(Box::new(serde_json::from_slice(json).map_err(invalid)?))
+        })
+    }
+}
+
+fn encode_with_header(prefix: &str, json: Vec<u8>) -> Vec<u8> {
+    let mut out = format!("{prefix}{:08x}\n", crc32fast::hash(&json)).into_bytes();
+    out.extend_from_slice(&json);
+    out
+}
+
+impl IdClaim {
+    pub fn encode(&self) -> Result<Vec<u8>> {
+        let json = serde_json::to_vec(self).map_err(|e| Error::codec("checkpoint id claim", e))?;
+        Ok(encode_with_header(CLAIM_HEADER_PREFIX, json))
+    }
+}
+
+impl CheckpointMetadata {
+    pub fn encode(&self) -> Result<Vec<u8>> {
+        let json = serde_json::to_vec(self).map_err(|e| Error::codec("checkpoint metadata", e))?;
+        Ok(encode_with_header(HEADER_PREFIX, json))
+    }
+
+    /// `object` names the `_metadata` object in errors. A claim is refused: it holds no state.
+    pub fn decode(data: &[u8], object: &str) -> Result<CheckpointMetadata> {
+        match MetadataEntry::decode(data, object)? {
+            MetadataEntry::Checkpoint(metadata) => Ok(*metadata),
+            MetadataEntry::Claim(claim) => Err(Error::CorruptCheckpoint {
+                object: object.to_string(),
+                reason: format!(
+                    "not a checkpoint: checkpoint id {} was claimed ({}) by JobManager {}",
+                    claim.checkpoint_id, claim.reason, claim.job_manager
+                ),
+            }),
+        }
     }
 
     /// Total bytes of the state objects this checkpoint restores from (metadata excluded),
@@ -238,6 +334,7 @@ mod tests {
             parallelism: 1,
             max_parallelism: 128,
             operators,
+            job_manager: Some("jm-a".into()),
         }
     }
 
@@ -280,6 +377,32 @@ mod tests {
             CheckpointMetadata::decode(&bytes, "chk-3/_metadata").expect("decode"),
             meta
         );
+    }
+
+    #[test]
+    fn claims_round_trip_and_are_never_read_as_checkpoints() {
+        let claim = IdClaim {
+            job_id: "job".into(),
+            checkpoint_id: 7,
+            job_manager: "jm-a".into(),
+            reason: ClaimReason::Failed {
+                reason: "timed out".into(),
+            },
+            timestamp_ms: 1,
+            restore_from: Some("s3://b/chk/job/chk-5".into()),
+        };
+        let bytes = claim.encode().expect("encode");
+        assert_eq!(
+            MetadataEntry::decode(&bytes, "chk-7/_metadata").expect("decode"),
+            MetadataEntry::Claim(claim)
+        );
+        let err = CheckpointMetadata::decode(&bytes, "chk-7/_metadata").expect_err("a claim");
+        assert!(err.to_string().contains("not a checkpoint"), "{err}");
+        let checkpoint = sample().encode().expect("encode");
+        assert!(matches!(
+            MetadataEntry::decode(&checkpoint, "chk-3/_metadata"),
+            Ok(MetadataEntry::Checkpoint(_))
+        ));
     }
 
     #[test]

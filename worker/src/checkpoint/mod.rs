@@ -5,6 +5,10 @@
 //! incremental checkpoints are off) or RocksDB's files (`<operator>-<subtask>/MANIFEST-…`
 //! etc., with SST files in `<jobId>/shared/`, see `incremental.rs`). `_metadata` is written
 //! last: a `chk-<n>` directory without it is an aborted attempt and is never restored from.
+//! `_metadata` may also be a claim (`metadata::IdClaim`): the id was used for something that
+//! is not a checkpoint, and the claim names the state the job had at that id. Every id is
+//! written create-only, once, in order; see `coordinator.rs` for how that fences a
+//! JobManager another one replaced.
 
 pub mod coordinator;
 pub mod incremental;
@@ -14,7 +18,8 @@ use std::sync::Arc;
 
 pub use coordinator::{CheckpointCoordinator, CompletedCheckpoint};
 pub use metadata::{
-    CheckpointMetadata, IncrementalKeyedStateHandle, KeyedStateHandle, SnapshotKind, SubtaskState,
+    CheckpointMetadata, ClaimReason, IdClaim, IncrementalKeyedStateHandle, KeyedStateHandle,
+    MetadataEntry, SnapshotKind, SubtaskState,
 };
 
 use crate::error::{Error, Result};
@@ -25,7 +30,45 @@ pub fn checkpoint_dir_name(checkpoint_id: u64) -> String {
     format!("chk-{checkpoint_id}")
 }
 
-/// Ids of every `chk-<n>` directory under a job's storage, with whether it completed.
+/// Attempt ids start with the checkpoint id the attempt claimed: `<claim>-<random>`. Files an
+/// attempt writes outside a checkpoint directory (shared SST files, sink parts) carry it, so
+/// cleanup can tell files of attempts that are over from those of a newer JobManager.
+pub fn attempt_id(claimed: u64) -> String {
+    format!("{claimed:010}-{:08x}", rand::random::<u32>())
+}
+
+/// The claimed checkpoint id at the end of a name built as `<anything>-<attempt id>` (see
+/// [`attempt_id`]); `None` for names from before attempt ids carried it.
+pub fn claim_in_name(name: &str) -> Option<u64> {
+    let mut parts = name.rsplitn(3, '-');
+    let random = parts.next()?;
+    let claim = parts.next()?;
+    (random.len() == 8
+        && random.bytes().all(|b| b.is_ascii_hexdigit())
+        && claim.len() == 10
+        && claim.bytes().all(|b| b.is_ascii_digit()))
+    .then(|| claim.parse().ok())
+    .flatten()
+}
+
+/// Reads `chk-<id>/_metadata` of a job: a checkpoint, a claim, or `None` when it is missing.
+pub async fn read_entry(
+    job_store: &ObjectStore,
+    checkpoint_id: u64,
+) -> Result<Option<MetadataEntry>> {
+    let store = job_store.child(&checkpoint_dir_name(checkpoint_id));
+    match store.get(metadata::METADATA_OBJECT).await {
+        Ok(data) => Ok(Some(MetadataEntry::decode(
+            &data,
+            &store.uri(metadata::METADATA_OBJECT),
+        )?)),
+        Err(StorageError::NotFound { .. }) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Ids of every `chk-<n>` directory under a job's storage, with whether it has `_metadata`
+/// (a completed checkpoint or a claim).
 pub async fn list_checkpoints(job_store: &ObjectStore) -> Result<Vec<(u64, bool)>> {
     let mut found: std::collections::BTreeMap<u64, bool> = Default::default();
     for object in job_store.list("chk-").await? {
@@ -70,17 +113,51 @@ impl RestorePoint {
         })
     }
 
-    /// The newest completed checkpoint under a job's storage, if any.
+    /// Opens a checkpoint or savepoint directory, following a claim to the state it names
+    /// (`None`: the job had no state yet at that id). For restore paths a user or the
+    /// operator gives: "the latest `chk-<n>` with `_metadata`" may be a claim.
+    pub async fn resolve(checkpoint_store: ObjectStore) -> Result<Option<RestorePoint>> {
+        let object = checkpoint_store.uri(metadata::METADATA_OBJECT);
+        let data = match checkpoint_store.get(metadata::METADATA_OBJECT).await {
+            Ok(data) => data,
+            Err(StorageError::NotFound { .. }) => {
+                return Err(Error::CorruptCheckpoint {
+                    object,
+                    reason: "missing: this is not a completed checkpoint or savepoint".into(),
+                });
+            }
+            Err(e) => return Err(e.into()),
+        };
+        match MetadataEntry::decode(&data, &object)? {
+            MetadataEntry::Checkpoint(metadata) => Ok(Some(RestorePoint {
+                metadata: *metadata,
+                store: checkpoint_store,
+            })),
+            MetadataEntry::Claim(claim) => Self::of_claim(&claim, &checkpoint_store).await,
+        }
+    }
+
+    /// The state a claim names: its `restoreFrom` (a checkpoint or savepoint, never a claim).
+    async fn of_claim(claim: &IdClaim, claim_store: &ObjectStore) -> Result<Option<RestorePoint>> {
+        let Some(uri) = &claim.restore_from else {
+            return Ok(None);
+        };
+        let store = claim_store
+            .open_related(&crate::storage::Location::parse(uri)?)
+            .await?;
+        Ok(Some(RestorePoint::open(store).await?))
+    }
+
+    /// The job's state as of its newest `chk-<n>/_metadata`: that checkpoint, or the state the
+    /// claim there names. `None` when the job has no checkpoint yet (or started empty).
     pub async fn latest(job_store: &ObjectStore) -> Result<Option<RestorePoint>> {
-        let latest = list_checkpoints(job_store)
+        let newest = list_checkpoints(job_store)
             .await?
             .into_iter()
             .rev()
-            .find(|(_, complete)| *complete);
-        match latest {
-            Some((id, _)) => Ok(Some(
-                RestorePoint::open(job_store.child(&checkpoint_dir_name(id))).await?,
-            )),
+            .find(|(_, has_metadata)| *has_metadata);
+        match newest {
+            Some((id, _)) => RestorePoint::resolve(job_store.child(&checkpoint_dir_name(id))).await,
             None => Ok(None),
         }
     }

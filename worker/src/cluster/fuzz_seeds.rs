@@ -346,6 +346,7 @@ fn metadata() -> Vec<(&'static str, Vec<u8>)> {
         parallelism: 2,
         max_parallelism: 128,
         operators,
+        job_manager: None,
     };
     vec![("savepoint", savepoint.encode().expect("encode metadata"))]
 }

@@ -36,6 +36,9 @@ pub struct JobManagerOptions {
 
 /// Longest the JobManager waits for TaskManagers to confirm an attempt's tasks stopped.
 const CANCEL_TIMEOUT: Duration = Duration::from_secs(30);
+/// The same when the process is terminating: well within Kubernetes' 30 s grace period (the
+/// tasks are fenced either way; this only lets them stop cleanly).
+const TERMINATING_CANCEL_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Accepts TaskManagers on `options.rpc_bind` and runs the job on them until it ends.
 pub fn run_job_manager(
@@ -328,13 +331,14 @@ impl ClusterExecutor {
         needed: u32,
         job: &JobHandle,
         commands: &Receiver<JobCommand>,
-    ) -> Option<MutexGuard<'_, ClusterState>> {
+    ) -> Result<Option<MutexGuard<'_, ClusterState>>> {
         let mut last_report: Option<Instant> = None;
         let mut state = self.cluster.lock();
         loop {
+            crate::runtime::shutdown::check()?;
             let have = state.slots();
             if have >= needed {
-                return Some(state);
+                return Ok(Some(state));
             }
             if last_report.is_none_or(|t| t.elapsed() >= Duration::from_secs(5)) {
                 tracing::info!(
@@ -347,7 +351,7 @@ impl ClusterExecutor {
             }
             while let Ok(command) = commands.try_recv() {
                 match command {
-                    JobCommand::Cancel => return None,
+                    JobCommand::Cancel => return Ok(None),
                     JobCommand::Checkpoint => {}
                     JobCommand::Savepoint { trigger_id, .. } => job.savepoint_finished(
                         &trigger_id,
@@ -377,7 +381,7 @@ impl Executor for ClusterExecutor {
         let parallelism = plan.doc.parallelism;
         let job_json = serde_json::to_string(plan.doc.as_ref())
             .map_err(|e| Error::codec("job document", e))?;
-        let Some(mut state) = self.wait_for_slots(parallelism, plan.job, commands) else {
+        let Some(mut state) = self.wait_for_slots(parallelism, plan.job, commands)? else {
             return Ok(None);
         };
 
@@ -482,7 +486,11 @@ impl Cluster {
             if pending.is_empty() {
                 break;
             }
-            if started.elapsed() > CANCEL_TIMEOUT {
+            let timeout = match crate::runtime::shutdown::requested() {
+                Some(_) => TERMINATING_CANCEL_TIMEOUT,
+                None => CANCEL_TIMEOUT,
+            };
+            if started.elapsed() > timeout {
                 tracing::warn!(
                     epoch,
                     ?pending,

@@ -15,6 +15,10 @@
 //!   output to a job that moved on.
 //! - **No HA store**: a restarted JobManager finds the latest completed checkpoint under the
 //!   job's storage prefix (`_metadata` written last makes that safe) and restores from it.
+//!   Two JobManagers alive at once (the replacement pod starts while the old one terminates,
+//!   or a paused one resumes) are fenced through that storage too: every checkpoint id's
+//!   `_metadata` is written create-only, in order, and the newer JobManager's first write takes
+//!   the id the older one needs next (`checkpoint::coordinator`).
 
 pub mod exchange;
 pub mod frame;

@@ -25,6 +25,7 @@ use crate::checkpoint::RestorePoint;
 use crate::error::{Error, Result};
 use crate::jobs::JobRegistry;
 use crate::runtime::local::{RunningTasks, TaskResources, spawn_tasks};
+use crate::runtime::shutdown;
 use crate::runtime::{ControlMessage, TaskEvent, TaskId};
 use crate::spec::JobDocument;
 use crate::storage::{Location, ObjectStore};
@@ -44,7 +45,8 @@ pub struct TaskManagerOptions {
     pub heartbeat: Heartbeat,
 }
 
-/// Runs until the process is killed.
+/// Runs until the process is killed, or until SIGTERM/SIGINT: then it drops every control
+/// message (no checkpoint, no commit), cancels its tasks, and returns `Error::Terminated`.
 pub fn run_task_manager(
     options: TaskManagerOptions,
     registry: JobRegistry,
@@ -67,6 +69,27 @@ pub fn run_task_manager(
     let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "taskmanager".into());
     let tm_id = format!("{host}-{:08x}", rand::random::<u32>());
     tracing::info!(%tm_id, slots = options.slots, data_port, jobmanager = %options.jobmanager, "TaskManager starting");
+    let session_socket: Arc<Mutex<Option<TcpStream>>> = Arc::default();
+    {
+        // On SIGTERM the session ends at once (its blocking read returns) instead of at the
+        // next message from the JobManager.
+        let session_socket = session_socket.clone();
+        std::thread::Builder::new()
+            .name("terminate-watch".into())
+            .spawn(move || {
+                while shutdown::requested().is_none() {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                if let Some(socket) = session_socket
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .as_ref()
+                {
+                    let _ = socket.shutdown(Shutdown::Both);
+                }
+            })
+            .map_err(|e| Error::io("termination watcher thread", e))?;
+    }
     let mut tm = TaskManager {
         tm_id,
         options,
@@ -78,11 +101,17 @@ pub fn run_task_manager(
     };
     let mut waiting_since: Option<Instant> = None;
     loop {
+        shutdown::check()?;
         match tm.connect() {
             Ok(stream) => {
                 waiting_since = None;
+                *session_socket.lock().unwrap_or_else(|e| e.into_inner()) = stream.try_clone().ok();
                 let result = tm.session(stream);
+                *session_socket.lock().unwrap_or_else(|e| e.into_inner()) = None;
                 tm.stop_attempt(None);
+                if let Some(signal) = shutdown::requested() {
+                    return Err(Error::Terminated { signal });
+                }
                 match result {
                     Ok(()) => tracing::warn!("JobManager closed the connection; registering again"),
                     Err(e) => tracing::warn!(error = %e, "lost the JobManager; registering again"),
@@ -93,7 +122,7 @@ pub fn run_task_manager(
                 tracing::info!(error = %e, waiting = ?since.elapsed(), jobmanager = %tm.options.jobmanager, "waiting for the JobManager");
             }
         }
-        std::thread::sleep(Duration::from_secs(1));
+        shutdown::sleep(Duration::from_secs(1))?;
     }
 }
 
@@ -225,6 +254,10 @@ impl TaskManager {
     }
 
     fn control(&mut self, epoch: u64, task: TaskId, message: super::wire::WireControl) {
+        if shutdown::requested().is_some() {
+            // Terminating: no barrier, completion or stop reaches a task any more.
+            return;
+        }
         let Some(attempt) = self.attempt.as_ref().filter(|a| a.epoch == epoch) else {
             // Fencing: a message for an attempt this TaskManager no longer runs.
             tracing::debug!(epoch, %task, "dropping a control message of another attempt");

@@ -6,7 +6,9 @@
 //! - commit (checkpoint complete): `_pending/<part>` is renamed to `<part>`;
 //! - recover (before a restored job starts): pending parts of the restored checkpoint are
 //!   committed (idempotently: a part already published counts as done), and every other
-//!   pending part, from checkpoints that never completed, is deleted.
+//!   pending part of a checkpoint id up to the attempt's claim, from checkpoints that never
+//!   completed, is deleted. Parts of higher ids are left alone: they may be a newer
+//!   JobManager's, in flight (`checkpoint::coordinator`), when an old one recovers late.
 //!
 //! Readers consider only files whose path has no component starting with `_` or `.`.
 //! Part names carry subtask, attempt id and checkpoint id, so no two writers ever collide.
@@ -47,6 +49,15 @@ struct PendingPart {
 
 fn pending_key(name: &str) -> String {
     format!("{PENDING_DIR}/{name}")
+}
+
+/// The checkpoint id in a part name `part-<subtask>-<attempt>-<checkpoint>-<n>.jsonl`.
+fn part_checkpoint_id(name: &str) -> Option<u64> {
+    name.strip_suffix(".jsonl")?
+        .rsplit('-')
+        .nth(1)?
+        .parse()
+        .ok()
 }
 
 /// Publishes one pending part; a part that is already published counts as done.
@@ -101,8 +112,12 @@ impl<T: Serialize + Send + 'static> SinkFactory<T> for FileSink<T> {
                 publish(&store, &part.name).await?;
             }
             let keep: HashSet<String> = parts.iter().map(|p| pending_key(&p.name)).collect();
+            let ours = |key: &str| match (ctx.claimed, part_checkpoint_id(key)) {
+                (Some(claimed), Some(id)) => id <= claimed,
+                _ => true,
+            };
             for stale in store.list(&format!("{PENDING_DIR}/")).await? {
-                if !keep.contains(&stale.key) {
+                if !keep.contains(&stale.key) && ours(&stale.key) {
                     tracing::info!(part = %store.uri(&stale.key), "discarding output of a checkpoint that never completed");
                     store.delete(&stale.key).await?;
                 }
@@ -224,5 +239,77 @@ impl<T: Serialize + Send> SinkWriter<T> for FileSinkWriter<T> {
             crate::metrics::global().committed_files.inc();
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+
+    #[test]
+    fn part_names_carry_their_checkpoint_id() {
+        assert_eq!(
+            part_checkpoint_id("_pending/part-0001-0000000042-1a2b3c4d-0000000043-7.jsonl"),
+            Some(43)
+        );
+        // Attempt ids from before they carried the claim.
+        assert_eq!(
+            part_checkpoint_id("part-0000-00ff00ff00ff00ff-0000000009-1.jsonl"),
+            Some(9)
+        );
+        assert_eq!(part_checkpoint_id("_pending/notes.txt"), None);
+    }
+
+    #[test]
+    fn recovery_leaves_pending_output_above_its_claim_alone() {
+        let rt = tokio::runtime::Runtime::new().expect("runtime");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let uri = format!("file://{}", dir.path().display());
+        let store = rt
+            .block_on(ObjectStore::open(
+                &Location::parse(&uri).expect("uri"),
+                &Default::default(),
+            ))
+            .expect("store");
+        let part = |id: u64| format!("part-0000-0000000010-00000000-{id:010}-1.jsonl");
+        for id in [9, 10, 11, 12] {
+            rt.block_on(store.put(&pending_key(&part(id)), "x\n".into()))
+                .expect("put");
+        }
+        let doc: crate::spec::JobDocument =
+            serde_json::from_str(r#"{"job":{"name":"sequence-check","args":{}},"parallelism":1}"#)
+                .expect("document");
+        let ctx = RecoverContext {
+            rt: rt.handle().clone(),
+            doc: Arc::new(doc),
+            claimed: Some(11),
+        };
+        // The restored checkpoint (10) left one part pending.
+        let restored = vec![
+            serde_json::to_value(PendingPart {
+                checkpoint_id: 10,
+                name: part(10),
+            })
+            .expect("json"),
+        ];
+        FileSink::<String>::json_lines(uri)
+            .recover(restored, &ctx)
+            .expect("recover");
+        let mut left: Vec<String> = rt
+            .block_on(store.list(""))
+            .expect("list")
+            .into_iter()
+            .map(|o| o.key)
+            .collect();
+        left.sort();
+        assert_eq!(
+            left,
+            vec![
+                pending_key(&part(12)), // a newer JobManager's checkpoint: untouched
+                part(10),               // the restored checkpoint's output: published
+            ]
+        );
     }
 }

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
 use super::job::{JobCommand, JobHandle, JobState};
+use super::shutdown;
 use super::{ControlMessage, SavepointTarget, TaskEvent, TaskId};
 use crate::api::{JobGraph, stream::SINK_PENDING_STATE};
 use crate::checkpoint::{
@@ -32,8 +33,11 @@ pub struct AttemptPlan<'a> {
     pub restore: SharedRestore,
     /// Fencing token: increases with every attempt, also across JobManager restarts.
     pub epoch: u64,
-    /// Distinguishes attempts in file names.
+    /// Distinguishes attempts in file names; starts with the claimed checkpoint id.
     pub attempt_id: String,
+    /// The checkpoint id this attempt claimed (`None` without checkpointing): every id above
+    /// it may be a newer JobManager's, so cleanup leaves anything of those alone.
+    pub claimed: Option<u64>,
 }
 
 /// The driver's handle on one running task.
@@ -110,6 +114,11 @@ pub fn run_job(
     commands: &Receiver<JobCommand>,
 ) -> Result<JobOutcome> {
     let result = run_attempts(doc, graph, rt, options, executor, job, commands);
+    // A JobManager that was stopped or replaced leaves the job's state alone: the job goes on
+    // under the next JobManager, it did not fail.
+    if matches!(result, Err(Error::Terminated { .. } | Error::Fenced { .. })) {
+        return result;
+    }
     job.set_state(match &result {
         Ok(outcome) if outcome.end == JobEnd::Cancelled => JobState::Canceled,
         Ok(_) => JobState::Finished,
@@ -120,6 +129,53 @@ pub fn run_job(
         job.record_failure(restarts, &error.to_string());
     }
     result
+}
+
+/// Tries at most this many surveys and takeover claims in a row before the attempt fails
+/// (another JobManager kept writing new ids in between).
+const TAKEOVER_TRIES: u32 = 20;
+
+/// Takes the job over (see `checkpoint::coordinator`): claims the id after the newest one in
+/// storage and returns the state to restore, decided from the state as of that newest id.
+fn take_over(
+    coordinator: &mut CheckpointCoordinator,
+    doc: &JobDocument,
+    options: &DriverOptions,
+    rt: &tokio::runtime::Handle,
+) -> Result<SharedRestore> {
+    for _ in 0..TAKEOVER_TRIES {
+        let survey = rt.block_on(coordinator.survey())?;
+        let restore = initial_restore_point(doc, survey.latest, options, rt)?;
+        let state = restore.as_ref().map(RestorePoint::uri);
+        let _effect = shutdown::begin()?;
+        if rt.block_on(coordinator.claim_takeover(survey.next_id, state))? {
+            return Ok(restore.map(Arc::new));
+        }
+        tracing::info!(
+            checkpoint_id = survey.next_id,
+            "another JobManager wrote checkpoint id {} first; reading storage again",
+            survey.next_id
+        );
+    }
+    Err(Error::CheckpointFailed {
+        checkpoint_id: 0,
+        reason: format!(
+            "could not claim a checkpoint id in {TAKEOVER_TRIES} tries: another JobManager keeps writing new ones"
+        ),
+    })
+}
+
+/// Opens the checkpoint or savepoint at `uri` with the job storage's settings.
+async fn open_state(job_store: &ObjectStore, uri: &str) -> Result<RestorePoint> {
+    let store = job_store.open_related(&Location::parse(uri)?).await?;
+    RestorePoint::open(store).await
+}
+
+/// A name for this JobManager in the claims it writes: the host (the pod name on
+/// Kubernetes) and when it started.
+fn job_manager_name(started_micros: u64) -> String {
+    let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "weir".into());
+    format!("{host}@{started_micros}")
 }
 
 fn run_attempts(
@@ -150,37 +206,63 @@ fn run_attempts(
     let first_epoch = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(1, |d| d.as_micros() as u64);
+    let job_manager = job_manager_name(first_epoch);
     let mut attempt_number = 0u64;
     loop {
         // Everything from here to the end of the attempt fails into the restart strategy:
         // storage being unreachable while restarting is a failure like any other.
         let started = (|| {
-            if attempt_number == 0 {
-                restore = initial_restore_point(&doc, job_store.as_ref(), options, rt)?;
-                restored_from = restore.as_ref().map(|r| r.uri());
-            } else if let Some(store) = &job_store {
-                // Only ever the latest completed checkpoint: restoring an older one would
-                // replay output its successors already committed. Keep the previous restore
-                // point (e.g. a savepoint) if nothing newer completed.
-                if let Some(latest) = rt.block_on(RestorePoint::latest(store))? {
-                    restore = Some(Arc::new(latest));
-                }
-            }
+            shutdown::check()?;
             if coordinator.is_none()
                 && let (Some(config), Some(store)) = (&doc.checkpointing, &job_store)
             {
-                coordinator = Some(rt.block_on(CheckpointCoordinator::new(
+                coordinator = Some(CheckpointCoordinator::new(
                     store.clone(),
                     config.clone(),
                     &job_id,
+                    &job_manager,
                     doc.parallelism,
                     doc.max_parallelism,
-                    0,
-                ))?);
+                ));
             }
-            if let Some(coordinator) = &coordinator {
+            match coordinator.as_mut() {
+                // Without checkpoints every attempt starts where the first one did.
+                None if attempt_number == 0 => {
+                    restore = initial_restore_point(&doc, None, options, rt)?.map(Arc::new);
+                    restored_from = restore.as_ref().map(|r| r.uri());
+                }
+                None => {}
+                Some(coordinator) if coordinator.last_written().is_none() => {
+                    restore = take_over(coordinator, &doc, options, rt)?;
+                    restored_from = restore.as_ref().map(|r| r.uri());
+                }
+                Some(coordinator) => {
+                    let _effect = shutdown::begin()?;
+                    rt.block_on(coordinator.claim_restart()).inspect_err(|e| {
+                        if matches!(e, Error::Fenced { .. }) {
+                            tracing::warn!(
+                                "fenced while restarting: another JobManager took the job over"
+                            );
+                        }
+                    })?;
+                    // Only ever the state as of the last id written: restoring anything older
+                    // would replay output its successors already committed.
+                    restore = match (coordinator.state_uri(), &job_store) {
+                        (Some(uri), _) if restore.as_ref().is_some_and(|r| r.uri() == uri) => {
+                            restore.clone()
+                        }
+                        (Some(uri), Some(store)) => {
+                            Some(Arc::new(rt.block_on(open_state(store, uri))?))
+                        }
+                        _ => None,
+                    };
+                }
+            }
+            if let Some(coordinator) = coordinator.as_mut()
+                && let Some(claimed) = coordinator.last_written()
+            {
                 // Housekeeping: a failure here costs disk space, never the job.
-                match rt.block_on(coordinator.remove_orphaned_shared_files()) {
+                match rt.block_on(coordinator.remove_orphaned_shared_files(claimed)) {
                     Ok(0) => {}
                     Ok(files) => tracing::info!(
                         files,
@@ -200,6 +282,7 @@ fn run_attempts(
             }
             Ok::<_, Error>(())
         })();
+        let claimed = coordinator.as_ref().and_then(|c| c.last_written());
         let plan = AttemptPlan {
             doc: &doc,
             graph,
@@ -208,7 +291,8 @@ fn run_attempts(
             job_store: job_store.clone(),
             restore: restore.clone(),
             epoch: first_epoch + attempt_number,
-            attempt_id: format!("{:016x}", rand::random::<u64>()),
+            attempt_id: crate::checkpoint::attempt_id(claimed.unwrap_or(0)),
+            claimed,
         };
         attempt_number += 1;
         let result = match started
@@ -260,36 +344,39 @@ fn run_attempts(
         job.record_failure(restarts.restarts, &error.to_string());
         job.set_state(JobState::Restarting);
         tracing::warn!(error = %error, restart = restarts.restarts, ?delay, "job failed; restarting from the latest completed checkpoint");
-        std::thread::sleep(delay);
+        shutdown::sleep(delay)?;
     }
 }
 
 /// Where the first attempt restores from: per the document, except that a JobManager
-/// prefers a newer completed checkpoint of the same job (see `DriverOptions`).
+/// prefers a newer state of the same job (see `DriverOptions`). `latest` is the job's state as
+/// of the newest id in its checkpoint storage.
 fn initial_restore_point(
     doc: &JobDocument,
-    job_store: Option<&ObjectStore>,
+    latest: Option<RestorePoint>,
     options: &DriverOptions,
     rt: &tokio::runtime::Handle,
-) -> Result<SharedRestore> {
-    Ok(match (&doc.restore, job_store) {
-        (RestoreSource::None, _) | (RestoreSource::Latest, None) => None,
-        (RestoreSource::Latest, Some(store)) => {
-            rt.block_on(RestorePoint::latest(store))?.map(Arc::new)
-        }
-        (RestoreSource::Path(path), _) => {
+) -> Result<Option<RestorePoint>> {
+    Ok(match &doc.restore {
+        RestoreSource::None => None,
+        RestoreSource::Latest => latest,
+        RestoreSource::Path(path) => {
             let store = rt.block_on(ObjectStore::open(&Location::parse(path)?, &doc.s3))?;
-            let explicit = rt.block_on(RestorePoint::open(store))?;
-            let newer = match (job_store, options.prefer_newer_checkpoint) {
-                (Some(store), true) => rt
-                    .block_on(RestorePoint::latest(store))?
-                    .filter(|latest| latest.metadata.timestamp_ms > explicit.metadata.timestamp_ms),
-                _ => None,
+            // The path may name a claim (the operator picks "the newest `chk-<n>` with
+            // `_metadata`"): then the state it names, possibly empty.
+            let explicit = rt.block_on(RestorePoint::resolve(store))?;
+            let newer = match options.prefer_newer_checkpoint {
+                true => latest.filter(|latest| {
+                    explicit
+                        .as_ref()
+                        .is_none_or(|e| latest.metadata.timestamp_ms > e.metadata.timestamp_ms)
+                }),
+                false => None,
             };
             if let Some(newer) = &newer {
-                tracing::info!(configured = %explicit.uri(), newer = %newer.uri(), "a checkpoint newer than the configured restore point exists (the JobManager restarted); restoring from it");
+                tracing::info!(configured = %path, newer = %newer.uri(), "a checkpoint newer than the configured restore point exists (the JobManager restarted); restoring from it");
             }
-            Some(Arc::new(newer.unwrap_or(explicit)))
+            newer.or(explicit)
         }
     })
 }
@@ -323,6 +410,8 @@ struct Attempt {
     rt: tokio::runtime::Handle,
     source_names: Vec<String>,
     sink_names: Vec<String>,
+    /// A failed checkpoint's id could not be written: not before this instant again.
+    next_settle_at: Option<Instant>,
 }
 
 impl Attempt {
@@ -337,6 +426,7 @@ impl Attempt {
         let recover_ctx = crate::api::RecoverContext {
             rt: plan.rt.clone(),
             doc: plan.doc.clone(),
+            claimed: plan.claimed,
         };
         for (uid, sink) in &plan.graph.sinks {
             let pending = plan
@@ -379,6 +469,7 @@ impl Attempt {
                 .iter()
                 .map(|(uid, _)| uid.clone())
                 .collect(),
+            next_settle_at: None,
         }))
     }
 
@@ -400,33 +491,78 @@ impl Attempt {
         }
     }
 
-    fn trigger(&mut self) {
+    fn trigger(&mut self) -> Result<()> {
+        if !self.settle()? {
+            return Ok(());
+        }
+        shutdown::check()?;
         if let Some(barrier) = self.coordinator.as_mut().and_then(|c| c.trigger()) {
             self.to_sources(ControlMessage::TriggerCheckpoint(barrier));
+        }
+        Ok(())
+    }
+
+    /// Writes the id of the checkpoint that failed last (ids are written in order, see
+    /// `checkpoint::coordinator`). False while it cannot be written; a failed write counts as
+    /// a checkpoint failure and is retried an interval later.
+    fn settle(&mut self) -> Result<bool> {
+        let Some(coordinator) = self.coordinator.as_mut() else {
+            return Ok(true);
+        };
+        let Some(id) = coordinator.unsettled_id() else {
+            return Ok(true);
+        };
+        if self.next_settle_at.is_some_and(|at| Instant::now() < at) {
+            return Ok(false);
+        }
+        let _effect = shutdown::begin()?;
+        match self.rt.block_on(coordinator.settle()) {
+            Ok(()) => {
+                self.next_settle_at = None;
+                Ok(true)
+            }
+            Err(e @ Error::Fenced { .. }) => Err(e),
+            Err(e) => {
+                self.next_settle_at = Some(Instant::now() + coordinator.interval());
+                coordinator.count_failure(id, &format!("writing its failed claim failed: {e}"))?;
+                Ok(false)
+            }
         }
     }
 
     /// Starts the next queued savepoint if nothing is in flight.
-    fn trigger_queued_savepoint(&mut self) {
+    fn trigger_queued_savepoint(&mut self) -> Result<()> {
+        if self
+            .coordinator
+            .as_ref()
+            .is_none_or(|c| c.is_pending() || self.queued_savepoints.is_empty())
+        {
+            return Ok(());
+        }
+        if !self.settle()? {
+            return Ok(());
+        }
+        shutdown::check()?;
         let Some(coordinator) = self.coordinator.as_mut() else {
-            return;
+            return Ok(());
         };
-        if coordinator.is_pending() {
-            return;
-        }
         let Some((trigger_id, target)) = self.queued_savepoints.pop_front() else {
-            return;
+            return Ok(());
         };
-        if let Some(barrier) = coordinator.trigger_savepoint(target) {
-            tracing::info!(
-                checkpoint_id = barrier.checkpoint_id,
-                stop = barrier.stops_job(),
-                "savepoint triggered"
-            );
-            self.savepoint_triggers
-                .insert(barrier.checkpoint_id, trigger_id);
-            self.to_sources(ControlMessage::TriggerCheckpoint(barrier));
+        match coordinator.trigger_savepoint(target.clone()) {
+            Some(barrier) => {
+                tracing::info!(
+                    checkpoint_id = barrier.checkpoint_id,
+                    stop = barrier.stops_job(),
+                    "savepoint triggered"
+                );
+                self.savepoint_triggers
+                    .insert(barrier.checkpoint_id, trigger_id);
+                self.to_sources(ControlMessage::TriggerCheckpoint(barrier));
+            }
+            None => self.queued_savepoints.push_front((trigger_id, target)),
         }
+        Ok(())
     }
 
     /// Abandons the checkpoint or savepoint in flight; errors once checkpoint failures exceed
@@ -456,12 +592,12 @@ impl Attempt {
     }
 
     /// Applies one request from the REST API. `Some` ends the attempt.
-    fn on_command(&mut self, command: JobCommand) -> Option<AttemptEnd> {
+    fn on_command(&mut self, command: JobCommand) -> Result<Option<AttemptEnd>> {
         match command {
-            JobCommand::Cancel => return Some(AttemptEnd::Cancelled),
+            JobCommand::Cancel => return Ok(Some(AttemptEnd::Cancelled)),
             JobCommand::Checkpoint => {
                 if self.coordinator.as_ref().is_some_and(|c| !c.is_pending()) {
-                    self.trigger();
+                    self.trigger()?;
                 }
             }
             JobCommand::Savepoint {
@@ -477,7 +613,7 @@ impl Attempt {
                                 .into(),
                         ),
                     );
-                    return None;
+                    return Ok(None);
                 }
                 let store = Location::parse(&target)
                     .map_err(Error::from)
@@ -494,18 +630,31 @@ impl Attempt {
                 }
             }
         }
-        None
+        Ok(None)
     }
 
     /// Writes `_metadata` once every task acknowledged, then tells tasks (so sinks commit).
     /// Returns the savepoint location when a stop-with-savepoint completed.
+    ///
+    /// The `_metadata` write and the completion notice form one step that SIGTERM waits for
+    /// (`shutdown::effect`): after the signal neither happens. Losing the create-only write to
+    /// another JobManager (`Error::Fenced`) ends the attempt without any notice.
     fn complete_checkpoint(&mut self, checkpoint_id: u64) -> Result<Option<String>> {
         let Some(coordinator) = self.coordinator.as_mut() else {
             return Ok(None);
         };
+        let effect = shutdown::begin()?;
         let completed = match self.rt.block_on(coordinator.complete()) {
             Ok(completed) => completed,
+            Err(e @ Error::Fenced { .. }) => {
+                tracing::warn!(
+                    checkpoint_id,
+                    "fenced while completing checkpoint {checkpoint_id}: not sending its completion; no sink commits it"
+                );
+                return Err(e);
+            }
             Err(e) => {
+                drop(effect);
                 self.fail_checkpoint(&format!("writing _metadata failed: {e}"))?;
                 return Ok(None);
             }
@@ -522,6 +671,7 @@ impl Attempt {
                 self.to_sources(ControlMessage::Stop);
                 return Ok(Some(completed.uri));
             }
+            drop(effect);
             return Ok(None);
         }
         tracing::info!(
@@ -533,9 +683,10 @@ impl Attempt {
             "checkpoint completed"
         );
         self.broadcast(ControlMessage::CheckpointComplete(checkpoint_id));
-        let retention = self.coordinator.as_ref().map(|c| c.apply_retention());
-        if let Some(retention) = retention
-            && let Err(e) = self.rt.block_on(retention)
+        drop(effect);
+        if let Some(coordinator) = self.coordinator.as_mut()
+            && shutdown::requested().is_none()
+            && let Err(e) = self.rt.block_on(coordinator.apply_retention())
         {
             tracing::warn!(error = %e, "checkpoint retention failed; will retry after the next checkpoint");
         }
@@ -559,8 +710,11 @@ impl Attempt {
         let mut stopped_with: Option<String> = None;
         let mut progress = Progress::new(progress_interval);
         loop {
+            // SIGTERM: nothing more is triggered, completed or committed; the caller cancels
+            // the tasks.
+            shutdown::check()?;
             while let Ok(command) = commands.try_recv() {
-                if let Some(end) = self.on_command(command) {
+                if let Some(end) = self.on_command(command)? {
                     return Ok(end);
                 }
             }
@@ -631,18 +785,18 @@ impl Attempt {
                 && let Some(coordinator) = self.coordinator.as_ref()
                 && !coordinator.is_pending()
             {
-                self.trigger();
+                self.trigger()?;
                 final_checkpoint = self.coordinator.as_ref().and_then(|c| c.pending_id());
             }
             if final_checkpoint.is_none() {
-                self.trigger_queued_savepoint();
+                self.trigger_queued_savepoint()?;
             }
             if let (Some(at), Some(interval)) = (next_trigger, interval)
                 && Instant::now() >= at
             {
                 next_trigger = Some(Instant::now() + interval);
                 if final_checkpoint.is_none() {
-                    self.trigger();
+                    self.trigger()?;
                 }
             }
             if let Some(id) = self.coordinator.as_ref().and_then(|c| c.timed_out()) {

@@ -12,6 +12,7 @@ pub(crate) mod event_time;
 pub mod job;
 pub mod local;
 pub mod shuffle;
+pub mod shutdown;
 pub mod task;
 pub mod watermark;
 

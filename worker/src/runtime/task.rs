@@ -256,7 +256,7 @@ impl<K: Key, T: Send + 'static, O: Send + 'static> Task for KeyedTask<K, T, O> {
         } = *self;
         let key_groups =
             key_group_range_for_subtask(env.max_parallelism, env.parallelism, env.id.subtask);
-        let snapshots = IncrementalSnapshots::new(&uid, env.id.subtask);
+        let snapshots = IncrementalSnapshots::new(&uid, env.id.subtask, &env.attempt_id);
         let mut backend = open_keyed_state(&env, &uid, key_groups, &snapshots)?;
         let mut registry = StateRegistry::new(&uid);
         function.open(&mut registry)?;

@@ -131,22 +131,32 @@ pub fn committed_json(dir: &Path) -> Vec<serde_json::Value> {
         .collect()
 }
 
-/// Ids of completed checkpoints (those with `_metadata`) in a job's checkpoint folder.
+/// Ids of completed checkpoints (a checkpoint's `_metadata`, not a claim) in a job's
+/// checkpoint folder.
 pub fn completed_checkpoints(job_dir: &Path) -> Vec<u64> {
-    let mut ids: Vec<u64> = std::fs::read_dir(job_dir)
+    metadata_entries(job_dir)
+        .into_iter()
+        .filter(|(_, text)| text.starts_with("WEIR-CHECKPOINT "))
+        .map(|(id, _)| id)
+        .collect()
+}
+
+/// Every `chk-<n>/_metadata` of a job's checkpoint folder, by id: its text (a checkpoint or a
+/// claim, `WEIR-CLAIM ...` with JSON naming the JobManager and the reason).
+pub fn metadata_entries(job_dir: &Path) -> BTreeMap<u64, String> {
+    std::fs::read_dir(job_dir)
         .map(|entries| {
             entries
                 .flatten()
                 .filter_map(|e| {
                     let name = e.file_name().to_string_lossy().into_owned();
                     let id = name.strip_prefix("chk-")?.parse().ok()?;
-                    e.path().join("_metadata").exists().then_some(id)
+                    let text = std::fs::read(e.path().join("_metadata")).ok()?;
+                    Some((id, String::from_utf8_lossy(&text).into_owned()))
                 })
                 .collect()
         })
-        .unwrap_or_default();
-    ids.sort_unstable();
-    ids
+        .unwrap_or_default()
 }
 
 pub fn wait_until(timeout: Duration, what: &str, mut condition: impl FnMut() -> bool) {
