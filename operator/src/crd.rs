@@ -223,7 +223,9 @@ pub struct SavepointPolicy {
     /// Base directory for savepoints; defaults to `<checkpointing.storage>/savepoints`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub directory: Option<String>,
-    /// Take a savepoint this often while running (e.g. `6h`); off when absent.
+    /// Take a savepoint this often while running (e.g. `6h`, at least `1s`); off when absent.
+    /// Counted from the latest of: the last periodic attempt, the completion of the newest
+    /// savepoint the operator took (of any kind), and the rollout of the running pods.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub interval: Option<String>,
     /// Savepoints kept; older ones the operator took are deleted from storage.
@@ -262,7 +264,9 @@ pub struct S3CredentialsSecret {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct DeletionPolicy {
-    /// Take a final stop-with-savepoint before the pods go away.
+    /// Take a final stop-with-savepoint before the pods go away. With a finalizer (this or
+    /// `storage: delete`) the StreamJob stays until its JobManager and TaskManager pods are
+    /// gone, so nothing writes to storage after it.
     #[serde(default)]
     pub savepoint: bool,
     /// `retain` (default) keeps checkpoints and savepoints in storage; `delete` removes the
@@ -475,7 +479,9 @@ pub struct StreamJobStatus {
     /// When `lifecycle` last changed (ms since epoch).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lifecycle_since: Option<i64>,
-    /// Last periodic savepoint attempt (ms since epoch), so a failing one is not retried at once.
+    /// Last periodic savepoint attempt (ms since epoch): the next one is due `savepoints.interval`
+    /// after it (or after the newest savepoint's completion, if later), so a failing one is not
+    /// retried at once.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_periodic_attempt: Option<i64>,
     /// When the job was seen FAILED (ms since epoch).
@@ -592,6 +598,10 @@ pub enum OperationStep {
     Cancelling,
     /// New pods rolled out; waiting for the job to run.
     Redeploying,
+    /// The StreamJob is being deleted: its Deployments were removed (the job cancelled if it
+    /// still ran); waiting until their pods are gone, so nothing writes to storage any more,
+    /// before storage is cleaned up and the finalizer removed.
+    RemovingPods,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -599,7 +609,8 @@ pub enum OperationStep {
 pub struct Operation {
     /// What is being done: `upgrade`, `rescale`, `suspend`, `manual`, `periodic` or `delete`.
     pub kind: OperationKind,
-    /// How far it got: `savepointing`, `cancelling` or `redeploying`.
+    /// How far it got: `savepointing`, `cancelling`, `redeploying` or (deletion only)
+    /// `removing-pods`.
     pub step: OperationStep,
     /// True for stop-with-savepoint, false for a savepoint that leaves the job running.
     #[serde(default)]

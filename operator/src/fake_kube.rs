@@ -75,6 +75,11 @@ struct ApiState {
     fail_status_write_after: Option<usize>,
     /// The last `resourceVersion` handed out.
     resource_version: u64,
+    /// A foreground DELETE only marks the object (`deletionTimestamp`, finalizer
+    /// `foregroundDeletion`) until [`FakeApiServer::finish_foreground_deletions`], as the real
+    /// API server keeps it until the garbage collector removed its dependents (a Deployment's
+    /// pods). Off: every DELETE removes at once.
+    hold_foreground_deletions: bool,
 }
 
 impl ApiState {
@@ -166,6 +171,20 @@ impl FakeApiServer {
                 object["metadata"]["uid"] = existing["metadata"]["uid"].clone();
                 state.stamp(&mut object);
                 state.objects.insert(key, object.clone());
+                (StatusCode::OK, object)
+            }
+            "DELETE"
+                if state.hold_foreground_deletions
+                    && request.body["propagationPolicy"] == "Foreground"
+                    && state.objects.contains_key(&key) =>
+            {
+                let mut object = state.objects[&key].clone();
+                if !object["metadata"]["deletionTimestamp"].is_string() {
+                    object["metadata"]["deletionTimestamp"] = json!("2023-11-14T22:13:20Z");
+                    object["metadata"]["finalizers"] = json!([FOREGROUND_DELETION]);
+                    state.stamp(&mut object);
+                    state.objects.insert(key, object.clone());
+                }
                 (StatusCode::OK, object)
             }
             "DELETE" => match state.objects.remove(&key) {
@@ -271,6 +290,22 @@ impl FakeApiServer {
         lock(&self.state).objects.remove(path);
     }
 
+    /// From now on a foreground DELETE leaves the object in place, marked for deletion, until
+    /// [`Self::finish_foreground_deletions`].
+    pub fn hold_foreground_deletions(&self) {
+        lock(&self.state).hold_foreground_deletions = true;
+    }
+
+    /// The garbage collector is done: the dependents (pods) of every object deleted in the
+    /// foreground are gone, and so are those objects.
+    pub fn finish_foreground_deletions(&self) {
+        lock(&self.state).objects.retain(|_, object| {
+            !object["metadata"]["finalizers"]
+                .as_array()
+                .is_some_and(|f| f.iter().any(|f| f == FOREGROUND_DELETION))
+        });
+    }
+
     /// Lets `succeeding` status writes through, then fails one with a 500.
     pub fn fail_status_write_after(&self, succeeding: usize) {
         lock(&self.state).fail_status_write_after = Some(succeeding);
@@ -298,6 +333,9 @@ impl FakeApiServer {
         }
     }
 }
+
+/// The finalizer the API server puts on an object deleted with foreground propagation.
+const FOREGROUND_DELETION: &str = "foregroundDeletion";
 
 fn conflict(reason: &str, path: &str) -> (StatusCode, Value) {
     (

@@ -29,6 +29,13 @@ use crate::jobmanager::{CheckpointInfo, JobOverview, JobState, OperationStatus, 
 pub const REQUEUE_BUSY: Duration = Duration::from_secs(5);
 /// Poll interval while the job runs steadily (checkpoint and state refresh).
 pub const REQUEUE_STEADY: Duration = Duration::from_secs(30);
+/// The soonest a reconcile asks to come back for something due (a periodic savepoint).
+pub const REQUEUE_MIN: Duration = Duration::from_secs(1);
+/// How long a deletion waits for the job's pods beyond their termination grace period before
+/// it cleans up anyway (a lost node can keep a pod terminating for ever).
+pub const POD_REMOVAL_SLACK_MS: i64 = 2 * 60 * 1000;
+/// Kubernetes' default `terminationGracePeriodSeconds`.
+const DEFAULT_GRACE_PERIOD_S: i64 = 30;
 const RESTART_BACKOFF_BASE_MS: i64 = 10_000;
 const RESTART_BACKOFF_MAX_MS: i64 = 300_000;
 /// A job failure this recent keeps `Degraded=True` (`JobRestarting`): a job that the JobManager
@@ -79,6 +86,27 @@ pub struct Observed {
     pub storage: StorageProbe,
     /// The TaskManager Deployment exists (it is removed once the job FINISHED).
     pub taskmanagers_exist: bool,
+    /// What is left of the JobManager and TaskManager pods.
+    pub job_pods: JobPods,
+}
+
+/// What is left of a job's pods, as its JobManager and TaskManager Deployments show it (the
+/// operator does not read pods). The operator removes them with foreground propagation, so a
+/// Deployment is gone only once its ReplicaSets and every pod of them are gone from the API
+/// server, terminating pods included: a terminating JobManager or TaskManager can still write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct JobPods {
+    /// JobManager and TaskManager Deployments that still exist, being deleted or not.
+    pub deployments: u32,
+    /// Pods they report, running or terminating (`replicas + terminatingReplicas`).
+    pub pods: u32,
+}
+
+impl JobPods {
+    /// No process of the job is left.
+    pub fn gone(self) -> bool {
+        self.deployments == 0
+    }
 }
 
 /// The outcome of the operator's own reads of checkpoint storage.
@@ -258,7 +286,10 @@ impl Desired {
         };
         let savepoint_timeout_ms = parse("savepoints.timeout", &spec.savepoints.timeout)?;
         let savepoint_interval_ms = match &spec.savepoints.interval {
-            Some(text) => Some(parse("savepoints.interval", text)?.max(60_000)),
+            Some(text) => match parse("savepoints.interval", text)? {
+                ms if ms < 1_000 => return Err("savepoints.interval: must be at least 1s".into()),
+                ms => Some(ms),
+            },
             None => None,
         };
         if let Some(path) = &spec.initial_savepoint_path {
@@ -299,6 +330,24 @@ impl Desired {
 /// Whether the StreamJob needs the finalizer: only for cleanup outside Kubernetes.
 pub fn needs_finalizer(job: &StreamJob) -> bool {
     job.spec.on_delete.savepoint || job.spec.on_delete.storage == StorageCleanup::Delete
+}
+
+/// How long a deletion waits for the job's pods to be gone: the longest termination grace
+/// period of its pods plus [`POD_REMOVAL_SLACK_MS`].
+pub fn pod_removal_timeout_ms(job: &StreamJob) -> i64 {
+    let grace = |template: &Option<k8s_openapi::api::core::v1::PodTemplateSpec>| {
+        template
+            .as_ref()
+            .and_then(|t| t.spec.as_ref())
+            .and_then(|s| s.termination_grace_period_seconds)
+            .unwrap_or(DEFAULT_GRACE_PERIOD_S)
+    };
+    let seconds = grace(&job.spec.job_manager.pod_template)
+        .max(grace(&job.spec.task_manager.pod_template))
+        .max(0);
+    seconds
+        .saturating_mul(1000)
+        .saturating_add(POD_REMOVAL_SLACK_MS)
 }
 
 /// Decides the next status and actions. Pure.
@@ -349,6 +398,13 @@ impl<'a> Planner<'a> {
 
     fn busy(&mut self) {
         self.requeue = Some(REQUEUE_BUSY);
+    }
+
+    /// Come back when something is due `in_ms` from now, if that is sooner than planned (and
+    /// never sooner than [`REQUEUE_MIN`]).
+    fn requeue_within(&mut self, in_ms: i64) {
+        let due = Duration::from_millis(u64::try_from(in_ms).unwrap_or(0)).max(REQUEUE_MIN);
+        self.requeue = Some(self.requeue.map_or(due, |planned| planned.min(due)));
     }
 
     fn overview(&self) -> Option<&'a JobOverview> {
@@ -803,21 +859,33 @@ impl<'a> Planner<'a> {
         if nonce.is_some() && nonce != self.status.last_savepoint_nonce {
             return self.start_savepoint(OperationKind::Manual, desired, nonce);
         }
-        if let Some(interval) = desired.savepoint_interval_ms {
-            let since = [
-                self.status.last_savepoint.as_ref().map(|s| s.time),
-                self.status.last_periodic_attempt,
-                self.status.deployed.as_ref().map(|d| d.deployed_at),
-            ]
-            .into_iter()
-            .flatten()
-            .max()
-            .unwrap_or(self.o.now);
-            if self.o.now - since >= interval {
+        if let Some(due) = self.next_periodic_savepoint(desired) {
+            if self.o.now >= due {
                 self.status.last_periodic_attempt = Some(self.o.now);
                 self.start_savepoint(OperationKind::Periodic, desired, None);
+            } else {
+                // The steady requeue alone would take an interval shorter than it only when a
+                // reconcile happens to come late enough.
+                self.requeue_within(due - self.o.now);
             }
         }
+    }
+
+    /// When the next periodic savepoint is due (ms since epoch): `savepoints.interval` after
+    /// the latest of the last periodic attempt (a failed one is not retried at once), the
+    /// completion of the newest savepoint, and the rollout of the running pods.
+    fn next_periodic_savepoint(&self, desired: &Desired) -> Option<i64> {
+        let interval = desired.savepoint_interval_ms?;
+        let since = [
+            self.status.last_savepoint.as_ref().map(|s| s.time),
+            self.status.last_periodic_attempt,
+            self.status.deployed.as_ref().map(|d| d.deployed_at),
+        ]
+        .into_iter()
+        .flatten()
+        .max()
+        .unwrap_or(self.o.now);
+        Some(since.saturating_add(interval))
     }
 
     fn savepoint_directory(&self, desired: &Desired) -> Option<String> {
@@ -1188,6 +1256,12 @@ impl<'a> Planner<'a> {
             OperationStep::Savepointing => self.poll_savepoint(operation, desired),
             OperationStep::Cancelling => self.poll_cancel(operation, desired),
             OperationStep::Redeploying => self.poll_redeploy(operation, desired),
+            // Only a deletion removes pods, and `on_delete` handles it; a StreamJob whose
+            // deletion was cancelled (the finalizer taken off by hand) has nothing to resume.
+            OperationStep::RemovingPods => {
+                self.status.operation = None;
+                self.steady(desired);
+            }
         }
     }
 
@@ -1410,22 +1484,37 @@ impl<'a> Planner<'a> {
 
     // ---- deletion ----
 
+    /// Deleting a StreamJob that holds the finalizer, in order, each step in `status.operation`
+    /// (kind `delete`) so a restarted operator resumes it:
+    /// 1. a final stop-with-savepoint, when `onDelete.savepoint` and the job runs;
+    /// 2. the Deployments removed (a job still running cancelled first), then a wait until their
+    ///    pods are gone: a terminating JobManager or TaskManager can still complete a
+    ///    checkpoint, which would land in storage just deleted. The wait is bounded
+    ///    ([`pod_removal_timeout_ms`]), then cleanup goes on with a Warning `PodsNotGone`;
+    /// 3. storage deleted (`onDelete.storage: delete`) and the finalizer removed.
     fn on_delete(&mut self) {
         self.requeue = None;
         if !self.has_finalizer() {
             return;
         }
         let desired = Desired::from_job(self.job).ok();
-        let operation = self.status.operation.clone();
-        match (&operation, &desired) {
-            (Some(op), Some(desired)) if op.kind == OperationKind::Delete => {
+        let operation = self
+            .status
+            .operation
+            .clone()
+            .filter(|op| op.kind == OperationKind::Delete);
+        match (operation, &desired) {
+            (Some(op), _) if op.step == OperationStep::RemovingPods => {
+                return self.poll_pod_removal(&op, desired.as_ref());
+            }
+            (Some(op), Some(desired)) if op.step == OperationStep::Savepointing => {
                 self.busy();
-                self.poll_savepoint(op.clone(), desired);
+                self.poll_savepoint(op, desired);
                 if self.status.operation.is_some() {
                     return;
                 }
             }
-            (_, Some(desired))
+            (None, Some(desired))
                 if self.job.spec.on_delete.savepoint
                     && self.job_state() == Some(JobState::Running) =>
             {
@@ -1455,9 +1544,102 @@ impl<'a> Planner<'a> {
             }
             _ => {}
         }
+        self.remove_pods(desired.as_ref());
+    }
+
+    /// What happens once the pods are gone, for Events.
+    fn after_pods(&self) -> &'static str {
+        if self.job.spec.on_delete.storage == StorageCleanup::Delete {
+            "storage is deleted and the finalizer removed"
+        } else {
+            "the finalizer is removed (storage is retained)"
+        }
+    }
+
+    /// Step 2 of a deletion: nothing of the job may run when storage is cleaned up.
+    fn remove_pods(&mut self, desired: Option<&Desired>) {
+        if self.o.job_pods.gone() {
+            return self.finish_delete(desired);
+        }
+        self.status.operation = Some(Operation {
+            kind: OperationKind::Delete,
+            step: OperationStep::RemovingPods,
+            stop: false,
+            target_directory: None,
+            trigger_id: None,
+            started_at: self.o.now,
+            target_hash: None,
+            nonce: None,
+        });
+        let cancel = if self.job_is_active() {
+            "cancelling the job and "
+        } else {
+            ""
+        };
+        self.event(
+            false,
+            "RemovingPods",
+            EventAction::Delete,
+            format!(
+                "{cancel}removing the JobManager and TaskManagers ({} pods); once they are gone {}",
+                self.o.job_pods.pods,
+                self.after_pods()
+            ),
+        );
+        self.stop_pods();
+        self.busy();
+    }
+
+    /// The JobManager reports the job and it is not over yet. (A completed final
+    /// stop-with-savepoint ended it, even if the JobManager said RUNNING a moment before.)
+    fn job_is_active(&self) -> bool {
+        let stopped_with_savepoint = self
+            .status
+            .last_savepoint
+            .as_ref()
+            .is_some_and(|s| s.reason == OperationKind::Delete);
+        !stopped_with_savepoint && self.job_state().is_some_and(|s| !s.is_terminal())
+    }
+
+    /// Idempotent, so repeated while the pods linger (an earlier request may have failed).
+    fn stop_pods(&mut self) {
+        self.actions.push(Action::RemoveWorkloads);
+        if self.job_is_active() {
+            // Stops checkpointing now; the pods may take their grace period to go.
+            self.actions.push(Action::CancelJob);
+        }
+    }
+
+    fn poll_pod_removal(&mut self, operation: &Operation, desired: Option<&Desired>) {
+        if self.o.job_pods.gone() {
+            return self.finish_delete(desired);
+        }
+        let waited = self.o.now - operation.started_at;
+        if waited >= pod_removal_timeout_ms(self.job) {
+            self.event(
+                true,
+                "PodsNotGone",
+                EventAction::Delete,
+                format!(
+                    "the job's pods are not gone after {}s ({} Deployments, {} pods left); {} anyway, and what still runs may write to storage",
+                    waited / 1000,
+                    self.o.job_pods.deployments,
+                    self.o.job_pods.pods,
+                    self.after_pods()
+                ),
+            );
+            return self.finish_delete(desired);
+        }
+        self.stop_pods();
+        self.busy();
+    }
+
+    /// Step 3 of a deletion: nothing of the job runs any more.
+    fn finish_delete(&mut self, desired: Option<&Desired>) {
         self.status.operation = None;
+        self.requeue = None;
         if self.job.spec.on_delete.storage == StorageCleanup::Delete
-            && let Some(desired) = &desired
+            && let Some(desired) = desired
         {
             if let Some(storage) = &desired.checkpoint_storage {
                 self.actions.push(Action::DeleteStorage {

@@ -127,7 +127,10 @@ pub(super) async fn apply(job: &StreamJob, ctx: &Context, plan: Plan) -> Result<
             Action::TriggerSavepoint { .. } | Action::StopWithSavepoint { .. } => {}
             Action::CancelJob => match client.cancel(&id).await {
                 Ok(()) => {}
-                Err(Error::JobManagerStatus { status: 404, .. }) => {}
+                // Unknown job, or one no longer running (409): nothing left to cancel.
+                Err(Error::JobManagerStatus {
+                    status: 404 | 409, ..
+                }) => {}
                 Err(e) => return Err(e),
             },
             Action::DeleteStorage { path } => {

@@ -1,5 +1,6 @@
-//! Reads the world for one StreamJob: its Deployments, the JobManager's view of the job, the
-//! trigger in flight, and the latest completed checkpoint in storage. Read-only.
+//! Reads the world for one StreamJob: its Deployments (and through them what is left of its
+//! pods), the JobManager's view of the job, the trigger in flight, and the latest completed
+//! checkpoint in storage. Read-only.
 
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::{Api, ResourceExt};
@@ -8,7 +9,7 @@ use super::Context;
 use crate::build::{job_id, jobmanager_name, taskmanager_name};
 use crate::crd::{Lifecycle, StreamJob};
 use crate::jobmanager::JobManagerClient;
-use crate::lifecycle::{JobManagerView, LatestCheckpoint, Observed, StorageProbe};
+use crate::lifecycle::{JobManagerView, JobPods, LatestCheckpoint, Observed, StorageProbe};
 use crate::{Error, Result};
 
 pub(super) async fn observe(job: &StreamJob, ctx: &Context) -> Result<Observed> {
@@ -118,6 +119,7 @@ pub(super) async fn observe(job: &StreamJob, ctx: &Context) -> Result<Observed> 
     let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), &namespace);
     let mut workloads_ready = true;
     let mut taskmanagers_exist = false;
+    let mut job_pods = JobPods::default();
     for deployment_name in [jobmanager_name(&name), taskmanager_name(&name)] {
         let deployment = deployments
             .get_opt(&deployment_name)
@@ -130,6 +132,10 @@ pub(super) async fn observe(job: &StreamJob, ctx: &Context) -> Result<Observed> 
                 source: Box::new(source),
             })?;
         workloads_ready &= deployment.as_ref().is_some_and(rolled_out);
+        if let Some(deployment) = &deployment {
+            job_pods.deployments += 1;
+            job_pods.pods += pods_of(deployment);
+        }
         if deployment_name == taskmanager_name(&name) {
             taskmanagers_exist = deployment.is_some();
         }
@@ -145,7 +151,17 @@ pub(super) async fn observe(job: &StreamJob, ctx: &Context) -> Result<Observed> 
         latest_checkpoint,
         storage: storage_probe,
         taskmanagers_exist,
+        job_pods,
     })
+}
+
+/// Pods a Deployment reports, running or terminating.
+fn pods_of(deployment: &Deployment) -> u32 {
+    let Some(status) = &deployment.status else {
+        return 0;
+    };
+    let count = |n: Option<i32>| u32::try_from(n.unwrap_or(0)).unwrap_or(0);
+    count(status.replicas) + count(status.terminating_replicas)
 }
 
 /// The Deployment controller saw the latest spec and every replica is updated and available.

@@ -53,6 +53,13 @@ fn world(before: &StreamJob, job: StreamJob) -> Observed {
         latest_checkpoint: None,
         storage: StorageProbe::NotChecked,
         taskmanagers_exist: true,
+        job_pods: JobPods {
+            deployments: 2,
+            pods: 1 + before
+                .spec
+                .parallelism
+                .div_ceil(before.spec.task_manager.slots),
+        },
     }
 }
 
@@ -700,6 +707,149 @@ fn periodic_savepoint_fires_after_the_interval() {
     );
 }
 
+fn periodic(interval: &str, retained: u32) -> StreamJob {
+    let mut job = StreamJob::test();
+    job.spec.savepoints.interval = Some(interval.into());
+    job.spec.savepoints.retained = retained;
+    job
+}
+
+fn triggered(plan: &Plan) -> Option<String> {
+    plan.actions.iter().find_map(|a| match a {
+        Action::TriggerSavepoint { target_directory } => Some(target_directory.clone()),
+        _ => None,
+    })
+}
+
+#[test]
+fn periodic_savepoint_interval_shorter_than_the_steady_requeue_is_kept() {
+    // Deployed at 1_000: the first periodic savepoint is due at 16_000.
+    let mut observed = running(periodic("15s", 2));
+    observed.now = 11_000;
+    let early = plan(&observed);
+    assert!(triggered(&early).is_none());
+    assert_eq!(early.requeue_after, Some(Duration::from_secs(5)));
+
+    observed.now = 16_000;
+    let due = plan(&observed);
+    assert!(triggered(&due).is_some(), "15s is not raised to a minute");
+    assert_eq!(due.status.last_periodic_attempt, Some(16_000));
+}
+
+#[test]
+fn periodic_savepoint_requeue_is_never_in_the_past_nor_below_the_floor() {
+    let mut observed = running(periodic("15s", 2));
+    observed.now = 15_800;
+    assert_eq!(plan(&observed).requeue_after, Some(REQUEUE_MIN));
+
+    // A long interval leaves the steady requeue alone.
+    let mut hourly = running(periodic("1h", 2));
+    hourly.now = 11_000;
+    assert_eq!(plan(&hourly).requeue_after, Some(REQUEUE_STEADY));
+}
+
+#[test]
+fn periodic_interval_counts_from_the_last_savepoint_completion_or_attempt() {
+    let completed_at = 100_000;
+    let observed = with_status(running(periodic("15s", 2)), |s| {
+        s.last_periodic_attempt = Some(completed_at - 5_000);
+        s.last_savepoint = Some(SavepointRecord {
+            path: "s3://b/sp/1".into(),
+            time: completed_at,
+            reason: OperationKind::Periodic,
+        });
+    });
+    let mut before = observed.clone();
+    before.now = completed_at + 14_000;
+    let waiting = plan(&before);
+    assert!(triggered(&waiting).is_none());
+    assert_eq!(waiting.requeue_after, Some(Duration::from_secs(1)));
+    let mut after = observed;
+    after.now = completed_at + 15_000;
+    assert!(triggered(&plan(&after)).is_some());
+
+    // A failed attempt (no completion) is not retried before another interval.
+    let failed = with_status(running(periodic("15s", 2)), |s| {
+        s.last_periodic_attempt = Some(200_000);
+    });
+    let mut retry = failed.clone();
+    retry.now = 210_000;
+    let waiting = plan(&retry);
+    assert!(triggered(&waiting).is_none());
+    assert_eq!(waiting.requeue_after, Some(Duration::from_secs(5)));
+    retry.now = 215_000;
+    assert!(triggered(&plan(&retry)).is_some());
+}
+
+#[test]
+fn periodic_savepoints_every_few_seconds_keep_only_the_retained_ones() {
+    let mut observed = running(periodic("15s", 2));
+    let mut taken = Vec::new();
+    let mut deleted = Vec::new();
+    let mut now = 1_000;
+    for _ in 0..4 {
+        // Idle until the next one is due, as the requeue says.
+        observed.now = now;
+        let idle = plan(&observed);
+        let wait = idle.requeue_after.expect("requeue");
+        assert!(wait <= Duration::from_secs(15), "{wait:?}");
+        observed.job.status = Some(idle.status);
+        now += i64::try_from(wait.as_millis()).expect("short");
+        observed.now = now;
+        let start = plan(&observed);
+        let target = triggered(&start).expect("periodic savepoint due");
+        observed.job.status = Some(start.status);
+        if let Some(op) = observed
+            .job
+            .status
+            .as_mut()
+            .and_then(|s| s.operation.as_mut())
+        {
+            op.trigger_id = Some("t".into());
+        }
+        now += 2_000;
+        observed.now = now;
+        observed.savepoint = Some(savepoint_answer(
+            OperationStatus::Completed,
+            Some(&target),
+            None,
+        ));
+        let done = plan(&observed);
+        assert_eq!(done.status.lifecycle, Lifecycle::Running);
+        deleted.extend(done.actions.iter().filter_map(|a| match a {
+            Action::DeleteStorage { path } => Some(path.clone()),
+            _ => None,
+        }));
+        observed.job.status = Some(done.status);
+        observed.savepoint = None;
+        taken.push(target);
+    }
+    let history: Vec<String> = observed
+        .job
+        .status
+        .as_ref()
+        .map(|s| s.savepoint_history.iter().map(|r| r.path.clone()).collect())
+        .unwrap_or_default();
+    assert_eq!(history, taken[2..], "trimmed to savepoints.retained");
+    assert_eq!(
+        deleted,
+        taken[..2],
+        "the older ones are deleted from storage"
+    );
+}
+
+#[test]
+fn sub_second_savepoint_interval_is_an_invalid_spec() {
+    let plan = plan(&world(&StreamJob::test(), periodic("500ms", 2)));
+    let degraded = condition(&plan, CONDITION_DEGRADED);
+    assert_eq!(degraded.reason, "InvalidSpec");
+    assert!(
+        degraded.message.contains("savepoints.interval"),
+        "{}",
+        degraded.message
+    );
+}
+
 #[test]
 fn retention_deletes_the_oldest_savepoints() {
     let mut job = StreamJob::test().with_nonce(1);
@@ -846,35 +996,212 @@ fn finalizer_is_added_only_when_cleanup_is_needed() {
     assert!(plan(&running(job)).actions.contains(&Action::AddFinalizer));
 }
 
+fn checkpoints_deleted(plan: &Plan) -> bool {
+    plan.actions.contains(&Action::DeleteStorage {
+        path: "s3://bucket/checkpoints/streams-clicks".into(),
+    })
+}
+
+fn touches_storage(plan: &Plan) -> bool {
+    plan.actions
+        .iter()
+        .any(|a| matches!(a, Action::DeleteStorage { .. }))
+}
+
+/// The world after `plan`, at `now`: its status written, as the controller would.
+fn next(observed: &Observed, plan: &Plan, now: i64) -> Observed {
+    let mut next = observed.clone();
+    next.job.status = Some(plan.status.clone());
+    next.now = now;
+    next
+}
+
+/// The Deployments are gone, and with them every pod (foreground deletion).
+fn pods_gone(mut observed: Observed) -> Observed {
+    observed.job_pods = JobPods::default();
+    observed.jobmanager = JobManagerView::Unreachable("connection refused".into());
+    observed
+}
+
+fn removing_pods(plan: &Plan) -> bool {
+    plan.status.operation.as_ref().is_some_and(|op| {
+        op.kind == OperationKind::Delete && op.step == OperationStep::RemovingPods
+    })
+}
+
 #[test]
-fn deletion_takes_final_savepoint_then_cleans_up_and_releases_finalizer() {
+fn deletion_with_storage_cleanup_stops_the_job_before_deleting_storage() {
+    let policy = DeletionPolicy {
+        savepoint: false,
+        storage: StorageCleanup::Delete,
+    };
+    let observed = deleting(running(StreamJob::test()), policy);
+    let first = plan(&observed);
+    assert!(first.actions.contains(&Action::CancelJob));
+    assert!(first.actions.contains(&Action::RemoveWorkloads));
+    assert!(!touches_storage(&first), "the job may still checkpoint");
+    assert!(!first.actions.contains(&Action::RemoveFinalizer));
+    assert!(removing_pods(&first), "recorded for a restarted operator");
+    assert!(has_event(&first, "RemovingPods"));
+    assert_eq!(first.requeue_after, Some(REQUEUE_BUSY));
+
+    // Deployments being deleted, pods terminating: a terminating pod can still write.
+    let mut terminating = next(&observed, &first, NOW + 5_000);
+    terminating.jobmanager = JobManagerView::Job {
+        overview: overview(JobState::Canceled, 2),
+        latest_checkpoint: None,
+    };
+    terminating.job_pods.pods = 1;
+    let second = plan(&terminating);
+    assert!(!touches_storage(&second));
+    assert!(!second.actions.contains(&Action::RemoveFinalizer));
+    assert!(
+        second.actions.contains(&Action::RemoveWorkloads),
+        "asked again"
+    );
+    assert!(
+        !second.actions.contains(&Action::CancelJob),
+        "already stopped"
+    );
+    assert!(removing_pods(&second));
+    assert_eq!(
+        second.status.operation.as_ref().map(|op| op.started_at),
+        Some(NOW),
+        "the wait counts from the first request"
+    );
+
+    let gone = pods_gone(next(&terminating, &second, NOW + 10_000));
+    let third = plan(&gone);
+    assert!(checkpoints_deleted(&third));
+    assert!(third.actions.contains(&Action::RemoveFinalizer));
+    assert!(has_event(&third, "Deleted"));
+    assert_eq!(third.status.operation, None);
+    assert!(!third.actions.contains(&Action::RemoveWorkloads));
+}
+
+#[test]
+fn deletion_waits_for_pods_at_most_their_grace_period_plus_slack() {
+    let policy = DeletionPolicy {
+        savepoint: false,
+        storage: StorageCleanup::Delete,
+    };
+    let observed = deleting(running(StreamJob::test()), policy);
+    let first = plan(&observed);
+    let timeout = pod_removal_timeout_ms(&observed.job);
+    assert_eq!(timeout, 30_000 + POD_REMOVAL_SLACK_MS);
+
+    // A node is gone: its pods stay terminating for ever.
+    let mut stuck = next(&observed, &first, NOW + timeout - 1);
+    stuck.jobmanager = JobManagerView::Unreachable("no route to host".into());
+    let waiting = plan(&stuck);
+    assert!(!touches_storage(&waiting));
+    assert!(!plan_has_warning(&waiting, "PodsNotGone"));
+
+    let late = next(&stuck, &waiting, NOW + timeout);
+    let done = plan(&late);
+    assert!(plan_has_warning(&done, "PodsNotGone"));
+    assert!(checkpoints_deleted(&done));
+    assert!(done.actions.contains(&Action::RemoveFinalizer));
+    assert_eq!(done.status.operation, None);
+}
+
+#[test]
+fn pod_removal_timeout_follows_a_longer_grace_period() {
+    let mut job = StreamJob::test();
+    job.spec.task_manager.pod_template = Some(k8s_openapi::api::core::v1::PodTemplateSpec {
+        spec: Some(k8s_openapi::api::core::v1::PodSpec {
+            termination_grace_period_seconds: Some(600),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    assert_eq!(pod_removal_timeout_ms(&job), 600_000 + POD_REMOVAL_SLACK_MS);
+}
+
+#[test]
+fn deletion_of_a_job_whose_jobmanager_is_unreachable_still_removes_pods_then_cleans_up() {
+    // Pods crash-looping: nothing answers, nothing to savepoint or cancel.
     let policy = DeletionPolicy {
         savepoint: true,
         storage: StorageCleanup::Delete,
     };
-    let observed = deleting(running(StreamJob::test()), policy.clone());
+    let mut observed = deleting(running(StreamJob::test()), policy);
+    observed.jobmanager = JobManagerView::Unreachable("connection refused".into());
+    let first = plan(&observed);
+    assert!(stop_target(&first).is_none());
+    assert!(!first.actions.contains(&Action::CancelJob));
+    assert!(first.actions.contains(&Action::RemoveWorkloads));
+    assert!(!touches_storage(&first));
+    assert!(removing_pods(&first));
+
+    let second = plan(&pods_gone(next(&observed, &first, NOW + 3_000)));
+    assert!(checkpoints_deleted(&second));
+    assert!(second.actions.contains(&Action::RemoveFinalizer));
+}
+
+#[test]
+fn deletion_of_a_job_without_pods_cleans_up_at_once() {
+    let policy = DeletionPolicy {
+        savepoint: true,
+        storage: StorageCleanup::Delete,
+    };
+    let observed = pods_gone(deleting(
+        with_status(running(StreamJob::test().suspended()), |s| {
+            s.lifecycle = Lifecycle::Suspended
+        }),
+        policy,
+    ));
+    let plan = plan(&observed);
+    assert!(checkpoints_deleted(&plan));
+    assert!(plan.actions.contains(&Action::RemoveFinalizer));
+    assert!(!plan.actions.contains(&Action::RemoveWorkloads));
+    assert!(!has_event(&plan, "RemovingPods"));
+}
+
+/// A deletion with a final savepoint: the stop-with-savepoint requested, then answered.
+fn after_final_savepoint(policy: DeletionPolicy, answer: SavepointStatus) -> (Observed, Plan) {
+    let observed = deleting(running(StreamJob::test()), policy);
     let first = plan(&observed);
     assert!(stop_target(&first).is_some());
+    assert!(!first.actions.contains(&Action::RemoveWorkloads));
+    assert!(!touches_storage(&first));
     assert!(!first.actions.contains(&Action::RemoveFinalizer));
-
-    let mut done = deleting(running(StreamJob::test()), policy);
-    let mut status = first.status;
-    if let Some(op) = status.operation.as_mut() {
+    let mut done = next(&observed, &first, NOW + 2_000);
+    if let Some(op) = done.job.status.as_mut().and_then(|s| s.operation.as_mut()) {
         op.trigger_id = Some("t".into());
     }
-    done.job.status = Some(status);
-    done.savepoint = Some(savepoint_answer(
-        OperationStatus::Completed,
-        Some("s3://b/final"),
-        None,
-    ));
+    done.savepoint = Some(answer);
     let second = plan(&done);
-    assert!(second.actions.contains(&Action::DeleteStorage {
-        path: "s3://bucket/checkpoints/streams-clicks".into()
-    }));
-    assert!(second.actions.contains(&Action::RemoveFinalizer));
+    (done, second)
+}
+
+#[test]
+fn deletion_takes_final_savepoint_then_removes_pods_then_cleans_up_and_releases_finalizer() {
+    let policy = DeletionPolicy {
+        savepoint: true,
+        storage: StorageCleanup::Delete,
+    };
+    let answer = savepoint_answer(OperationStatus::Completed, Some("s3://b/final"), None);
+    let (done, second) = after_final_savepoint(policy, answer);
+    // The JobManager may still say RUNNING in the reconcile that sees the savepoint complete.
     assert!(
-        !second.actions.contains(&Action::DeleteStorage {
+        !second.actions.contains(&Action::CancelJob),
+        "stopped by the savepoint"
+    );
+    assert!(second.actions.contains(&Action::RemoveWorkloads));
+    assert!(!touches_storage(&second), "the pods are still there");
+    assert!(!second.actions.contains(&Action::RemoveFinalizer));
+    assert!(removing_pods(&second));
+    assert_eq!(
+        second.status.last_savepoint.as_ref().map(|s| s.reason),
+        Some(OperationKind::Delete)
+    );
+
+    let third = plan(&pods_gone(next(&done, &second, NOW + 8_000)));
+    assert!(checkpoints_deleted(&third));
+    assert!(third.actions.contains(&Action::RemoveFinalizer));
+    assert!(
+        !third.actions.contains(&Action::DeleteStorage {
             path: "s3://b/final".into()
         }),
         "the final savepoint outlives the cleanup"
@@ -882,19 +1209,77 @@ fn deletion_takes_final_savepoint_then_cleans_up_and_releases_finalizer() {
 }
 
 #[test]
-fn deletion_without_savepoint_removes_finalizer_and_retains_storage() {
+fn deletion_with_final_savepoint_and_retained_storage_removes_pods_before_the_finalizer() {
+    let policy = DeletionPolicy {
+        savepoint: true,
+        storage: StorageCleanup::Retain,
+    };
+    let answer = savepoint_answer(OperationStatus::Completed, Some("s3://b/final"), None);
+    let (done, second) = after_final_savepoint(policy, answer);
+    assert!(second.actions.contains(&Action::RemoveWorkloads));
+    assert!(!second.actions.contains(&Action::RemoveFinalizer));
+
+    let third = plan(&pods_gone(next(&done, &second, NOW + 8_000)));
+    assert!(third.actions.contains(&Action::RemoveFinalizer));
+    assert!(!touches_storage(&third), "storage is retained");
+}
+
+#[test]
+fn failed_final_savepoint_cancels_the_still_running_job_before_cleaning_up() {
+    let policy = DeletionPolicy {
+        savepoint: true,
+        storage: StorageCleanup::Delete,
+    };
+    let answer = savepoint_answer(OperationStatus::Failed, None, Some("disk full"));
+    let (done, second) = after_final_savepoint(policy, answer);
+    assert!(plan_has_warning(&second, "SavepointFailed"));
+    // A failed stop-with-savepoint leaves the job running.
+    assert!(second.actions.contains(&Action::CancelJob));
+    assert!(second.actions.contains(&Action::RemoveWorkloads));
+    assert!(!touches_storage(&second));
+    assert!(removing_pods(&second));
+
+    let third = plan(&pods_gone(next(&done, &second, NOW + 8_000)));
+    assert!(checkpoints_deleted(&third));
+    assert!(third.actions.contains(&Action::RemoveFinalizer));
+}
+
+#[test]
+fn deletion_without_savepoint_and_retained_storage_touches_no_storage() {
+    // Left with the finalizer (the policy changed after it was added).
     let policy = DeletionPolicy {
         savepoint: false,
         storage: StorageCleanup::Retain,
     };
-    let plan = plan(&deleting(running(StreamJob::test()), policy));
-    assert!(plan.actions.contains(&Action::RemoveFinalizer));
-    assert!(
-        !plan
-            .actions
-            .iter()
-            .any(|a| matches!(a, Action::DeleteStorage { .. }))
-    );
+    let observed = deleting(running(StreamJob::test()), policy);
+    let first = plan(&observed);
+    assert!(first.actions.contains(&Action::RemoveWorkloads));
+    assert!(!first.actions.contains(&Action::RemoveFinalizer));
+    let second = plan(&pods_gone(next(&observed, &first, NOW + 5_000)));
+    assert!(second.actions.contains(&Action::RemoveFinalizer));
+    assert!(!touches_storage(&first) && !touches_storage(&second));
+}
+
+#[test]
+fn restarted_operator_resumes_waiting_for_pods_without_a_second_savepoint() {
+    let policy = DeletionPolicy {
+        savepoint: true,
+        storage: StorageCleanup::Delete,
+    };
+    let answer = savepoint_answer(OperationStatus::Completed, Some("s3://b/final"), None);
+    let (done, second) = after_final_savepoint(policy, answer);
+    // A new operator process: only the status tells where the deletion was.
+    let mut resumed = next(&done, &second, NOW + 60_000);
+    resumed.savepoint = None;
+    resumed.jobmanager = JobManagerView::Job {
+        overview: overview(JobState::Finished, 2),
+        latest_checkpoint: None,
+    };
+    let third = plan(&resumed);
+    assert!(stop_target(&third).is_none());
+    assert!(third.actions.contains(&Action::RemoveWorkloads));
+    assert!(!touches_storage(&third));
+    assert!(!has_event(&third, "RemovingPods"), "announced once");
 }
 
 // ---- a bounded job that finishes ----

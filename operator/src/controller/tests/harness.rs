@@ -165,6 +165,18 @@ impl Harness {
         self.jobmanager.run_job(JOB_ID, document.parallelism);
     }
 
+    /// Deleted Deployments stay, marked, while their pods terminate (foreground deletion on a
+    /// real API server), until [`Self::pods_gone`].
+    pub fn pods_take_time_to_terminate(&self) {
+        self.api.hold_foreground_deletions();
+    }
+
+    /// The last pods terminated: the garbage collector removes the Deployments deleted in the
+    /// foreground.
+    pub fn pods_gone(&self) {
+        self.api.finish_foreground_deletions();
+    }
+
     /// The job document the operator put into the ConfigMap.
     pub fn deployed_document(&self) -> JobDocument {
         let config_map = self.api.get(CONFIG_MAP_PATH).expect("ConfigMap applied");

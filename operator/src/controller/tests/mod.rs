@@ -406,6 +406,54 @@ async fn storage_outage_falls_back_to_the_reported_checkpoint_marked_unverified(
     );
 }
 
+// ---- periodic savepoints ----
+
+#[tokio::test]
+async fn periodic_savepoints_come_on_time_below_the_steady_requeue_and_are_trimmed_in_storage() {
+    use kube::runtime::controller::Action as Requeue;
+
+    let mut job = StreamJob::test();
+    job.spec.savepoints.interval = Some("15s".into());
+    job.spec.savepoints.retained = 2;
+    let harness = Harness::running(job).await;
+    let mut taken = Vec::new();
+    for _ in 0..3 {
+        let idle = harness.reconcile().await;
+        assert_eq!(
+            idle,
+            Requeue::requeue(Duration::from_secs(15)),
+            "back when the next savepoint is due, not after 30s"
+        );
+        harness.advance(Duration::from_secs(15));
+        let mark = harness.mark();
+        harness.reconcile().await;
+        let target = savepoint_dir(harness.now());
+        assert_eq!(
+            harness.jobmanager_calls_since(mark),
+            [format!("POST /v1/jobs/{JOB_ID}/savepoints {target}")]
+        );
+        harness.advance(Duration::from_secs(5));
+        harness.reconcile().await;
+        assert_eq!(harness.status().lifecycle, Lifecycle::Running);
+        taken.push(target);
+    }
+
+    let status = harness.status();
+    let history: Vec<String> = status
+        .savepoint_history
+        .into_iter()
+        .map(|s| s.path)
+        .collect();
+    assert_eq!(history, taken[1..], "savepoints.retained is 2");
+    assert!(
+        !harness.storage.contains_dir(&taken[0]),
+        "the oldest is deleted from storage"
+    );
+    for kept in &taken[1..] {
+        assert!(harness.storage.contains_dir(kept), "{kept} kept");
+    }
+}
+
 // ---- suspend and resume ----
 
 #[tokio::test]
@@ -514,21 +562,32 @@ async fn deletion_takes_a_final_savepoint_before_releasing_the_finalizer() {
         Some(OperationKind::Delete)
     );
 
-    harness.reconcile().await;
+    harness.reconcile().await; // the savepoint completed: the pods go
+    assert!(harness.deployment(JOBMANAGER_PATH).is_none());
+    harness.reconcile().await; // they are gone
 
     assert!(!harness.job_exists(), "finalizer removed, object gone");
     assert!(harness.storage.contains_dir(&savepoint), "savepoint kept");
     let reasons = harness.event_reasons_since(mark);
-    assert!(
-        reasons.contains(&"FinalSavepoint".to_string()),
-        "{reasons:?}"
-    );
-    assert!(reasons.contains(&"Deleted".to_string()), "{reasons:?}");
+    for reason in ["FinalSavepoint", "RemovingPods", "Deleted"] {
+        assert!(reasons.contains(&reason.to_string()), "{reasons:?}");
+    }
+}
+
+/// The DELETE requests for the JobManager and TaskManager Deployments since `mark`.
+fn workload_deletes_since(harness: &Harness, mark: usize) -> Vec<String> {
+    harness
+        .kube_requests_since(mark)
+        .iter()
+        .filter(|r| r.method == "DELETE")
+        .map(|r| r.target())
+        .collect()
 }
 
 #[tokio::test]
-async fn deletion_with_storage_cleanup_removes_the_checkpoints_then_the_finalizer() {
-    let harness = Harness::running(StreamJob::test().deleting_storage_on_delete()).await;
+async fn deletion_with_storage_cleanup_deletes_storage_only_after_the_pods_are_gone() {
+    let mut harness = Harness::running(StreamJob::test().deleting_storage_on_delete()).await;
+    harness.pods_take_time_to_terminate();
     harness
         .storage
         .put_metadata(&format!("{CHECKPOINTS}/chk-3"));
@@ -536,10 +595,88 @@ async fn deletion_with_storage_cleanup_removes_the_checkpoints_then_the_finalize
 
     harness.delete();
     harness.reconcile().await;
+    assert_eq!(harness.jobmanager_calls_since(mark), [CANCEL]);
+    assert_eq!(
+        workload_deletes_since(&harness, mark),
+        [
+            "deployments/clicks-jobmanager",
+            "deployments/clicks-taskmanager"
+        ]
+    );
+    let recorded = harness.status_written_before(CANCEL).operation;
+    assert_eq!(
+        recorded.map(|op| (op.kind, op.step)),
+        Some((OperationKind::Delete, OperationStep::RemovingPods))
+    );
+    assert!(harness.job_exists());
+    assert!(
+        harness
+            .deployment(JOBMANAGER_PATH)
+            .and_then(|d| d.metadata.deletion_timestamp)
+            .is_some(),
+        "the JobManager Deployment waits for its pods"
+    );
 
-    assert!(!harness.storage.contains_dir(CHECKPOINTS));
+    // A terminating JobManager completes one more checkpoint: storage must still be there
+    // for it, and the delete must come after it. A restarted operator keeps waiting.
+    harness
+        .storage
+        .put_metadata(&format!("{CHECKPOINTS}/chk-4"));
+    harness.restart_operator();
+    harness.advance(Duration::from_secs(5));
+    harness.reconcile().await;
+    assert!(
+        harness
+            .storage
+            .contains_dir(&format!("{CHECKPOINTS}/chk-3"))
+    );
+    assert!(harness.job_exists());
+    assert_eq!(
+        harness.status().operation.map(|op| op.step),
+        Some(OperationStep::RemovingPods)
+    );
+
+    harness.pods_gone();
+    let gone = harness.mark();
+    harness.reconcile().await;
+
+    assert!(!harness.storage.contains_dir(CHECKPOINTS), "chk-4 too");
     assert!(!harness.job_exists());
-    assert!(harness.jobmanager_calls_since(mark).is_empty());
+    assert!(harness.jobmanager_calls_since(gone).is_empty());
+    let reasons = harness.event_reasons_since(mark);
+    assert!(reasons.contains(&"RemovingPods".to_string()), "{reasons:?}");
+    assert!(reasons.contains(&"Deleted".to_string()), "{reasons:?}");
+    assert!(!reasons.contains(&"PodsNotGone".to_string()), "{reasons:?}");
+}
+
+#[tokio::test]
+async fn deletion_cleans_up_anyway_when_pods_never_go_and_says_so() {
+    let harness = Harness::running(StreamJob::test().deleting_storage_on_delete()).await;
+    harness.pods_take_time_to_terminate();
+    harness
+        .storage
+        .put_metadata(&format!("{CHECKPOINTS}/chk-3"));
+    harness.delete();
+    harness.reconcile().await;
+    // The JobManager is crash-looping and its node is gone: nothing answers, nothing ends.
+    harness.jobmanager.forget_jobs();
+    harness.advance(MINUTE);
+    harness.reconcile().await;
+    assert!(harness.job_exists());
+    let mark = harness.mark();
+
+    harness.advance(2 * MINUTE);
+    harness.reconcile().await;
+
+    assert!(!harness.job_exists());
+    assert!(!harness.storage.contains_dir(CHECKPOINTS));
+    let warning = harness
+        .events_since(mark)
+        .into_iter()
+        .find(|e| e.reason == "PodsNotGone")
+        .expect("a PodsNotGone event");
+    assert!(warning.warning);
+    assert_eq!(warning.action, "Delete");
 }
 
 #[tokio::test]
@@ -550,13 +687,29 @@ async fn deletion_with_final_savepoint_and_storage_cleanup_keeps_only_the_final_
             .deleting_storage_on_delete(),
     )
     .await;
+    harness.pods_take_time_to_terminate();
     harness
         .storage
         .put_metadata(&format!("{CHECKPOINTS}/chk-3"));
     let savepoint = savepoint_dir(harness.now());
+    let mark = harness.mark();
 
     harness.delete();
     harness.reconcile().await;
+    harness.reconcile().await;
+    assert!(
+        harness.storage.contains_dir(CHECKPOINTS),
+        "pods still there"
+    );
+    assert!(harness.job_exists());
+    assert!(
+        !harness
+            .jobmanager_calls_since(mark)
+            .contains(&CANCEL.to_string()),
+        "the final savepoint stopped the job"
+    );
+
+    harness.pods_gone();
     harness.reconcile().await;
 
     assert!(!harness.job_exists());
@@ -891,6 +1044,7 @@ async fn jobmanager_restarts_show_in_status_and_degraded() {
 async fn reconciling_a_stale_copy_after_the_finalizer_was_removed_succeeds() {
     let harness = Harness::running(StreamJob::test().deleting_storage_on_delete()).await;
     harness.delete();
+    harness.reconcile().await; // the pods go
     let cached = harness.job();
     harness.reconcile().await;
     assert!(!harness.job_exists());
