@@ -161,6 +161,7 @@ export WEIR_E2E_SYSTEM_NAMESPACE="$SYSTEM_NAMESPACE" WEIR_E2E_RELEASE=weir
 export WEIR_E2E_IMAGE=weir-worker:e2e WEIR_E2E_NEXT_IMAGE=weir-worker:e2e-next
 export WEIR_E2E_S3_ENDPOINT="http://$BRIDGE_IP:$S3_PORT" WEIR_E2E_S3_CLUSTER_ENDPOINT="http://s3:$S3_PORT"
 export WEIR_E2E_S3_ACCESS_KEY="$S3_ACCESS_KEY" WEIR_E2E_S3_SECRET_KEY="$S3_SECRET_KEY"
+export WEIR_E2E_MEASUREMENTS="$E2E_DIR/measurements.txt"
 export WEIR_E2E_POD_LOGS="$WEIR_K8S_RUN/node/pods" WEIR_E2E_UNWRITABLE_BUCKET=unwritable RUST_BACKTRACE=0
 started=$SECONDS
 if [ -n "$FILTER" ]; then
@@ -173,4 +174,5 @@ else
   say "operator scenarios (they kill, scale or replace the operator), one at a time"
   cargo test --release --workspace --test scenarios -- --ignored --test-threads=1 operator_
 fi
-say "scenarios passed in $((SECONDS - started))s"
+say "scenarios passed in $((SECONDS - started))s; measured:"
+sed 's/^/    /' "$WEIR_E2E_MEASUREMENTS" 2>/dev/null || true
