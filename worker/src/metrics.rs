@@ -28,7 +28,12 @@ pub struct Metrics {
     pub records_out: Family<OperatorLabels, Counter>,
     pub malformed_records: Counter,
     pub checkpoints_completed: Counter,
+    /// Periodic (and final) checkpoints that failed: these count toward `tolerableFailures`.
     pub checkpoints_failed: Counter,
+    /// Savepoint triggers that ended `COMPLETED` / `FAILED` (a failed savepoint never fails
+    /// the job).
+    pub savepoints_completed: Counter,
+    pub savepoints_failed: Counter,
     pub last_checkpoint_duration_ms: Gauge,
     pub last_checkpoint_size_bytes: Gauge,
     pub last_checkpoint_id: Gauge,
@@ -74,6 +79,8 @@ impl Metrics {
             malformed_records: Counter::default(),
             checkpoints_completed: Counter::default(),
             checkpoints_failed: Counter::default(),
+            savepoints_completed: Counter::default(),
+            savepoints_failed: Counter::default(),
             last_checkpoint_duration_ms: Gauge::default(),
             last_checkpoint_size_bytes: Gauge::default(),
             last_checkpoint_id: Gauge::default(),
@@ -115,6 +122,16 @@ impl Metrics {
             "checkpoints_failed",
             "Checkpoints failed",
             metrics.checkpoints_failed.clone(),
+        );
+        registry.register(
+            "savepoints_completed",
+            "Savepoint triggers that completed",
+            metrics.savepoints_completed.clone(),
+        );
+        registry.register(
+            "savepoints_failed",
+            "Savepoint triggers that failed (the job keeps running)",
+            metrics.savepoints_failed.clone(),
         );
         registry.register(
             "last_checkpoint_duration_milliseconds",

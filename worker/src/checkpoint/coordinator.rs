@@ -4,7 +4,8 @@
 //!
 //! At most one checkpoint is in flight. A checkpoint that times out or is declined counts as
 //! a failure; more than `tolerableFailures` in a row fail the job (it then restarts from the
-//! latest completed checkpoint).
+//! latest completed checkpoint). A savepoint that fails (bad target, storage error, declined,
+//! timed out) fails only itself, as in Flink: it never counts toward `tolerableFailures`.
 //!
 //! # Fencing: every checkpoint id is written once, in order, create-only
 //!
@@ -341,6 +342,11 @@ impl CheckpointCoordinator {
         self.config.interval
     }
 
+    /// How long a checkpoint or savepoint may take (a savepoint: from its request).
+    pub fn timeout(&self) -> Duration {
+        self.config.timeout
+    }
+
     pub fn is_pending(&self) -> bool {
         self.pending.is_some()
     }
@@ -466,8 +472,10 @@ impl CheckpointCoordinator {
             .map(|p| p.barrier.checkpoint_id)
     }
 
-    /// Abandons the pending checkpoint. Its id must be written (a `failed` claim, [`settle`])
-    /// before the next checkpoint. Errors once failures exceed the tolerance.
+    /// Abandons the pending checkpoint or savepoint. Its id must be written (a `failed` claim,
+    /// [`settle`]) before the next one. A failed checkpoint counts toward the tolerance and
+    /// errors once failures exceed it; a failed savepoint never counts (it is the user's
+    /// request that failed, not the job's fault tolerance).
     ///
     /// [`settle`]: Self::settle
     pub fn fail_pending(&mut self, reason: &str) -> Result<()> {
@@ -477,7 +485,16 @@ impl CheckpointCoordinator {
         let checkpoint_id = pending.barrier.checkpoint_id;
         self.unsettled = Some((checkpoint_id, reason.to_string()));
         self.record_failed(checkpoint_id, reason);
+        if pending.barrier.savepoint.is_some() {
+            return Ok(());
+        }
         self.count_failure(checkpoint_id, reason)
+    }
+
+    /// Failed checkpoints in a row since the last completed one (what `tolerableFailures`
+    /// limits).
+    pub fn consecutive_failures(&self) -> u32 {
+        self.consecutive_failures
     }
 
     /// Counts a failure towards the tolerance (also a failed write of a failed checkpoint's
@@ -872,13 +889,22 @@ mod tests {
         }
 
         fn job_manager(&self, name: &str, retained: u32) -> CheckpointCoordinator {
+            self.job_manager_tolerating(name, retained, 10)
+        }
+
+        fn job_manager_tolerating(
+            &self,
+            name: &str,
+            retained: u32,
+            tolerable_failures: u32,
+        ) -> CheckpointCoordinator {
             let config = CheckpointConfig {
                 interval: Duration::from_secs(1),
                 mode: Default::default(),
                 storage: self.job.location().uri(),
                 retained,
                 timeout: Duration::from_secs(60),
-                tolerable_failures: 10,
+                tolerable_failures,
             };
             let mut coordinator =
                 CheckpointCoordinator::new(self.job.clone(), config, "job", name, 1, 128);
@@ -905,6 +931,21 @@ mod tests {
             let barrier = coordinator.trigger().expect("trigger");
             assert!(coordinator.acknowledge(barrier.checkpoint_id, TASK, Vec::new()));
             barrier.checkpoint_id
+        }
+
+        /// Triggers a savepoint into `dir` (beside the job's folder); nothing acknowledges it.
+        fn savepoint(&self, coordinator: &mut CheckpointCoordinator, dir: &str) -> u64 {
+            let store = self
+                .rt
+                .block_on(ObjectStore::open(
+                    &Location::Local(self._dir.path().join(dir)),
+                    &Default::default(),
+                ))
+                .expect("savepoint store");
+            coordinator
+                .trigger_savepoint(SavepointTarget { store, stop: false })
+                .expect("trigger savepoint")
+                .checkpoint_id
         }
 
         fn complete(&self, coordinator: &mut CheckpointCoordinator) -> Result<CompletedCheckpoint> {
@@ -1102,5 +1143,59 @@ mod tests {
         assert!(empty.is_none(), "the first takeover started empty");
         let strict = s.rt.block_on(RestorePoint::open(s.job.child("chk-3")));
         assert!(strict.is_err(), "a claim is never opened as a checkpoint");
+    }
+
+    #[test]
+    fn a_failed_savepoint_does_not_count_toward_tolerable_failures() {
+        let s = Storage::new();
+        let mut a = s.job_manager_tolerating("jm-a", 3, 0);
+        s.take_over(&mut a);
+        for round in 0..3 {
+            let id = s.savepoint(&mut a, &format!("sp-{round}"));
+            a.fail_pending("vertex 1 subtask 0 declined: S3 PutObject failed")
+                .expect("a failed savepoint never fails the job");
+            assert_eq!(a.consecutive_failures(), 0);
+            // Its id is still written in order, as a failed claim.
+            s.rt.block_on(a.settle()).expect("settle");
+            assert!(matches!(
+                s.entry(id),
+                Some(MetadataEntry::Claim(IdClaim {
+                    reason: ClaimReason::Failed { .. },
+                    ..
+                }))
+            ));
+        }
+        assert_eq!(a.counts().failed, 3, "each failure shows in the history");
+        // Checkpoints go on after the failed savepoints.
+        s.acknowledged(&mut a);
+        let completed = s
+            .complete(&mut a)
+            .expect("a checkpoint after failed savepoints");
+        assert_eq!(s.latest(), Some(completed.checkpoint_id));
+    }
+
+    #[test]
+    fn a_failed_periodic_checkpoint_still_counts_toward_tolerable_failures() {
+        let s = Storage::new();
+        let mut a = s.job_manager_tolerating("jm-a", 3, 1);
+        s.take_over(&mut a);
+        s.acknowledged(&mut a);
+        a.fail_pending("timed out").expect("1 failure is tolerated");
+        s.rt.block_on(a.settle()).expect("settle");
+        // A savepoint failing in between neither counts nor resets the count.
+        s.savepoint(&mut a, "sp");
+        a.fail_pending("declined").expect("savepoints never count");
+        s.rt.block_on(a.settle()).expect("settle");
+        assert_eq!(a.consecutive_failures(), 1);
+        s.acknowledged(&mut a);
+        let error = a
+            .fail_pending("timed out")
+            .expect_err("2 failures exceed 1");
+        assert!(
+            error
+                .to_string()
+                .contains("2 failures in a row exceed tolerableFailures=1"),
+            "{error}"
+        );
     }
 }

@@ -114,6 +114,20 @@ pub fn run_job(
     commands: &Receiver<JobCommand>,
 ) -> Result<JobOutcome> {
     let result = run_attempts(doc, graph, rt, options, executor, job, commands);
+    // Nothing acts on a trigger from here on: every one still in progress ends now.
+    job.close_savepoints(&match &result {
+        Ok(outcome) => match &outcome.end {
+            JobEnd::Finished => "the job finished before the savepoint was taken".to_string(),
+            JobEnd::StoppedWithSavepoint(location) => {
+                format!("the job stopped with savepoint {location}")
+            }
+            JobEnd::Cancelled => "the job was cancelled".to_string(),
+        },
+        Err(e @ (Error::Terminated { .. } | Error::Fenced { .. })) => {
+            format!("this JobManager stopped before the savepoint completed: {e}")
+        }
+        Err(e) => format!("the job failed before the savepoint completed: {e}"),
+    });
     // A JobManager that was stopped or replaced leaves the job's state alone: the job goes on
     // under the next JobManager, it did not fail.
     if matches!(result, Err(Error::Terminated { .. } | Error::Fenced { .. })) {
@@ -295,6 +309,8 @@ fn run_attempts(
             claimed,
         };
         attempt_number += 1;
+        // Savepoint triggers of an attempt that fails: they end once the restart is decided.
+        let mut orphaned_triggers = Vec::new();
         let result = match started
             .and_then(|()| Attempt::start(&plan, executor, &mut coordinator, commands))
         {
@@ -312,7 +328,10 @@ fn run_attempts(
                         attempt.shutdown();
                         Ok(end)
                     }
-                    Err(error) => Err(attempt.teardown(error)),
+                    Err(error) => {
+                        orphaned_triggers = attempt.take_savepoint_triggers();
+                        Err(attempt.teardown(error))
+                    }
                 }
             }
         };
@@ -344,7 +363,52 @@ fn run_attempts(
         job.record_failure(restarts.restarts, &error.to_string());
         job.set_state(JobState::Restarting);
         tracing::warn!(error = %error, restart = restarts.restarts, ?delay, "job failed; restarting from the latest completed checkpoint");
-        shutdown::sleep(delay)?;
+        for trigger_id in orphaned_triggers {
+            job.savepoint_finished(
+                &trigger_id,
+                Err(format!(
+                    "the job restarted before the savepoint completed: {error}"
+                )),
+            );
+        }
+        if wait_out_restart_delay(delay, job, commands)? {
+            return Ok(JobOutcome {
+                end: JobEnd::Cancelled,
+                restarts: restarts.restarts,
+                last_checkpoint,
+                restored_from,
+            });
+        }
+    }
+}
+
+/// Waits `delay` before the next attempt, answering requests meanwhile: a savepoint trigger
+/// fails at once (no tasks run that could take it; trigger again once the job is RUNNING), a
+/// cancellation ends the job. True when the job was cancelled.
+fn wait_out_restart_delay(
+    delay: Duration,
+    job: &JobHandle,
+    commands: &Receiver<JobCommand>,
+) -> Result<bool> {
+    let until = Instant::now() + delay;
+    loop {
+        shutdown::check()?;
+        let left = until.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Ok(false);
+        }
+        match commands.recv_timeout(left.min(Duration::from_millis(50))) {
+            Ok(JobCommand::Cancel) => return Ok(true),
+            Ok(JobCommand::Savepoint { trigger_id, .. }) => job.savepoint_finished(
+                &trigger_id,
+                Err("the job is restarting after a failure; trigger the savepoint again once it is RUNNING".into()),
+            ),
+            Ok(JobCommand::Checkpoint) | Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => {
+                shutdown::sleep(left)?;
+                return Ok(false);
+            }
+        }
     }
 }
 
@@ -396,13 +460,21 @@ fn check_compatible(point: &RestorePoint, doc: &JobDocument) -> Result<()> {
     Ok(())
 }
 
+/// A savepoint trigger an attempt took on: it ends `COMPLETED` or `FAILED` by `deadline` (the
+/// savepoint timeout after the REST API accepted it), whatever happens to the attempt.
+struct SavepointTrigger {
+    trigger_id: String,
+    target: SavepointTarget,
+    deadline: Instant,
+}
+
 struct Attempt {
     job: JobHandle,
     doc: Arc<JobDocument>,
     /// Savepoints asked for but not yet triggered (one checkpoint is in flight at a time).
-    queued_savepoints: VecDeque<(String, SavepointTarget)>,
-    /// Checkpoint id -> trigger id of savepoints in flight.
-    savepoint_triggers: std::collections::HashMap<u64, String>,
+    queued_savepoints: VecDeque<SavepointTrigger>,
+    /// Checkpoint id -> the savepoint in flight with that id.
+    savepoint_triggers: std::collections::HashMap<u64, SavepointTrigger>,
     tasks: Vec<TaskHandle>,
     stop_tasks: Option<Box<dyn FnMut() + Send>>,
     events: Receiver<TaskEvent>,
@@ -412,6 +484,8 @@ struct Attempt {
     sink_names: Vec<String>,
     /// A failed checkpoint's id could not be written: not before this instant again.
     next_settle_at: Option<Instant>,
+    /// Why that write failed, for the savepoint that waited for it.
+    settle_failure: Option<String>,
 }
 
 impl Attempt {
@@ -470,6 +544,7 @@ impl Attempt {
                 .map(|(uid, _)| uid.clone())
                 .collect(),
             next_settle_at: None,
+            settle_failure: None,
         }))
     }
 
@@ -492,7 +567,7 @@ impl Attempt {
     }
 
     fn trigger(&mut self) -> Result<()> {
-        if !self.settle()? {
+        if !self.settle(true)? {
             return Ok(());
         }
         shutdown::check()?;
@@ -502,10 +577,11 @@ impl Attempt {
         Ok(())
     }
 
-    /// Writes the id of the checkpoint that failed last (ids are written in order, see
-    /// `checkpoint::coordinator`). False while it cannot be written; a failed write counts as
-    /// a checkpoint failure and is retried an interval later.
-    fn settle(&mut self) -> Result<bool> {
+    /// Writes the id of the checkpoint or savepoint that failed last (ids are written in
+    /// order, see `checkpoint::coordinator`). False while it cannot be written; a failed write
+    /// is retried an interval later, and counts as a checkpoint failure when a periodic
+    /// checkpoint (`for_checkpoint`) waited for it: a savepoint never counts.
+    fn settle(&mut self, for_checkpoint: bool) -> Result<bool> {
         let Some(coordinator) = self.coordinator.as_mut() else {
             return Ok(true);
         };
@@ -524,7 +600,11 @@ impl Attempt {
             Err(e @ Error::Fenced { .. }) => Err(e),
             Err(e) => {
                 self.next_settle_at = Some(Instant::now() + coordinator.interval());
-                coordinator.count_failure(id, &format!("writing its failed claim failed: {e}"))?;
+                let reason = format!("writing the failed claim of checkpoint {id} failed: {e}");
+                if for_checkpoint {
+                    coordinator.count_failure(id, &reason)?;
+                }
+                self.settle_failure = Some(reason);
                 Ok(false)
             }
         }
@@ -539,34 +619,84 @@ impl Attempt {
         {
             return Ok(());
         }
-        if !self.settle()? {
+        if !self.settle(false)? {
+            // Checkpoint storage refuses the failed id's claim: the savepoint cannot get an id.
+            if let Some(reason) = self.settle_failure.take()
+                && let Some(trigger) = self.queued_savepoints.pop_front()
+            {
+                self.job.savepoint_finished(
+                    &trigger.trigger_id,
+                    Err(format!("savepoint could not start: {reason}")),
+                );
+            }
             return Ok(());
         }
         shutdown::check()?;
         let Some(coordinator) = self.coordinator.as_mut() else {
             return Ok(());
         };
-        let Some((trigger_id, target)) = self.queued_savepoints.pop_front() else {
+        let Some(trigger) = self.queued_savepoints.pop_front() else {
             return Ok(());
         };
-        match coordinator.trigger_savepoint(target.clone()) {
+        match coordinator.trigger_savepoint(trigger.target.clone()) {
             Some(barrier) => {
                 tracing::info!(
                     checkpoint_id = barrier.checkpoint_id,
                     stop = barrier.stops_job(),
+                    trigger_id = %trigger.trigger_id,
                     "savepoint triggered"
                 );
                 self.savepoint_triggers
-                    .insert(barrier.checkpoint_id, trigger_id);
+                    .insert(barrier.checkpoint_id, trigger);
                 self.to_sources(ControlMessage::TriggerCheckpoint(barrier));
             }
-            None => self.queued_savepoints.push_front((trigger_id, target)),
+            None => self.queued_savepoints.push_front(trigger),
+        }
+        Ok(())
+    }
+
+    /// Fails the savepoints past their deadline: queued ones that never got to start, and the
+    /// one in flight (which is abandoned like a timed-out checkpoint).
+    fn expire_savepoints(&mut self) -> Result<()> {
+        let now = Instant::now();
+        let Some(coordinator) = self.coordinator.as_ref() else {
+            return Ok(());
+        };
+        let timeout = coordinator.timeout();
+        let in_flight = coordinator.pending_id();
+        while let Some(position) = self
+            .queued_savepoints
+            .iter()
+            .position(|t| t.deadline <= now)
+        {
+            if let Some(trigger) = self.queued_savepoints.remove(position) {
+                let waiting_for = match in_flight {
+                    Some(id) => format!("checkpoint {id} was in flight"),
+                    None => "no checkpoint id could be taken".to_string(),
+                };
+                self.job.savepoint_finished(
+                    &trigger.trigger_id,
+                    Err(format!(
+                        "savepoint failed: not started within the savepoint timeout ({timeout:?}): {waiting_for}"
+                    )),
+                );
+            }
+        }
+        if let Some(id) = in_flight
+            && self
+                .savepoint_triggers
+                .get(&id)
+                .is_some_and(|t| t.deadline <= now)
+        {
+            self.fail_checkpoint(&format!(
+                "timed out: not completed within {timeout:?} of the request"
+            ))?;
         }
         Ok(())
     }
 
     /// Abandons the checkpoint or savepoint in flight; errors once checkpoint failures exceed
-    /// the tolerance.
+    /// the tolerance (a savepoint fails only itself and never errors).
     fn fail_checkpoint(&mut self, reason: &str) -> Result<()> {
         let Some(coordinator) = self.coordinator.as_mut() else {
             return Ok(());
@@ -575,13 +705,23 @@ impl Attempt {
             return Ok(());
         };
         let result = coordinator.fail_pending(reason);
+        // Also lets sources that stopped for a stop-with-savepoint emit again.
         self.broadcast(ControlMessage::AbortCheckpoint(id));
-        if let Some(trigger_id) = self.savepoint_triggers.remove(&id) {
-            self.job
-                .savepoint_finished(&trigger_id, Err(reason.to_string()));
+        if let Some(trigger) = self.savepoint_triggers.remove(&id) {
+            self.job.savepoint_finished(
+                &trigger.trigger_id,
+                Err(format!("savepoint (checkpoint {id}) failed: {reason}")),
+            );
         }
         self.publish();
         result
+    }
+
+    /// Takes every savepoint trigger of this attempt away from it (the attempt failed).
+    fn take_savepoint_triggers(&mut self) -> Vec<String> {
+        let in_flight = std::mem::take(&mut self.savepoint_triggers).into_values();
+        let queued = std::mem::take(&mut self.queued_savepoints);
+        in_flight.chain(queued).map(|t| t.trigger_id).collect()
     }
 
     fn publish(&self) {
@@ -604,8 +744,13 @@ impl Attempt {
                 trigger_id,
                 target,
                 stop,
+                accepted,
             } => {
-                if self.coordinator.is_none() {
+                if !self.job.savepoint_in_progress(&trigger_id) {
+                    // It ended while waiting for this attempt (e.g. the job restarted).
+                    return Ok(None);
+                }
+                let Some(timeout) = self.coordinator.as_ref().map(|c| c.timeout()) else {
                     self.job.savepoint_finished(
                         &trigger_id,
                         Err(
@@ -614,7 +759,7 @@ impl Attempt {
                         ),
                     );
                     return Ok(None);
-                }
+                };
                 let store = Location::parse(&target)
                     .map_err(Error::from)
                     .and_then(|location| {
@@ -623,9 +768,11 @@ impl Attempt {
                             .block_on(ObjectStore::open(&location, &self.doc.s3))?)
                     });
                 match store {
-                    Ok(store) => self
-                        .queued_savepoints
-                        .push_back((trigger_id, SavepointTarget { store, stop })),
+                    Ok(store) => self.queued_savepoints.push_back(SavepointTrigger {
+                        trigger_id,
+                        target: SavepointTarget { store, stop },
+                        deadline: accepted + timeout,
+                    }),
                     Err(e) => self.job.savepoint_finished(&trigger_id, Err(e.to_string())),
                 }
             }
@@ -662,9 +809,9 @@ impl Attempt {
         self.publish();
         if completed.kind == SnapshotKind::Savepoint {
             tracing::info!(checkpoint_id, path = %completed.uri, duration_ms = completed.duration.as_millis() as u64, "savepoint completed");
-            if let Some(trigger_id) = self.savepoint_triggers.remove(&checkpoint_id) {
+            if let Some(trigger) = self.savepoint_triggers.remove(&checkpoint_id) {
                 self.job
-                    .savepoint_finished(&trigger_id, Ok(completed.uri.clone()));
+                    .savepoint_finished(&trigger.trigger_id, Ok(completed.uri.clone()));
             }
             if completed.stops_job {
                 self.broadcast(ControlMessage::CheckpointComplete(checkpoint_id));
@@ -802,6 +949,7 @@ impl Attempt {
             if let Some(id) = self.coordinator.as_ref().and_then(|c| c.timed_out()) {
                 self.fail_checkpoint(&format!("checkpoint {id} timed out"))?;
             }
+            self.expire_savepoints()?;
             // A final checkpoint that failed is retried.
             if let Some(id) = final_checkpoint
                 && self.coordinator.as_ref().is_some_and(|c| !c.is_pending())

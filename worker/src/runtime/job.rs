@@ -6,6 +6,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
 
 use crate::checkpoint::coordinator::{CheckpointCounts, CheckpointInfo, OperationStatus, now_ms};
 use crate::spec::JobDocument;
@@ -19,6 +20,9 @@ pub enum JobCommand {
         trigger_id: String,
         target: String,
         stop: bool,
+        /// When the REST API accepted it: the savepoint timeout counts from here, so a
+        /// trigger that waited (for a checkpoint in flight, for a restart) still ends in time.
+        accepted: Instant,
     },
     /// Take a checkpoint now (Flink's `POST /jobs/:id/checkpoints`); ignored while one is in
     /// flight or when the job has no checkpointing configured.
@@ -37,6 +41,8 @@ struct JobView {
     overview: JobOverview,
     checkpoints: CheckpointStats,
     savepoints: HashMap<String, SavepointRecord>,
+    /// Set once the driver is done: nothing would ever act on a new trigger.
+    savepoints_closed: Option<String>,
 }
 
 /// Cheap to clone; one per job.
@@ -61,6 +67,7 @@ impl JobHandle {
             },
             checkpoints: CheckpointStats::default(),
             savepoints: HashMap::new(),
+            savepoints_closed: None,
         };
         (
             JobHandle {
@@ -95,8 +102,18 @@ impl JobHandle {
             .map(|r| r.status.clone())
     }
 
+    /// Whether the trigger is still `IN_PROGRESS`: the driver acts only on those (a trigger
+    /// that already failed, e.g. while the job restarted, is never taken after all).
+    pub fn savepoint_in_progress(&self, trigger_id: &str) -> bool {
+        self.lock()
+            .savepoints
+            .get(trigger_id)
+            .is_some_and(|r| r.status.status == OperationStatus::InProgress)
+    }
+
     /// Asks for a savepoint into `target`. A repeated request for the same target that is in
-    /// progress or done returns the same trigger id, so a caller that crashed can ask again.
+    /// progress or done returns the same trigger id, so a caller that crashed can ask again;
+    /// after a `FAILED` one it starts a new trigger.
     pub fn request_savepoint(&self, target: &str, stop: bool) -> Result<String, String> {
         let mut view = self.lock();
         if matches!(
@@ -104,6 +121,9 @@ impl JobHandle {
             JobState::Finished | JobState::Failed | JobState::Canceled
         ) {
             return Err(format!("job is {:?}", view.overview.state));
+        }
+        if let Some(reason) = &view.savepoints_closed {
+            return Err(reason.clone());
         }
         if let Some((id, _)) = view
             .savepoints
@@ -130,6 +150,7 @@ impl JobHandle {
                 trigger_id: trigger_id.clone(),
                 target: target.to_string(),
                 stop,
+                accepted: Instant::now(),
             })
             .map_err(|_| "the job is no longer running".to_string())?;
         Ok(trigger_id)
@@ -174,21 +195,54 @@ impl JobHandle {
         };
     }
 
+    /// Ends a trigger. The one place a trigger leaves `IN_PROGRESS` (counted in
+    /// `weir_savepoints_{completed,failed}_total`, a failure logged as a warning); a trigger
+    /// that already ended keeps its outcome.
     pub fn savepoint_finished(&self, trigger_id: &str, result: Result<String, String>) {
         let mut view = self.lock();
-        if let Some(record) = view.savepoints.get_mut(trigger_id) {
-            record.status = match result {
-                Ok(location) => SavepointStatus {
+        let Some(record) = view
+            .savepoints
+            .get_mut(trigger_id)
+            .filter(|r| r.status.status == OperationStatus::InProgress)
+        else {
+            return;
+        };
+        let metrics = crate::metrics::global();
+        record.status = match result {
+            Ok(location) => {
+                metrics.savepoints_completed.inc();
+                SavepointStatus {
                     status: OperationStatus::Completed,
                     location: Some(location),
                     failure: None,
-                },
-                Err(failure) => SavepointStatus {
+                }
+            }
+            Err(failure) => {
+                metrics.savepoints_failed.inc();
+                tracing::warn!(trigger_id, target = %record.target, reason = %failure, "savepoint failed; the job keeps running");
+                SavepointStatus {
                     status: OperationStatus::Failed,
                     location: None,
                     failure: Some(failure),
-                },
-            };
+                }
+            }
+        };
+    }
+
+    /// The driver is done (the job ended, or this JobManager stops): every trigger still in
+    /// progress fails with `reason`, and new ones are refused with it.
+    pub fn close_savepoints(&self, reason: &str) {
+        let open: Vec<String> = {
+            let mut view = self.lock();
+            view.savepoints_closed = Some(reason.to_string());
+            view.savepoints
+                .iter()
+                .filter(|(_, r)| r.status.status == OperationStatus::InProgress)
+                .map(|(id, _)| id.clone())
+                .collect()
+        };
+        for trigger_id in open {
+            self.savepoint_finished(&trigger_id, Err(reason.to_string()));
         }
     }
 }
@@ -222,6 +276,30 @@ mod tests {
             .request_savepoint("file:///sp/1", false)
             .expect("accepted");
         assert_ne!(retry, first, "a failed savepoint may be retried");
+    }
+
+    #[test]
+    fn a_trigger_ends_once_and_a_closed_job_fails_the_open_ones() {
+        let (job, _commands) = handle();
+        let done = job
+            .request_savepoint("file:///sp/1", false)
+            .expect("accepted");
+        let open = job
+            .request_savepoint("file:///sp/2", false)
+            .expect("accepted");
+        job.savepoint_finished(&done, Ok("file:///sp/1".into()));
+        job.savepoint_finished(&done, Err("late".into()));
+        assert_eq!(
+            job.savepoint(&done).map(|s| s.status),
+            Some(OperationStatus::Completed),
+            "an ended trigger keeps its outcome"
+        );
+        job.close_savepoints("the job ended");
+        let failed = job.savepoint(&open).expect("known trigger");
+        assert_eq!(failed.status, OperationStatus::Failed);
+        assert_eq!(failed.failure.as_deref(), Some("the job ended"));
+        assert!(!job.savepoint_in_progress(&open));
+        assert!(job.request_savepoint("file:///sp/3", false).is_err());
     }
 
     #[test]
