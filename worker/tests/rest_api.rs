@@ -227,3 +227,154 @@ fn cancel_ends_the_job_as_canceled() {
     let log = std::fs::read_to_string(dir.path().join("run.log")).expect("log");
     assert!(log.contains("cancelled"), "{log}");
 }
+
+/// Triggers a savepoint (or stop-with-savepoint) into `target`; returns the trigger id.
+fn trigger(port: u16, endpoint: &str, target: &str) -> String {
+    let (status, body) = http(
+        port,
+        "POST",
+        &format!("/v1/jobs/seq/{endpoint}"),
+        Some(&json!({"targetDirectory": target}).to_string()),
+    );
+    assert_eq!(status, 202, "{endpoint} into {target}: {body}");
+    body["triggerId"].as_str().expect("triggerId").to_string()
+}
+
+fn completed_checkpoints_in_api(port: u16) -> u64 {
+    http(port, "GET", "/v1/jobs/seq/checkpoints", None).1["counts"]["completed"]
+        .as_u64()
+        .unwrap_or(0)
+}
+
+/// Savepoints that cannot be written (a path under a plain file or in /proc, a "bucket" that
+/// is a plain file, which s3s-fs cannot write; it creates missing buckets on the fly) fail
+/// only themselves, as in Flink: the
+/// trigger ends FAILED with the reason, the job keeps RUNNING with no restart, a failed
+/// stop-with-savepoint lets the sources emit again, checkpoints go on, a retry into the same
+/// directory after FAILED is a new trigger that completes once the target is writable, and
+/// the output stays exactly-once across all of it.
+#[test]
+fn failed_savepoints_fail_only_themselves_and_a_retry_after_failed_is_a_new_trigger() {
+    let s3 = support::s3::S3Server::start();
+    std::fs::write(
+        s3.root.path().join("not-a-bucket"),
+        "a plain file, not a bucket",
+    )
+    .expect("write");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = dir.path().join("store");
+    // Long enough (10 x 20,000 events at 2 x 2,000/s: 50 s) that it is stopped, not done.
+    let document = |rate: &str| {
+        format!(
+            "job: {{name: sequence-check, args: {{keys: {KEYS}, eventsPerKey: 20000, {rate}output: '{out}'}}}}\n\
+             jobId: seq\nparallelism: 2\n\
+             checkpointing: {{interval: 200ms, storage: 'file://{chk}', timeout: 10s, tolerableFailures: 0}}\n\
+             restartStrategy: {{type: fixed-delay, attempts: 5, delay: 200ms}}\n\
+             s3: {{endpoint: '{endpoint}', forcePathStyle: true}}\n",
+            out = store.join("output").display(),
+            chk = store.join("checkpoints").display(),
+            endpoint = s3.endpoint,
+        )
+    };
+    let job = write_job(dir.path(), "job.yaml", &document("eventsPerSecond: 2000, "));
+    let port = free_port();
+    let log = dir.path().join("run.log");
+    let mut child = spawn_job(
+        &job,
+        // Answers the final stop's status after the job ended.
+        &[
+            "--rest-addr",
+            &format!("127.0.0.1:{port}"),
+            "--linger",
+            "5s",
+        ],
+        &s3.env(),
+        &dir.path().join("work"),
+        &log,
+    );
+    wait_until(Duration::from_secs(30), "a completed checkpoint", || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+            && completed_checkpoints_in_api(port) >= 1
+    });
+
+    // A plain file where the savepoint's directory would have to be.
+    let blocker = store.join("blocker");
+    std::fs::write(&blocker, "in the way").expect("write");
+    let fixable = format!("file://{}/sp", blocker.display());
+    let mut first_fixable_trigger = None;
+    for target in [
+        "file:///proc/self/y".to_string(),
+        fixable.clone(),
+        "s3://not-a-bucket/savepoints/sp".to_string(),
+    ] {
+        let id = trigger(port, "savepoints", &target);
+        if target == fixable {
+            first_fixable_trigger = Some(id.clone());
+        }
+        let failed = poll_savepoint(port, &id);
+        assert_eq!(failed["status"], "FAILED", "{target}: {failed}");
+        assert!(
+            failed["failure"]
+                .as_str()
+                .is_some_and(|f| f.starts_with("savepoint (checkpoint ")),
+            "{target}: {failed}"
+        );
+        let (_, overview) = http(port, "GET", "/v1/jobs/seq", None);
+        assert_eq!(overview["state"], "RUNNING", "after {target}: {overview}");
+        assert_eq!(overview["restarts"], 0, "after {target}: {overview}");
+    }
+
+    // A failed stop-with-savepoint leaves the job running, its sources emitting.
+    let id = trigger(port, "stop", &format!("file://{}/stop", blocker.display()));
+    let failed = poll_savepoint(port, &id);
+    assert_eq!(failed["status"], "FAILED", "{failed}");
+    let committed = committed_lines(&store.join("output")).len();
+    let checkpoints = completed_checkpoints_in_api(port);
+    wait_until(
+        Duration::from_secs(30),
+        "more committed output and checkpoints after the failed stop",
+        || {
+            committed_lines(&store.join("output")).len() > committed + 1000
+                && completed_checkpoints_in_api(port) >= checkpoints + 3
+        },
+    );
+    let (_, overview) = http(port, "GET", "/v1/jobs/seq", None);
+    assert_eq!(overview["state"], "RUNNING", "{overview}");
+    assert_eq!(overview["restarts"], 0, "{overview}");
+    assert!(overview.get("lastFailure").is_none(), "{overview}");
+    let (_, metrics) = http_text(port, "GET", "/metrics", None);
+    assert!(
+        metrics.contains("weir_savepoints_failed_total 4"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("weir_checkpoints_failed_total 0"),
+        "{metrics}"
+    );
+
+    // Fixed target: the retry into the same directory is a new trigger, and it completes; asked
+    // again, the completed one is the answer.
+    std::fs::remove_file(&blocker).expect("remove the blocker");
+    let retry = trigger(port, "savepoints", &fixable);
+    assert_ne!(Some(&retry), first_fixable_trigger.as_ref());
+    let done = poll_savepoint(port, &retry);
+    assert_eq!(done, json!({"status": "COMPLETED", "location": fixable}));
+    assert!(store.join("blocker/sp/_metadata").exists());
+    assert_eq!(trigger(port, "savepoints", &fixable), retry);
+
+    // Stop for real, then finish the input at full speed from the savepoint.
+    let final_savepoint = format!("file://{}", store.join("savepoints/final").display());
+    let stop = trigger(port, "stop", &final_savepoint);
+    assert_eq!(poll_savepoint(port, &stop)["status"], "COMPLETED");
+    let exit = child.wait().expect("job exits after stop-with-savepoint");
+    assert!(exit.success(), "see {}", log.display());
+    let rest = write_job(dir.path(), "rest.yaml", &document(""));
+    run_job(
+        &rest,
+        &["--restore", &final_savepoint],
+        &s3.env(),
+        &dir.path().join("work"),
+    );
+    verify_sequence_output(&committed_json(&store.join("output")), KEYS, 20_000)
+        .expect("exactly-once across failed savepoints");
+}
