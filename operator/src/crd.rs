@@ -634,7 +634,8 @@ pub struct Operation {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct BlockedUpgrade {
-    /// `<spec hash>/<parallelism>/<slots>/<upgradeMode>` that was refused.
+    /// `<spec hash>/<parallelism>/<slots>/<upgradeMode>/<savepoint timeout ms>/<savepoint
+    /// directory>` that was refused; a spec that changes any of them is tried again.
     pub target: String,
     /// `SavepointFailed`, `SavepointTimeout` or `NoSavepointDirectory`.
     pub reason: String,

@@ -317,12 +317,17 @@ impl Desired {
         })
     }
 
-    /// Identifies a rollout target, including the mode, so changing upgradeMode retries a
-    /// blocked upgrade.
+    /// Identifies a rollout target, including the mode and the savepoint settings, so
+    /// changing upgradeMode or fixing the savepoint directory or timeout retries a blocked
+    /// upgrade (neither is part of the spec hash: they do not change the pods).
     fn target(&self, mode: UpgradeMode) -> String {
         format!(
-            "{}/{}/{}/{mode:?}",
-            self.spec_hash, self.parallelism, self.slots
+            "{}/{}/{}/{mode:?}/{}/{}",
+            self.spec_hash,
+            self.parallelism,
+            self.slots,
+            self.savepoint_timeout_ms,
+            self.savepoint_base.as_deref().unwrap_or("")
         )
     }
 }

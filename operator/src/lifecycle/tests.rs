@@ -476,6 +476,38 @@ fn blocked_upgrade_retries_when_the_spec_changes_again() {
 }
 
 #[test]
+fn blocked_upgrade_stays_blocked_until_the_savepoint_directory_is_fixed() {
+    let before = StreamJob::test();
+    let upgraded = before.clone().with_image("weir:2");
+    let (mut next, _) = after_stop_requested(&before, upgraded.clone());
+    next.savepoint = Some(savepoint_answer(
+        OperationStatus::Failed,
+        None,
+        Some("bucket not writable"),
+    ));
+    let blocked = plan(&next);
+    // The same spec again: refused before, so the old job is left alone.
+    let mut unchanged = world(&before, upgraded.clone());
+    unchanged.job.status = Some(blocked.status.clone());
+    let plan_unchanged = plan(&unchanged);
+    assert!(
+        stop_target(&plan_unchanged).is_none(),
+        "{:?}",
+        plan_unchanged.actions
+    );
+    assert!(!plan_unchanged.touches_workloads());
+    // A new savepoint directory (not part of the pods' spec hash) tries the upgrade again,
+    // with a savepoint into the new directory.
+    let mut fixed_spec = upgraded;
+    fixed_spec.spec.savepoints.directory = Some("s3://fixed/savepoints".into());
+    let mut fixed = world(&before, fixed_spec);
+    fixed.job.status = Some(blocked.status);
+    let plan_fixed = plan(&fixed);
+    let target = stop_target(&plan_fixed).expect("a new stop-with-savepoint");
+    assert!(target.starts_with("s3://fixed/savepoints/"), "{target}");
+}
+
+#[test]
 fn operator_restart_mid_upgrade_resumes_without_second_savepoint() {
     let before = StreamJob::test();
     let (mut restarted, _) = after_stop_requested(&before, before.clone().with_image("weir:2"));
