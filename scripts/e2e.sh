@@ -163,6 +163,7 @@ export WEIR_E2E_S3_ENDPOINT="http://$BRIDGE_IP:$S3_PORT" WEIR_E2E_S3_CLUSTER_END
 export WEIR_E2E_S3_ACCESS_KEY="$S3_ACCESS_KEY" WEIR_E2E_S3_SECRET_KEY="$S3_SECRET_KEY"
 export WEIR_E2E_MEASUREMENTS="$E2E_DIR/measurements.txt"
 export WEIR_E2E_POD_LOGS="$WEIR_K8S_RUN/node/pods" WEIR_E2E_UNWRITABLE_BUCKET=unwritable RUST_BACKTRACE=0
+: > "$WEIR_E2E_MEASUREMENTS"
 started=$SECONDS
 if [ -n "$FILTER" ]; then
   say "scenarios matching $FILTER, one at a time"
