@@ -194,6 +194,43 @@ impl Cluster {
     }
 }
 
+impl Cluster {
+    /// Triggers a savepoint (`savepoints`) or stop-with-savepoint (`stop`) into `target`;
+    /// returns the trigger id.
+    fn trigger(&self, endpoint: &str, target: &str) -> String {
+        let body = format!("{{\"targetDirectory\": \"{target}\"}}");
+        let (status, reply) = http(
+            self.rest_port,
+            "POST",
+            &format!("/v1/jobs/seq/{endpoint}"),
+            Some(&body),
+        );
+        assert_eq!(status, 202, "{endpoint} into {target}: {reply}");
+        reply["triggerId"].as_str().expect("triggerId").to_string()
+    }
+
+    /// Polls a trigger until it is COMPLETED or FAILED; returns its status.
+    fn await_trigger(&self, trigger: &str) -> serde_json::Value {
+        let mut last = serde_json::Value::Null;
+        wait_until(Duration::from_secs(60), "the trigger to end", || {
+            let (status, body) = http(
+                self.rest_port,
+                "GET",
+                &format!("/v1/jobs/seq/savepoints/{trigger}"),
+                None,
+            );
+            assert_eq!(status, 200, "{body}");
+            last = body;
+            last["status"] != "IN_PROGRESS"
+        });
+        last
+    }
+
+    fn overview(&self) -> serde_json::Value {
+        http(self.rest_port, "GET", "/v1/jobs/seq", None).1
+    }
+}
+
 impl Drop for Cluster {
     fn drop(&mut self) {
         self.kill_jobmanager();
@@ -659,4 +696,130 @@ fn sigterm_stops_a_taskmanager_and_the_jobmanager_at_once_without_completing_any
     cluster.start_jobmanager(&["--exit-when-done"]);
     cluster.wait_for_success(Duration::from_secs(120));
     verify_output(&s3, events_per_key, "after SIGTERM");
+}
+
+/// On TaskManagers, a savepoint a subtask declines (its S3 bucket is a plain file s3s-fs
+/// cannot write) fails only itself: the trigger ends FAILED with the reason, the job stays
+/// RUNNING with no restart, a failed stop-with-savepoint lets the sources emit again, later
+/// checkpoints complete, a retry into the same directory after FAILED is a new trigger that
+/// completes once the bucket is writable, and the output is exactly-once.
+#[test]
+fn a_declined_savepoint_on_taskmanagers_fails_only_itself() {
+    let s3 = S3Server::start();
+    s3.create_bucket("weir");
+    let plain_file = s3.root.path().join("not-a-bucket");
+    std::fs::write(&plain_file, "a plain file, not a bucket").expect("write");
+    let dir = tempfile::tempdir().expect("tempdir");
+    // 50 s of input: it is still running when the savepoints are done.
+    let events_per_key = 10_000;
+    let job = sequence_job(dir.path(), &s3.endpoint, events_per_key, 2000);
+    let mut cluster = Cluster::new(dir.path(), job, s3.env());
+    cluster.start_jobmanager(&["--exit-when-done"]);
+    cluster.start_taskmanager(0, 1);
+    cluster.start_taskmanager(1, 1);
+    wait_for_new_checkpoints(&s3, 2);
+
+    let target = "s3://not-a-bucket/savepoints/sp";
+    let first = cluster.trigger("savepoints", target);
+    let failed = cluster.await_trigger(&first);
+    assert_eq!(failed["status"], "FAILED", "{failed}");
+    assert!(
+        failed["failure"]
+            .as_str()
+            .is_some_and(|f| f.contains("declined") && f.contains("s3://not-a-bucket/")),
+        "{failed}"
+    );
+    let stop = cluster.trigger("stop", "s3://not-a-bucket/savepoints/stop");
+    assert_eq!(cluster.await_trigger(&stop)["status"], "FAILED");
+    let overview = cluster.overview();
+    assert_eq!(overview["state"], "RUNNING", "{overview}");
+    assert_eq!(overview["restarts"], 0, "{overview}");
+
+    // Records keep flowing and checkpoints keep completing.
+    let output = s3.bucket_path("weir").join("output");
+    let committed = committed_lines(&output).len();
+    wait_for_new_checkpoints(&s3, 3);
+    wait_until(Duration::from_secs(30), "more committed output", || {
+        committed_lines(&output).len() > committed + 1000
+    });
+
+    // The bucket becomes writable: the same directory again is a new trigger, and completes.
+    std::fs::remove_file(&plain_file).expect("remove");
+    s3.create_bucket("not-a-bucket");
+    let retry = cluster.trigger("savepoints", target);
+    assert_ne!(retry, first, "a retry after FAILED is a new trigger");
+    let done = cluster.await_trigger(&retry);
+    assert_eq!(done["status"], "COMPLETED", "{done}");
+    assert!(
+        s3.bucket_path("not-a-bucket")
+            .join("savepoints/sp/_metadata")
+            .exists()
+    );
+    let overview = cluster.overview();
+    assert_eq!(overview["restarts"], 0, "{overview}");
+    let log = cluster.jobmanager_log();
+    assert!(!log.contains("job failed; restarting"), "{log}");
+
+    cluster.wait_for_success(Duration::from_secs(120));
+    verify_output(&s3, events_per_key, "after declined savepoints");
+}
+
+/// A savepoint trigger always ends, also when the job restarts underneath it: one in flight
+/// when a TaskManager stops answering (SIGSTOP, then lost), and one accepted while the job
+/// waits for slots to restart. A retry into the same directory afterwards is a new trigger
+/// that completes, and the output is exactly-once.
+#[test]
+fn savepoint_triggers_end_when_the_job_restarts_underneath_them() {
+    let s3 = S3Server::start();
+    s3.create_bucket("weir");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let events_per_key = 10_000;
+    let job = sequence_job(dir.path(), &s3.endpoint, events_per_key, 2000);
+    let mut cluster = Cluster::new(dir.path(), job, s3.env());
+    cluster.start_jobmanager(&["--exit-when-done"]);
+    cluster.start_taskmanager(0, 1);
+    cluster.start_taskmanager(1, 1);
+    wait_for_new_checkpoints(&s3, 2);
+
+    // In flight: TaskManager 1 never acknowledges; it times out or the job restarts first.
+    let paused = cluster.taskmanagers[1].take().expect("taskmanager 1");
+    signal(&paused, "STOP");
+    let target = "s3://weir/savepoints/sp";
+    let in_flight = cluster.trigger("savepoints", target);
+    let ended = cluster.await_trigger(&in_flight);
+    assert_eq!(ended["status"], "FAILED", "{ended}");
+    let mut paused = paused;
+    sigkill(&mut paused);
+
+    // Accepted while the job restarts (only one slot left, two needed).
+    wait_until(Duration::from_secs(30), "the job to restart", || {
+        cluster.overview()["state"] != "RUNNING"
+    });
+    let during_restart = cluster.trigger("savepoints", target);
+    assert_ne!(
+        during_restart, in_flight,
+        "a retry after FAILED is a new trigger"
+    );
+    let ended = cluster.await_trigger(&during_restart);
+    assert_eq!(ended["status"], "FAILED", "{ended}");
+    assert!(ended["failure"].as_str().is_some_and(|f| !f.is_empty()));
+
+    // Back to two TaskManagers: the same directory once more is a new trigger, and completes.
+    cluster.start_taskmanager(1, 1);
+    wait_until(Duration::from_secs(60), "the job to run again", || {
+        cluster.overview()["state"] == "RUNNING"
+    });
+    wait_for_new_checkpoints(&s3, 1);
+    let retry = cluster.trigger("savepoints", target);
+    assert_ne!(retry, during_restart);
+    let done = cluster.await_trigger(&retry);
+    assert_eq!(done["status"], "COMPLETED", "{done}");
+    assert_eq!(
+        cluster.trigger("savepoints", target),
+        retry,
+        "COMPLETED is idempotent"
+    );
+
+    cluster.wait_for_success(Duration::from_secs(120));
+    verify_output(&s3, events_per_key, "after savepoints across a restart");
 }
