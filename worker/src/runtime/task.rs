@@ -469,6 +469,7 @@ fn snapshot<O>(
     let task = env.id;
     let uid = uid.to_string();
     let snapshots = snapshots.clone();
+    let scratch = [copy_dir.clone(), file.clone()];
     env.rt.spawn(async move {
         let stored = async {
             if let Some(job_store) = &incremental_to {
@@ -505,6 +506,13 @@ fn snapshot<O>(
             Ok(())
         };
         let result = stored.await;
+        if result.is_err() {
+            // A declined snapshot (often a savepoint into storage that refuses it) leaves no
+            // local copy behind: repeated retries must not fill the task's disk.
+            let [copy_dir, file] = &scratch;
+            let _ = tokio::fs::remove_dir_all(copy_dir).await;
+            let _ = tokio::fs::remove_file(file).await;
+        }
         tracing::debug!(operator = %uid, subtask, checkpoint_id, elapsed = ?started.elapsed(), "keyed snapshot: stored");
         let event = match result {
             Ok(()) => TaskEvent::Acknowledge {
