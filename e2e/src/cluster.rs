@@ -218,6 +218,40 @@ pub struct Cluster {
     pub config: E2eConfig,
     pub jobs: Api<DynamicObject>,
     pub store: ObjectStore,
+    /// Shared by every clone (`in_namespace`): the scenario's duration is recorded once, when
+    /// the last one is dropped at the scenario's end.
+    _clock: std::sync::Arc<ScenarioClock>,
+}
+
+/// Records how long a scenario ran, from connecting to its end (pass or fail; libtest's
+/// result says which).
+struct ScenarioClock {
+    scenario: String,
+    started: std::time::Instant,
+}
+
+impl Drop for ScenarioClock {
+    fn drop(&mut self) {
+        let secs = self.started.elapsed().as_secs_f64();
+        record_measurement(&format!("scenario {}: {secs:.0}s", self.scenario));
+    }
+}
+
+/// Prints a measured figure and appends it to `$WEIR_E2E_MEASUREMENTS` (scripts/e2e.sh prints
+/// that file at the end: libtest hides the output of passing tests).
+pub fn record_measurement(line: &str) {
+    eprintln!("[measure] {line}");
+    if let Some(path) = std::env::var_os("WEIR_E2E_MEASUREMENTS") {
+        use std::io::Write as _;
+        let appended = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .and_then(|mut f| writeln!(f, "{line}"));
+        if let Err(e) = appended {
+            eprintln!("cannot append to {}: {e}", path.to_string_lossy());
+        }
+    }
 }
 
 impl std::fmt::Debug for Cluster {
@@ -265,6 +299,10 @@ impl Cluster {
             config,
             jobs,
             store,
+            _clock: std::sync::Arc::new(ScenarioClock {
+                scenario: scenario.to_string(),
+                started: std::time::Instant::now(),
+            }),
         }))
     }
 

@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 use weir_e2e::Result;
 use weir_e2e::cluster::{
     Cluster, Poll, SequenceJob, assert_exactly_once, last_checkpoint_id, mounts_api_token,
-    savepoints_for, wait_for,
+    record_measurement, savepoints_for, wait_for,
 };
 use weir_e2e::s3::S3Uri;
 
@@ -42,22 +42,12 @@ fn assert_no_restarts(status: &Value) {
     assert_eq!(status["jobManagerRestarts"].as_u64(), Some(0), "{status}");
 }
 
-/// Prints how long a step took, and appends it to `$WEIR_E2E_MEASUREMENTS` (scripts/e2e.sh
-/// prints that file at the end: libtest hides the output of passing tests).
+/// Records how long a step of a scenario took.
 fn measured(scenario: &str, what: &str, since: Instant) {
-    let line = format!("{scenario}: {what}: {:.1}s", since.elapsed().as_secs_f64());
-    eprintln!("[measure] {line}");
-    if let Some(path) = std::env::var_os("WEIR_E2E_MEASUREMENTS") {
-        use std::io::Write as _;
-        let appended = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)
-            .and_then(|mut f| writeln!(f, "{line}"));
-        if let Err(e) = appended {
-            eprintln!("cannot append to {}: {e}", path.to_string_lossy());
-        }
-    }
+    record_measurement(&format!(
+        "{scenario}: {what}: {:.1}s",
+        since.elapsed().as_secs_f64()
+    ));
 }
 
 /// Waits until the job commits records beyond `records`: processing really resumed.
