@@ -9,6 +9,9 @@ need_apt=()
 if ! ls /usr/lib/llvm-*/lib/libclang.so >/dev/null 2>&1 && ! ldconfig -p 2>/dev/null | grep -q 'libclang\.so'; then
   need_apt+=(libclang-dev clang)
 fi
+# librdkafka (built from source by the rdkafka crate) links the system OpenSSL for TLS/SASL.
+[ -f /usr/include/openssl/ssl.h ] || need_apt+=(libssl-dev)
+command -v pkg-config >/dev/null 2>&1 || need_apt+=(pkg-config)
 # The benchmarks read CPU seconds and peak memory from GNU time.
 [ -x /usr/bin/time ] || need_apt+=(time)
 if [ ${#need_apt[@]} -gt 0 ]; then
@@ -31,3 +34,6 @@ if ! command -v s3s-fs >/dev/null 2>&1; then
   echo "==> installing s3s-fs (S3 server used by the tests)"
   cargo install s3s-fs@0.14.1 --features binary --locked
 fi
+
+# A real Kafka-protocol broker for the Kafka connector tests.
+"$(dirname "$0")/install-kafka-broker.sh" >/dev/null

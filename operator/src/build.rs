@@ -82,6 +82,7 @@ pub fn job_document(
         restore,
         malformed_records: template.malformed_records,
         s3: template.s3.clone(),
+        kafka: template.kafka.clone(),
         state,
     }
 }

@@ -11,7 +11,9 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use weir_spec::{CheckpointConfig, MalformedRecordPolicy, RestartStrategy, S3Options, StateConfig};
+use weir_spec::{
+    CheckpointConfig, KafkaOptions, MalformedRecordPolicy, RestartStrategy, S3Options, StateConfig,
+};
 
 /// A stateful stream-processing job: one JobManager, `ceil(parallelism / slots)` TaskManagers,
 /// and the lifecycle (savepoints, upgrades, rescales, restores) around them.
@@ -134,6 +136,10 @@ pub struct JobTemplate {
     /// Connection settings for `s3://` locations (endpoint, region, path style).
     #[serde(default)]
     pub s3: S3Options,
+    /// Connection settings for the job's Kafka sources and sinks. Secret properties name
+    /// environment variables (`propertiesFromEnv`), which the pod templates supply.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kafka: Option<KafkaOptions>,
     /// Local state backend settings.
     #[serde(default)]
     pub state: StateConfig,
@@ -734,6 +740,7 @@ pub(crate) mod test_support {
                         restart_strategy: RestartStrategy::default(),
                         malformed_records: MalformedRecordPolicy::Fail,
                         s3: S3Options::default(),
+                        kafka: None,
                         state: StateConfig::default(),
                     },
                     parallelism: 2,

@@ -5,6 +5,7 @@
 //! This crate has no runtime dependencies so the operator can embed it; the `schema` feature
 //! adds JSON Schema derives for the CRD.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -50,6 +51,24 @@ pub struct S3Options {
     #[serde(skip)]
     #[cfg_attr(feature = "schema", schemars(skip))]
     pub static_credentials: Option<(String, String)>,
+}
+
+/// Connection settings for every Kafka source and sink of a job (`kafka:` in the document).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct KafkaOptions {
+    /// `host:port[,host:port...]` of the brokers.
+    pub bootstrap_servers: String,
+    /// librdkafka client properties passed through as they are, e.g. `security.protocol:
+    /// SASL_SSL`, `sasl.mechanism: SCRAM-SHA-512`, `ssl.ca.location: /etc/kafka/ca.pem`.
+    /// Properties Weir sets itself (transactions, isolation, offsets) cannot be overridden.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub properties: BTreeMap<String, String>,
+    /// Secret properties: property name -> environment variable holding its value, e.g.
+    /// `sasl.password: KAFKA_PASSWORD`. Read at start-up, never logged or stored.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub properties_from_env: BTreeMap<String, String>,
 }
 
 /// Checks the shape of a storage URI: `s3://bucket[/prefix]`, `file:///absolute/path`, or a
@@ -115,6 +134,9 @@ pub struct JobDocument {
     /// Connection settings for every `s3://` location of this job.
     #[serde(default)]
     pub s3: S3Options,
+    /// Connection settings for the job's Kafka sources and sinks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kafka: Option<KafkaOptions>,
     #[serde(default)]
     pub state: StateConfig,
 }
@@ -410,6 +432,28 @@ impl JobDocument {
                     self.max_parallelism, self.parallelism
                 ),
             ));
+        }
+        if let Some(kafka) = &self.kafka {
+            if kafka.bootstrap_servers.trim().is_empty() {
+                return Err(SpecError::new(
+                    "kafka.bootstrapServers",
+                    "must not be empty",
+                ));
+            }
+            for (property, variable) in &kafka.properties_from_env {
+                if kafka.properties.contains_key(property) {
+                    return Err(SpecError::new(
+                        format!("kafka.propertiesFromEnv.{property}"),
+                        "is also set in kafka.properties; set it in one place",
+                    ));
+                }
+                if variable.trim().is_empty() {
+                    return Err(SpecError::new(
+                        format!("kafka.propertiesFromEnv.{property}"),
+                        "must name an environment variable",
+                    ));
+                }
+            }
         }
         if let Some(c) = &self.checkpointing {
             if c.interval < Duration::from_millis(10) {

@@ -56,6 +56,11 @@ pub enum Error {
     #[error("{message}")]
     Remote { message: String, recoverable: bool },
 
+    /// A Kafka client call failed (broker unreachable, fenced producer, aborted transaction).
+    /// Recoverable: a restart re-initialises the clients.
+    #[error("Kafka: {context}: {message}")]
+    Kafka { context: String, message: String },
+
     /// A TaskManager stopped answering (connection lost or heartbeats missed).
     #[error("TaskManager {task_manager} lost: {reason}")]
     TaskManagerLost {
@@ -136,6 +141,13 @@ impl Error {
         Error::RocksDb {
             context: context.into(),
             source,
+        }
+    }
+
+    pub fn kafka(context: impl Into<String>, error: impl std::fmt::Display) -> Self {
+        Error::Kafka {
+            context: context.into(),
+            message: error.to_string(),
         }
     }
 

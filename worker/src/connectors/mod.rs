@@ -3,6 +3,7 @@
 pub mod file_sink;
 pub mod file_source;
 pub mod generator;
+pub mod kafka;
 pub mod nexmark;
 pub mod print_sink;
 

@@ -2,6 +2,7 @@
 //! job committed, inspect checkpoints on disk.
 #![allow(dead_code)]
 
+pub mod kafka;
 pub mod s3;
 
 use std::collections::BTreeMap;
