@@ -131,10 +131,8 @@ impl KafkaBroker {
     }
 
     pub fn create_topic(&self, topic: &str, partitions: i32) {
-        let admin: AdminClient<DefaultClientContext> = self
-            .client_config()
-            .create()
-            .expect("Kafka admin client");
+        let admin: AdminClient<DefaultClientContext> =
+            self.client_config().create().expect("Kafka admin client");
         let results = self
             .rt
             .block_on(admin.create_topics(
@@ -149,10 +147,8 @@ impl KafkaBroker {
 
     /// Grows `topic` to `total` partitions.
     pub fn add_partitions(&self, topic: &str, total: usize) {
-        let admin: AdminClient<DefaultClientContext> = self
-            .client_config()
-            .create()
-            .expect("Kafka admin client");
+        let admin: AdminClient<DefaultClientContext> =
+            self.client_config().create().expect("Kafka admin client");
         let results = self
             .rt
             .block_on(admin.create_partitions(
@@ -210,7 +206,10 @@ impl KafkaBroker {
         let partitions = self.partitions(topic);
         let consumer: BaseConsumer = self
             .client_config()
-            .set("group.id", format!("weir-test-reader-{}", std::process::id()))
+            .set(
+                "group.id",
+                format!("weir-test-reader-{}", std::process::id()),
+            )
             .set("enable.auto.commit", "false")
             .set("enable.partition.eof", "true")
             .set(
@@ -263,7 +262,14 @@ impl KafkaBroker {
         let log = std::fs::File::create(&log_path).expect("create broker log file");
         let log_err = log.try_clone().expect("clone broker log file handle");
         let child = Command::new(&self.binary)
-            .args(["start", "--only", "kafka", "--host", "127.0.0.1", "--kafka-port"])
+            .args([
+                "start",
+                "--only",
+                "kafka",
+                "--host",
+                "127.0.0.1",
+                "--kafka-port",
+            ])
             .arg(self.port.to_string())
             .arg("--data-dir")
             .arg(self.data_dir.path())
@@ -276,8 +282,15 @@ impl KafkaBroker {
         let address = SocketAddr::from((Ipv4Addr::LOCALHOST, self.port));
         let deadline = Instant::now() + STARTUP_TIMEOUT;
         while TcpStream::connect_timeout(&address, Duration::from_millis(200)).is_err() {
-            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
-                panic!("the Kafka broker exited at start-up ({status}):\n{}", self.log());
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                panic!(
+                    "the Kafka broker exited at start-up ({status}):\n{}",
+                    self.log()
+                );
             }
             assert!(
                 Instant::now() < deadline,
