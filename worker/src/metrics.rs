@@ -41,6 +41,11 @@ pub struct Metrics {
     /// Milliseconds producers spent blocked on full channels (backpressure).
     pub backpressure_ms: Family<OperatorLabels, Counter>,
     pub committed_files: Counter,
+    /// Kafka transactions the exactly-once Kafka sink committed (in tasks and in recovery).
+    pub kafka_transactions_committed: Counter,
+    /// Records the Kafka brokers acknowledged to the Kafka sink (exactly-once: also those of
+    /// transactions that were aborted later).
+    pub kafka_records_produced: Counter,
     pub network_bytes_sent: Counter,
     pub network_bytes_received: Counter,
     /// JobManager: registered TaskManagers and their slots; slots the job needs.
@@ -87,6 +92,8 @@ impl Metrics {
             restarts: Counter::default(),
             backpressure_ms: Family::default(),
             committed_files: Counter::default(),
+            kafka_transactions_committed: Counter::default(),
+            kafka_records_produced: Counter::default(),
             network_bytes_sent: Counter::default(),
             network_bytes_received: Counter::default(),
             task_managers: Gauge::default(),
@@ -158,6 +165,16 @@ impl Metrics {
             "sink_committed_files",
             "Files published by exactly-once sinks",
             metrics.committed_files.clone(),
+        );
+        registry.register(
+            "kafka_transactions_committed",
+            "Kafka transactions committed by exactly-once Kafka sinks",
+            metrics.kafka_transactions_committed.clone(),
+        );
+        registry.register(
+            "kafka_records_produced",
+            "Records the Kafka brokers acknowledged to Kafka sinks",
+            metrics.kafka_records_produced.clone(),
         );
         registry.register(
             "network_sent_bytes",

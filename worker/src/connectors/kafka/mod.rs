@@ -6,6 +6,10 @@
 //! (isolation level, offset handling, transactions) are set by the connectors and cannot be
 //! overridden.
 
+pub mod sink;
+
+pub use sink::{Delivery, KafkaSink, KafkaSinkSpec};
+
 use rdkafka::ClientConfig;
 
 use crate::error::{Error, Result};
