@@ -50,6 +50,9 @@
 //!   and each subtask produces its batch while its checkpoint-complete notification is
 //!   handled, so commits add to the sink's processing time.
 //! - Every record is written to local disk and to checkpoint storage once more.
+//! - One checkpoint's batch of one subtask must be produced within the brokers' transaction
+//!   timeout (`transaction.timeout.ms`, 60 s by default, settable in `kafka.properties`), or
+//!   its commit fails again after every restart.
 //! - The marker compares checkpoint ids, which increase for as long as the job keeps its
 //!   checkpoint storage. Moving a job to new (or wiped) checkpoint storage restarts ids: give it
 //!   a new `transactionalIdPrefix` then.
