@@ -65,8 +65,13 @@ pub trait SourceFactory: Send + Sync + 'static {
 pub trait SourceReader<T>: Send {
     /// Appends up to `max` records to `out`.
     fn poll(&mut self, out: &mut Vec<T>, max: usize) -> Result<SourceStatus>;
-    /// This subtask's positions, taken between records.
-    fn snapshot(&mut self) -> Result<Vec<serde_json::Value>>;
+    /// This subtask's positions at checkpoint `checkpoint_id`, taken between records.
+    fn snapshot(&mut self, checkpoint_id: u64) -> Result<Vec<serde_json::Value>>;
+    /// Checkpoint `checkpoint_id` completed: its positions are durable (e.g. report them to
+    /// the system read from, for monitoring; recovery never depends on it).
+    fn notify_checkpoint_complete(&mut self, _checkpoint_id: u64) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// Where a sink subtask runs.

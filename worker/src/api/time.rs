@@ -7,9 +7,18 @@
 //! alone, not on timing: with the generator's state checkpointed, a restored run sees the
 //! same watermarks at the same records as an uninterrupted one. A source that stalls gets
 //! its pending watermark out at the next flush, and one quiet for `idleness` is marked idle.
+//!
+//! With [`WatermarkStrategy::with_splits`] a subtask that reads several splits (Kafka
+//! partitions) keeps one clock per split: each advances on its own records, the watermark is
+//! the minimum over the splits that are not idle, so a partition far ahead does not make the
+//! records of one behind it late, and a quiet partition (after `idleness`) does not hold the
+//! others back. A split counts once its first record is seen.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use rustc_hash::FxHashMap;
 
 use serde::{Deserialize, Serialize};
 
@@ -25,6 +34,7 @@ use crate::state::Redistribution;
 pub const WATERMARK_STATE: &str = "watermark";
 
 pub(crate) type TimestampFn<T> = Arc<dyn Fn(&T) -> Timestamp + Send + Sync>;
+type SplitFn<T> = Arc<dyn Fn(&T) -> u64 + Send + Sync>;
 
 /// How to read timestamps and derive watermarks (Flink's `WatermarkStrategy`).
 pub struct WatermarkStrategy<T> {
@@ -32,6 +42,7 @@ pub struct WatermarkStrategy<T> {
     out_of_orderness: Timestamp,
     idleness: Option<Duration>,
     emit_every: u64,
+    split: Option<SplitFn<T>>,
 }
 
 impl<T> Clone for WatermarkStrategy<T> {
@@ -41,6 +52,7 @@ impl<T> Clone for WatermarkStrategy<T> {
             out_of_orderness: self.out_of_orderness,
             idleness: self.idleness,
             emit_every: self.emit_every,
+            split: self.split.clone(),
         }
     }
 }
@@ -57,6 +69,7 @@ impl<T> WatermarkStrategy<T> {
             out_of_orderness: bound.as_millis() as Timestamp,
             idleness: None,
             emit_every: BATCH_SIZE as u64,
+            split: None,
         }
     }
 
@@ -75,6 +88,15 @@ impl<T> WatermarkStrategy<T> {
     /// Emit a watermark every `records` records (default 1024; at least 1).
     pub fn with_emit_every(mut self, records: u64) -> Self {
         self.emit_every = records.max(1);
+        self
+    }
+
+    /// Per-split watermarks (Flink's per-partition watermarks): `split` names the split a
+    /// record came from (e.g. `KafkaRecord::split_id`), a stable id across restarts. Each
+    /// split's watermark advances on its own records; the stream's is the minimum over the
+    /// splits not idle for `idleness`.
+    pub fn with_splits(mut self, split: impl Fn(&T) -> u64 + Send + Sync + 'static) -> Self {
+        self.split = Some(Arc::new(split));
         self
     }
 }
@@ -108,6 +130,7 @@ impl<T: Send + 'static> Stream<T> {
                 strategy: strategy.clone(),
                 next,
                 state: GeneratorState::default(),
+                splits: SplitClocks::default(),
                 records_since_flush: 0,
                 last_record: Instant::now(),
                 idle: false,
@@ -159,7 +182,8 @@ impl<K: Key, T: Data> EventTimeKeyedStream<K, T> {
 
 /// What a generator checkpoints. Tagged with its subtask so a restore at the same
 /// parallelism resumes each generator exactly; after a rescale every subtask starts from the
-/// most conservative of the old ones.
+/// most conservative of the old ones, and takes over a split's clock when it sees the
+/// split's records.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct GeneratorState {
     subtask: u32,
@@ -167,6 +191,9 @@ struct GeneratorState {
     max_timestamp: Option<Timestamp>,
     since_emit: u64,
     emitted: Timestamp,
+    /// Largest timestamp per split (with `with_splits` only).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    splits: BTreeMap<u64, Timestamp>,
 }
 
 impl Default for GeneratorState {
@@ -177,7 +204,82 @@ impl Default for GeneratorState {
             max_timestamp: None,
             since_emit: 0,
             emitted: Timestamp::MIN,
+            splits: BTreeMap::new(),
         }
+    }
+}
+
+/// The clock of one split.
+#[derive(Debug, Clone, Copy)]
+struct SplitClock {
+    max_timestamp: Timestamp,
+    last_record: Instant,
+    idle: bool,
+}
+
+impl SplitClock {
+    fn new(max_timestamp: Timestamp) -> Self {
+        SplitClock {
+            max_timestamp,
+            last_record: Instant::now(),
+            idle: false,
+        }
+    }
+}
+
+/// Per-split clocks of a generator `with_splits`.
+#[derive(Debug, Default)]
+struct SplitClocks {
+    clocks: FxHashMap<u64, SplitClock>,
+    /// Clocks other subtasks had before a rescale: a split's is taken over with its first
+    /// record here, so its watermark never restarts below where it was.
+    inherited: FxHashMap<u64, Timestamp>,
+}
+
+impl SplitClocks {
+    /// Records `timestamp` for `split`, which is active from now on.
+    fn on_record(&mut self, split: u64, timestamp: Timestamp, track_idleness: bool) {
+        let inherited = &mut self.inherited;
+        let clock = self
+            .clocks
+            .entry(split)
+            .or_insert_with(|| SplitClock::new(inherited.remove(&split).unwrap_or(Timestamp::MIN)));
+        clock.max_timestamp = clock.max_timestamp.max(timestamp);
+        if track_idleness {
+            clock.last_record = Instant::now();
+        }
+        clock.idle = false;
+    }
+
+    /// Marks splits quiet for `idleness` idle; returns whether any became idle.
+    fn mark_idle(&mut self, idleness: Option<Duration>) -> bool {
+        let Some(timeout) = idleness else {
+            return false;
+        };
+        let mut changed = false;
+        for clock in self.clocks.values_mut() {
+            if !clock.idle && clock.last_record.elapsed() >= timeout {
+                clock.idle = true;
+                changed = true;
+            }
+        }
+        changed
+    }
+
+    /// The smallest largest timestamp over the active splits (`None`: every split is idle).
+    fn min_active(&self) -> Option<Timestamp> {
+        self.clocks
+            .values()
+            .filter(|c| !c.idle)
+            .map(|c| c.max_timestamp)
+            .min()
+    }
+
+    fn snapshot(&self) -> BTreeMap<u64, Timestamp> {
+        self.clocks
+            .iter()
+            .map(|(split, clock)| (*split, clock.max_timestamp))
+            .collect()
     }
 }
 
@@ -186,6 +288,7 @@ struct TimestampsOp<T> {
     strategy: WatermarkStrategy<T>,
     next: Box<dyn Collector<T>>,
     state: GeneratorState,
+    splits: SplitClocks,
     records_since_flush: u64,
     last_record: Instant,
     idle: bool,
@@ -195,7 +298,13 @@ impl<T> TimestampsOp<T> {
     /// Sends the current watermark if it advanced (or, `reactivate`, to end idleness).
     fn emit(&mut self, reactivate: bool) -> Result<()> {
         self.state.since_emit = 0;
-        let Some(max) = self.state.max_timestamp else {
+        let max = if self.strategy.split.is_some() {
+            self.splits.mark_idle(self.strategy.idleness);
+            self.splits.min_active()
+        } else {
+            self.state.max_timestamp
+        };
+        let Some(max) = max else {
             return Ok(());
         };
         let watermark = max
@@ -209,7 +318,12 @@ impl<T> TimestampsOp<T> {
         self.next.on_watermark(Watermark::At(self.state.emitted))
     }
 
-    fn restore(&mut self, entries: Vec<serde_json::Value>, env: &TaskEnv) -> Result<()> {
+    fn restore(
+        &mut self,
+        entries: Vec<serde_json::Value>,
+        parallelism: u32,
+        subtask: u32,
+    ) -> Result<()> {
         let states = entries
             .into_iter()
             .map(serde_json::from_value::<GeneratorState>)
@@ -217,7 +331,24 @@ impl<T> TimestampsOp<T> {
             .map_err(|e| Error::codec(format!("watermark state of {}", self.uid), e))?;
         let own = states
             .iter()
-            .find(|s| s.parallelism == env.parallelism && s.subtask == env.id.subtask);
+            .find(|s| s.parallelism == parallelism && s.subtask == subtask);
+        self.splits = SplitClocks::default();
+        match own {
+            // The same splits come back to the same subtask: resume their clocks as they were.
+            Some(own) => {
+                self.splits.clocks = own
+                    .splits
+                    .iter()
+                    .map(|(split, max)| (*split, SplitClock::new(*max)))
+                    .collect();
+            }
+            None => {
+                for (split, max) in states.iter().flat_map(|s| &s.splits) {
+                    let inherited = self.splits.inherited.entry(*split).or_insert(*max);
+                    *inherited = (*inherited).max(*max);
+                }
+            }
+        }
         self.state = match own {
             Some(own) => own.clone(),
             None => GeneratorState {
@@ -240,7 +371,7 @@ impl<T: Send + 'static> Collector<T> for TimestampsOp<T> {
         if let Some(entries) =
             env.restored_operator_state(&self.uid, WATERMARK_STATE, Redistribution::Union)
         {
-            self.restore(entries, env)?;
+            self.restore(entries, env.parallelism, env.id.subtask)?;
         }
         self.state.subtask = env.id.subtask;
         self.state.parallelism = env.parallelism;
@@ -259,8 +390,15 @@ impl<T: Send + 'static> Collector<T> for TimestampsOp<T> {
             .map_or(timestamp, |m| m.max(timestamp));
         self.state.max_timestamp = Some(max);
         self.records_since_flush += 1;
-        if self.strategy.idleness.is_some() {
+        let track_idleness = self.strategy.idleness.is_some();
+        if track_idleness {
             self.last_record = Instant::now();
+        }
+        // A split back from idleness may lower the minimum: nothing is sent then (the
+        // watermark never goes back), its records may be late, as in Flink.
+        if let Some(split) = &self.strategy.split {
+            self.splits
+                .on_record(split(&item), timestamp, track_idleness);
         }
         self.next.collect(item)?;
         self.state.since_emit += 1;
@@ -274,6 +412,7 @@ impl<T: Send + 'static> Collector<T> for TimestampsOp<T> {
     }
 
     fn on_barrier(&mut self, barrier: &Barrier, snapshot: &mut TaskSnapshot) -> Result<()> {
+        self.state.splits = self.splits.snapshot();
         let state = serde_json::to_value(&self.state)
             .map_err(|e| Error::codec(format!("watermark state of {}", self.uid), e))?;
         snapshot.add_operator_state(
@@ -291,7 +430,10 @@ impl<T: Send + 'static> Collector<T> for TimestampsOp<T> {
 
     fn flush(&mut self) -> Result<()> {
         let stalled = std::mem::take(&mut self.records_since_flush) == 0;
-        if stalled && self.state.since_emit > 0 {
+        // A split going idle can advance the minimum while the others keep the stream busy.
+        let split_went_idle =
+            self.strategy.split.is_some() && self.splits.mark_idle(self.strategy.idleness);
+        if (stalled && self.state.since_emit > 0) || split_went_idle {
             self.emit(false)?;
         }
         if let Some(timeout) = self.strategy.idleness
@@ -365,11 +507,27 @@ mod tests {
             strategy,
             next: Box::new(Recorder(seen.clone())),
             state: GeneratorState::default(),
+            splits: SplitClocks::default(),
             records_since_flush: 0,
             last_record: Instant::now(),
             idle: false,
         };
         (op, seen)
+    }
+
+    /// Test records `split * 1_000_000 + timestamp`.
+    fn split_record(split: i64, timestamp: i64) -> i64 {
+        split * 1_000_000 + timestamp
+    }
+
+    fn per_split(idleness: Option<Duration>) -> WatermarkStrategy<i64> {
+        let strategy = WatermarkStrategy::monotonous(|r: &i64| r % 1_000_000)
+            .with_emit_every(1)
+            .with_splits(|r: &i64| (r / 1_000_000) as u64);
+        match idleness {
+            Some(timeout) => strategy.with_idleness(timeout),
+            None => strategy,
+        }
     }
 
     #[test]
@@ -419,6 +577,106 @@ mod tests {
                 Record(60),
                 Mark(Watermark::At(59)),
             ]
+        );
+    }
+
+    #[test]
+    fn each_split_advances_only_its_own_clock_and_the_watermark_is_their_minimum() {
+        let (mut op, seen) = op(per_split(None));
+        for (split, t) in [(1, 100), (2, 50), (1, 200), (1, 300), (2, 150), (2, 400)] {
+            op.collect(split_record(split, t)).expect("collect");
+        }
+        use Seen::*;
+        let marks: Vec<Seen> = seen
+            .lock()
+            .expect("lock")
+            .iter()
+            .filter(|s| matches!(s, Mark(_)))
+            .cloned()
+            .collect();
+        assert_eq!(
+            marks,
+            vec![
+                Mark(Watermark::At(99)),  // only split 1 is known yet
+                Mark(Watermark::At(149)), // split 1's 300 waited for split 2
+                Mark(Watermark::At(299)), // split 2 passed split 1: split 1 holds it
+            ],
+            "split 1 alone never moves the watermark past split 2"
+        );
+    }
+
+    #[test]
+    fn an_idle_split_is_left_out_until_its_records_come_again() {
+        let (mut op, seen) = op(per_split(Some(Duration::from_millis(100))));
+        op.collect(split_record(1, 100)).expect("collect");
+        op.collect(split_record(2, 1_000)).expect("collect");
+        std::thread::sleep(Duration::from_millis(150));
+        // Split 2 keeps receiving records while split 1 stays quiet past the idleness.
+        op.collect(split_record(2, 2_000)).expect("collect");
+        op.flush().expect("flush");
+        op.collect(split_record(1, 150))
+            .expect("split 1 again: late, the watermark stays");
+        op.collect(split_record(2, 3_000)).expect("collect");
+        use Seen::*;
+        let marks: Vec<Seen> = seen
+            .lock()
+            .expect("lock")
+            .iter()
+            .filter(|s| matches!(s, Mark(_)))
+            .cloned()
+            .collect();
+        assert_eq!(
+            marks,
+            vec![
+                Mark(Watermark::At(99)),
+                Mark(Watermark::At(1_999)), // split 1 idle: split 2 alone
+            ],
+            "once split 1 is active again at 150 the minimum is below what was sent"
+        );
+        assert!(
+            !marks.contains(&Mark(Watermark::Idle)),
+            "the stream is busy: not idle"
+        );
+    }
+
+    #[test]
+    fn split_clocks_survive_restore_and_rescale() {
+        let (mut op1, _) = op(per_split(None));
+        for (split, t) in [(1, 100), (2, 500)] {
+            op1.collect(split_record(split, t)).expect("collect");
+        }
+        op1.state.subtask = 0;
+        op1.state.parallelism = 2;
+        op1.state.splits = op1.splits.snapshot();
+        let entry = serde_json::to_value(&op1.state).expect("state");
+
+        // Same parallelism: both clocks resume, the minimum is split 1's.
+        let (mut same, seen) = op(per_split(None));
+        same.restore(vec![entry.clone()], 2, 0).expect("restore");
+        same.collect(split_record(2, 600)).expect("collect");
+        assert_eq!(
+            seen.lock().expect("lock").last(),
+            Some(&Seen::Record(split_record(2, 600)))
+        );
+        assert_eq!(same.splits.min_active(), Some(100));
+
+        // Rescaled: a subtask takes over the clock of a split it reads, only that one.
+        let (mut rescaled, seen) = op(per_split(None));
+        rescaled.restore(vec![entry], 3, 1).expect("restore");
+        rescaled.collect(split_record(2, 400)).expect("collect");
+        assert_eq!(
+            rescaled.splits.min_active(),
+            Some(500),
+            "split 2's clock kept its 500"
+        );
+        assert_eq!(
+            seen.lock().expect("lock").last(),
+            Some(&Seen::Mark(Watermark::At(499)))
+        );
+        assert_eq!(
+            rescaled.splits.snapshot().len(),
+            1,
+            "split 1 is not this subtask's"
         );
     }
 }

@@ -311,7 +311,7 @@ impl<T: Send + 'static> SourceReader<T> for FileReader<T> {
         Ok(SourceStatus::More)
     }
 
-    fn snapshot(&mut self) -> Result<Vec<serde_json::Value>> {
+    fn snapshot(&mut self, _checkpoint_id: u64) -> Result<Vec<serde_json::Value>> {
         self.files
             .iter()
             .map(|f| serde_json::to_value(f).map_err(|e| Error::codec("file source offsets", e)))
@@ -405,7 +405,7 @@ mod tests {
                 let rest = read_all(
                     &source,
                     &ctx,
-                    Some(reader.snapshot().expect("snapshot")),
+                    Some(reader.snapshot(1).expect("snapshot")),
                     chunk,
                 );
                 assert_eq!(

@@ -145,7 +145,7 @@ impl SourceReader<SequenceEvent> for GeneratorReader {
         Ok(SourceStatus::More)
     }
 
-    fn snapshot(&mut self) -> Result<Vec<serde_json::Value>> {
+    fn snapshot(&mut self, _checkpoint_id: u64) -> Result<Vec<serde_json::Value>> {
         position_runs(&self.owned, &self.next, self.parallelism)
             .iter()
             .map(|run| {

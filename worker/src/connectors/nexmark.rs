@@ -526,7 +526,7 @@ impl<T: Send> SourceReader<T> for NexmarkReader<T> {
         Ok(SourceStatus::More)
     }
 
-    fn snapshot(&mut self) -> Result<Vec<serde_json::Value>> {
+    fn snapshot(&mut self, _checkpoint_id: u64) -> Result<Vec<serde_json::Value>> {
         let position = StridedPosition {
             subtask: self.subtask,
             parallelism: self.parallelism,

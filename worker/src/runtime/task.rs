@@ -71,7 +71,7 @@ impl<T: Send + 'static> Task for SourceTask<T> {
                         &uid,
                         SOURCE_OFFSETS_STATE,
                         Redistribution::Union,
-                        reader.snapshot()?,
+                        reader.snapshot(barrier.checkpoint_id)?,
                     );
                     chain.on_barrier(&barrier, &mut snapshot)?;
                     if barrier.stops_job() {
@@ -85,7 +85,13 @@ impl<T: Send + 'static> Task for SourceTask<T> {
                         states: snapshot.states,
                     });
                 }
-                ControlMessage::CheckpointComplete(id) => chain.on_checkpoint_complete(id)?,
+                // The chain first: a chained sink publishes the checkpoint's output before the
+                // reader reports the checkpoint's positions (Kafka commits them to the consumer
+                // group), so monitoring never sees input consumed whose output is not out yet.
+                ControlMessage::CheckpointComplete(id) => {
+                    chain.on_checkpoint_complete(id)?;
+                    reader.notify_checkpoint_complete(id)?;
+                }
                 // A failed stop-with-savepoint leaves the job running.
                 ControlMessage::AbortCheckpoint(_) => stopping.set(false),
                 ControlMessage::Stop => {

@@ -7,8 +7,10 @@
 //! overridden.
 
 pub mod sink;
+pub mod source;
 
 pub use sink::{Delivery, KafkaSink, KafkaSinkSpec};
+pub use source::{Isolation, KafkaRecord, KafkaSource, KafkaSourceSpec, StartFrom};
 
 use rdkafka::ClientConfig;
 
