@@ -112,6 +112,7 @@ fn data_frames() -> Vec<(&'static str, Vec<u8>)> {
         trade_price: 10.75,
         trade_vol_day: 120_000,
         trade_amt_day: 129_000_000,
+        split: 0,
     };
     let access = AccessLog {
         timestamp: "2024-01-01T00:00:00Z".into(),

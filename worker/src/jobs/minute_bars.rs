@@ -12,21 +12,23 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::BuiltJob;
+use super::endpoints::{Input, Output};
 use crate::api::{
     Emitter, StreamEnv, TimeWindow, WatermarkStrategy, WindowAssigner, WindowFunction,
 };
-use crate::connectors::{FileSink, FileSource};
 use crate::error::Result;
 use crate::state::{KeyedContext, MapState, StateRegistry};
 
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct Args {
-    input: String,
-    output: String,
+    /// Trades as JSON: files, or a Kafka topic (each partition gets its own watermark).
+    input: Input,
+    /// Minute bars as JSON: files, or a Kafka topic (keyed by security code).
+    output: Output,
     /// Where late trades go; omit to drop them.
     #[serde(default)]
-    late_output: Option<String>,
+    late_output: Option<Output>,
     /// How far behind the newest trade one may arrive (default 2s).
     #[serde(default = "default_out_of_orderness", with = "humantime_serde")]
     out_of_orderness: Duration,
@@ -64,6 +66,10 @@ pub struct Trade {
     pub trade_vol_day: u64,
     /// Cumulative amount of the day (in the smallest currency unit, so differences are exact).
     pub trade_amt_day: u64,
+    /// The Kafka partition the trade was read from, as a watermark split (per-partition
+    /// watermarks); not part of the record.
+    #[serde(skip)]
+    pub split: u64,
 }
 
 /// One security's minute.
@@ -155,26 +161,36 @@ pub fn define(env: &StreamEnv) -> Result<BuiltJob> {
     if let Some(every) = args.emit_watermark_every {
         strategy = strategy.with_emit_every(every);
     }
-    let windows = env
-        .source("trades", FileSource::<Trade>::json_lines(&args.input))
+    if args.input.is_kafka() {
+        // Flink's per-partition watermarks: one partition far ahead never makes the trades of
+        // another behind it late.
+        strategy = strategy.with_splits(|t: &Trade| t.split);
+    }
+    let trades = args
+        .input
+        .source(env, "trades", |t: &mut Trade, split| t.split = split)?;
+    let windows = trades
         .assign_timestamps("trade-time", strategy)
         .key_by(|t: &Trade| t.sec_code.clone())
         .window(WindowAssigner::tumbling(Duration::from_secs(60)))
         .allowed_lateness(args.allowed_lateness)
         .reduce("minute-bars", latest, MinuteBarFunction::default);
-    let mut graph = windows
-        .results
-        .sink("output", FileSink::json_lines(&args.output))?;
+    let by_code = |bar: &MinuteBar| Some(bar.sec_code.clone());
+    let mut graph = args
+        .output
+        .sink(windows.results, "output", "job.args.output", by_code)?;
     if let Some(late_output) = &args.late_output {
-        graph = graph.and(
-            windows
-                .late
-                .sink("late-output", FileSink::json_lines(late_output))?,
-        );
+        let by_code = |t: &Trade| Some(t.sec_code.clone());
+        graph = graph.and(late_output.sink(
+            windows.late,
+            "late-output",
+            "job.args.lateOutput",
+            by_code,
+        )?);
     }
     Ok(BuiltJob {
         graph,
-        output: Some(args.output),
+        output: Some(args.output.describe()),
         monitor: None,
     })
 }

@@ -2,6 +2,7 @@
 //! jobs to a [`JobRegistry`] and calls [`crate::cli::main_with`]: the role a jar plays in Flink.
 
 pub mod consumer_lag;
+pub mod endpoints;
 pub mod minute_bars;
 pub mod nexmark;
 pub mod sequence_check;

@@ -6,61 +6,30 @@
 use serde::{Deserialize, Serialize};
 
 use super::BuiltJob;
+use super::endpoints::{Input, Output};
 use crate::api::{Emitter, KeyedProcessFunction, StreamEnv};
-use crate::connectors::kafka::{KafkaSink, KafkaSinkSpec};
-use crate::connectors::{FileSink, SequenceEvent, SequenceGenerator};
-use crate::error::Result;
+use crate::connectors::{SequenceEvent, SequenceGenerator};
+use crate::error::{Error, Result};
 use crate::state::{KeyedContext, StateRegistry, ValueState};
 
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct Args {
-    keys: u64,
+    /// Keys of the built-in generator.
+    #[serde(default)]
+    keys: Option<u64>,
     /// Omit to run forever.
     #[serde(default)]
     events_per_key: Option<u64>,
     /// Per source subtask; omit for full speed.
     #[serde(default)]
     events_per_second: Option<u64>,
+    /// Omit for the built-in generator; files or Kafka records hold `{"key": k, "seq": n}`,
+    /// each key's numbers in order (in Kafka: one partition per key, e.g. keyed by the key).
+    #[serde(default)]
+    input: Option<Input>,
+    /// Each checked record as JSON; in Kafka keyed by its key.
     output: Output,
-}
-
-/// Where the checked records go: a folder or S3 prefix (exactly-once file sink), or a Kafka
-/// topic (`{kafka: {topic: ...}}`, each record a JSON value keyed by its key).
-#[derive(Debug)]
-enum Output {
-    Files(String),
-    Kafka(KafkaSinkSpec),
-}
-
-impl<'de> Deserialize<'de> for Output {
-    fn deserialize<D: serde::Deserializer<'de>>(de: D) -> std::result::Result<Self, D::Error> {
-        use serde::de::Error as _;
-        // Untagged by hand: serde's untagged enums drop the inner error, and with it the
-        // field a user got wrong.
-        #[derive(Deserialize)]
-        #[serde(deny_unknown_fields)]
-        struct Kafka {
-            kafka: serde_json::Value,
-        }
-        match serde_json::Value::deserialize(de)? {
-            serde_json::Value::String(uri) => Ok(Output::Files(uri)),
-            value @ serde_json::Value::Object(_) => {
-                let Kafka { kafka } = serde_json::from_value(value).map_err(|_| {
-                    D::Error::custom("expected a storage URI or {kafka: {topic: ...}}")
-                })?;
-                serde_path_to_error::deserialize(kafka)
-                    .map(Output::Kafka)
-                    .map_err(|e| match e.path().to_string().as_str() {
-                        "." => D::Error::custom(format!("kafka: {}", e.inner())),
-                        path => D::Error::custom(format!("kafka.{path}: {}", e.inner())),
-                    })
-            }
-            _ => Err(D::Error::custom(
-                "expected a storage URI or {kafka: {topic: ...}}",
-            )),
-        }
-    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -117,28 +86,40 @@ impl KeyedProcessFunction<u64, SequenceEvent, CheckRecord> for SequenceChecker {
 
 pub fn define(env: &StreamEnv) -> Result<BuiltJob> {
     let args: Args = env.doc().args()?;
-    let generator = SequenceGenerator {
-        keys: args.keys,
-        events_per_key: args.events_per_key,
-        events_per_second: args.events_per_second,
-    };
-    let checked = env
-        .source("generator", generator)
-        .key_by(|event: &SequenceEvent| event.key)
-        .process("checker", SequenceChecker::default);
-    let (graph, output) = match args.output {
-        Output::Files(uri) => (checked.sink("output", FileSink::json_lines(&uri))?, uri),
-        Output::Kafka(spec) => {
-            let output = format!("Kafka topic {}", spec.topic);
-            let sink = KafkaSink::json(spec, "job.args.output.kafka", |r: &CheckRecord| {
-                Some(r.key.to_string())
-            });
-            (checked.sink("output", sink)?, output)
+    let events = match (&args.input, args.keys) {
+        (None, Some(keys)) => env.source(
+            "generator",
+            SequenceGenerator {
+                keys,
+                events_per_key: args.events_per_key,
+                events_per_second: args.events_per_second,
+            },
+        ),
+        (Some(input), None) => input.source(env, "input", |_: &mut SequenceEvent, _| {})?,
+        (None, None) => {
+            return Err(Error::spec(
+                "job.args",
+                "give keys (the built-in generator) or an input",
+            ));
+        }
+        (Some(_), Some(_)) => {
+            return Err(Error::spec(
+                "job.args.keys",
+                "keys is for the built-in generator; an input brings its own keys",
+            ));
         }
     };
+    let checked = events
+        .key_by(|event: &SequenceEvent| event.key)
+        .process("checker", SequenceChecker::default);
+    let graph = args
+        .output
+        .sink(checked, "output", "job.args.output", |r: &CheckRecord| {
+            Some(r.key.to_string())
+        })?;
     Ok(BuiltJob {
         graph,
-        output: Some(output),
+        output: Some(args.output.describe()),
         monitor: None,
     })
 }
@@ -156,26 +137,11 @@ mod tests {
     }
 
     #[test]
-    fn output_is_a_storage_uri_or_a_kafka_topic() {
-        let files = args("{keys: 1, output: 's3://b/out'}").expect("uri");
-        assert!(matches!(files.output, Output::Files(uri) if uri == "s3://b/out"));
-        let kafka =
-            args("{keys: 1, output: {kafka: {topic: t, delivery: at-least-once}}}").expect("kafka");
-        assert!(matches!(kafka.output, Output::Kafka(spec) if spec.topic == "t"));
-    }
-
-    #[test]
-    fn a_bad_kafka_output_names_its_field() {
-        let err = args("{keys: 1, output: {kafka: {topic: t, delivery: twice}}}")
-            .expect_err("bad delivery")
-            .to_string();
-        assert!(
-            err.contains("job.args.output") && err.contains("kafka.delivery"),
-            "{err}"
-        );
-        let err = args("{keys: 1, output: {kafka: {topic: t}, extra: 1}}")
-            .expect_err("extra key")
-            .to_string();
-        assert!(err.contains("job.args.output"), "{err}");
+    fn the_generator_or_an_input() {
+        let generated = args("{keys: 3, output: /o}").expect("generator");
+        assert!(generated.input.is_none() && generated.keys == Some(3));
+        let kafka = args("{input: {kafka: {topics: [events]}}, output: {kafka: {topic: t}}}")
+            .expect("kafka");
+        assert!(kafka.input.is_some_and(|i| i.is_kafka()));
     }
 }
