@@ -50,6 +50,7 @@ phase tests
 
 echo "==> benchmark smoke (tiny sizes, Weir only: keeps scripts/bench.sh working; figures are not checked)"
 scripts/bench.sh --no-flink
+scripts/bench-kafka.sh
 phase bench-smoke
 
 if [ -x scripts/e2e.sh ]; then

@@ -3,6 +3,7 @@
 
 pub mod consumer_lag;
 pub mod endpoints;
+pub mod kafka_bench;
 pub mod minute_bars;
 pub mod nexmark;
 pub mod sequence_check;
@@ -58,6 +59,7 @@ impl JobRegistry {
         registry.register("minute-bars", minute_bars::define);
         registry.register("window-check", window_check::define);
         registry.register("nexmark", nexmark::define);
+        registry.register("kafka-bench", kafka_bench::define);
         registry
     }
 
