@@ -45,6 +45,27 @@ fn state_machine_example_matches_the_crd() {
 }
 
 #[test]
+fn kafka_minute_bars_example_matches_the_crd_and_takes_its_secret_from_the_environment() {
+    let manifest = example("kafka-minute-bars.yaml");
+    assert_valid("examples/k8s/kafka-minute-bars.yaml", &manifest);
+    let spec = &manifest["spec"];
+    assert_eq!(spec["job"]["name"], "minute-bars");
+    let variable = spec["job"]["kafka"]["propertiesFromEnv"]["sasl.password"].clone();
+    assert_eq!(variable, "KAFKA_PASSWORD");
+    for (role, container) in [("jobManager", "jobmanager"), ("taskManager", "taskmanager")] {
+        let containers = &spec[role]["podTemplate"]["spec"]["containers"];
+        assert_eq!(
+            containers[0]["name"], container,
+            "{role}: merged into the worker container"
+        );
+        assert_eq!(
+            containers[0]["env"][0]["name"], variable,
+            "{role} gets the secret"
+        );
+    }
+}
+
+#[test]
 fn examples_use_the_in_cluster_s3_and_the_job_service_account() {
     for name in ["url-count.yaml", "state-machine.yaml"] {
         let spec = example(name)["spec"].clone();

@@ -300,3 +300,26 @@ fn invalid_document_is_rejected_naming_the_field() {
         "{stderr}"
     );
 }
+
+/// Every job document in examples/jobs (the README and docs point users at them) is valid.
+#[test]
+fn every_example_job_document_is_valid() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/jobs");
+    let mut checked = 0;
+    for entry in std::fs::read_dir(&dir).expect("examples/jobs") {
+        let path = entry.expect("entry").path();
+        let output = std::process::Command::new(weir_bin())
+            .args(["validate", "--job"])
+            .arg(&path)
+            .output()
+            .expect("run weir-worker validate");
+        assert!(
+            output.status.success(),
+            "{}: {}",
+            path.display(),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        checked += 1;
+    }
+    assert!(checked >= 10, "{checked} examples");
+}
