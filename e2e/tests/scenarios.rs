@@ -975,7 +975,9 @@ async fn operator_zz_log_shows_no_forbidden_request() -> Result<()> {
     );
     let forbidden: Vec<&str> = log
         .lines()
-        .filter(|l| l.contains("403") || l.contains("Forbidden") || l.contains("forbidden"))
+        // The API server's refusal says `reason: "Forbidden"`, `code: 403` and "... is
+        // forbidden"; a bare "403" would also match job names with random suffixes (ns-a-4034).
+        .filter(|l| l.contains("Forbidden") || l.contains("forbidden") || l.contains("code: 403"))
         .collect();
     assert!(
         forbidden.is_empty(),
