@@ -15,7 +15,6 @@ use std::time::{Duration, Instant};
 
 use rand::Rng;
 use rdkafka::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 use serde_json::json;
@@ -345,35 +344,10 @@ fn wait_for_output(broker: &KafkaBroker, keys: u64, events_per_key: u64) {
                 .err()
                 .unwrap_or_default(),
             broker.read_all(OUTPUT, Isolation::ReadUncommitted).len(),
-            partitions_with_open_transactions(broker)
+            broker.partitions_with_open_transactions(OUTPUT)
         );
         std::thread::sleep(Duration::from_millis(300));
     }
-}
-
-/// Partitions of the output topic whose last stable offset is below the high watermark: an
-/// open transaction holds them.
-fn partitions_with_open_transactions(broker: &KafkaBroker) -> Vec<i32> {
-    let client = |isolation: &str| -> BaseConsumer {
-        ClientConfig::new()
-            .set("bootstrap.servers", broker.bootstrap())
-            .set("isolation.level", isolation)
-            .create()
-            .expect("Kafka client")
-    };
-    let (committed, uncommitted) = (client("read_committed"), client("read_uncommitted"));
-    let timeout = Duration::from_secs(10);
-    (0..broker.partitions(OUTPUT))
-        .filter(|&p| {
-            let (_, stable) = committed
-                .fetch_watermarks(OUTPUT, p, timeout)
-                .expect("last stable offset");
-            let (_, high) = uncommitted
-                .fetch_watermarks(OUTPUT, p, timeout)
-                .expect("high watermark");
-            stable < high
-        })
-        .collect()
 }
 
 /// The user-visible outcome: every (key, seq) of `keys` x `events_per_key` exactly once in a
@@ -383,7 +357,7 @@ fn assert_exactly_once(broker: &KafkaBroker, keys: u64, events_per_key: u64, wha
     verify_sequence_output(&committed, keys, events_per_key)
         .unwrap_or_else(|e| panic!("read_committed output {what}: {e}"));
     assert_eq!(
-        partitions_with_open_transactions(broker),
+        broker.partitions_with_open_transactions(OUTPUT),
         Vec::<i32>::new(),
         "no transaction left open {what}"
     );

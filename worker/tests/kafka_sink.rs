@@ -10,8 +10,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rand::Rng;
-use rdkafka::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
 use support::kafka::{Isolation, KafkaBroker, ReadRecord};
 use support::*;
 use weir::api::{RecoverContext, SinkContext, SinkFactory};
@@ -157,37 +155,12 @@ fn uncommitted_only(broker: &KafkaBroker) -> usize {
     all - committed
 }
 
-/// Partitions whose last stable offset is below the high watermark: an open transaction
-/// holds them (a read_committed client's watermark is the last stable offset).
-fn partitions_with_open_transactions(broker: &KafkaBroker, topic: &str) -> Vec<i32> {
-    let client = |isolation: &str| -> BaseConsumer {
-        ClientConfig::new()
-            .set("bootstrap.servers", broker.bootstrap())
-            .set("isolation.level", isolation)
-            .create()
-            .expect("Kafka client")
-    };
-    let (committed, uncommitted) = (client("read_committed"), client("read_uncommitted"));
-    let timeout = Duration::from_secs(10);
-    (0..broker.partitions(topic))
-        .filter(|&p| {
-            let (_, stable) = committed
-                .fetch_watermarks(topic, p, timeout)
-                .expect("last stable offset");
-            let (_, high) = uncommitted
-                .fetch_watermarks(topic, p, timeout)
-                .expect("high watermark");
-            stable < high
-        })
-        .collect()
-}
-
 fn assert_exactly_once(broker: &KafkaBroker, events_per_key: u64) -> usize {
     let committed = values(&broker.read_all(TOPIC, Isolation::ReadCommitted));
     verify_sequence_output(&committed, KEYS, events_per_key)
         .unwrap_or_else(|e| panic!("read_committed output: {e}"));
     assert_eq!(
-        partitions_with_open_transactions(broker, TOPIC),
+        broker.partitions_with_open_transactions(TOPIC),
         Vec::<i32>::new(),
         "no transaction left open"
     );
@@ -316,7 +289,7 @@ fn a_crash_inside_the_kafka_transaction_is_aborted_by_recovery() {
         "the open transaction's records are on the broker"
     );
     assert!(
-        !partitions_with_open_transactions(&broker, TOPIC).is_empty(),
+        !broker.partitions_with_open_transactions(TOPIC).is_empty(),
         "the transaction is open"
     );
     assert!(broker.read_all(TOPIC, Isolation::ReadCommitted).is_empty());
@@ -422,7 +395,7 @@ fn a_zombie_writer_is_fenced_by_a_new_writer_with_the_same_transactional_id() {
         .collect();
     assert_eq!(committed, vec!["\"from the successor\"".to_string()]);
     assert_eq!(
-        partitions_with_open_transactions(&broker, TOPIC),
+        broker.partitions_with_open_transactions(TOPIC),
         Vec::<i32>::new()
     );
 }

@@ -225,15 +225,7 @@ impl<T> FileReader<T> {
             Err(message) => {
                 let file = &self.files[self.current];
                 let location = format!("{}:{offset}", self.store.uri(&file.file));
-                match self.policy {
-                    MalformedRecordPolicy::Fail => {
-                        return Err(Error::MalformedRecord { location, message });
-                    }
-                    MalformedRecordPolicy::Skip => {
-                        crate::metrics::global().malformed_records.inc();
-                        tracing::warn!(%location, %message, "skipping malformed record");
-                    }
-                }
+                super::malformed_record(self.policy, location, message)?;
             }
         }
         Ok(())

@@ -186,6 +186,29 @@ impl KafkaBroker {
             .unwrap_or_else(|e| panic!("flush producer for {topic}: {e}"));
     }
 
+    /// Partitions of `topic` whose last stable offset is below the high watermark: an open
+    /// transaction holds them (a read_committed client's watermark is the last stable offset).
+    pub fn partitions_with_open_transactions(&self, topic: &str) -> Vec<i32> {
+        let client = |isolation: &str| -> BaseConsumer {
+            self.client_config()
+                .set("isolation.level", isolation)
+                .create()
+                .expect("Kafka client")
+        };
+        let (committed, uncommitted) = (client("read_committed"), client("read_uncommitted"));
+        (0..self.partitions(topic))
+            .filter(|&p| {
+                let (_, stable) = committed
+                    .fetch_watermarks(topic, p, CLIENT_TIMEOUT)
+                    .expect("last stable offset");
+                let (_, high) = uncommitted
+                    .fetch_watermarks(topic, p, CLIENT_TIMEOUT)
+                    .expect("high watermark");
+                stable < high
+            })
+            .collect()
+    }
+
     /// Number of partitions of `topic`.
     pub fn partitions(&self, topic: &str) -> i32 {
         let consumer: BaseConsumer = self.client_config().create().expect("Kafka consumer");

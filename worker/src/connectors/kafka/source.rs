@@ -828,15 +828,7 @@ impl<T: Send + 'static> KafkaReader<T> {
             Ok(item) => out.push(item),
             Err(message) => {
                 let location = format!("kafka topic {topic} partition {partition} offset {offset}");
-                match self.policy {
-                    MalformedRecordPolicy::Fail => {
-                        return Err(Error::MalformedRecord { location, message });
-                    }
-                    MalformedRecordPolicy::Skip => {
-                        crate::metrics::global().malformed_records.inc();
-                        tracing::warn!(%location, %message, "skipping malformed record");
-                    }
-                }
+                crate::connectors::malformed_record(self.policy, location, message)?;
             }
         }
         Ok(())
