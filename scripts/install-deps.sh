@@ -37,3 +37,6 @@ fi
 
 # A real Kafka-protocol broker for the Kafka connector tests.
 "$(dirname "$0")/install-kafka-broker.sh" >/dev/null
+
+# The API contract fuzzer for the REST tests.
+"$(dirname "$0")/install-schemathesis.sh" >/dev/null

@@ -432,8 +432,9 @@ async fn failed_savepoint_blocks_the_upgrade_and_keeps_the_job_running() -> Resu
     let job = SequenceJob::named("blocked", &cluster.config).lasting(300);
     running_job(&cluster, &job).await?;
     let before = job_pod_uids(&cluster, &job).await?;
-    // A savepoint directory in a bucket nothing can be written to (scripts/e2e.sh makes one):
-    // the savepoint cannot complete.
+    // A savepoint directory in a bucket nothing can be written to (scripts/e2e.sh makes one),
+    // outside the directories the running JobManager was deployed with: it refuses the
+    // savepoint (400) before writing anything, and the operator blocks the upgrade at once.
     let unwritable = format!("s3://{}/savepoints", cluster.config.unwritable_bucket);
     cluster
         .patch_spec(
@@ -449,6 +450,15 @@ async fn failed_savepoint_blocks_the_upgrade_and_keeps_the_job_running() -> Resu
             })
         })
         .await?;
+    let blocked = status["conditions"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["type"] == "UpgradeBlocked"))
+        .map(|c| c["message"].to_string())
+        .unwrap_or_default();
+    assert!(
+        blocked.contains("not under an allowed savepoint directory"),
+        "the refusal names the rule: {blocked}"
+    );
     let checkpoint = last_checkpoint_id(&status);
     // The old job keeps running untouched: same pods, old image, checkpoints continue.
     cluster

@@ -69,6 +69,15 @@ pub fn job_document(
     if state.local_dir.is_none() {
         state.local_dir = Some(format!("{STATE_DIR}/state"));
     }
+    // The JobManager writes savepoints only under checkpoint storage and the directories
+    // listed here; the operator's savepoints go to `savepoints.directory` (default: under
+    // checkpoint storage, already allowed).
+    let mut checkpointing = template.checkpointing.clone();
+    if let (Some(config), Some(dir)) = (checkpointing.as_mut(), &spec.savepoints.directory)
+        && !config.savepoint_directories.contains(dir)
+    {
+        config.savepoint_directories.push(dir.clone());
+    }
     JobDocument {
         job: JobRef {
             name: template.name.clone(),
@@ -77,7 +86,7 @@ pub fn job_document(
         job_id: Some(job_id(namespace, name)),
         parallelism: spec.parallelism,
         max_parallelism: template.max_parallelism,
-        checkpointing: template.checkpointing.clone(),
+        checkpointing,
         restart_strategy: template.restart_strategy.clone(),
         restore,
         malformed_records: template.malformed_records,

@@ -226,7 +226,10 @@ pub struct JobManagerSpec {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct SavepointPolicy {
-    /// Base directory for savepoints; defaults to `<checkpointing.storage>/savepoints`.
+    /// Base directory for savepoints; defaults to `<checkpointing.storage>/savepoints`. The
+    /// JobManager writes savepoints only under checkpoint storage and the directory it was
+    /// deployed with, so a new directory outside checkpoint storage applies from the next
+    /// deployment: a savepoint into it before then is refused (an upgrade is blocked).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub directory: Option<String>,
     /// Take a savepoint this often while running (e.g. `6h`, at least `1s`); off when absent.
@@ -635,6 +638,10 @@ pub struct Operation {
     /// Nonce being served (manual savepoints).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nonce: Option<i64>,
+    /// Why the JobManager refused the savepoint request (400, e.g. a target outside the
+    /// directories it may write): the savepoint failed without starting.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refused: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -736,6 +743,7 @@ pub(crate) mod test_support {
                             retained: 3,
                             timeout: Duration::from_secs(600),
                             tolerable_failures: 0,
+                            savepoint_directories: Vec::new(),
                         }),
                         restart_strategy: RestartStrategy::default(),
                         malformed_records: MalformedRecordPolicy::Fail,

@@ -923,6 +923,7 @@ impl<'a> Planner<'a> {
             started_at: self.o.now,
             target_hash: None,
             nonce,
+            refused: None,
         });
         self.status.lifecycle = Lifecycle::Savepointing;
         self.event(
@@ -955,6 +956,7 @@ impl<'a> Planner<'a> {
             started_at: self.o.now,
             target_hash: Some(desired.target(mode)),
             nonce: None,
+            refused: None,
         };
         match mode {
             UpgradeMode::Savepoint if running => {
@@ -1271,6 +1273,10 @@ impl<'a> Planner<'a> {
     }
 
     fn poll_savepoint(&mut self, operation: Operation, desired: &Desired) {
+        if let Some(reason) = operation.refused.clone() {
+            let message = format!("the JobManager refused the savepoint: {reason}");
+            return self.savepoint_failed(operation, "SavepointFailed", &message);
+        }
         let target = operation.target_directory.clone().unwrap_or_default();
         let timed_out = self.o.now - operation.started_at >= desired.savepoint_timeout_ms;
         if let Some(answer) = &self.o.savepoint {
@@ -1533,6 +1539,7 @@ impl<'a> Planner<'a> {
                         started_at: self.o.now,
                         target_hash: None,
                         nonce: None,
+                        refused: None,
                     });
                     self.event(
                         false,
@@ -1575,6 +1582,7 @@ impl<'a> Planner<'a> {
             started_at: self.o.now,
             target_hash: None,
             nonce: None,
+            refused: None,
         });
         let cancel = if self.job_is_active() {
             "cancelling the job and "

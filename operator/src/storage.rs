@@ -10,18 +10,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use aws_config::BehaviorVersion;
-use aws_config::environment::{
-    EnvironmentVariableCredentialsProvider, EnvironmentVariableRegionProvider,
-};
-use aws_config::meta::credentials::CredentialsProviderChain;
-use aws_config::meta::region::RegionProviderChain;
-use aws_config::profile::ProfileFileCredentialsProvider;
-use aws_config::profile::region::ProfileFileRegionProvider;
-use aws_config::provider_config::ProviderConfig;
 use aws_config::timeout::TimeoutConfig;
-use aws_config::web_identity_token::WebIdentityTokenCredentialsProvider;
-use aws_sdk_s3::config::{Credentials, Region};
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::types::{Delete, ObjectIdentifier};
 use futures::future::BoxFuture;
@@ -339,6 +328,7 @@ struct ClientKey {
     endpoint: Option<String>,
     region: Option<String>,
     force_path_style: bool,
+    instance_metadata: bool,
     static_credentials: Option<(String, String)>,
 }
 
@@ -393,20 +383,31 @@ where
 }
 
 impl S3Store {
-    async fn client(&self, s3: &S3Options) -> aws_sdk_s3::Client {
+    async fn client(&self, s3: &S3Options, uri: &str) -> Result<aws_sdk_s3::Client> {
         let key = ClientKey {
             endpoint: s3.endpoint.clone(),
             region: s3.region.clone(),
             force_path_style: s3.force_path_style,
+            instance_metadata: s3.instance_metadata,
             static_credentials: s3.static_credentials.clone(),
         };
         let mut clients = self.clients.lock().await;
         if let Some(client) = clients.get(&key) {
-            return client.clone();
+            return Ok(client.clone());
         }
-        let client = build_client(s3).await;
+        // A hung S3 must not hang a reconcile: bound every call, retries included.
+        let timeouts = TimeoutConfig::builder()
+            .connect_timeout(Duration::from_secs(3))
+            .operation_timeout(Duration::from_secs(30))
+            .build();
+        let client = weir_spec::s3::client(s3, Some(timeouts))
+            .await
+            .map_err(|message| Error::Storage {
+                uri: uri.to_string(),
+                message,
+            })?;
         clients.insert(key, client.clone());
-        client
+        Ok(client)
     }
 
     /// Whether `key` exists in `bucket`.
@@ -434,89 +435,6 @@ fn is_not_found<E: ProvideErrorMetadata>(error: &SdkError<E>) -> bool {
         )
 }
 
-/// Where the operator's S3 client looks for credentials.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum CredentialSources {
-    /// The static pair in [`S3Options`] (tests).
-    Static,
-    /// AWS S3: the SDK's default chain (environment, profile, web identity, ECS, and EC2
-    /// instance metadata last).
-    DefaultChain,
-    /// A custom endpoint (MinIO, Ceph, another cloud): environment, profile and web identity
-    /// only. EC2 instance metadata cannot hold credentials for it, and off EC2 asking it
-    /// costs connect timeouts on every reconcile before the error.
-    WithoutInstanceMetadata,
-}
-
-fn credential_sources(s3: &S3Options) -> CredentialSources {
-    if s3.static_credentials.is_some() {
-        CredentialSources::Static
-    } else if s3.endpoint.is_some() {
-        CredentialSources::WithoutInstanceMetadata
-    } else {
-        CredentialSources::DefaultChain
-    }
-}
-
-async fn build_client(s3: &S3Options) -> aws_sdk_s3::Client {
-    // Not the SDK's default region chain: that one ends in an IMDS lookup, which stalls for
-    // seconds off EC2. The StreamJob's setting, the environment, the profile, then us-east-1.
-    let region = RegionProviderChain::first_try(s3.region.clone().map(Region::new))
-        .or_else(EnvironmentVariableRegionProvider::new())
-        .or_else(ProfileFileRegionProvider::new())
-        .or_else(Region::from_static("us-east-1"));
-    let region = region.region().await;
-    // A hung S3 must not hang a reconcile: bound every call, retries included.
-    let timeouts = TimeoutConfig::builder()
-        .connect_timeout(Duration::from_secs(3))
-        .operation_timeout(Duration::from_secs(30))
-        .build();
-    let mut loader = aws_config::defaults(BehaviorVersion::latest())
-        .region(region.clone())
-        .timeout_config(timeouts);
-    if let Some(endpoint) = &s3.endpoint {
-        loader = loader.endpoint_url(endpoint);
-    }
-    match (credential_sources(s3), &s3.static_credentials) {
-        (CredentialSources::Static, Some((key_id, secret))) => {
-            loader = loader.credentials_provider(Credentials::new(
-                key_id,
-                secret,
-                None,
-                None,
-                "weir-static",
-            ));
-        }
-        (CredentialSources::WithoutInstanceMetadata, _) => {
-            let conf = ProviderConfig::without_region().with_region(region);
-            let chain = CredentialsProviderChain::first_try(
-                "Environment",
-                EnvironmentVariableCredentialsProvider::new(),
-            )
-            .or_else(
-                "Profile",
-                ProfileFileCredentialsProvider::builder()
-                    .configure(&conf)
-                    .build(),
-            )
-            .or_else(
-                "WebIdentityToken",
-                WebIdentityTokenCredentialsProvider::builder()
-                    .configure(&conf)
-                    .build(),
-            );
-            loader = loader.credentials_provider(chain);
-        }
-        // The loader's default chain.
-        (CredentialSources::DefaultChain | CredentialSources::Static, _) => {}
-    }
-    let sdk_config = loader.load().await;
-    let config = aws_sdk_s3::config::Builder::from(&sdk_config)
-        .force_path_style(s3.force_path_style)
-        .build();
-    aws_sdk_s3::Client::from_conf(config)
-}
-
 impl CheckpointStore for S3Store {
     fn can_list(&self, uri: &str) -> bool {
         uri.starts_with("s3://")
@@ -531,7 +449,7 @@ impl CheckpointStore for S3Store {
         Box::pin(async move {
             let base = join(storage, job_id);
             let (bucket, prefix) = split_s3(&base)?;
-            let client = self.client(s3).await;
+            let client = self.client(s3, &base).await?;
             // One level down only: `chk-<n>/` common prefixes, not every state file.
             let mut ids = Vec::new();
             let mut token: Option<String> = None;
@@ -579,7 +497,7 @@ impl CheckpointStore for S3Store {
     ) -> BoxFuture<'a, Result<Option<bool>>> {
         Box::pin(async move {
             let (bucket, prefix) = split_s3(dir)?;
-            let client = self.client(s3).await;
+            let client = self.client(s3, dir).await?;
             let key = format!("{}_metadata", dir_prefix(&prefix));
             Self::exists(&client, &bucket, &key, dir).await.map(Some)
         })
@@ -595,7 +513,7 @@ impl CheckpointStore for S3Store {
                     message: "refusing to delete a bucket root".into(),
                 });
             }
-            let client = self.client(s3).await;
+            let client = self.client(s3, dir).await?;
             loop {
                 // Deleting shrinks the listing, so always read the first page again.
                 let page = client
@@ -656,27 +574,6 @@ impl CheckpointStore for S3Store {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn custom_endpoints_never_ask_ec2_instance_metadata_for_credentials() {
-        let minio = S3Options {
-            endpoint: Some("http://minio.jobs.svc:9000".into()),
-            ..S3Options::default()
-        };
-        assert_eq!(
-            credential_sources(&minio),
-            CredentialSources::WithoutInstanceMetadata
-        );
-        assert_eq!(
-            credential_sources(&S3Options::default()),
-            CredentialSources::DefaultChain
-        );
-        let fixed = S3Options {
-            static_credentials: Some(("id".into(), "secret".into())),
-            ..minio
-        };
-        assert_eq!(credential_sources(&fixed), CredentialSources::Static);
-    }
 
     #[test]
     fn s3_locations_split_into_bucket_and_prefix() {

@@ -63,6 +63,7 @@ impl S3Server {
             endpoint: Some(self.endpoint.clone()),
             region: Some("us-east-1".into()),
             force_path_style: true,
+            instance_metadata: false,
             static_credentials: Some((ACCESS_KEY.into(), SECRET_KEY.into())),
         }
     }
@@ -234,6 +235,7 @@ async fn unreachable_s3_is_an_error_naming_the_location() {
         endpoint: Some(format!("http://127.0.0.1:{}", free_port())),
         region: Some("us-east-1".into()),
         force_path_style: true,
+        instance_metadata: false,
         static_credentials: Some((ACCESS_KEY.into(), SECRET_KEY.into())),
     };
 
@@ -259,6 +261,7 @@ async fn custom_endpoint_without_credentials_fails_fast_on_one_line_without_inst
         endpoint: Some(format!("http://127.0.0.1:{}", free_port())),
         region: Some("us-east-1".into()),
         force_path_style: true,
+        instance_metadata: false,
         static_credentials: None,
     };
 
@@ -275,6 +278,19 @@ async fn custom_endpoint_without_credentials_fails_fast_on_one_line_without_inst
         started.elapsed()
     );
     assert!(!message.contains('\n'), "{message}");
+    if ![
+        "AWS_ACCESS_KEY_ID",
+        "AWS_PROFILE",
+        "AWS_WEB_IDENTITY_TOKEN_FILE",
+    ]
+    .iter()
+    .any(|v| std::env::var_os(v).is_some())
+    {
+        assert!(
+            message.contains("no S3 credentials configured"),
+            "{message}"
+        );
+    }
     for imds in ["IMDS", "Ec2InstanceMetadata", "169.254.169.254"] {
         assert!(!message.contains(imds), "{message}");
     }

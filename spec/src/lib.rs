@@ -11,6 +11,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 pub mod rest;
+#[cfg(feature = "s3")]
+pub mod s3;
 
 /// A document that cannot run; `field` is the path in the document (e.g. `checkpointing.interval`).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -47,6 +49,11 @@ pub struct S3Options {
     /// Path-style requests (`endpoint/bucket/key`), needed by MinIO and most S3 clones.
     #[serde(default)]
     pub force_path_style: bool,
+    /// Take credentials from the EC2 instance metadata service when no other source has
+    /// them. Off by default: it hands the job the node's role, and off EC2 it only costs
+    /// timeouts.
+    #[serde(default)]
+    pub instance_metadata: bool,
     /// Static credentials for programmatic use (tests); never read from documents.
     #[serde(skip)]
     #[cfg_attr(feature = "schema", schemars(skip))]
@@ -178,6 +185,99 @@ pub struct CheckpointConfig {
     /// Failed checkpoints in a row tolerated before the job fails over.
     #[serde(default)]
     pub tolerable_failures: u32,
+    /// Where the REST API may write savepoints besides `storage`: URI prefixes such as
+    /// `s3://bucket/savepoints`. A savepoint request for any other directory is refused.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub savepoint_directories: Vec<String>,
+}
+
+/// Longest savepoint `targetDirectory` accepted, in characters (S3 keys end at 1,024 bytes, and
+/// the target is only a prefix of them).
+pub const MAX_SAVEPOINT_TARGET_CHARS: usize = 256;
+
+/// Why a savepoint target was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SavepointTargetError {
+    /// Not a clean absolute URI (the REST API answers 400).
+    #[error("{0}")]
+    Malformed(String),
+    /// Well-formed, but outside the directories the job may write (403).
+    #[error("{0}")]
+    NotAllowed(String),
+}
+
+impl CheckpointConfig {
+    /// The prefixes a savepoint target must lie under: the checkpoint storage (a bare
+    /// absolute path read as its `file://` URI) and the configured savepoint directories.
+    pub fn savepoint_prefixes(&self) -> Vec<String> {
+        let storage = if self.storage.starts_with('/') {
+            format!("file://{}", self.storage)
+        } else {
+            self.storage.clone()
+        };
+        std::iter::once(storage)
+            .chain(self.savepoint_directories.iter().cloned())
+            .collect()
+    }
+
+    /// Checks a savepoint target a caller asked for: an absolute `file:///…` or
+    /// `s3://bucket/…` URI, no `.`/`..` segments or empty segments, no control characters,
+    /// at most [`MAX_SAVEPOINT_TARGET_CHARS`], inside one of [`Self::savepoint_prefixes`]
+    /// (whole segments: `file:///sp` does not admit `file:///sp-other`). The error says
+    /// which rule was broken.
+    pub fn check_savepoint_target(
+        &self,
+        target: &str,
+    ) -> std::result::Result<(), SavepointTargetError> {
+        Self::check_savepoint_target_form(target).map_err(SavepointTargetError::Malformed)?;
+        let target = target.trim_end_matches('/');
+        let prefixes = self.savepoint_prefixes();
+        let inside = prefixes.iter().any(|prefix| {
+            let prefix = prefix.trim_end_matches('/');
+            target
+                .strip_prefix(prefix)
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+        });
+        if !inside {
+            return Err(SavepointTargetError::NotAllowed(format!(
+                "{target:?} is not under an allowed savepoint directory ({}; add more with \
+                 checkpointing.savepointDirectories)",
+                prefixes.join(", ")
+            )));
+        }
+        Ok(())
+    }
+
+    fn check_savepoint_target_form(target: &str) -> std::result::Result<(), String> {
+        let chars = target.chars().count();
+        if chars > MAX_SAVEPOINT_TARGET_CHARS {
+            return Err(format!(
+                "longer than {MAX_SAVEPOINT_TARGET_CHARS} characters ({chars})"
+            ));
+        }
+        if target.chars().any(char::is_control) {
+            return Err(format!("{target:?} contains control characters"));
+        }
+        let path = if let Some(rest) = target.strip_prefix("s3://") {
+            rest
+        } else if let Some(rest) = target.strip_prefix("file://") {
+            rest.strip_prefix('/').ok_or_else(|| {
+                format!("{target:?}: file:// URIs need an absolute path (file:///path)")
+            })?
+        } else {
+            return Err(format!(
+                "{target:?} must be an absolute file:///path or s3://bucket/prefix URI"
+            ));
+        };
+        let path = path.strip_suffix('/').unwrap_or(path);
+        if path
+            .split('/')
+            .any(|segment| segment.is_empty() || segment == "." || segment == "..")
+        {
+            return Err(format!("{target:?} has an empty, `.` or `..` path segment"));
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -473,6 +573,16 @@ impl JobDocument {
             }
             check_storage_uri(&c.storage)
                 .map_err(|e| SpecError::new("checkpointing.storage", e))?;
+            for (i, dir) in c.savepoint_directories.iter().enumerate() {
+                let field = format!("checkpointing.savepointDirectories[{i}]");
+                check_storage_uri(dir).map_err(|e| SpecError::new(field.as_str(), e))?;
+                if !dir.contains("://") {
+                    return Err(SpecError::new(
+                        field,
+                        format!("{dir:?} must be a file:///path or s3://bucket/prefix URI"),
+                    ));
+                }
+            }
         }
         if let RestoreSource::Path(p) = &self.restore {
             check_storage_uri(p).map_err(|e| SpecError::new("restore.path", e))?;
@@ -540,6 +650,73 @@ mod tests {
 
     fn parse(text: &str) -> Result<JobDocument> {
         JobDocument::from_yaml(text, "job.yaml")
+    }
+
+    #[test]
+    fn savepoint_targets_must_be_absolute_clean_and_under_an_allowed_prefix() {
+        let doc = parse(
+            "job: {name: x}\n\
+             checkpointing: {interval: 1s, storage: 's3://b/chk', \
+             savepointDirectories: ['file:///sp', 's3://other/savepoints/']}",
+        )
+        .expect("valid");
+        let c = doc.checkpointing.expect("checkpointing");
+        for ok in [
+            "s3://b/chk/savepoint-1",
+            "s3://b/chk",
+            "file:///sp/a/b/",
+            "s3://other/savepoints/x",
+        ] {
+            assert_eq!(c.check_savepoint_target(ok), Ok(()), "{ok}");
+        }
+        for (bad, rule) in [
+            ("", "absolute"),
+            ("/sp/x", "absolute"),
+            ("relative-dir", "absolute"),
+            ("file://sp/x", "absolute path"),
+            ("file:///sp/../tmp/x", "`..`"),
+            ("file:///sp/./x", "`.`"),
+            ("file:///sp//x", "empty"),
+            ("file:///sp/a\u{7}b", "control characters"),
+            (
+                "file:///sp-other/x",
+                "not under an allowed savepoint directory",
+            ),
+            ("s3://b/chkx", "not under"),
+            (
+                "s3://evil/chk/x",
+                "s3://b/chk, file:///sp, s3://other/savepoints/",
+            ),
+            ("http://b/chk/x", "absolute"),
+        ] {
+            let err = c.check_savepoint_target(bad).expect_err(bad);
+            let elsewhere = rule.contains("not under") || rule.contains("s3://");
+            assert_eq!(
+                matches!(err, SavepointTargetError::NotAllowed(_)),
+                elsewhere,
+                "{bad:?}: {err:?}"
+            );
+            assert!(err.to_string().contains(rule), "{bad:?}: {err}");
+        }
+        let long = format!("file:///sp/{}", "é".repeat(MAX_SAVEPOINT_TARGET_CHARS));
+        let err = c.check_savepoint_target(&long).expect_err("too long");
+        assert!(err.to_string().contains("longer"), "{err}");
+        // A bare absolute storage path admits its file:// form.
+        let bare = parse("job: {name: x}\ncheckpointing: {interval: 1s, storage: /chk}")
+            .expect("valid")
+            .checkpointing
+            .expect("checkpointing");
+        assert_eq!(bare.check_savepoint_target("file:///chk/sp"), Ok(()));
+        let err = parse(
+            "job: {name: x}\ncheckpointing: {interval: 1s, storage: /chk, \
+             savepointDirectories: [relative]}",
+        )
+        .expect_err("a relative savepoint directory");
+        assert!(
+            err.to_string()
+                .contains("checkpointing.savepointDirectories[0]"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -2,8 +2,12 @@
 //! [`JobHandle`]. Local mode serves it with `--rest-addr`; the operator drives it to take
 //! savepoints before rescales and upgrades.
 //!
-//! Request bodies are capped at 64 KiB; every error is `{"error": "..."}` with a 4xx status.
+//! Request bodies are capped at 64 KiB (413 beyond); every error is `{"error": "..."}` with a
+//! 4xx status. A savepoint target must be a clean absolute URI (else 400) under the job's
+//! checkpoint storage or one of its `checkpointing.savepointDirectories` (else 403), so
+//! callers cannot write elsewhere with the job's credentials.
 
+use crate::spec::SavepointTargetError;
 use crate::spec::rest::{SavepointRequest, TriggerResponse};
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{DefaultBodyLimit, Path, State};
@@ -105,14 +109,34 @@ fn trigger(
     }
     let request = match body {
         Ok(Json(request)) => request,
-        // Malformed JSON, wrong fields, wrong content type and bodies over the limit alike.
-        Err(rejection) => return error(StatusCode::BAD_REQUEST, rejection.body_text()),
+        // 400 for malformed JSON and wrong fields, 415 for a wrong content type, 413 for a
+        // body over the limit.
+        Err(rejection) => {
+            let status = match rejection.status() {
+                status @ (StatusCode::PAYLOAD_TOO_LARGE | StatusCode::UNSUPPORTED_MEDIA_TYPE) => {
+                    status
+                }
+                // axum says 422 for well-formed JSON of the wrong shape; the contract says 400.
+                _ => StatusCode::BAD_REQUEST,
+            };
+            return error(status, rejection.body_text());
+        }
     };
-    if let Err(message) = weir_spec::check_storage_uri(&request.target_directory) {
-        return error(
-            StatusCode::BAD_REQUEST,
-            format!("targetDirectory: {message}"),
-        );
+    let refusal = match job.check_savepoint_target(&request.target_directory) {
+        None => Some((
+            StatusCode::CONFLICT,
+            "the job has no checkpointing configured, so it takes no savepoints".to_string(),
+        )),
+        Some(Ok(())) => None,
+        Some(Err(e @ SavepointTargetError::Malformed(_))) => {
+            Some((StatusCode::BAD_REQUEST, format!("targetDirectory: {e}")))
+        }
+        Some(Err(e @ SavepointTargetError::NotAllowed(_))) => {
+            Some((StatusCode::FORBIDDEN, format!("targetDirectory: {e}")))
+        }
+    };
+    if let Some((status, message)) = refusal {
+        return error(status, message);
     }
     match job.request_savepoint(&request.target_directory, stop) {
         Ok(trigger_id) => {

@@ -42,13 +42,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use aws_config::BehaviorVersion;
-use aws_config::environment::EnvironmentVariableRegionProvider;
-use aws_config::meta::region::RegionProviderChain;
-use aws_config::profile::region::ProfileFileRegionProvider;
 use aws_sdk_s3::Client;
 use aws_sdk_s3::config::http::HttpResponse;
-use aws_sdk_s3::config::{Credentials, Region};
 use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::{ByteStream, Length};
 use aws_sdk_s3::types::{
@@ -294,12 +289,19 @@ fn key_problem(key: &str, kind: KeyKind) -> Option<&'static str> {
 
 impl ObjectStore {
     /// Opens a store rooted at `location`. Builds the S3 client for s3:// locations but performs
-    /// no network I/O; connection problems surface on the first operation.
+    /// no network I/O; connection problems surface on the first operation, a missing
+    /// credential source right here ([`weir_spec::s3::client`]).
     pub async fn open(location: &Location, s3: &S3Options) -> Result<ObjectStore> {
         let backend = match location {
             Location::Local(root) => Backend::Local { root: root.clone() },
             Location::S3 { bucket, prefix } => Backend::S3 {
-                client: build_s3_client(s3).await,
+                client: weir_spec::s3::client(s3, None).await.map_err(|message| {
+                    StorageError::S3 {
+                        op: "configure the client",
+                        uri: location.uri(),
+                        message,
+                    }
+                })?,
                 bucket: bucket.clone(),
                 prefix: prefix.clone(),
             },
@@ -1000,34 +1002,6 @@ impl ObjectStore {
 // ---------------------------------------------------------------------------------------------
 // S3 helpers
 // ---------------------------------------------------------------------------------------------
-
-async fn build_s3_client(opts: &S3Options) -> Client {
-    // Deliberately not the SDK's default region chain: that one ends in an IMDS lookup, which
-    // stalls for seconds off EC2. Options, env, profile, then the documented fallback.
-    let region = RegionProviderChain::first_try(opts.region.clone().map(Region::new))
-        .or_else(EnvironmentVariableRegionProvider::new())
-        .or_else(ProfileFileRegionProvider::new())
-        .or_else(Region::from_static("us-east-1"));
-    let mut loader = aws_config::defaults(BehaviorVersion::latest()).region(region);
-    if let Some(endpoint) = &opts.endpoint {
-        loader = loader.endpoint_url(endpoint);
-    }
-    if let Some((key_id, secret)) = &opts.static_credentials {
-        loader = loader.credentials_provider(Credentials::new(
-            key_id,
-            secret,
-            None,
-            None,
-            "weir-static",
-        ));
-    }
-    let sdk_config = loader.load().await;
-    let mut builder = aws_sdk_s3::config::Builder::from(&sdk_config);
-    if opts.force_path_style {
-        builder = builder.force_path_style(true);
-    }
-    Client::from_conf(builder.build())
-}
 
 /// Key inside the bucket for a key relative to the store root.
 fn full_key(root_prefix: &str, key: &str) -> String {

@@ -22,7 +22,7 @@ fn sequence_job(dir: &Path, endpoint: &str, events_per_key: u64, rate: u64) -> P
     let yaml = format!(
         "job:\n  name: sequence-check\n  args: {{keys: {KEYS}, eventsPerKey: {events_per_key}, eventsPerSecond: {rate}, output: 's3://weir/output'}}\n\
          jobId: seq\nparallelism: 2\n\
-         checkpointing: {{interval: 300ms, storage: 's3://weir/checkpoints', retained: 3, timeout: 3s, tolerableFailures: 2}}\n\
+         checkpointing: {{interval: 300ms, storage: 's3://weir/checkpoints', retained: 3, timeout: 3s, tolerableFailures: 2, savepointDirectories: ['s3://weir/savepoints', 's3://not-a-bucket/savepoints']}}\n\
          restartStrategy: {{type: fixed-delay, attempts: 1000, delay: 200ms}}\n\
          s3: {{endpoint: '{endpoint}', forcePathStyle: true}}\n"
     );

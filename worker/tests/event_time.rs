@@ -84,11 +84,12 @@ fn window_job(dir: &Path, window: &str, rate: Option<u64>, name: &str) -> (PathB
     let yaml = format!(
         "job:\n  name: window-check\n  args: {{keys: 10, eventsPerKey: 1500{rate}, window: {window}, output: '{out}', lateOutput: '{late}'}}\n\
          jobId: windows\nparallelism: 2\n\
-         checkpointing: {{interval: 200ms, storage: 'file://{chk}', retained: 2}}\n\
+         checkpointing: {{interval: 200ms, storage: 'file://{chk}', retained: 2, savepointDirectories: ['file://{sp}']}}\n\
          restartStrategy: {{type: none}}\n",
         out = store.join("output").display(),
         late = store.join("late").display(),
         chk = store.join("checkpoints").display(),
+        sp = store.join("savepoints").display(),
     );
     (write_job(dir, &format!("{name}.yaml"), &yaml), store)
 }

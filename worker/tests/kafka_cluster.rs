@@ -114,10 +114,11 @@ fn kafka_job(dir: &Path, broker: &KafkaBroker, kafka_properties: &str) -> PathBu
     let yaml = format!(
         "job:\n  name: sequence-check\n  args: {{input: {{kafka: {{topics: [{INPUT}], partitionDiscoveryInterval: 1s}}}}, output: {{kafka: {{topic: {OUTPUT}}}}}}}\n\
          jobId: seq\nparallelism: 2\n\
-         checkpointing: {{interval: 300ms, storage: 'file://{}', retained: 3, timeout: 3s, tolerableFailures: 2}}\n\
+         checkpointing: {{interval: 300ms, storage: 'file://{}', retained: 3, timeout: 3s, tolerableFailures: 2, savepointDirectories: ['file://{}']}}\n\
          restartStrategy: {{type: fixed-delay, attempts: 1000, delay: 200ms}}\n\
          kafka: {{bootstrapServers: '{}', properties: {{{kafka_properties}}}}}\n",
         dir.join("store").display(),
+        dir.join("savepoints").display(),
         broker.bootstrap()
     );
     write_job(dir, "job.yaml", &yaml)

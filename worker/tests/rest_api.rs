@@ -34,9 +34,10 @@ fn rest_api_serves_state_and_rescales_through_stop_with_savepoint() {
     let yaml = format!(
         "job: {{name: sequence-check, args: {{keys: {KEYS}, eventsPerKey: {EVENTS_PER_KEY}, eventsPerSecond: 2000, output: '{out}'}}}}\n\
          jobId: seq\nparallelism: 2\n\
-         checkpointing: {{interval: 200ms, storage: 'file://{chk}'}}\nrestartStrategy: {{type: none}}\n",
+         checkpointing: {{interval: 200ms, storage: 'file://{chk}', savepointDirectories: ['file://{sp}']}}\nrestartStrategy: {{type: none}}\n",
         out = store.join("output").display(),
         chk = store.join("checkpoints").display(),
+        sp = store.join("savepoints").display(),
     );
     let job = write_job(dir.path(), "job.yaml", &yaml);
     let port = free_port();
@@ -122,7 +123,57 @@ fn rest_api_serves_state_and_rescales_through_stop_with_savepoint() {
     }
     let huge = format!(r#"{{"targetDirectory": "{}"}}"#, "x".repeat(70_000));
     let (status, body) = http(port, "POST", "/v1/jobs/seq/savepoints", Some(&huge));
-    assert_eq!(status, 400, "oversized body: {body}");
+    assert_eq!(status, 413, "oversized body: {body}");
+
+    // Savepoint targets outside the allowed directories, or not plainly inside one, are
+    // refused with the rule they break, and nothing is written for them.
+    let outside = dir.path().join("outside");
+    let allowed = format!("file://{}", store.join("savepoints").display());
+    for (method, target, rule) in [
+        ("savepoints", String::new(), "absolute"),
+        ("savepoints", outside.display().to_string(), "absolute"),
+        ("savepoints", "relative-dir".into(), "absolute"),
+        (
+            "savepoints",
+            format!("file://{}", outside.display()),
+            "not under an allowed savepoint directory",
+        ),
+        ("stop", format!("{allowed}/../../outside"), "`..`"),
+        (
+            "savepoints",
+            format!("{allowed}/a\u{1}b"),
+            "control characters",
+        ),
+        (
+            "savepoints",
+            format!("{allowed}/{}", "a".repeat(600)),
+            "longer than",
+        ),
+        ("stop", format!("{allowed}-evil"), "not under"),
+        (
+            "savepoints",
+            "s3://someone-elses-bucket/sp".into(),
+            allowed.as_str(),
+        ),
+    ] {
+        let body = json!({"targetDirectory": target}).to_string();
+        let (status, reply) = http(port, "POST", &format!("/v1/jobs/seq/{method}"), Some(&body));
+        // Well-formed but elsewhere: 403 (the caller may not write there); malformed: 400.
+        let expected = if rule.contains("not under") || rule.contains("file://") {
+            403
+        } else {
+            400
+        };
+        assert_eq!(status, expected, "{target:?}: {reply}");
+        let error = reply["error"].as_str().unwrap_or_default();
+        assert!(
+            error.starts_with("targetDirectory: ") && error.contains(rule),
+            "{target:?}: {reply}"
+        );
+    }
+    let (_, overview) = http(port, "GET", "/v1/jobs/seq", None);
+    assert_eq!(overview["state"], "RUNNING", "{overview}");
+    assert!(!outside.exists() && !dir.path().join("work/relative-dir").exists());
 
     // A savepoint while running; asking again for the same directory is the same trigger.
     let sp1 = format!("file://{}", store.join("savepoints/sp-1").display());
@@ -203,21 +254,19 @@ fn cancel_ends_the_job_as_canceled() {
         std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
             && http(port, "GET", "/v1/health/ready", None).0 == 200
     });
-    // Without checkpointing configured a savepoint cannot be taken: it fails, the job runs on.
+    // Without checkpointing configured a savepoint cannot be taken: refused, the job runs on.
     let (status, body) = http(
         port,
         "POST",
         "/v1/jobs/seq/savepoints",
-        Some(r#"{"targetDirectory": "/tmp/weir-never"}"#),
+        Some(r#"{"targetDirectory": "file:///tmp/weir-never"}"#),
     );
-    assert_eq!(status, 202, "{body}");
-    let failed = poll_savepoint(port, body["triggerId"].as_str().expect("trigger"));
-    assert_eq!(failed["status"], "FAILED");
+    assert_eq!(status, 409, "{body}");
     assert!(
-        failed["failure"]
+        body["error"]
             .as_str()
-            .is_some_and(|f| f.contains("checkpointing")),
-        "{failed}"
+            .is_some_and(|f| f.contains("no checkpointing configured")),
+        "{body}"
     );
     assert!(child.try_wait().expect("poll").is_none());
     let (status, _) = http(port, "POST", "/v1/jobs/seq/cancel", None);
@@ -268,11 +317,13 @@ fn failed_savepoints_fail_only_themselves_and_a_retry_after_failed_is_a_new_trig
         format!(
             "job: {{name: sequence-check, args: {{keys: {KEYS}, eventsPerKey: 20000, {rate}output: '{out}'}}}}\n\
              jobId: seq\nparallelism: 2\n\
-             checkpointing: {{interval: 200ms, storage: 'file://{chk}', timeout: 10s, tolerableFailures: 0}}\n\
+             checkpointing: {{interval: 200ms, storage: 'file://{chk}', timeout: 10s, tolerableFailures: 0, \
+             savepointDirectories: ['file:///proc/self', 'file://{store}', 's3://not-a-bucket/savepoints']}}\n\
              restartStrategy: {{type: fixed-delay, attempts: 5, delay: 200ms}}\n\
              s3: {{endpoint: '{endpoint}', forcePathStyle: true}}\n",
             out = store.join("output").display(),
             chk = store.join("checkpoints").display(),
+            store = store.display(),
             endpoint = s3.endpoint,
         )
     };
@@ -377,4 +428,130 @@ fn failed_savepoints_fail_only_themselves_and_a_retry_after_failed_is_a_new_trig
     );
     verify_sequence_output(&committed_json(&store.join("output")), KEYS, 20_000)
         .expect("exactly-once across failed savepoints");
+}
+
+/// schemathesis (`scripts/install-schemathesis.sh`): $WEIR_SCHEMATHESIS, the tools dir, PATH.
+fn schemathesis() -> std::path::PathBuf {
+    let candidates = std::env::var_os("WEIR_SCHEMATHESIS")
+        .map(std::path::PathBuf::from)
+        .into_iter()
+        .chain(
+            std::env::var_os("HOME")
+                .map(|home| std::path::PathBuf::from(home).join(".cache/weir-tools/bin/st")),
+        )
+        .chain(
+            std::env::var_os("PATH")
+                .map(|path| {
+                    std::env::split_paths(&path)
+                        .map(|d| d.join("st"))
+                        .collect::<Vec<_>>()
+                })
+                .unwrap_or_default(),
+        );
+    for candidate in candidates {
+        if candidate.is_file() {
+            return candidate;
+        }
+    }
+    panic!(
+        "schemathesis is not installed (looked at $WEIR_SCHEMATHESIS, ~/.cache/weir-tools/bin/st \
+         and PATH); run scripts/install-schemathesis.sh"
+    );
+}
+
+/// The contract is what the server does: schemathesis fuzzes every endpoint of a running
+/// JobManager from `docs/jobmanager-api.yaml` with all its checks (status codes and bodies
+/// as documented, schema-valid requests accepted, invalid ones refused, no server errors) and
+/// its stateful phase (a savepoint trigger followed by its status, through the documented
+/// link). Cancel and stop are left out: they end the job (covered above). The job survives
+/// it all (RUNNING, no restart), and nothing is written outside the allowed directories.
+#[test]
+fn the_api_matches_its_contract_under_schemathesis() {
+    let st = schemathesis();
+    let s3 = support::s3::S3Server::start();
+    // The contract's example target is s3://bucket/savepoints/sp-1.
+    s3.create_bucket("bucket");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let yaml = format!(
+        "job: {{name: sequence-check, args: {{keys: 4, eventsPerKey: 100000000, eventsPerSecond: 200, output: 's3://bucket/output'}}}}\n\
+         jobId: seq\n\
+         checkpointing: {{interval: 1s, storage: 's3://bucket/checkpoints', savepointDirectories: ['s3://bucket/savepoints']}}\n\
+         restartStrategy: {{type: none}}\n\
+         s3: {{endpoint: '{}', forcePathStyle: true}}\n",
+        s3.endpoint
+    );
+    let job = write_job(dir.path(), "job.yaml", &yaml);
+    let port = free_port();
+    let work = dir.path().join("work");
+    let mut child = spawn_job(
+        &job,
+        &["--rest-addr", &format!("127.0.0.1:{port}")],
+        &s3.env(),
+        &work,
+        &dir.path().join("run.log"),
+    );
+    wait_until(Duration::from_secs(30), "the job to be ready", || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+            && http(port, "GET", "/v1/health/ready", None).0 == 200
+    });
+    let contract =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/jobmanager-api.yaml");
+    let output = std::process::Command::new(&st)
+        .arg("run")
+        .arg(&contract)
+        .args(["--url", &format!("http://127.0.0.1:{port}")])
+        .args([
+            "--checks",
+            "all",
+            "--max-examples",
+            "40",
+            "--seed",
+            "20261205",
+        ])
+        .args(["--exclude-path-regex", "/(cancel|stop)$"])
+        .args(["--no-color"])
+        .current_dir(dir.path())
+        .env("SCHEMATHESIS_HOOKS", "")
+        .output()
+        .expect("run schemathesis");
+    let report = format!(
+        "{}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    println!("{report}");
+    assert!(
+        output.status.success(),
+        "schemathesis found failures:\n{report}"
+    );
+    assert!(report.contains("Stateful"), "{report}");
+
+    // The fuzzer's savepoints into the documented example target really ran.
+    let example = s3.bucket_path("bucket").join("savepoints/sp-1/_metadata");
+    wait_until(Duration::from_secs(30), "the fuzzer's savepoint", || {
+        example.exists()
+    });
+    let (_, overview) = http(port, "GET", "/v1/jobs/seq", None);
+    assert_eq!(overview["state"], "RUNNING", "{overview}");
+    assert_eq!(overview["restarts"], 0, "{overview}");
+    // Buckets s3s-fs holds, and what the fuzzer left in the working directories.
+    let buckets: Vec<String> = std::fs::read_dir(s3.root.path())
+        .expect("s3 root")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .filter(|name| !name.starts_with('.'))
+        .collect();
+    assert_eq!(buckets, ["bucket"], "nothing written outside s3://bucket");
+    let in_bucket: Vec<String> = std::fs::read_dir(s3.bucket_path("bucket"))
+        .expect("bucket")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    for name in &in_bucket {
+        assert!(
+            ["checkpoints", "savepoints", "output"].contains(&name.as_str()),
+            "unexpected {name:?} in the bucket: {in_bucket:?}"
+        );
+    }
+    let (status, _) = http(port, "POST", "/v1/jobs/seq/cancel", None);
+    assert_eq!(status, 202);
+    assert!(child.wait().expect("exits").success());
 }

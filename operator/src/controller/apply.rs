@@ -113,12 +113,29 @@ pub(super) async fn apply(job: &StreamJob, ctx: &Context, plan: Plan) -> Result<
             {
                 let stop = status.operation.as_ref().is_some_and(|op| op.stop);
                 let trigger = if stop {
-                    client.stop_with_savepoint(&id, &target_directory).await?
+                    client.stop_with_savepoint(&id, &target_directory).await
                 } else {
-                    client.trigger_savepoint(&id, &target_directory).await?
+                    client.trigger_savepoint(&id, &target_directory).await
+                };
+                let trigger = match trigger {
+                    Ok(trigger) => Ok(trigger),
+                    // Refused as asked (400/403: the target breaks a rule): asking again cannot help;
+                    // the lifecycle fails the savepoint with the JobManager's reason.
+                    Err(Error::JobManagerStatus {
+                        status: 400 | 403,
+                        body,
+                        ..
+                    }) => Err(serde_json::from_str::<serde_json::Value>(&body)
+                        .ok()
+                        .and_then(|v| v["error"].as_str().map(str::to_string))
+                        .unwrap_or(body)),
+                    Err(e) => return Err(e),
                 };
                 if let Some(operation) = status.operation.as_mut() {
-                    operation.trigger_id = Some(trigger);
+                    match trigger {
+                        Ok(trigger) => operation.trigger_id = Some(trigger),
+                        Err(reason) => operation.refused = Some(reason),
+                    }
                 }
                 if write_status(&jobs, &name, &status).await? == Written::Gone {
                     return Ok(());

@@ -425,6 +425,33 @@ fn savepoint_failure_blocks_upgrade_and_leaves_old_job_untouched() {
 }
 
 #[test]
+fn savepoint_the_jobmanager_refuses_blocks_upgrade_at_once_with_its_reason() {
+    let before = StreamJob::test();
+    let job = before.clone().with_image("weir:2");
+    let (mut next, _) = after_stop_requested(&before, job);
+    if let Some(status) = next.job.status.as_mut()
+        && let Some(operation) = status.operation.as_mut()
+    {
+        operation.trigger_id = None;
+        operation.refused =
+            Some("targetDirectory: not under an allowed savepoint directory".into());
+    }
+    let plan = plan(&next);
+    assert!(!plan.touches_workloads(), "{:?}", plan.actions);
+    assert!(plan.status.operation.is_none());
+    let blocked = condition(&plan, CONDITION_UPGRADE_BLOCKED);
+    assert_eq!(
+        (blocked.status.as_str(), blocked.reason.as_str()),
+        ("True", "SavepointFailed")
+    );
+    assert!(
+        blocked.message.contains("refused") && blocked.message.contains("allowed savepoint"),
+        "{}",
+        blocked.message
+    );
+}
+
+#[test]
 fn savepoint_timeout_blocks_upgrade() {
     let before = StreamJob::test();
     let (mut next, _) = after_stop_requested(&before, before.clone().with_image("weir:2"));
@@ -904,6 +931,7 @@ fn retention_deletes_the_oldest_savepoints() {
             started_at: NOW,
             target_hash: None,
             nonce: Some(1),
+            refused: None,
         });
     });
     let mut observed = observed;

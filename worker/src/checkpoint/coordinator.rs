@@ -905,6 +905,7 @@ mod tests {
                 retained,
                 timeout: Duration::from_secs(60),
                 tolerable_failures,
+                savepoint_directories: Vec::new(),
             };
             let mut coordinator =
                 CheckpointCoordinator::new(self.job.clone(), config, "job", name, 1, 128);

@@ -558,6 +558,7 @@ mod tests {
             retained: 2,
             timeout: std::time::Duration::from_secs(60),
             tolerable_failures: 0,
+            savepoint_directories: Vec::new(),
         };
         let mut coordinator =
             CheckpointCoordinator::new(f.job.clone(), config, "job", "test-jm", 1, MAX);

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
 use crate::checkpoint::coordinator::{CheckpointCounts, CheckpointInfo, OperationStatus, now_ms};
-use crate::spec::JobDocument;
+use crate::spec::{CheckpointConfig, JobDocument, SavepointTargetError};
 use crossbeam_channel::{Receiver, Sender};
 
 pub use crate::spec::rest::{CheckpointStats, JobOverview, JobState, SavepointStatus};
@@ -50,6 +50,8 @@ struct JobView {
 pub struct JobHandle {
     view: Arc<Mutex<JobView>>,
     commands: Sender<JobCommand>,
+    /// The job's checkpointing settings: where savepoints may be written.
+    checkpointing: Option<Arc<CheckpointConfig>>,
 }
 
 impl JobHandle {
@@ -73,6 +75,7 @@ impl JobHandle {
             JobHandle {
                 view: Arc::new(Mutex::new(view)),
                 commands,
+                checkpointing: doc.checkpointing.clone().map(Arc::new),
             },
             receiver,
         )
@@ -109,6 +112,15 @@ impl JobHandle {
             .savepoints
             .get(trigger_id)
             .is_some_and(|r| r.status.status == OperationStatus::InProgress)
+    }
+
+    /// Whether a caller may have a savepoint written into `target`
+    /// ([`CheckpointConfig::check_savepoint_target`]); the error names the broken rule.
+    /// `None` when the job has no checkpointing configured (it takes no savepoints at all).
+    pub fn check_savepoint_target(&self, target: &str) -> Option<Result<(), SavepointTargetError>> {
+        self.checkpointing
+            .as_ref()
+            .map(|config| config.check_savepoint_target(target))
     }
 
     /// Asks for a savepoint into `target`. A repeated request for the same target that is in

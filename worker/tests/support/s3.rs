@@ -94,6 +94,7 @@ impl S3Server {
             endpoint: Some(self.endpoint.clone()),
             region: Some(REGION.to_string()),
             force_path_style: true,
+            instance_metadata: false,
             static_credentials: Some((ACCESS_KEY.to_string(), SECRET_KEY.to_string())),
         }
     }
