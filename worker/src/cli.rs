@@ -43,6 +43,8 @@ enum Command {
         /// checkpoints, savepoints, stop-with-savepoint, cancel.
         #[arg(long, env = "WEIR_REST_ADDR")]
         rest_addr: Option<SocketAddr>,
+        #[command(flatten)]
+        rest_auth: RestAuthArgs,
         /// Keep serving the REST API this long after the job ends (e.g. `30s`), so whoever
         /// stopped it can read the final state and savepoint (Flink's
         /// `execution.shutdown-on-application-finish: false`).
@@ -74,6 +76,8 @@ enum Command {
         /// The REST API (`docs/jobmanager-api.yaml`), including `/metrics` and health probes.
         #[arg(long, env = "WEIR_REST_ADDR", default_value = "0.0.0.0:8081")]
         rest_addr: SocketAddr,
+        #[command(flatten)]
+        rest_auth: RestAuthArgs,
         #[command(flatten)]
         heartbeat: HeartbeatArgs,
         /// Exit when the job ends (status 0 unless it failed) instead of serving on.
@@ -125,6 +129,41 @@ enum Command {
     },
     /// List the jobs this binary can run.
     Jobs,
+}
+
+/// Who may use the REST API: with a token, every endpoint except the health probes and
+/// `/metrics` wants `Authorization: Bearer <token>`. Off when neither is given.
+#[derive(Debug, clap::Args)]
+struct RestAuthArgs {
+    /// A file holding the REST API's bearer token (e.g. a mounted Secret). Instead of a flag
+    /// with the token itself, which `ps` would show, the token can also come from the
+    /// environment variable `WEIR_REST_TOKEN`.
+    #[arg(long, env = "WEIR_REST_TOKEN_FILE")]
+    rest_token_file: Option<PathBuf>,
+}
+
+impl RestAuthArgs {
+    fn token(&self) -> anyhow::Result<Option<crate::rest::RestToken>> {
+        if let Some(path) = &self.rest_token_file {
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                anyhow::anyhow!("--rest-token-file {}: cannot read: {e}", path.display())
+            })?;
+            let token = crate::rest::RestToken::new(&text).ok_or_else(|| {
+                anyhow::anyhow!("--rest-token-file {}: the file is empty", path.display())
+            })?;
+            tracing::info!(file = %path.display(), "the REST API wants a bearer token");
+            return Ok(Some(token));
+        }
+        match std::env::var("WEIR_REST_TOKEN") {
+            Ok(text) => {
+                let token = crate::rest::RestToken::new(&text)
+                    .ok_or_else(|| anyhow::anyhow!("WEIR_REST_TOKEN is set but empty"))?;
+                tracing::info!("the REST API wants a bearer token (from WEIR_REST_TOKEN)");
+                Ok(Some(token))
+            }
+            Err(_) => Ok(None),
+        }
+    }
 }
 
 #[derive(Debug, clap::Args)]
@@ -200,17 +239,19 @@ pub fn main_with(registry: JobRegistry) -> anyhow::Result<()> {
             restore,
             rpc_addr,
             rest_addr,
+            rest_auth,
             heartbeat,
             exit_when_done,
             progress_secs,
         } => {
             let doc = load_document(&job, parallelism, restore)?;
+            let token = rest_auth.token()?;
             let options = JobManagerOptions {
                 rpc_bind: rpc_addr,
                 heartbeat: heartbeat.heartbeat(),
                 progress_interval: std::time::Duration::from_secs(progress_secs.max(1)),
             };
-            run_jobmanager(&registry, doc, options, rest_addr, exit_when_done)
+            run_jobmanager(&registry, doc, options, (rest_addr, token), exit_when_done)
         }
         Command::Taskmanager {
             jobmanager,
@@ -276,10 +317,12 @@ pub fn main_with(registry: JobRegistry) -> anyhow::Result<()> {
             restore,
             metrics_addr,
             rest_addr,
+            rest_auth,
             linger,
             work_dir,
             progress_secs,
         } => {
+            let token = rest_auth.token()?;
             let doc = load_document(&job, parallelism, restore)?;
             let built = registry.build(doc.clone())?;
             let runtime = io_runtime()?;
@@ -290,7 +333,8 @@ pub fn main_with(registry: JobRegistry) -> anyhow::Result<()> {
             }
             let (job_handle, commands) = JobHandle::new(&doc);
             if let Some(addr) = rest_addr {
-                let bound = runtime.block_on(crate::rest::serve(addr, job_handle.clone()))?;
+                let bound =
+                    runtime.block_on(crate::rest::serve(addr, job_handle.clone(), token))?;
                 tracing::info!(%bound, "serving the REST API at http://{bound}/v1/jobs");
             }
             let mut options = LocalOptions::for_document(&doc);
@@ -367,14 +411,14 @@ fn run_jobmanager(
     registry: &JobRegistry,
     doc: Arc<JobDocument>,
     options: JobManagerOptions,
-    rest_addr: SocketAddr,
+    (rest_addr, token): (SocketAddr, Option<crate::rest::RestToken>),
     exit_when_done: bool,
 ) -> anyhow::Result<()> {
     let built = registry.build(doc.clone())?;
     let runtime = io_runtime()?;
     shutdown::install(runtime.handle())?;
     let (job_handle, commands) = JobHandle::new(&doc);
-    let bound = runtime.block_on(crate::rest::serve(rest_addr, job_handle.clone()))?;
+    let bound = runtime.block_on(crate::rest::serve(rest_addr, job_handle.clone(), token))?;
     tracing::info!(%bound, "serving the REST API at http://{bound}/v1/jobs");
     tracing::info!(job = %doc.job.name, job_id = doc.job_id(), parallelism = doc.parallelism, "starting JobManager");
     let result = run_job_manager(

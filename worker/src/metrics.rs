@@ -34,6 +34,8 @@ pub struct Metrics {
     /// the job).
     pub savepoints_completed: Counter,
     pub savepoints_failed: Counter,
+    /// REST requests refused for a missing or wrong bearer token.
+    pub rest_unauthorized: Counter,
     pub last_checkpoint_duration_ms: Gauge,
     pub last_checkpoint_size_bytes: Gauge,
     pub last_checkpoint_id: Gauge,
@@ -86,6 +88,7 @@ impl Metrics {
             checkpoints_failed: Counter::default(),
             savepoints_completed: Counter::default(),
             savepoints_failed: Counter::default(),
+            rest_unauthorized: Counter::default(),
             last_checkpoint_duration_ms: Gauge::default(),
             last_checkpoint_size_bytes: Gauge::default(),
             last_checkpoint_id: Gauge::default(),
@@ -139,6 +142,11 @@ impl Metrics {
             "savepoints_failed",
             "Savepoint triggers that failed (the job keeps running)",
             metrics.savepoints_failed.clone(),
+        );
+        registry.register(
+            "rest_unauthorized",
+            "REST API requests refused for a missing or wrong bearer token",
+            metrics.rest_unauthorized.clone(),
         );
         registry.register(
             "last_checkpoint_duration_milliseconds",

@@ -10,24 +10,43 @@
 use crate::spec::SavepointTargetError;
 use crate::spec::rest::{SavepointRequest, TriggerResponse};
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{DefaultBodyLimit, Path, State};
-use axum::http::StatusCode;
+use std::sync::Arc;
+
+use axum::extract::{DefaultBodyLimit, Path, Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::json;
+use subtle::ConstantTimeEq;
 
 use crate::runtime::job::{JobHandle, JobState};
 
 const MAX_BODY_BYTES: usize = 64 << 10;
 
-pub fn router(job: JobHandle) -> Router {
-    Router::new()
+/// The API; with `token`, every endpoint but the health probes and `/metrics` wants
+/// `Authorization: Bearer <token>` (401 otherwise).
+pub fn router(job: JobHandle, token: Option<RestToken>) -> Router {
+    let open = Router::new()
         .route(
             "/v1/health/live",
             get(|| async { Json(json!({"status": "ok"})) }),
         )
         .route("/v1/health/ready", get(ready))
+        .route(
+            "/metrics",
+            get(|| async {
+                (
+                    [(
+                        axum::http::header::CONTENT_TYPE,
+                        "text/plain; version=0.0.4; charset=utf-8",
+                    )],
+                    crate::metrics::global().encode(),
+                )
+            }),
+        );
+    let mut guarded = Router::new()
         .route(
             "/v1/jobs",
             get(|State(job): State<JobHandle>| async move { Json(vec![job.overview()]) }),
@@ -41,32 +60,74 @@ pub fn router(job: JobHandle) -> Router {
             get(savepoint_status),
         )
         .route("/v1/jobs/{job_id}/cancel", post(cancel))
-        .route(
-            "/metrics",
-            get(|| async {
-                (
-                    [(
-                        axum::http::header::CONTENT_TYPE,
-                        "text/plain; version=0.0.4; charset=utf-8",
-                    )],
-                    crate::metrics::global().encode(),
-                )
-            }),
-        )
-        .fallback(|| async { error(StatusCode::NOT_FOUND, "no such endpoint") })
+        .fallback(|| async { error(StatusCode::NOT_FOUND, "no such endpoint") });
+    if let Some(token) = token {
+        // A layer, not a route layer: unknown paths answer 401 too, so nobody learns the
+        // API's shape without the token.
+        guarded = guarded.layer(middleware::from_fn_with_state(token, authenticate));
+    }
+    open.merge(guarded)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(job)
+}
+
+/// The bearer token callers of the REST API must present. Never logged: `Debug` hides it.
+#[derive(Clone)]
+pub struct RestToken(Arc<str>);
+
+impl RestToken {
+    /// Refuses an empty or blank token: it would let anyone in who sends `Bearer `.
+    pub fn new(token: &str) -> Option<RestToken> {
+        let token = token.trim();
+        (!token.is_empty()).then(|| RestToken(token.into()))
+    }
+
+    fn admits(&self, presented: &str) -> bool {
+        // Constant time: the comparison must not tell a caller how much of a guess was right.
+        bool::from(presented.as_bytes().ct_eq(self.0.as_bytes()))
+    }
+}
+
+impl std::fmt::Debug for RestToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RestToken(<redacted>)")
+    }
+}
+
+async fn authenticate(State(token): State<RestToken>, request: Request, next: Next) -> Response {
+    let presented = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.strip_prefix("Bearer "));
+    match presented {
+        Some(presented) if token.admits(presented) => next.run(request).await,
+        presented => {
+            crate::metrics::global().rest_unauthorized.inc();
+            let message = if presented.is_some() {
+                "wrong bearer token"
+            } else {
+                "this endpoint needs `Authorization: Bearer <token>`"
+            };
+            let mut response = error(StatusCode::UNAUTHORIZED, message);
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            response
+        }
+    }
 }
 
 /// Serves the API until the process exits; returns the bound address.
 pub async fn serve(
     addr: std::net::SocketAddr,
     job: JobHandle,
+    token: Option<RestToken>,
 ) -> std::io::Result<std::net::SocketAddr> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let bound = listener.local_addr()?;
     tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, router(job)).await {
+        if let Err(e) = axum::serve(listener, router(job, token)).await {
             tracing::error!(error = %e, "REST server stopped");
         }
     });

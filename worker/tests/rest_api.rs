@@ -463,8 +463,9 @@ fn schemathesis() -> std::path::PathBuf {
 /// JobManager from `docs/jobmanager-api.yaml` with all its checks (status codes and bodies
 /// as documented, schema-valid requests accepted, invalid ones refused, no server errors) and
 /// its stateful phase (a savepoint trigger followed by its status, through the documented
-/// link). Cancel and stop are left out: they end the job (covered above). The job survives
-/// it all (RUNNING, no restart), and nothing is written outside the allowed directories.
+/// link) and authentication (a token is configured: requests without it must get 401). Cancel
+/// and stop are left out: they end the job (covered above). The job survives it all (RUNNING,
+/// no restart), and nothing is written outside the allowed directories.
 #[test]
 fn the_api_matches_its_contract_under_schemathesis() {
     let st = schemathesis();
@@ -483,10 +484,13 @@ fn the_api_matches_its_contract_under_schemathesis() {
     let job = write_job(dir.path(), "job.yaml", &yaml);
     let port = free_port();
     let work = dir.path().join("work");
+    const TOKEN: &str = "contract-test-token";
+    let mut env = s3.env();
+    env.push(("WEIR_REST_TOKEN".into(), TOKEN.into()));
     let mut child = spawn_job(
         &job,
         &["--rest-addr", &format!("127.0.0.1:{port}")],
-        &s3.env(),
+        &env,
         &work,
         &dir.path().join("run.log"),
     );
@@ -509,6 +513,7 @@ fn the_api_matches_its_contract_under_schemathesis() {
             "20261205",
         ])
         .args(["--exclude-path-regex", "/(cancel|stop)$"])
+        .args(["--header", &format!("Authorization: Bearer {TOKEN}")])
         .args(["--no-color"])
         .current_dir(dir.path())
         .env("SCHEMATHESIS_HOOKS", "")
@@ -531,9 +536,11 @@ fn the_api_matches_its_contract_under_schemathesis() {
     wait_until(Duration::from_secs(30), "the fuzzer's savepoint", || {
         example.exists()
     });
-    let (_, overview) = http(port, "GET", "/v1/jobs/seq", None);
-    assert_eq!(overview["state"], "RUNNING", "{overview}");
-    assert_eq!(overview["restarts"], 0, "{overview}");
+    let bearer = format!("Bearer {TOKEN}");
+    let (status, response) = http_authorized(port, "GET", "/v1/jobs/seq", Some(&bearer));
+    assert_eq!(status, 200, "{response}");
+    assert!(response.contains(r#""state":"RUNNING""#), "{response}");
+    assert!(response.contains(r#""restarts":0"#), "{response}");
     // Buckets s3s-fs holds, and what the fuzzer left in the working directories.
     let buckets: Vec<String> = std::fs::read_dir(s3.root.path())
         .expect("s3 root")
@@ -551,7 +558,130 @@ fn the_api_matches_its_contract_under_schemathesis() {
             "unexpected {name:?} in the bucket: {in_bucket:?}"
         );
     }
-    let (status, _) = http(port, "POST", "/v1/jobs/seq/cancel", None);
+    let (status, _) = http_authorized(port, "POST", "/v1/jobs/seq/cancel", Some(&bearer));
     assert_eq!(status, 202);
     assert!(child.wait().expect("exits").success());
+}
+
+/// A request with an optional `Authorization` header: (status, headers and body as text).
+fn http_authorized(
+    port: u16,
+    method: &str,
+    path: &str,
+    authorization: Option<&str>,
+) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let auth = authorization
+        .map(|value| format!("Authorization: {value}\r\n"))
+        .unwrap_or_default();
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n{auth}Content-Length: 0\r\n\r\n"
+    );
+    stream.write_all(request.as_bytes()).expect("send");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("read");
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("status line");
+    (status, response)
+}
+
+/// With a token configured (here from WEIR_REST_TOKEN), every endpoint but the health probes
+/// and `/metrics` answers 401 without it or with a wrong one, unknown paths included; the right
+/// one gets in; refusals are counted; the token never reaches the log. An empty token file is
+/// refused at start naming the file.
+#[test]
+fn a_bearer_token_guards_every_endpoint_but_health_and_metrics() {
+    const TOKEN: &str = "s3cr3t-t0ken-never-logged";
+    let dir = tempfile::tempdir().expect("tempdir");
+    let yaml = format!(
+        "job: {{name: sequence-check, args: {{keys: 2, eventsPerSecond: 100, output: '{}'}}}}\njobId: seq\n",
+        dir.path().join("out").display()
+    );
+    let job = write_job(dir.path(), "job.yaml", &yaml);
+    let port = free_port();
+    let log = dir.path().join("run.log");
+    let mut child = spawn_job(
+        &job,
+        &["--rest-addr", &format!("127.0.0.1:{port}")],
+        &[("WEIR_REST_TOKEN".to_string(), TOKEN.to_string())],
+        &dir.path().join("work"),
+        &log,
+    );
+    wait_until(Duration::from_secs(30), "the job to be ready", || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+            && http(port, "GET", "/v1/health/ready", None).0 == 200
+    });
+    let right = format!("Bearer {TOKEN}");
+    let mut refused = 0;
+    for path in [
+        "/v1/jobs",
+        "/v1/jobs/seq",
+        "/v1/jobs/seq/checkpoints",
+        "/v1/no-such-endpoint",
+    ] {
+        for wrong in [
+            None,
+            Some("Bearer nope"),
+            Some("Basic czNjcjN0"),
+            Some(&format!("Bearer {TOKEN}x")[..]),
+        ] {
+            let (status, response) = http_authorized(port, "GET", path, wrong);
+            assert_eq!(status, 401, "{path} with {wrong:?}: {response}");
+            assert!(response.contains("www-authenticate: Bearer"), "{response}");
+            refused += 1;
+        }
+    }
+    let (status, response) =
+        http_authorized(port, "POST", "/v1/jobs/seq/cancel", Some("Bearer nope"));
+    assert_eq!(status, 401, "{response}");
+    refused += 1;
+    assert_eq!(
+        http_authorized(port, "GET", "/v1/jobs/seq", Some(&right)).0,
+        200
+    );
+    assert_eq!(
+        http_authorized(port, "GET", "/v1/no-such-endpoint", Some(&right)).0,
+        404
+    );
+    assert_eq!(http(port, "GET", "/v1/health/live", None).0, 200);
+    let (status, metrics) = http_text(port, "GET", "/metrics", None);
+    assert_eq!(status, 200);
+    assert!(
+        metrics.contains(&format!("weir_rest_unauthorized_total {refused}")),
+        "{metrics}"
+    );
+    // The job was never touched by the refused cancel.
+    let (status, _) = http_authorized(port, "POST", "/v1/jobs/seq/cancel", Some(&right));
+    assert_eq!(status, 202);
+    assert!(child.wait().expect("exits").success());
+    let text = std::fs::read_to_string(&log).expect("log");
+    assert!(text.contains("the REST API wants a bearer token"), "{text}");
+    assert!(!text.contains(TOKEN), "the token leaked into the log");
+
+    let empty = dir.path().join("empty-token");
+    std::fs::write(&empty, "\n").expect("write");
+    let stderr = run_job_expecting_failure(
+        &job,
+        &[
+            "--rest-addr",
+            "127.0.0.1:0",
+            "--rest-token-file",
+            empty.to_str().expect("utf-8"),
+        ],
+        &[],
+        &dir.path().join("work"),
+    );
+    assert!(
+        stderr.contains("--rest-token-file")
+            && stderr.contains("empty-token")
+            && stderr.contains("empty"),
+        "{stderr}"
+    );
 }
