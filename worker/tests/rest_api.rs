@@ -685,3 +685,97 @@ fn a_bearer_token_guards_every_endpoint_but_health_and_metrics() {
         "{stderr}"
     );
 }
+
+/// A savepoint whose storage hangs (the S3 server frozen) times out and fails only itself:
+/// FAILED naming the timeout, the job RUNNING with no restart, periodic checkpoints (on local
+/// storage) going on; after the storage thaws, a retry into the same directory completes and
+/// the output is exactly-once.
+#[test]
+fn a_savepoint_that_times_out_fails_only_itself() {
+    let s3 = support::s3::S3Server::start();
+    s3.create_bucket("slow");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = dir.path().join("store");
+    let document = |rate: &str| {
+        format!(
+            "job: {{name: sequence-check, args: {{keys: {KEYS}, eventsPerKey: 20000, {rate}output: '{out}'}}}}\n\
+             jobId: seq\nparallelism: 2\n\
+             checkpointing: {{interval: 200ms, storage: 'file://{chk}', timeout: 3s, tolerableFailures: 0, \
+             savepointDirectories: ['s3://slow/savepoints', 'file://{store}/savepoints']}}\n\
+             restartStrategy: {{type: fixed-delay, attempts: 5, delay: 200ms}}\n\
+             s3: {{endpoint: '{endpoint}', forcePathStyle: true}}\n",
+            out = store.join("output").display(),
+            chk = store.join("checkpoints").display(),
+            store = store.display(),
+            endpoint = s3.endpoint,
+        )
+    };
+    let job = write_job(dir.path(), "job.yaml", &document("eventsPerSecond: 2000, "));
+    let port = free_port();
+    let log = dir.path().join("run.log");
+    let mut child = spawn_job(
+        &job,
+        &[
+            "--rest-addr",
+            &format!("127.0.0.1:{port}"),
+            "--linger",
+            "5s",
+        ],
+        &s3.env(),
+        &dir.path().join("work"),
+        &log,
+    );
+    wait_until(Duration::from_secs(30), "a completed checkpoint", || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+            && completed_checkpoints_in_api(port) >= 1
+    });
+
+    s3.pause();
+    let target = "s3://slow/savepoints/sp";
+    let id = trigger(port, "savepoints", target);
+    let failed = poll_savepoint(port, &id);
+    assert_eq!(failed["status"], "FAILED", "{failed}");
+    assert!(
+        failed["failure"]
+            .as_str()
+            .is_some_and(|f| f.contains("timed out")),
+        "{failed}"
+    );
+    let (_, overview) = http(port, "GET", "/v1/jobs/seq", None);
+    assert_eq!(overview["state"], "RUNNING", "{overview}");
+    assert_eq!(overview["restarts"], 0, "{overview}");
+
+    s3.resume();
+    let checkpoints = completed_checkpoints_in_api(port);
+    wait_until(
+        Duration::from_secs(30),
+        "checkpoints after the thaw",
+        || completed_checkpoints_in_api(port) >= checkpoints + 3,
+    );
+    let retry = trigger(port, "savepoints", target);
+    assert_ne!(retry, id, "a retry after FAILED is a new trigger");
+    assert_eq!(
+        poll_savepoint(port, &retry),
+        json!({"status": "COMPLETED", "location": target})
+    );
+    let (_, overview) = http(port, "GET", "/v1/jobs/seq", None);
+    assert_eq!(overview["restarts"], 0, "{overview}");
+
+    let final_savepoint = format!("file://{}", store.join("savepoints/final").display());
+    let stop = trigger(port, "stop", &final_savepoint);
+    assert_eq!(poll_savepoint(port, &stop)["status"], "COMPLETED");
+    assert!(
+        child.wait().expect("exits").success(),
+        "see {}",
+        log.display()
+    );
+    let rest = write_job(dir.path(), "rest.yaml", &document(""));
+    run_job(
+        &rest,
+        &["--restore", &final_savepoint],
+        &s3.env(),
+        &dir.path().join("work"),
+    );
+    verify_sequence_output(&committed_json(&store.join("output")), KEYS, 20_000)
+        .expect("exactly-once across a timed-out savepoint");
+}

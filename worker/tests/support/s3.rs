@@ -82,6 +82,25 @@ impl S3Server {
         }
     }
 
+    /// Freezes the server (SIGSTOP): connections are accepted by the kernel but never
+    /// answered, like a hung storage endpoint. `resume` thaws it.
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, signal: &str) {
+        let child = self.child.as_ref().expect("the S3 server runs");
+        let status = std::process::Command::new("kill")
+            .args([signal, &child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill {signal} the S3 server");
+    }
+
     /// Starts the server again on the same port and root (stopping it first if running).
     pub fn restart(&mut self) {
         self.stop();
