@@ -364,13 +364,17 @@ fn job_pods_get_a_service_account_without_token_or_bindings() {
 }
 
 #[test]
-fn network_policy_is_off_by_default() {
-    assert_eq!(render(&[]).count("NetworkPolicy"), 0);
+fn network_policy_is_on_by_default_and_can_be_turned_off() {
+    assert!(render(&[]).count("NetworkPolicy") > 0);
+    assert_eq!(
+        render(&[("networkPolicy.enabled", "false")]).count("NetworkPolicy"),
+        0
+    );
 }
 
 #[test]
-fn network_policy_admits_jobmanager_rest_only_from_operator_and_taskmanagers() {
-    let manifests = render(&[TEAMS, ("networkPolicy.enabled", "true")]);
+fn network_policies_admit_jobmanager_and_taskmanager_ports_only_from_their_peers() {
+    let manifests = render(&[TEAMS]);
     let policies: Vec<NetworkPolicy> = manifests.typed("NetworkPolicy").expect("decode");
     let namespaces: BTreeSet<_> = policies
         .iter()
@@ -379,6 +383,11 @@ fn network_policy_admits_jobmanager_rest_only_from_operator_and_taskmanagers() {
     assert_eq!(
         namespaces,
         BTreeSet::from(["team-a".into(), "team-b".into()])
+    );
+    assert_eq!(
+        policies.len(),
+        4,
+        "a JobManager and a TaskManager policy per namespace"
     );
     for policy in policies {
         let spec = policy.spec.expect("spec");
@@ -390,12 +399,10 @@ fn network_policy_admits_jobmanager_rest_only_from_operator_and_taskmanagers() {
             selected.get("app.kubernetes.io/name").map(String::as_str),
             Some("weir")
         );
-        assert_eq!(
-            selected
-                .get("app.kubernetes.io/component")
-                .map(String::as_str),
-            Some("jobmanager")
-        );
+        let component = selected
+            .get("app.kubernetes.io/component")
+            .cloned()
+            .expect("a component");
         assert_eq!(spec.policy_types, Some(vec!["Ingress".to_string()]));
         let ingress = spec.ingress.expect("ingress rules");
         // Who may reach which named port: (peer description, ports).
@@ -446,14 +453,20 @@ fn network_policy_admits_jobmanager_rest_only_from_operator_and_taskmanagers() {
                 }
             }
         }
-        let expected: BTreeSet<String> = [
-            format!("weir-operator/any in {RELEASE_NAMESPACE}: rest"),
-            "weir/taskmanager in same namespace: rest".to_string(),
-            "weir/taskmanager in same namespace: rpc".to_string(),
-        ]
-        .into_iter()
-        .collect();
-        assert_eq!(admitted, expected);
+        let expected: BTreeSet<String> = match component.as_str() {
+            "jobmanager" => [
+                format!("weir-operator/any in {RELEASE_NAMESPACE}: rest"),
+                "weir/taskmanager in same namespace: rest".to_string(),
+                "weir/taskmanager in same namespace: rpc".to_string(),
+            ]
+            .into_iter()
+            .collect(),
+            "taskmanager" => ["weir/taskmanager in same namespace: data".to_string()]
+                .into_iter()
+                .collect(),
+            other => panic!("a policy for {other:?}"),
+        };
+        assert_eq!(admitted, expected, "{component}");
     }
 }
 
