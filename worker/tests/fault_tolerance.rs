@@ -207,7 +207,7 @@ fn flipped_byte_in_state_object_fails_restore_naming_it() {
     let middle = bytes.len() / 2;
     bytes[middle] ^= 0x01;
     std::fs::write(&victim, bytes).expect("write");
-    let stderr = run_job_expecting_failure(&job, &[], &[], &dir.path().join("work"));
+    let stderr = failed_restore(&job, dir.path());
     let name = victim
         .file_name()
         .expect("name")
@@ -218,7 +218,6 @@ fn flipped_byte_in_state_object_fails_restore_naming_it() {
         stderr.contains(&name),
         "error should name {name}:\n{stderr}"
     );
-    assert!(!dir.path().join("store/output").join("part").exists());
 }
 
 #[test]
@@ -227,7 +226,7 @@ fn deleted_state_object_fails_restore_naming_it() {
     let (job, checkpoint) = checkpointed_run(dir.path(), false);
     let victim = state_objects(&checkpoint).pop().expect("object");
     std::fs::remove_file(&victim).expect("delete");
-    let stderr = run_job_expecting_failure(&job, &[], &[], &dir.path().join("work"));
+    let stderr = failed_restore(&job, dir.path());
     let name = victim
         .file_name()
         .expect("name")
@@ -241,6 +240,40 @@ fn deleted_state_object_fails_restore_naming_it() {
 }
 
 /// The shared SST files the `_metadata` of `checkpoint` refers to, as local paths.
+/// Runs `job`, which must fail to restore, and checks it published nothing: the output
+/// directory (published and pending parts) is exactly as before. Returns its stderr.
+fn failed_restore(job: &Path, dir: &Path) -> String {
+    let before = output_files(dir);
+    let stderr = run_job_expecting_failure(job, &[], &[], &dir.join("work"));
+    assert_eq!(
+        output_files(dir),
+        before,
+        "a failed restore publishes nothing"
+    );
+    stderr
+}
+
+/// Every file under `store/output` (published parts and pending ones), sorted.
+fn output_files(dir: &Path) -> Vec<PathBuf> {
+    fn walk(path: &Path, found: &mut Vec<PathBuf>) {
+        let Ok(entries) = std::fs::read_dir(path) else {
+            return;
+        };
+        for entry in entries {
+            let path = entry.expect("entry").path();
+            if path.is_dir() {
+                walk(&path, found);
+            } else {
+                found.push(path);
+            }
+        }
+    }
+    let mut found = Vec::new();
+    walk(&dir.join("store/output"), &mut found);
+    found.sort();
+    found
+}
+
 fn shared_files(checkpoint: &Path) -> Vec<PathBuf> {
     let metadata = std::fs::read_to_string(checkpoint.join("_metadata")).expect("_metadata");
     let json: serde_json::Value =
@@ -274,14 +307,13 @@ fn flipped_byte_in_shared_sst_file_fails_restore_naming_it() {
     // A new file: the old one may be a hard link into the killed run's RocksDB.
     std::fs::remove_file(&victim).expect("unlink");
     std::fs::write(&victim, bytes).expect("write");
-    let stderr = run_job_expecting_failure(&job, &[], &[], &dir.path().join("work"));
+    let stderr = failed_restore(&job, dir.path());
     let name = victim.to_string_lossy().into_owned();
     assert!(stderr.contains("crc32"), "{stderr}");
     assert!(
         stderr.contains(&name),
         "error should name {name}:\n{stderr}"
     );
-    assert!(!dir.path().join("store/output").join("part").exists());
 }
 
 #[test]
@@ -290,7 +322,7 @@ fn deleted_shared_sst_file_fails_restore_naming_it() {
     let (job, checkpoint) = checkpointed_run(dir.path(), true);
     let victim = shared_files(&checkpoint).pop().expect("file");
     std::fs::remove_file(&victim).expect("delete");
-    let stderr = run_job_expecting_failure(&job, &[], &[], &dir.path().join("work"));
+    let stderr = failed_restore(&job, dir.path());
     let name = victim.to_string_lossy().into_owned();
     assert!(stderr.contains("missing"), "{stderr}");
     assert!(
@@ -308,7 +340,7 @@ fn damaged_metadata_fails_restore_naming_it() {
     let last = bytes.len() - 3;
     bytes[last] ^= 0x20;
     std::fs::write(&metadata, bytes).expect("write");
-    let stderr = run_job_expecting_failure(&job, &[], &[], &dir.path().join("work"));
+    let stderr = failed_restore(&job, dir.path());
     assert!(stderr.contains("_metadata"), "{stderr}");
     assert!(stderr.contains("checksum mismatch"), "{stderr}");
 }
