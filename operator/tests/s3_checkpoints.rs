@@ -107,24 +107,22 @@ fn find_binary() -> Option<PathBuf> {
         .find(|candidate| Path::new(candidate).is_file())
 }
 
-macro_rules! s3_server_or_skip {
+/// A test that cannot reach its S3 server must not pass: it panics with how to install
+/// s3s-fs, as the worker's S3 tests do (scripts/install-deps.sh installs it).
+macro_rules! s3_server {
     () => {
-        match S3Server::start() {
-            Some(server) => server,
-            None => {
-                eprintln!(
-                    "SKIPPED: s3s-fs is not installed; \
-                     `cargo install s3s-fs@0.14.1 --features binary --locked` to run this test"
-                );
-                return;
-            }
-        }
+        S3Server::start().unwrap_or_else(|| {
+            panic!(
+                "s3s-fs is not installed (PATH, $CARGO_HOME/bin, ~/.cargo/bin): run \
+                 scripts/install-deps.sh or `cargo install s3s-fs@0.14.1 --features binary --locked`"
+            )
+        })
     };
 }
 
 #[tokio::test]
 async fn latest_completed_checkpoint_is_the_newest_with_metadata() {
-    let server = s3_server_or_skip!();
+    let server = s3_server!();
     server.put(&format!("checkpoints/{JOB_ID}/chk-9/_metadata"));
     server.put(&format!("checkpoints/{JOB_ID}/chk-10/_metadata"));
     server.put(&format!("checkpoints/{JOB_ID}/chk-10/state/op-1/part-0"));
@@ -148,7 +146,7 @@ async fn latest_completed_checkpoint_is_the_newest_with_metadata() {
 
 #[tokio::test]
 async fn a_job_without_checkpoints_has_none() {
-    let server = s3_server_or_skip!();
+    let server = s3_server!();
     server.put(&format!("checkpoints/{JOB_ID}/chk-1/state/part-0"));
 
     let latest = S3Store::default()
@@ -161,7 +159,7 @@ async fn a_job_without_checkpoints_has_none() {
 
 #[tokio::test]
 async fn savepoint_is_complete_only_once_its_metadata_exists() {
-    let server = s3_server_or_skip!();
+    let server = s3_server!();
     server.put("savepoints/streams-clicks/savepoint-1/_metadata");
     server.put("savepoints/streams-clicks/savepoint-2/state/part-0");
     let store = SchemeStore::default();
@@ -185,7 +183,7 @@ async fn savepoint_is_complete_only_once_its_metadata_exists() {
 
 #[tokio::test]
 async fn deleting_a_savepoint_removes_every_object_under_it_and_nothing_else() {
-    let server = s3_server_or_skip!();
+    let server = s3_server!();
     for file in ["_metadata", "state/op-1/part-0", "state/op-2/part-0"] {
         server.put(&format!("savepoints/{JOB_ID}/savepoint-1/{file}"));
     }
@@ -217,7 +215,7 @@ async fn deleting_a_savepoint_removes_every_object_under_it_and_nothing_else() {
 
 #[tokio::test]
 async fn refuses_to_delete_a_bucket_root() {
-    let server = s3_server_or_skip!();
+    let server = s3_server!();
     server.put("keep/me");
 
     let err = S3Store::default()
