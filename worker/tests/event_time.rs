@@ -107,12 +107,66 @@ fn window_results(store: &Path) -> Vec<String> {
     lines
 }
 
+/// The windows `window-check`'s input defines (10 keys x 1500 events, the job's own event
+/// times): tumbling 1 s, sliding 2 s every 1 s, sessions with a 1 s gap. As (key, start, end).
+fn expected_windows(window: &str) -> std::collections::BTreeSet<(u64, i64, i64)> {
+    use weir::jobs::window_check::event_time;
+    let mut windows = std::collections::BTreeSet::new();
+    for key in 0..10u64 {
+        let mut times: Vec<i64> = (0..1500).map(|seq| event_time(key, seq)).collect();
+        times.sort_unstable();
+        match window {
+            "tumbling" => {
+                for t in &times {
+                    let start = t.div_euclid(1000) * 1000;
+                    windows.insert((key, start, start + 1000));
+                }
+            }
+            "sliding" => {
+                for t in &times {
+                    let last = t.div_euclid(1000) * 1000;
+                    for start in [last - 1000, last] {
+                        windows.insert((key, start, start + 2000));
+                    }
+                }
+            }
+            "session" => {
+                let (mut start, mut end) = (times[0], times[0] + 1000);
+                for &t in &times[1..] {
+                    if t < end {
+                        end = end.max(t + 1000);
+                    } else {
+                        windows.insert((key, start, end));
+                        (start, end) = (t, t + 1000);
+                    }
+                }
+                windows.insert((key, start, end));
+            }
+            other => panic!("no such window {other:?}"),
+        }
+    }
+    windows
+}
+
 fn uninterrupted(dir: &Path, window: &str) -> Vec<String> {
     let (job, store) = window_job(dir, window, None, "baseline");
     run_job(&job, &[], &[], &dir.join("work-baseline"));
     let results = window_results(&store);
-    // 10 keys x 1500 events in bursts of 40: 38 sessions per key, ~190 s of event time.
-    assert!(results.len() >= 380, "{} windows", results.len());
+    // Every window the input defines fires exactly once, and no other: (key, start, end).
+    let fired: std::collections::BTreeSet<(u64, i64, i64)> = results
+        .iter()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).expect("json");
+            let field = |name: &str| v[name].as_i64().expect(name);
+            (field("key") as u64, field("start"), field("end"))
+        })
+        .collect();
+    assert_eq!(fired.len(), results.len(), "a window fired twice");
+    assert_eq!(fired, expected_windows(window), "{window} windows");
+    if window == "session" {
+        // 10 keys x 1500 events in bursts of 40: 38 sessions per key.
+        assert_eq!(results.len(), 380);
+    }
     if window != "sliding" {
         let counted: u64 = results
             .iter()
