@@ -105,8 +105,8 @@ fn sigkill_at_random_moments_keeps_output_exactly_once_on_s3() {
         std::fs::read_dir(output_dir.join("_pending")).map_or(true, |d| d.count() == 0),
         "no pending parts left behind"
     );
-    // Retention keeps the last two completed checkpoints only.
-    assert!(completed_checkpoints(&checkpoints).len() <= 2);
+    // Retention keeps exactly the last two completed checkpoints.
+    assert_eq!(completed_checkpoints(&checkpoints).len(), 2);
 }
 
 /// Runs at parallelism 2 until a checkpoint completes, kills it, then finishes at
