@@ -546,7 +546,37 @@ impl CheckpointCoordinator {
             .write_claim(id, ClaimReason::Failed { reason }, &state)
             .await?
         {
-            return Err(self.fenced(id).await);
+            // The id may hold this JobManager's own entry: a write whose answer was lost (the
+            // storage went away after storing it; the client saw an error) is not another
+            // JobManager. Our `_metadata` of a fully acknowledged checkpoint is a complete
+            // checkpoint whose sinks were never told: the next completion commits them, and
+            // a restore from it publishes them.
+            let dir = self.job_store.child(&checkpoint_dir_name(id));
+            match read_entry(&self.job_store, id).await {
+                Ok(Some(MetadataEntry::Claim(claim))) if claim.job_manager == self.job_manager => {
+                    tracing::info!(
+                        checkpoint_id = id,
+                        "the failed claim was already written by this JobManager"
+                    );
+                    self.kinds.insert(id, EntryKind::Claim);
+                    self.unsettled = None;
+                    self.took(id, state);
+                    return Ok(());
+                }
+                Ok(Some(MetadataEntry::Checkpoint(meta)))
+                    if meta.job_manager.as_deref() == Some(self.job_manager.as_str()) =>
+                {
+                    tracing::warn!(
+                        checkpoint_id = id,
+                        "the checkpoint reported as failed was stored after all (its write's answer was lost); it stands as completed"
+                    );
+                    self.kinds.insert(id, EntryKind::Checkpoint);
+                    self.unsettled = None;
+                    self.took(id, Some(dir.location().uri()));
+                    return Ok(());
+                }
+                _ => return Err(self.fenced(id).await),
+            }
         }
         self.kinds.insert(id, EntryKind::Claim);
         self.unsettled = None;
