@@ -14,21 +14,9 @@ TOOLS="${WEIR_TOOLS_DIR:-$HOME/.cache/weir-tools}"
 VENV="$TOOLS/kafka-venv"
 LINK="$TOOLS/bin/noida-db"
 
-installed() {
-  "$VENV/bin/python" -c "import importlib.metadata as m; assert m.version('noida-db') == '$VERSION'" 2>/dev/null
-}
-
-if ! installed; then
-  echo "==> installing noida-db $VERSION (Kafka-protocol broker for the Kafka tests)"
-  if ! python3 -m venv --help >/dev/null 2>&1 || ! python3 -c 'import ensurepip' 2>/dev/null; then
-    SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
-    $SUDO apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq python3-venv >/dev/null
-  fi
-  rm -rf "$VENV"
-  python3 -m venv "$VENV"
-  "$VENV/bin/pip" install -q --disable-pip-version-check "noida-db==$VERSION"
-fi
+# shellcheck source=lib/pip-tool.sh
+. "$(dirname "$0")/lib/pip-tool.sh"
+install_pip_tool noida-db "$VERSION" "$VENV"
 # The binary itself, not the Python wrapper, so a test's child PID is the broker's.
 binary="$("$VENV/bin/python" -c 'import noida_db, os; print(os.path.join(os.path.dirname(noida_db.__file__), "noida-db"))')"
 mkdir -p "$(dirname "$LINK")"

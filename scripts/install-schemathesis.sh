@@ -10,21 +10,9 @@ TOOLS="${WEIR_TOOLS_DIR:-$HOME/.cache/weir-tools}"
 VENV="$TOOLS/st-venv"
 LINK="$TOOLS/bin/st"
 
-installed() {
-  "$VENV/bin/python" -c "import importlib.metadata as m; assert m.version('schemathesis') == '$VERSION'" 2>/dev/null
-}
-
-if ! installed; then
-  echo "==> installing schemathesis $VERSION (API contract fuzzer for the REST tests)"
-  if ! python3 -m venv --help >/dev/null 2>&1 || ! python3 -c 'import ensurepip' 2>/dev/null; then
-    SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
-    $SUDO apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq python3-venv >/dev/null
-  fi
-  rm -rf "$VENV"
-  python3 -m venv "$VENV"
-  "$VENV/bin/pip" install -q --disable-pip-version-check "schemathesis==$VERSION"
-fi
+# shellcheck source=lib/pip-tool.sh
+. "$(dirname "$0")/lib/pip-tool.sh"
+install_pip_tool schemathesis "$VERSION" "$VENV"
 mkdir -p "$(dirname "$LINK")"
 ln -sf "$VENV/bin/st" "$LINK"
 echo "$LINK"

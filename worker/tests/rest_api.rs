@@ -311,42 +311,13 @@ fn failed_savepoints_fail_only_themselves_and_a_retry_after_failed_is_a_new_trig
     )
     .expect("write");
     let dir = tempfile::tempdir().expect("tempdir");
-    let store = dir.path().join("store");
-    // Long enough (10 x 20,000 events at 2 x 2,000/s: 50 s) that it is stopped, not done.
-    let document = |rate: &str| {
-        format!(
-            "job: {{name: sequence-check, args: {{keys: {KEYS}, eventsPerKey: 20000, {rate}output: '{out}'}}}}\n\
-             jobId: seq\nparallelism: 2\n\
-             checkpointing: {{interval: 200ms, storage: 'file://{chk}', timeout: 10s, tolerableFailures: 0, \
-             savepointDirectories: ['file:///proc/self', 'file://{store}', 's3://not-a-bucket/savepoints']}}\n\
-             restartStrategy: {{type: fixed-delay, attempts: 5, delay: 200ms}}\n\
-             s3: {{endpoint: '{endpoint}', forcePathStyle: true}}\n",
-            out = store.join("output").display(),
-            chk = store.join("checkpoints").display(),
-            store = store.display(),
-            endpoint = s3.endpoint,
-        )
-    };
-    let job = write_job(dir.path(), "job.yaml", &document("eventsPerSecond: 2000, "));
-    let port = free_port();
-    let log = dir.path().join("run.log");
-    let mut child = spawn_job(
-        &job,
-        // Answers the final stop's status after the job ended.
-        &[
-            "--rest-addr",
-            &format!("127.0.0.1:{port}"),
-            "--linger",
-            "5s",
-        ],
-        &s3.env(),
-        &dir.path().join("work"),
-        &log,
+    let job = SavepointJob::start(
+        dir.path(),
+        &s3,
+        "10s",
+        "'file:///proc/self', 'file://{store}', 's3://not-a-bucket/savepoints'",
     );
-    wait_until(Duration::from_secs(30), "a completed checkpoint", || {
-        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-            && completed_checkpoints_in_api(port) >= 1
-    });
+    let (store, port) = (job.store.clone(), job.port);
 
     // A plain file where the savepoint's directory would have to be.
     let blocker = store.join("blocker");
@@ -414,20 +385,124 @@ fn failed_savepoints_fail_only_themselves_and_a_retry_after_failed_is_a_new_trig
     assert_eq!(trigger(port, "savepoints", &fixable), retry);
 
     // Stop for real, then finish the input at full speed from the savepoint.
-    let final_savepoint = format!("file://{}", store.join("savepoints/final").display());
-    let stop = trigger(port, "stop", &final_savepoint);
-    assert_eq!(poll_savepoint(port, &stop)["status"], "COMPLETED");
-    let exit = child.wait().expect("job exits after stop-with-savepoint");
-    assert!(exit.success(), "see {}", log.display());
-    let rest = write_job(dir.path(), "rest.yaml", &document(""));
-    run_job(
-        &rest,
-        &["--restore", &final_savepoint],
-        &s3.env(),
-        &dir.path().join("work"),
-    );
-    verify_sequence_output(&committed_json(&store.join("output")), KEYS, 20_000)
-        .expect("exactly-once across failed savepoints");
+    job.finish_exactly_once("across failed savepoints");
+}
+
+/// `sequence-check` at parallelism 2 (10 keys x 20,000 events) under `dir/store`, checkpointing
+/// every 200 ms to local storage with `tolerableFailures: 0`, allowed to write savepoints into
+/// `savepoint_directories`, started at 2 x 2,000 events/s (50 s: stopped, not done) with the
+/// REST API on a free port; finished from a final stop-with-savepoint at full speed.
+struct SavepointJob<'a> {
+    dir: &'a std::path::Path,
+    store: std::path::PathBuf,
+    s3: &'a support::s3::S3Server,
+    checkpoint_timeout: &'a str,
+    savepoint_directories: String,
+    child: std::process::Child,
+    port: u16,
+    log: std::path::PathBuf,
+}
+
+impl<'a> SavepointJob<'a> {
+    /// Starts the job and waits for its first completed checkpoint. `savepoint_directories` is
+    /// the YAML list's inside, e.g. `'s3://b/sp', 'file://{store}/sp'` (`{store}` is replaced).
+    fn start(
+        dir: &'a std::path::Path,
+        s3: &'a support::s3::S3Server,
+        checkpoint_timeout: &'a str,
+        savepoint_directories: &str,
+    ) -> Self {
+        let store = dir.join("store");
+        let savepoint_directories =
+            savepoint_directories.replace("{store}", &store.display().to_string());
+        let document = document(
+            &store,
+            s3,
+            checkpoint_timeout,
+            &savepoint_directories,
+            "eventsPerSecond: 2000, ",
+        );
+        let path = write_job(dir, "job.yaml", &document);
+        let port = free_port();
+        let log = dir.join("run.log");
+        let child = spawn_job(
+            &path,
+            // Answers the final stop's status after the job ended.
+            &[
+                "--rest-addr",
+                &format!("127.0.0.1:{port}"),
+                "--linger",
+                "5s",
+            ],
+            &s3.env(),
+            &dir.join("work"),
+            &log,
+        );
+        wait_until(Duration::from_secs(30), "a completed checkpoint", || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+                && completed_checkpoints_in_api(port) >= 1
+        });
+        SavepointJob {
+            dir,
+            store,
+            s3,
+            checkpoint_timeout,
+            savepoint_directories,
+            child,
+            port,
+            log,
+        }
+    }
+
+    /// Stops with a savepoint under `store/savepoints/final`, runs the rest of the input from
+    /// it, and checks every (key, seq) was committed exactly once.
+    fn finish_exactly_once(mut self, what: &str) {
+        let final_savepoint = format!("file://{}", self.store.join("savepoints/final").display());
+        let stop = trigger(self.port, "stop", &final_savepoint);
+        assert_eq!(poll_savepoint(self.port, &stop)["status"], "COMPLETED");
+        let exit = self
+            .child
+            .wait()
+            .expect("job exits after stop-with-savepoint");
+        assert!(exit.success(), "see {}", self.log.display());
+        let document = document(
+            &self.store,
+            self.s3,
+            self.checkpoint_timeout,
+            &self.savepoint_directories,
+            "",
+        );
+        let rest = write_job(self.dir, "rest.yaml", &document);
+        run_job(
+            &rest,
+            &["--restore", &final_savepoint],
+            &self.s3.env(),
+            &self.dir.join("work"),
+        );
+        verify_sequence_output(&committed_json(&self.store.join("output")), KEYS, 20_000)
+            .unwrap_or_else(|e| panic!("exactly-once {what}: {e}"));
+    }
+}
+
+/// The job document of a [`SavepointJob`]; `rate` is `eventsPerSecond: <n>, ` or empty.
+fn document(
+    store: &std::path::Path,
+    s3: &support::s3::S3Server,
+    checkpoint_timeout: &str,
+    savepoint_directories: &str,
+    rate: &str,
+) -> String {
+    format!(
+        "job: {{name: sequence-check, args: {{keys: {KEYS}, eventsPerKey: 20000, {rate}output: '{out}'}}}}\n\
+         jobId: seq\nparallelism: 2\n\
+         checkpointing: {{interval: 200ms, storage: 'file://{chk}', timeout: {checkpoint_timeout}, tolerableFailures: 0, \
+         savepointDirectories: [{savepoint_directories}]}}\n\
+         restartStrategy: {{type: fixed-delay, attempts: 5, delay: 200ms}}\n\
+         s3: {{endpoint: '{endpoint}', forcePathStyle: true}}\n",
+        out = store.join("output").display(),
+        chk = store.join("checkpoints").display(),
+        endpoint = s3.endpoint,
+    )
 }
 
 /// schemathesis (`scripts/install-schemathesis.sh`): $WEIR_SCHEMATHESIS, the tools dir, PATH.
@@ -695,40 +770,13 @@ fn a_savepoint_that_times_out_fails_only_itself() {
     let s3 = support::s3::S3Server::start();
     s3.create_bucket("slow");
     let dir = tempfile::tempdir().expect("tempdir");
-    let store = dir.path().join("store");
-    let document = |rate: &str| {
-        format!(
-            "job: {{name: sequence-check, args: {{keys: {KEYS}, eventsPerKey: 20000, {rate}output: '{out}'}}}}\n\
-             jobId: seq\nparallelism: 2\n\
-             checkpointing: {{interval: 200ms, storage: 'file://{chk}', timeout: 3s, tolerableFailures: 0, \
-             savepointDirectories: ['s3://slow/savepoints', 'file://{store}/savepoints']}}\n\
-             restartStrategy: {{type: fixed-delay, attempts: 5, delay: 200ms}}\n\
-             s3: {{endpoint: '{endpoint}', forcePathStyle: true}}\n",
-            out = store.join("output").display(),
-            chk = store.join("checkpoints").display(),
-            store = store.display(),
-            endpoint = s3.endpoint,
-        )
-    };
-    let job = write_job(dir.path(), "job.yaml", &document("eventsPerSecond: 2000, "));
-    let port = free_port();
-    let log = dir.path().join("run.log");
-    let mut child = spawn_job(
-        &job,
-        &[
-            "--rest-addr",
-            &format!("127.0.0.1:{port}"),
-            "--linger",
-            "5s",
-        ],
-        &s3.env(),
-        &dir.path().join("work"),
-        &log,
+    let job = SavepointJob::start(
+        dir.path(),
+        &s3,
+        "3s",
+        "'s3://slow/savepoints', 'file://{store}/savepoints'",
     );
-    wait_until(Duration::from_secs(30), "a completed checkpoint", || {
-        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-            && completed_checkpoints_in_api(port) >= 1
-    });
+    let port = job.port;
 
     s3.pause();
     let target = "s3://slow/savepoints/sp";
@@ -761,21 +809,5 @@ fn a_savepoint_that_times_out_fails_only_itself() {
     let (_, overview) = http(port, "GET", "/v1/jobs/seq", None);
     assert_eq!(overview["restarts"], 0, "{overview}");
 
-    let final_savepoint = format!("file://{}", store.join("savepoints/final").display());
-    let stop = trigger(port, "stop", &final_savepoint);
-    assert_eq!(poll_savepoint(port, &stop)["status"], "COMPLETED");
-    assert!(
-        child.wait().expect("exits").success(),
-        "see {}",
-        log.display()
-    );
-    let rest = write_job(dir.path(), "rest.yaml", &document(""));
-    run_job(
-        &rest,
-        &["--restore", &final_savepoint],
-        &s3.env(),
-        &dir.path().join("work"),
-    );
-    verify_sequence_output(&committed_json(&store.join("output")), KEYS, 20_000)
-        .expect("exactly-once across a timed-out savepoint");
+    job.finish_exactly_once("across a timed-out savepoint");
 }
