@@ -297,6 +297,23 @@ fn is_committed(marker: Option<u64>, checkpoint: u64) -> bool {
     marker.is_some_and(|m| m >= checkpoint)
 }
 
+/// The marker in the broker's answer for the marker partition: its committed offset, `None`
+/// when the group has committed nothing. A missing partition, an error for it or an offset
+/// that is not a plain number is no answer.
+fn marker_of(
+    partition: Option<(Offset, rdkafka::error::KafkaResult<()>)>,
+) -> std::result::Result<Option<u64>, String> {
+    match partition {
+        None => Err("the broker's answer does not name the marker partition".into()),
+        Some((_, Err(e))) => Err(format!(
+            "the broker answered with an error for the marker: {e}"
+        )),
+        Some((Offset::Offset(n), Ok(()))) if n >= 0 => Ok(Some(n as u64)),
+        Some((Offset::Invalid, Ok(()))) => Ok(None),
+        Some((other, Ok(()))) => Err(format!("unexpected committed offset {other:?}")),
+    }
+}
+
 /// The checkpoint id at the end of a staged object's name `<subtask>-<attempt>-<checkpoint>`.
 fn staged_checkpoint_id(key: &str) -> Option<u64> {
     key.rsplit(['-', '/']).next()?.parse().ok()
@@ -670,25 +687,42 @@ impl TransactionalProducer {
     }
 
     /// The id of the newest checkpoint whose batch this writer committed, if any.
+    ///
+    /// Only a definite answer counts: an answer with an error for the partition (a coordinator
+    /// still loading its groups after a pause, say) is asked again and, if it persists, fails
+    /// recovery. Reading it as "no marker" would commit every staged batch a second time.
     fn read_marker(&self) -> Result<Option<u64>> {
-        let mut partitions = TopicPartitionList::new();
-        partitions.add_partition(&self.out.topic, 0);
-        let committed = self
-            .marker_reader
-            .committed_offsets(partitions, KAFKA_TIMEOUT)
-            .map_err(|e| {
-                Error::kafka(
-                    format!("reading the commit marker of {}", self.transactional_id),
-                    e,
-                )
-            })?;
-        let offset = committed
-            .find_partition(&self.out.topic, 0)
-            .map(|p| p.offset());
-        Ok(match offset {
-            Some(Offset::Offset(n)) if n >= 0 => Some(n as u64),
-            _ => None,
-        })
+        const ATTEMPTS: u32 = 5;
+        let mut attempt = 1;
+        loop {
+            let mut partitions = TopicPartitionList::new();
+            partitions.add_partition(&self.out.topic, 0);
+            let answer = self
+                .marker_reader
+                .committed_offsets(partitions, KAFKA_TIMEOUT)
+                .map_err(|e| e.to_string())
+                .and_then(|committed| {
+                    marker_of(
+                        committed
+                            .find_partition(&self.out.topic, 0)
+                            .map(|p| (p.offset(), p.error())),
+                    )
+                });
+            match answer {
+                Ok(marker) => return Ok(marker),
+                Err(e) if attempt < ATTEMPTS => {
+                    tracing::warn!(transactional_id = %self.transactional_id, attempt, error = %e, "reading the commit marker failed; asking again");
+                    std::thread::sleep(Duration::from_secs(1));
+                    attempt += 1;
+                }
+                Err(e) => {
+                    return Err(Error::kafka(
+                        format!("reading the commit marker of {}", self.transactional_id),
+                        format!("{e} (asked {ATTEMPTS} times)"),
+                    ));
+                }
+            }
+        }
     }
 
     /// Produces the batch in `path` in one transaction, with the marker `checkpoint` when
@@ -1203,6 +1237,19 @@ mod tests {
 
     fn spec(yaml: &str) -> KafkaSinkSpec {
         serde_yaml_ng::from_str(yaml).expect("spec")
+    }
+
+    #[test]
+    fn only_a_definite_answer_is_a_marker() {
+        assert_eq!(marker_of(Some((Offset::Offset(7), Ok(())))), Ok(Some(7)));
+        assert_eq!(marker_of(Some((Offset::Invalid, Ok(())))), Ok(None));
+        // An error for the partition comes with offset -1001 (Invalid): never "no marker",
+        // which would commit every staged batch again.
+        let loading = KafkaError::OffsetFetch(RDKafkaErrorCode::CoordinatorLoadInProgress);
+        let error = marker_of(Some((Offset::Invalid, Err(loading)))).unwrap_err();
+        assert!(error.contains("error for the marker"), "{error}");
+        assert!(marker_of(None).unwrap_err().contains("does not name"));
+        assert!(marker_of(Some((Offset::End, Ok(())))).is_err());
     }
 
     fn batch(checkpoint: u64, writer: u32) -> StagedBatch {
