@@ -231,15 +231,15 @@ fn rescale_through_stop_with_savepoint_equals_uninterrupted(window: &str) {
     let dir = tempfile::tempdir().expect("tempdir");
     let expected = uninterrupted(dir.path(), window);
     let (job, store) = window_job(dir.path(), window, Some(1_000), "rescaled");
-    let port = free_port();
     let log = dir.path().join("run.log");
     let mut child = spawn_job(
         &job,
-        &["--rest-addr", &format!("127.0.0.1:{port}")],
+        &["--rest-addr", "127.0.0.1:0"],
         &[],
         &dir.path().join("work"),
         &log,
     );
+    let port = logged_rest_port(&log);
     let checkpoints = store.join("checkpoints/windows");
     wait_until(Duration::from_secs(60), "two checkpoints", || {
         completed_checkpoints(&checkpoints).len() >= 2
@@ -294,8 +294,6 @@ fn session_windows_on_jobmanager_and_taskmanagers_survive_a_taskmanager_sigkill(
     let expected = uninterrupted(dir.path(), "session");
     let (job, store) = window_job(dir.path(), "session", Some(1_000), "cluster");
     let job = job.display().to_string();
-    let rpc = format!("127.0.0.1:{}", free_port());
-    let rest = format!("127.0.0.1:{}", free_port());
     // The failure must be retried: the document says `none`.
     let yaml = std::fs::read_to_string(&job).expect("job").replace(
         "restartStrategy: {type: none}",
@@ -308,13 +306,14 @@ fn session_windows_on_jobmanager_and_taskmanagers_survive_a_taskmanager_sigkill(
         "--job",
         &job,
         "--rpc-addr",
-        &rpc,
+        "127.0.0.1:0",
         "--rest-addr",
-        &rest,
+        "127.0.0.1:0",
         "--exit-when-done",
     ];
     jm_args.extend(timing);
     let mut jobmanager = spawn_worker(&jm_args, &[], &dir.path().join("jm.log"));
+    let rpc = format!("127.0.0.1:{}", logged_rpc_port(&dir.path().join("jm.log")));
     let taskmanager = |i: usize| {
         let work = dir.path().join(format!("work-tm{i}")).display().to_string();
         let mut args = vec![

@@ -40,21 +40,16 @@ fn rest_api_serves_state_and_rescales_through_stop_with_savepoint() {
         sp = store.join("savepoints").display(),
     );
     let job = write_job(dir.path(), "job.yaml", &yaml);
-    let port = free_port();
     let mut child = spawn_job(
         &job,
         // Keep answering after the job ends, as a JobManager must for the operator to read
         // the final savepoint.
-        &[
-            "--rest-addr",
-            &format!("127.0.0.1:{port}"),
-            "--linger",
-            "3s",
-        ],
+        &["--rest-addr", "127.0.0.1:0", "--linger", "3s"],
         &[],
         &dir.path().join("work"),
         &dir.path().join("run.log"),
     );
+    let port = logged_rest_port(&dir.path().join("run.log"));
     wait_until(Duration::from_secs(30), "the job to be ready", || {
         std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
             && http(port, "GET", "/v1/health/ready", None).0 == 200
@@ -242,14 +237,14 @@ fn cancel_ends_the_job_as_canceled() {
         dir.path().join("out").display()
     );
     let job = write_job(dir.path(), "job.yaml", &yaml);
-    let port = free_port();
     let mut child = spawn_job(
         &job,
-        &["--rest-addr", &format!("127.0.0.1:{port}")],
+        &["--rest-addr", "127.0.0.1:0"],
         &[],
         &dir.path().join("work"),
         &dir.path().join("run.log"),
     );
+    let port = logged_rest_port(&dir.path().join("run.log"));
     wait_until(Duration::from_secs(30), "the job to be ready", || {
         std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
             && http(port, "GET", "/v1/health/ready", None).0 == 200
@@ -423,21 +418,16 @@ impl<'a> SavepointJob<'a> {
             "eventsPerSecond: 2000, ",
         );
         let path = write_job(dir, "job.yaml", &document);
-        let port = free_port();
         let log = dir.join("run.log");
         let child = spawn_job(
             &path,
             // Answers the final stop's status after the job ended.
-            &[
-                "--rest-addr",
-                &format!("127.0.0.1:{port}"),
-                "--linger",
-                "5s",
-            ],
+            &["--rest-addr", "127.0.0.1:0", "--linger", "5s"],
             &s3.env(),
             &dir.join("work"),
             &log,
         );
+        let port = logged_rest_port(&log);
         wait_until(Duration::from_secs(30), "a completed checkpoint", || {
             std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
                 && completed_checkpoints_in_api(port) >= 1
@@ -557,18 +547,13 @@ fn the_api_matches_its_contract_under_schemathesis() {
         s3.endpoint
     );
     let job = write_job(dir.path(), "job.yaml", &yaml);
-    let port = free_port();
     let work = dir.path().join("work");
     const TOKEN: &str = "contract-test-token";
     let mut env = s3.env();
     env.push(("WEIR_REST_TOKEN".into(), TOKEN.into()));
-    let mut child = spawn_job(
-        &job,
-        &["--rest-addr", &format!("127.0.0.1:{port}")],
-        &env,
-        &work,
-        &dir.path().join("run.log"),
-    );
+    let log = dir.path().join("run.log");
+    let mut child = spawn_job(&job, &["--rest-addr", "127.0.0.1:0"], &env, &work, &log);
+    let port = logged_rest_port(&log);
     wait_until(Duration::from_secs(30), "the job to be ready", || {
         std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
             && http(port, "GET", "/v1/health/ready", None).0 == 200
@@ -680,15 +665,15 @@ fn a_bearer_token_guards_every_endpoint_but_health_and_metrics() {
         dir.path().join("out").display()
     );
     let job = write_job(dir.path(), "job.yaml", &yaml);
-    let port = free_port();
     let log = dir.path().join("run.log");
     let mut child = spawn_job(
         &job,
-        &["--rest-addr", &format!("127.0.0.1:{port}")],
+        &["--rest-addr", "127.0.0.1:0"],
         &[("WEIR_REST_TOKEN".to_string(), TOKEN.to_string())],
         &dir.path().join("work"),
         &log,
     );
+    let port = logged_rest_port(&log);
     wait_until(Duration::from_secs(30), "the job to be ready", || {
         std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
             && http(port, "GET", "/v1/health/ready", None).0 == 200

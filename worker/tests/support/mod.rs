@@ -208,12 +208,44 @@ pub fn verify_sequence_output(
     Ok(())
 }
 
-/// A free loopback port (bound, then released).
+/// A free loopback port (bound, then released): another process may take it before the child
+/// the test gives it to binds it. Prefer `--rest-addr 127.0.0.1:0` / `--rpc-addr 127.0.0.1:0`
+/// and `logged_rest_port` / `logged_rpc_port`; this is for ports that must be known before
+/// the process starts (TaskManagers started first) or kept across its restarts.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .expect("free port")
+}
+
+/// The port a `weir-worker` started with `--rest-addr 127.0.0.1:0` bound, from its log.
+pub fn logged_rest_port(log: &Path) -> u16 {
+    logged_port(log, "serving the REST API at http://")
+}
+
+/// The port a JobManager started with `--rpc-addr 127.0.0.1:0` bound, from its log.
+pub fn logged_rpc_port(log: &Path) -> u16 {
+    logged_port(log, "waiting for TaskManagers local_addr=")
+}
+
+/// Waits for the first log line with `marker` followed by `<host>:<port>` and returns the port.
+fn logged_port(log: &Path, marker: &str) -> u16 {
+    let mut port = None;
+    wait_until(
+        Duration::from_secs(30),
+        &format!("{marker:?} in {}", log.display()),
+        || {
+            let text = std::fs::read_to_string(log).unwrap_or_default();
+            port = text.split_once(marker).and_then(|(_, rest)| {
+                let (_host, after_host) = rest.split_once(':')?;
+                let digits = after_host.split(|c: char| !c.is_ascii_digit()).next()?;
+                digits.parse().ok()
+            });
+            port.is_some()
+        },
+    );
+    port.expect("a logged port")
 }
 
 /// Minimal HTTP/1.1 client for the REST tests: one request per connection.
