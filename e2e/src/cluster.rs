@@ -81,6 +81,20 @@ pub fn requested() -> bool {
     std::env::var("WEIR_E2E").as_deref() == Ok("1")
 }
 
+/// Whether this is a CI run (`.ci/run` exports `CI=true`): there a scenario that cannot run
+/// is a failure, not a skip.
+fn running_in_ci() -> bool {
+    std::env::var_os("CI").is_some_and(|v| !v.is_empty())
+}
+
+/// The control-plane kit scripts/e2e.sh uses without kind: `WEIR_K8S_KIT`, by default
+/// `../shared/k8s` beside the repository.
+fn k8s_kit() -> std::path::PathBuf {
+    std::env::var_os("WEIR_K8S_KIT")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| crate::repo_root().join("../shared/k8s"))
+}
+
 pub fn stream_job_resource() -> ApiResource {
     ApiResource::from_gvk_with_plural(
         &GroupVersionKind::gvk("weir.dev", "v1alpha1", "StreamJob"),
@@ -275,13 +289,30 @@ fn kube_error(
 }
 
 impl Cluster {
-    /// Connects, or prints one line saying what the scenario needs and returns `None` when the
-    /// scenarios were not asked for. Asked for (`WEIR_E2E=1`) and unreachable is an error: a
-    /// scenario never passes without a cluster.
+    /// Connects, or prints one `SKIPPED` line saying what the scenario needs and returns
+    /// `None` when the scenarios were not asked for. Asked for (`WEIR_E2E=1`) and unreachable
+    /// is an error, and so is not asked for under CI (`CI` set), where the scenarios are
+    /// expected to run on the kit: a scenario never passes there without a cluster.
     pub async fn connect_or_skip(scenario: &str) -> Result<Option<Cluster>> {
         let config = E2eConfig::from_env();
         if !requested() {
-            eprintln!("skipped {scenario}: {NEEDS}");
+            if running_in_ci() {
+                let kit = k8s_kit();
+                let kit_state = if kit.join("up.sh").is_file() {
+                    "present"
+                } else {
+                    "missing"
+                };
+                return Err(Error::Environment(format!(
+                    "{scenario}: CI is set but WEIR_E2E is not 1, so no cluster was prepared \
+                     (Kubernetes kit {kit_state} at {}); {NEEDS}",
+                    kit.display()
+                )));
+            }
+            // Straight to the process's stderr: libtest captures `eprintln!` of passing tests,
+            // and this line must reach scripts/test.sh's summary.
+            use std::io::Write as _;
+            let _ = writeln!(std::io::stderr(), "SKIPPED {scenario}: {NEEDS}");
             return Ok(None);
         }
         let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
