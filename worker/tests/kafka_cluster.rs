@@ -353,10 +353,38 @@ fn wait_for_output(broker: &KafkaBroker, keys: u64, events_per_key: u64) {
 
 /// The user-visible outcome: every (key, seq) of `keys` x `events_per_key` exactly once in a
 /// `read_committed` read, no alert, no transaction left open. Returns the record count.
-fn assert_exactly_once(broker: &KafkaBroker, keys: u64, events_per_key: u64, what: &str) -> usize {
+///
+/// A failure shows the cluster's sink recovery and commit lines: what was fenced, which marker
+/// was read, which batches were committed again.
+fn assert_exactly_once(
+    broker: &KafkaBroker,
+    cluster: &Cluster,
+    keys: u64,
+    events_per_key: u64,
+    what: &str,
+) -> usize {
     let committed = committed_output(broker);
-    verify_sequence_output(&committed, keys, events_per_key)
-        .unwrap_or_else(|e| panic!("read_committed output {what}: {e}"));
+    verify_sequence_output(&committed, keys, events_per_key).unwrap_or_else(|e| {
+        let logs = cluster.jobmanager_log() + &cluster.taskmanager_log();
+        let kafka_lines: Vec<&str> = logs
+            .lines()
+            .filter(|l| {
+                [
+                    "transactional",
+                    "marker",
+                    "staged Kafka",
+                    "Kafka transaction",
+                    "restor",
+                ]
+                .iter()
+                .any(|w| l.contains(w))
+            })
+            .collect();
+        panic!(
+            "read_committed output {what}: {e}\nsink recovery and commit lines of the cluster:\n{}",
+            kafka_lines.join("\n")
+        )
+    });
     assert_eq!(
         broker.partitions_with_open_transactions(OUTPUT),
         Vec::<i32>::new(),
@@ -461,7 +489,7 @@ fn kafka_to_kafka_on_a_cluster_is_exactly_once_through_taskmanager_and_jobmanage
         })
         .unwrap_or_else(|| panic!("the restarted JobManager restored a checkpoint:\n{restarted}"));
     assert!(restored.contains("/store/seq/chk-"), "{restored}");
-    let committed = assert_exactly_once(&broker, KEYS, EVENTS_PER_KEY, "after the kills");
+    let committed = assert_exactly_once(&broker, &cluster, KEYS, EVENTS_PER_KEY, "after the kills");
     let aborted = broker.read_all(OUTPUT, Isolation::ReadUncommitted).len() - committed;
     println!(
         "{committed} records read_committed, each (key, seq) once, no alert; {tm_kills} TaskManager \
@@ -555,8 +583,13 @@ fn rescale_2_to_3_to_1_with_partitions_added_to_the_input_reads_everything_once(
             .contains(&format!("checkpoint={from}")),
         "restored from {from}"
     );
-    let committed =
-        assert_exactly_once(&broker, keys, EVENTS_PER_KEY, "after rescaling 2 -> 3 -> 1");
+    let committed = assert_exactly_once(
+        &broker,
+        &cluster,
+        keys,
+        EVENTS_PER_KEY,
+        "after rescaling 2 -> 3 -> 1",
+    );
     let taskmanager_logs = cluster.taskmanager_log();
     println!(
         "{committed} records read_committed ({keys} keys x {EVENTS_PER_KEY}), each once, no alert; \
@@ -630,7 +663,13 @@ fn a_paused_broker_fails_the_job_over_and_output_stays_exactly_once() {
 
     let restarts = cluster.overview()["restarts"].as_u64().unwrap_or(0);
     let log = cluster.jobmanager_log();
-    let committed = assert_exactly_once(&broker, KEYS, EVENTS_PER_KEY, "after the broker pause");
+    let committed = assert_exactly_once(
+        &broker,
+        &cluster,
+        KEYS,
+        EVENTS_PER_KEY,
+        "after the broker pause",
+    );
     let aborted = broker.read_all(OUTPUT, Isolation::ReadUncommitted).len() - committed;
     println!(
         "{committed} records read_committed, each (key, seq) once, no alert; broker paused \
