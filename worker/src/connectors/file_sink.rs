@@ -262,53 +262,251 @@ mod tests {
         assert_eq!(part_checkpoint_id("_pending/notes.txt"), None);
     }
 
-    #[test]
-    fn recovery_leaves_pending_output_above_its_claim_alone() {
-        let rt = tokio::runtime::Runtime::new().expect("runtime");
-        let dir = tempfile::tempdir().expect("tempdir");
-        let uri = format!("file://{}", dir.path().display());
-        let store = rt
-            .block_on(ObjectStore::open(
-                &Location::parse(&uri).expect("uri"),
-                &Default::default(),
-            ))
-            .expect("store");
-        let part = |id: u64| format!("part-0000-0000000010-00000000-{id:010}-1.jsonl");
-        for id in [9, 10, 11, 12] {
-            rt.block_on(store.put(&pending_key(&part(id)), "x\n".into()))
+    /// A sink folder on the local filesystem, with what `recover` needs around it.
+    struct Folder {
+        rt: tokio::runtime::Runtime,
+        uri: String,
+        store: ObjectStore,
+        _dir: tempfile::TempDir,
+    }
+
+    impl Folder {
+        fn new() -> Folder {
+            let rt = tokio::runtime::Runtime::new().expect("runtime");
+            let dir = tempfile::tempdir().expect("tempdir");
+            let uri = format!("file://{}", dir.path().display());
+            let store = rt
+                .block_on(ObjectStore::open(
+                    &Location::parse(&uri).expect("uri"),
+                    &Default::default(),
+                ))
+                .expect("store");
+            Folder {
+                rt,
+                uri,
+                store,
+                _dir: dir,
+            }
+        }
+
+        fn put(&self, key: &str, content: &str) {
+            self.rt
+                .block_on(self.store.put(key, content.to_string().into()))
                 .expect("put");
         }
-        let doc: crate::spec::JobDocument =
-            serde_json::from_str(r#"{"job":{"name":"sequence-check","args":{}},"parallelism":1}"#)
-                .expect("document");
-        let ctx = RecoverContext {
-            rt: rt.handle().clone(),
-            doc: Arc::new(doc),
-            claimed: Some(11),
-        };
-        // The restored checkpoint (10) left one part pending.
-        let restored = vec![
-            serde_json::to_value(PendingPart {
-                checkpoint_id: 10,
-                name: part(10),
-            })
-            .expect("json"),
+
+        /// Runs the recovery of an attempt that claimed `claimed` and restores a checkpoint
+        /// whose sink state names `restored` as pending.
+        fn recover(&self, restored: &[PendingPart], claimed: Option<u64>) -> Result<()> {
+            let doc: crate::spec::JobDocument = serde_json::from_str(
+                r#"{"job":{"name":"sequence-check","args":{}},"parallelism":1}"#,
+            )
+            .expect("document");
+            let ctx = RecoverContext {
+                rt: self.rt.handle().clone(),
+                doc: Arc::new(doc),
+                claimed,
+            };
+            let pending = restored
+                .iter()
+                .map(|p| serde_json::to_value(p).expect("json"))
+                .collect();
+            FileSink::<String>::json_lines(self.uri.clone()).recover(pending, &ctx)
+        }
+
+        /// Every object in the folder with its content, sorted by key.
+        fn objects(&self) -> Vec<(String, String)> {
+            let mut keys: Vec<String> = self
+                .rt
+                .block_on(self.store.list(""))
+                .expect("list")
+                .into_iter()
+                .map(|o| o.key)
+                .collect();
+            keys.sort();
+            keys.into_iter()
+                .map(|key| {
+                    let content = self.rt.block_on(self.store.get(&key)).expect("get");
+                    let content = String::from_utf8(content.to_vec()).expect("utf-8");
+                    (key, content)
+                })
+                .collect()
+        }
+    }
+
+    /// The name a writer of `subtask` gives its `n`th part of checkpoint `checkpoint_id`.
+    fn part(subtask: u32, checkpoint_id: u64, n: u64) -> PendingPart {
+        PendingPart {
+            checkpoint_id,
+            name: format!("part-{subtask:04}-0000000003-0a0b0c0d-{checkpoint_id:010}-{n}.jsonl"),
+        }
+    }
+
+    /// What the test writes into a part: unique per part, so a mix-up shows.
+    fn records(part: &PendingPart) -> String {
+        format!("{{\"part\":\"{}\"}}\n", part.name)
+    }
+
+    fn published(part: &PendingPart) -> (String, String) {
+        (part.name.clone(), records(part))
+    }
+
+    fn still_pending(part: &PendingPart) -> (String, String) {
+        (pending_key(&part.name), records(part))
+    }
+
+    fn sorted(mut objects: Vec<(String, String)>) -> Vec<(String, String)> {
+        objects.sort();
+        objects
+    }
+
+    #[test]
+    fn recovery_publishes_exactly_the_parts_the_restored_checkpoint_names() {
+        let folder = Folder::new();
+        // Checkpoint 5 is restored. Subtask 0 rolled two parts in it; subtask 2 also still
+        // held a part of checkpoint 4, whose completion notice it never received.
+        let restored = [
+            part(0, 5, 1),
+            part(0, 5, 2),
+            part(1, 5, 1),
+            part(2, 4, 1),
+            part(2, 5, 2),
         ];
-        FileSink::<String>::json_lines(uri)
-            .recover(restored, &ctx)
-            .expect("recover");
-        let mut left: Vec<String> = rt
-            .block_on(store.list(""))
-            .expect("list")
-            .into_iter()
-            .map(|o| o.key)
-            .collect();
-        left.sort();
+        for p in &restored {
+            folder.put(&pending_key(&p.name), &records(p));
+        }
+        folder.recover(&restored, Some(6)).expect("recover");
         assert_eq!(
-            left,
+            folder.objects(),
+            sorted(restored.iter().map(published).collect())
+        );
+    }
+
+    #[test]
+    fn recovery_leaves_published_output_of_other_checkpoints_alone() {
+        let folder = Folder::new();
+        // Output committed long ago (2, 3), and by a newer JobManager above the claim (8):
+        // recovery deals only with `_pending/`.
+        let committed = [part(0, 2, 1), part(1, 3, 1), part(0, 8, 1)];
+        for p in &committed {
+            folder.put(&p.name, &records(p));
+        }
+        let restored = [part(0, 5, 1)];
+        folder.put(&pending_key(&restored[0].name), &records(&restored[0]));
+        folder.recover(&restored, Some(6)).expect("recover");
+        assert_eq!(
+            folder.objects(),
+            sorted(committed.iter().chain(&restored).map(published).collect())
+        );
+    }
+
+    #[test]
+    fn recovery_deletes_only_pending_parts_of_checkpoints_that_never_completed() {
+        let folder = Folder::new();
+        let restored = [part(0, 4, 1), part(1, 4, 1)];
+        // 3 failed, 5 was in flight when the job failed, 6 is the id this attempt claimed
+        // (whoever triggered it lost it): none ever completes. 7 is above the claim: a newer
+        // JobManager's, in flight.
+        let never_completed = [part(0, 3, 1), part(1, 5, 1), part(0, 5, 2), part(0, 6, 1)];
+        let newer = [part(0, 7, 1), part(1, 7, 1)];
+        for p in restored.iter().chain(&never_completed).chain(&newer) {
+            folder.put(&pending_key(&p.name), &records(p));
+        }
+        folder.recover(&restored, Some(6)).expect("recover");
+        let mut expected: Vec<_> = restored.iter().map(published).collect();
+        expected.extend(newer.iter().map(still_pending));
+        assert_eq!(folder.objects(), sorted(expected));
+    }
+
+    #[test]
+    fn recovery_without_a_claim_deletes_every_pending_part_it_does_not_publish() {
+        let folder = Folder::new();
+        let restored = [part(0, 4, 1)];
+        for p in [part(0, 4, 1), part(0, 5, 1), part(0, 9, 1)] {
+            folder.put(&pending_key(&p.name), &records(&p));
+        }
+        folder.recover(&restored, None).expect("recover");
+        assert_eq!(folder.objects(), vec![published(&restored[0])]);
+    }
+
+    #[test]
+    fn recovery_run_twice_leaves_the_same_objects() {
+        let folder = Folder::new();
+        let restored = [part(0, 5, 1), part(1, 5, 1), part(1, 5, 2)];
+        let committed = part(0, 4, 1);
+        let never_completed = part(0, 6, 1);
+        let newer = part(0, 7, 1);
+        folder.put(&committed.name, &records(&committed));
+        for p in restored.iter().chain([&never_completed, &newer]) {
+            folder.put(&pending_key(&p.name), &records(p));
+        }
+        let mut expected: Vec<_> = restored.iter().map(published).collect();
+        expected.push(published(&committed));
+        expected.push(still_pending(&newer));
+        let expected = sorted(expected);
+
+        folder.recover(&restored, Some(6)).expect("first recovery");
+        assert_eq!(folder.objects(), expected);
+        // A restart before the attempt's first checkpoint restores the same checkpoint.
+        folder.recover(&restored, Some(6)).expect("second recovery");
+        assert_eq!(folder.objects(), expected, "nothing moved, nothing doubled");
+    }
+
+    #[test]
+    fn a_restored_part_that_is_already_published_counts_as_done() {
+        let folder = Folder::new();
+        // The committer renamed the first part before the job failed, not the second.
+        let restored = [part(0, 5, 1), part(0, 5, 2)];
+        folder.put(&restored[0].name, &records(&restored[0]));
+        folder.put(&pending_key(&restored[1].name), &records(&restored[1]));
+        folder.recover(&restored, Some(6)).expect("recover");
+        assert_eq!(
+            folder.objects(),
+            sorted(restored.iter().map(published).collect())
+        );
+    }
+
+    #[test]
+    fn a_restored_part_missing_everywhere_fails_recovery_naming_it() {
+        let folder = Folder::new();
+        let present = part(0, 5, 1);
+        let lost = part(1, 5, 1);
+        let never_completed = part(0, 6, 1);
+        folder.put(&pending_key(&present.name), &records(&present));
+        folder.put(
+            &pending_key(&never_completed.name),
+            &records(&never_completed),
+        );
+        let error = folder
+            .recover(&[present.clone(), lost.clone()], Some(6))
+            .expect_err("a completed checkpoint's output is gone");
+        match error {
+            Error::CorruptCheckpoint { object, .. } => {
+                assert_eq!(object, folder.store.uri(&pending_key(&lost.name)));
+            }
+            other => panic!("expected CorruptCheckpoint, got {other:?}"),
+        }
+        // It stops before deleting anything: the parts it published before stay published.
+        assert_eq!(
+            folder.objects(),
+            vec![still_pending(&never_completed), published(&present)]
+        );
+    }
+
+    #[test]
+    fn recovery_leaves_pending_output_above_its_claim_alone() {
+        let folder = Folder::new();
+        let part = |id: u64| part(0, id, 1);
+        for id in [9, 10, 11, 12] {
+            folder.put(&pending_key(&part(id).name), &records(&part(id)));
+        }
+        // The restored checkpoint (10) left one part pending.
+        folder.recover(&[part(10)], Some(11)).expect("recover");
+        assert_eq!(
+            folder.objects(),
             vec![
-                pending_key(&part(12)), // a newer JobManager's checkpoint: untouched
-                part(10),               // the restored checkpoint's output: published
+                still_pending(&part(12)), // a newer JobManager's checkpoint: untouched
+                published(&part(10)),     // the restored checkpoint's output: published
             ]
         );
     }
