@@ -964,15 +964,19 @@ mod tests {
             barrier.checkpoint_id
         }
 
-        /// Triggers a savepoint into `dir` (beside the job's folder); nothing acknowledges it.
-        fn savepoint(&self, coordinator: &mut CheckpointCoordinator, dir: &str) -> u64 {
-            let store = self
-                .rt
+        /// The store of a savepoint directory `dir` beside the job's folder.
+        fn savepoint_store(&self, dir: &str) -> ObjectStore {
+            self.rt
                 .block_on(ObjectStore::open(
                     &Location::Local(self._dir.path().join(dir)),
                     &Default::default(),
                 ))
-                .expect("savepoint store");
+                .expect("savepoint store")
+        }
+
+        /// Triggers a savepoint into `dir` (beside the job's folder); nothing acknowledges it.
+        fn savepoint(&self, coordinator: &mut CheckpointCoordinator, dir: &str) -> u64 {
+            let store = self.savepoint_store(dir);
             coordinator
                 .trigger_savepoint(SavepointTarget { store, stop: false })
                 .expect("trigger savepoint")
@@ -987,6 +991,17 @@ mod tests {
             self.rt
                 .block_on(read_entry(&self.job, id))
                 .expect("read _metadata")
+        }
+
+        /// Ids with `_metadata`, oldest first.
+        fn ids(&self) -> Vec<u64> {
+            self.rt
+                .block_on(list_checkpoints(&self.job))
+                .expect("list")
+                .into_iter()
+                .filter(|(_, has_metadata)| *has_metadata)
+                .map(|(id, _)| id)
+                .collect()
         }
 
         fn latest(&self) -> Option<u64> {
@@ -1228,5 +1243,235 @@ mod tests {
                 .contains("2 failures in a row exceed tolerableFailures=1"),
             "{error}"
         );
+    }
+
+    fn task(vertex: u32) -> TaskId {
+        TaskId { vertex, subtask: 0 }
+    }
+
+    #[test]
+    fn a_checkpoint_completes_only_once_every_task_acknowledged() {
+        let s = Storage::new();
+        let mut a = s.job_manager("jm-a", 3);
+        s.take_over(&mut a);
+        a.start_attempt(3);
+        let id = a.trigger().expect("trigger").checkpoint_id;
+        assert!(!a.acknowledge(id, task(0), Vec::new()));
+        assert!(!a.acknowledge(id, task(1), Vec::new()));
+        assert!(
+            !a.acknowledge(id, task(1), Vec::new()),
+            "a repeated acknowledgement is not a third task"
+        );
+        assert!(
+            !a.acknowledge(id - 1, task(2), Vec::new()),
+            "an acknowledgement of another checkpoint does not count"
+        );
+        assert_eq!(s.entry(id), None, "acknowledging writes nothing");
+        assert_eq!(a.pending_id(), Some(id));
+        assert!(a.acknowledge(id, task(2), Vec::new()), "the last task");
+        let completed = s.complete(&mut a).expect("complete");
+        assert_eq!(completed.checkpoint_id, id);
+        assert!(!a.is_pending());
+        assert_eq!(s.latest(), Some(id));
+    }
+
+    #[test]
+    fn a_declined_checkpoint_writes_no_metadata_and_counts_a_failure() {
+        let s = Storage::new();
+        let mut a = s.job_manager("jm-a", 3);
+        s.take_over(&mut a);
+        a.start_attempt(2);
+        let id = a.trigger().expect("trigger").checkpoint_id;
+        assert!(!a.acknowledge(id, task(0), Vec::new()));
+        a.fail_pending("vertex 1 subtask 0 declined")
+            .expect("one failure is tolerated");
+        assert_eq!(s.entry(id), None, "no _metadata for a declined checkpoint");
+        assert!(!a.is_pending());
+        assert_eq!(a.consecutive_failures(), 1);
+        let counts = a.counts();
+        assert_eq!(
+            (counts.failed, counts.completed, counts.in_progress),
+            (1, 0, 0)
+        );
+        let history = a.history();
+        assert_eq!(history[0].id, id);
+        assert_eq!(history[0].status, OperationStatus::Failed);
+        assert_eq!(
+            history[0].failure.as_deref(),
+            Some("vertex 1 subtask 0 declined")
+        );
+        // The other task's acknowledgement arrives late: nothing to complete.
+        assert!(!a.acknowledge(id, task(1), Vec::new()));
+        assert!(s.complete(&mut a).is_err(), "nothing is pending");
+        // Its id is written as a failed claim, never as a checkpoint.
+        assert_eq!(a.unsettled_id(), Some(id));
+        s.rt.block_on(a.settle()).expect("settle");
+        assert!(matches!(
+            s.entry(id),
+            Some(MetadataEntry::Claim(IdClaim {
+                reason: ClaimReason::Failed { reason },
+                ..
+            })) if reason == "vertex 1 subtask 0 declined"
+        ));
+        assert_eq!(s.latest(), None);
+        assert_eq!(a.state_uri(), None, "the state is still the empty start");
+    }
+
+    #[test]
+    fn a_pending_checkpoint_times_out_after_the_configured_timeout() {
+        let s = Storage::new();
+        let mut a = s.job_manager("jm-a", 3);
+        a.config.timeout = Duration::from_millis(200);
+        s.take_over(&mut a);
+        let id = a.trigger().expect("trigger").checkpoint_id;
+        assert_eq!(a.timed_out(), None, "just triggered");
+        std::thread::sleep(Duration::from_millis(250));
+        assert_eq!(a.timed_out(), Some(id));
+        // What the JobManager does with it: the checkpoint fails like a declined one.
+        a.fail_pending(&format!("checkpoint {id} timed out"))
+            .expect("tolerated");
+        assert_eq!(a.timed_out(), None, "nothing pending any more");
+        assert_eq!(a.consecutive_failures(), 1);
+        assert_eq!(s.entry(id), None);
+        s.rt.block_on(a.settle()).expect("settle");
+        // The next one, completed in time, resets the count.
+        let next = s.acknowledged(&mut a);
+        assert_eq!(next, id + 1);
+        assert_eq!(a.timed_out(), None);
+        s.complete(&mut a).expect("complete");
+        assert_eq!(a.consecutive_failures(), 0);
+        assert_eq!(a.timed_out(), None);
+    }
+
+    #[test]
+    fn retention_keeps_exactly_the_newest_retained_checkpoints() {
+        let s = Storage::new();
+        let mut a = s.job_manager("jm-a", 3);
+        assert_eq!(s.take_over(&mut a), 1);
+        let mut completed = Vec::new();
+        for _ in 0..7 {
+            s.acknowledged(&mut a);
+            completed.push(s.complete(&mut a).expect("complete").checkpoint_id);
+            s.rt.block_on(a.apply_retention()).expect("retention");
+            let newest = *completed.last().expect("one");
+            assert_eq!(s.latest(), Some(newest), "the newest is never deleted");
+            let kept = completed.len().min(3);
+            assert_eq!(s.ids()[1..], completed[completed.len() - kept..]);
+        }
+        assert_eq!(completed, vec![2, 3, 4, 5, 6, 7, 8]);
+        assert_eq!(
+            s.ids(),
+            vec![1, 6, 7, 8],
+            "the takeover claim and 3 checkpoints"
+        );
+        for id in [6, 7, 8] {
+            assert!(matches!(s.entry(id), Some(MetadataEntry::Checkpoint(_))));
+        }
+        let dirs: Vec<u64> =
+            s.rt.block_on(list_checkpoints(&s.job))
+                .expect("list")
+                .into_iter()
+                .map(|(id, _)| id)
+                .collect();
+        assert_eq!(
+            dirs,
+            vec![1, 6, 7, 8],
+            "expired directories are gone entirely"
+        );
+    }
+
+    #[test]
+    fn a_savepoint_requested_during_a_checkpoint_waits_for_it_then_lands_in_its_directory() {
+        let s = Storage::new();
+        let mut a = s.job_manager("jm-a", 3);
+        s.take_over(&mut a);
+        let checkpoint = a.trigger().expect("trigger").checkpoint_id;
+        let target = SavepointTarget {
+            store: s.savepoint_store("sp"),
+            stop: false,
+        };
+        assert!(
+            a.trigger_savepoint(target.clone()).is_none(),
+            "one in flight at a time: the caller retries"
+        );
+        assert_eq!(
+            a.pending_id(),
+            Some(checkpoint),
+            "the checkpoint is untouched"
+        );
+        assert!(a.acknowledge(checkpoint, TASK, Vec::new()));
+        let done = s.complete(&mut a).expect("the checkpoint completes");
+        assert_eq!(
+            (done.kind, done.checkpoint_id),
+            (SnapshotKind::Checkpoint, checkpoint)
+        );
+
+        let savepoint = a
+            .trigger_savepoint(target)
+            .expect("the retry after the checkpoint")
+            .checkpoint_id;
+        assert_eq!(savepoint, checkpoint + 1);
+        assert!(a.acknowledge(savepoint, TASK, Vec::new()));
+        let done = s.complete(&mut a).expect("the savepoint completes");
+        let location = s.savepoint_store("sp").location().uri();
+        assert_eq!(done.kind, SnapshotKind::Savepoint);
+        assert_eq!(done.uri, location);
+        let stored =
+            s.rt.block_on(RestorePoint::open(s.savepoint_store("sp")))
+                .expect("the savepoint's _metadata is in its directory");
+        assert_eq!(stored.metadata.checkpoint_id, savepoint);
+        assert_eq!(stored.metadata.kind, SnapshotKind::Savepoint);
+        assert!(matches!(
+            s.entry(savepoint),
+            Some(MetadataEntry::Claim(IdClaim {
+                reason: ClaimReason::Savepoint { location: at },
+                ..
+            })) if at == location
+        ));
+        // A savepoint is the user's: failover still goes to the checkpoint.
+        assert_eq!(s.latest(), Some(checkpoint));
+        assert_eq!(
+            a.latest_completed().map(|c| c.checkpoint_id),
+            Some(checkpoint)
+        );
+        let chk = s
+            .job
+            .child(&checkpoint_dir_name(checkpoint))
+            .location()
+            .uri();
+        assert_eq!(a.state_uri(), Some(chk.as_str()));
+        assert_eq!(a.counts().completed, 2);
+        assert_eq!(s.acknowledged(&mut a), savepoint + 1);
+        s.complete(&mut a).expect("checkpoints go on");
+    }
+
+    #[test]
+    fn a_savepoint_requested_during_a_checkpoint_that_fails_waits_for_its_failed_claim() {
+        let s = Storage::new();
+        let mut a = s.job_manager("jm-a", 3);
+        s.take_over(&mut a);
+        let checkpoint = a.trigger().expect("trigger").checkpoint_id;
+        let target = SavepointTarget {
+            store: s.savepoint_store("sp"),
+            stop: false,
+        };
+        assert!(a.trigger_savepoint(target.clone()).is_none());
+        a.fail_pending("declined").expect("tolerated");
+        assert!(
+            a.trigger_savepoint(target.clone()).is_none(),
+            "not before the failed id is written"
+        );
+        s.rt.block_on(a.settle()).expect("settle");
+        let savepoint = a.trigger_savepoint(target).expect("now").checkpoint_id;
+        assert_eq!(savepoint, checkpoint + 1);
+        assert!(a.acknowledge(savepoint, TASK, Vec::new()));
+        let done = s.complete(&mut a).expect("the savepoint completes");
+        assert_eq!(done.uri, s.savepoint_store("sp").location().uri());
+        assert_eq!(
+            a.consecutive_failures(),
+            1,
+            "a savepoint does not reset the count"
+        );
+        assert_eq!(s.latest(), None);
     }
 }
