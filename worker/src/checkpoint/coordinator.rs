@@ -27,7 +27,9 @@
 //!    a checkpoint the old attempt left in flight.
 //! 3. Losing a create-only write means another JobManager wrote that id: this one is
 //!    **fenced** (`Error::Fenced`). It does not send the completion (so its sinks never commit
-//!    that checkpoint), deletes nothing, and the process exits.
+//!    that checkpoint), deletes nothing, and the process exits. Unless the entry there is its
+//!    own: a write the store kept while its answer was lost (`own_entry`), met again by a
+//!    retry; that id stands as this JobManager's write.
 //!
 //! So after B's takeover claim at `h + 1` succeeded, every other JobManager's next write is at
 //! some id `<= h + 1`, all of which exist: each of them is fenced at its next write, whatever
@@ -248,17 +250,30 @@ impl CheckpointCoordinator {
                 reason: "a restart claim before the takeover".into(),
             });
         };
-        let id = last + 1;
+        let mut id = last + 1;
         if let Some(pending) = self.pending.take() {
             self.record_failed(pending.barrier.checkpoint_id, "the job restarted");
         }
         self.unsettled = None;
-        let state = self.state_uri.clone();
-        if !self.write_claim(id, ClaimReason::Restart, &state).await? {
-            return Err(self.fenced(id).await);
+        while !self
+            .write_claim(id, ClaimReason::Restart, &self.state_uri)
+            .await?
+        {
+            // The previous attempt's last write (a completion or a failed claim) may have been
+            // stored with its answer lost: that id stands as written, the restart takes the
+            // next one and restores what it holds.
+            let Some(entry) = self.own_entry(id).await? else {
+                return Err(self.fenced(id).await);
+            };
+            tracing::warn!(
+                checkpoint_id = id,
+                "checkpoint id {id} was already written by this JobManager (a write whose answer was lost); it stands"
+            );
+            self.adopt(id, &entry);
+            id += 1;
         }
         self.kinds.insert(id, EntryKind::Claim);
-        self.took(id, state);
+        self.took(id, self.state_uri.clone());
         Ok(id)
     }
 
@@ -331,6 +346,41 @@ impl CheckpointCoordinator {
             what,
             object: store.uri(super::metadata::METADATA_OBJECT),
         }
+    }
+
+    /// The `_metadata` of `id` if this JobManager wrote it. A create-only write that finds its
+    /// id taken may only have lost its answer: the store kept the object but the client saw an
+    /// error, and either we retry (`settle` after a failed completion) or the S3 client's own
+    /// retry met the object (412). Such an entry is ours, not another JobManager's: not fenced.
+    /// `None` when another JobManager wrote it (or nothing is there); a read error is returned
+    /// as such, never taken for fencing.
+    async fn own_entry(&self, id: u64) -> Result<Option<MetadataEntry>> {
+        let entry = read_entry(&self.job_store, id).await?;
+        let ours = match &entry {
+            Some(MetadataEntry::Claim(claim)) => claim.job_manager == self.job_manager,
+            Some(MetadataEntry::Checkpoint(meta)) => {
+                meta.job_manager.as_deref() == Some(self.job_manager.as_str())
+            }
+            None => false,
+        };
+        Ok(entry.filter(|_| ours))
+    }
+
+    /// Takes this JobManager's own entry at `id` (see [`own_entry`](Self::own_entry)) as its
+    /// write of `id`. A checkpoint becomes the job's state; a claim leaves the state as it is
+    /// (a claim names the state this JobManager had when writing it).
+    fn adopt(&mut self, id: u64, entry: &MetadataEntry) {
+        let state = match entry {
+            MetadataEntry::Checkpoint(_) => Some(
+                self.job_store
+                    .child(&checkpoint_dir_name(id))
+                    .location()
+                    .uri(),
+            ),
+            MetadataEntry::Claim(_) => self.state_uri.clone(),
+        };
+        self.kinds.insert(id, EntryKind::of(entry));
+        self.took(id, state);
     }
 
     /// A new attempt starts with `tasks` tasks (after its claim).
@@ -546,37 +596,25 @@ impl CheckpointCoordinator {
             .write_claim(id, ClaimReason::Failed { reason }, &state)
             .await?
         {
-            // The id may hold this JobManager's own entry: a write whose answer was lost (the
-            // storage went away after storing it; the client saw an error) is not another
-            // JobManager. Our `_metadata` of a fully acknowledged checkpoint is a complete
-            // checkpoint whose sinks were never told: the next completion commits them, and
-            // a restore from it publishes them.
-            let dir = self.job_store.child(&checkpoint_dir_name(id));
-            match read_entry(&self.job_store, id).await {
-                Ok(Some(MetadataEntry::Claim(claim))) if claim.job_manager == self.job_manager => {
-                    tracing::info!(
-                        checkpoint_id = id,
-                        "the failed claim was already written by this JobManager"
-                    );
-                    self.kinds.insert(id, EntryKind::Claim);
-                    self.unsettled = None;
-                    self.took(id, state);
-                    return Ok(());
-                }
-                Ok(Some(MetadataEntry::Checkpoint(meta)))
-                    if meta.job_manager.as_deref() == Some(self.job_manager.as_str()) =>
-                {
-                    tracing::warn!(
-                        checkpoint_id = id,
-                        "the checkpoint reported as failed was stored after all (its write's answer was lost); it stands as completed"
-                    );
-                    self.kinds.insert(id, EntryKind::Checkpoint);
-                    self.unsettled = None;
-                    self.took(id, Some(dir.location().uri()));
-                    return Ok(());
-                }
-                _ => return Err(self.fenced(id).await),
+            // Our `_metadata` of a fully acknowledged checkpoint is a complete checkpoint whose
+            // sinks were never told: the next completion commits them, and a restore from it
+            // publishes them.
+            let Some(entry) = self.own_entry(id).await? else {
+                return Err(self.fenced(id).await);
+            };
+            match entry {
+                MetadataEntry::Claim(_) => tracing::info!(
+                    checkpoint_id = id,
+                    "the failed claim was already written by this JobManager"
+                ),
+                MetadataEntry::Checkpoint(_) => tracing::warn!(
+                    checkpoint_id = id,
+                    "the checkpoint reported as failed was stored after all (its write's answer was lost); it stands as completed"
+                ),
             }
+            self.adopt(id, &entry);
+            self.unsettled = None;
+            return Ok(());
         }
         self.kinds.insert(id, EntryKind::Claim);
         self.unsettled = None;
@@ -586,8 +624,11 @@ impl CheckpointCoordinator {
 
     /// Writes `_metadata` for the fully acknowledged checkpoint, create-only, making it exist.
     /// `Error::Fenced` when another JobManager wrote that id first: the caller must then not
-    /// send the completion (no sink commits it). On other errors the checkpoint counts as
-    /// failed and the caller decides via [`fail_pending`](Self::fail_pending).
+    /// send the completion (no sink commits it). Finding this JobManager's own entry of this
+    /// checkpoint there (a retried write whose first answer was lost) is success. On other
+    /// errors the checkpoint counts as failed and the caller decides via
+    /// [`fail_pending`](Self::fail_pending); [`settle`](Self::settle) then finds a checkpoint
+    /// that was stored after all.
     ///
     /// A savepoint's `_metadata` goes into its own directory; its id here gets a `savepoint`
     /// claim, written after it (and before a stop-with-savepoint commits the sinks).
@@ -647,7 +688,7 @@ impl CheckpointCoordinator {
                 } else {
                     self.state_uri.clone()
                 };
-                let claimed = self
+                let mut claimed = self
                     .write_claim(
                         checkpoint_id,
                         ClaimReason::Savepoint {
@@ -656,6 +697,16 @@ impl CheckpointCoordinator {
                         &state,
                     )
                     .await;
+                if matches!(claimed, Ok(false)) {
+                    claimed = match self.own_entry(checkpoint_id).await {
+                        Ok(Some(MetadataEntry::Claim(IdClaim {
+                            reason: ClaimReason::Savepoint { location: claimed },
+                            ..
+                        }))) => Ok(claimed == location),
+                        Ok(_) => Ok(false),
+                        Err(e) => Err(e),
+                    };
+                }
                 if !matches!(claimed, Ok(true)) {
                     // Never restore from it: once its id is not claimed as a savepoint, its
                     // pending sink output may be discarded by the next attempt's recovery.
@@ -677,7 +728,13 @@ impl CheckpointCoordinator {
                     .put_if_absent(super::metadata::METADATA_OBJECT, encoded)
                     .await?
                 {
-                    return Err(self.fenced(checkpoint_id).await);
+                    match self.own_entry(checkpoint_id).await? {
+                        Some(MetadataEntry::Checkpoint(_)) => tracing::warn!(
+                            checkpoint_id,
+                            "_metadata was already stored by this JobManager (a write whose answer was lost); the checkpoint stands as completed"
+                        ),
+                        _ => return Err(self.fenced(checkpoint_id).await),
+                    }
                 }
                 self.kinds.insert(checkpoint_id, EntryKind::Checkpoint);
                 self.took(checkpoint_id, Some(store.location().uri()));
@@ -1002,6 +1059,47 @@ mod tests {
                 .filter(|(_, has_metadata)| *has_metadata)
                 .map(|(id, _)| id)
                 .collect()
+        }
+
+        /// Stores the `_metadata` that `job_manager` completing the checkpoint pending in
+        /// `coordinator` writes (one task, no state), as its own write would.
+        fn store_completion(
+            &self,
+            coordinator: &CheckpointCoordinator,
+            job_manager: &str,
+        ) -> bytes::Bytes {
+            let barrier = coordinator.pending_barrier().expect("pending");
+            let metadata = CheckpointMetadata {
+                job_id: "job".into(),
+                checkpoint_id: barrier.checkpoint_id,
+                kind: SnapshotKind::Checkpoint,
+                timestamp_ms: barrier.timestamp_ms,
+                parallelism: 1,
+                max_parallelism: 128,
+                operators: BTreeMap::new(),
+                job_manager: Some(job_manager.into()),
+            };
+            let encoded = bytes::Bytes::from(metadata.encode().expect("encode"));
+            let stored = self
+                .rt
+                .block_on(
+                    self.job
+                        .child(&checkpoint_dir_name(barrier.checkpoint_id))
+                        .put_if_absent(super::super::metadata::METADATA_OBJECT, encoded.clone()),
+                )
+                .expect("put");
+            assert!(stored, "the id was free");
+            encoded
+        }
+
+        fn metadata_bytes(&self, id: u64) -> bytes::Bytes {
+            self.rt
+                .block_on(
+                    self.job
+                        .child(&checkpoint_dir_name(id))
+                        .get(super::super::metadata::METADATA_OBJECT),
+                )
+                .expect("get _metadata")
         }
 
         fn latest(&self) -> Option<u64> {
@@ -1473,5 +1571,125 @@ mod tests {
             "a savepoint does not reset the count"
         );
         assert_eq!(s.latest(), None);
+    }
+
+    #[test]
+    fn a_completion_whose_write_was_stored_but_answered_with_an_error_is_ours_on_retry() {
+        let s = Storage::new();
+        let mut a = s.job_manager("jm-a", 3);
+        s.take_over(&mut a);
+        let id = s.acknowledged(&mut a);
+        // The store kept A's `_metadata` but the answer was lost; the S3 client's retry of
+        // the create-only write then finds the object (412): the id is taken, by A itself.
+        let written = s.store_completion(&a, "jm-a");
+        let completed = s.complete(&mut a).expect("A's own checkpoint, not a fence");
+        assert_eq!(completed.checkpoint_id, id);
+        assert_eq!(s.metadata_bytes(id), written, "one entry, the one A stored");
+        let chk = s.job.child(&checkpoint_dir_name(id)).location().uri();
+        assert_eq!(a.state_uri(), Some(chk.as_str()));
+        assert_eq!(s.latest(), Some(id));
+        assert_eq!(s.acknowledged(&mut a), id + 1, "the next id follows");
+        s.complete(&mut a).expect("complete the next");
+    }
+
+    #[test]
+    fn a_completion_whose_write_failed_after_storing_stands_when_its_id_is_settled() {
+        let s = Storage::new();
+        let mut a = s.job_manager("jm-a", 3);
+        s.take_over(&mut a);
+        let id = s.acknowledged(&mut a);
+        // The write stored `_metadata` and then answered with an error: the JobManager fails
+        // the checkpoint, and settling its id finds A's own checkpoint there.
+        let written = s.store_completion(&a, "jm-a");
+        a.fail_pending("writing _metadata failed: connection reset")
+            .expect("tolerated");
+        s.rt.block_on(a.settle())
+            .expect("A's own checkpoint, not a fence");
+        assert_eq!(
+            s.metadata_bytes(id),
+            written,
+            "not overwritten by a failed claim"
+        );
+        let chk = s.job.child(&checkpoint_dir_name(id)).location().uri();
+        assert_eq!(a.state_uri(), Some(chk.as_str()));
+        assert_eq!(s.latest(), Some(id));
+        assert_eq!(s.acknowledged(&mut a), id + 1);
+    }
+
+    #[test]
+    fn a_restart_after_a_completion_that_failed_after_storing_restores_it() {
+        let s = Storage::new();
+        let mut a = s.job_manager_tolerating("jm-a", 3, 0);
+        s.take_over(&mut a);
+        let id = s.acknowledged(&mut a);
+        let written = s.store_completion(&a, "jm-a");
+        a.fail_pending("writing _metadata failed: connection reset")
+            .expect_err("no failure tolerated: the attempt fails before settling");
+        let claimed = s.rt.block_on(a.claim_restart()).expect("not fenced");
+        assert_eq!(
+            claimed,
+            id + 1,
+            "the restart claims the id after A's checkpoint"
+        );
+        assert_eq!(s.metadata_bytes(id), written);
+        let chk = s.job.child(&checkpoint_dir_name(id)).location().uri();
+        assert_eq!(a.state_uri(), Some(chk.as_str()), "the restart restores it");
+        assert!(matches!(
+            s.entry(claimed),
+            Some(MetadataEntry::Claim(IdClaim {
+                reason: ClaimReason::Restart,
+                restore_from: Some(from),
+                ..
+            })) if from == chk
+        ));
+    }
+
+    #[test]
+    fn a_checkpoint_another_job_manager_stored_at_our_id_still_fences() {
+        let s = Storage::new();
+        let mut a = s.job_manager("jm-a", 3);
+        s.take_over(&mut a);
+        let id = s.acknowledged(&mut a);
+        let written = s.store_completion(&a, "jm-b");
+        assert_eq!(fenced_at(s.complete(&mut a)), id);
+        assert_eq!(s.metadata_bytes(id), written);
+    }
+
+    #[test]
+    fn a_savepoint_claim_stored_but_answered_with_an_error_is_ours_on_retry() {
+        let s = Storage::new();
+        let mut a = s.job_manager("jm-a", 3);
+        s.take_over(&mut a);
+        let id = s.savepoint(&mut a, "sp");
+        assert!(a.acknowledge(id, TASK, Vec::new()));
+        // The savepoint claim A writes after the savepoint's `_metadata`, already stored by a
+        // first try whose answer was lost.
+        let location = s.savepoint_store("sp").location().uri();
+        let claim = IdClaim {
+            job_id: "job".into(),
+            checkpoint_id: id,
+            job_manager: "jm-a".into(),
+            reason: ClaimReason::Savepoint {
+                location: location.clone(),
+            },
+            timestamp_ms: now_ms(),
+            restore_from: None,
+        };
+        s.rt.block_on(s.job.child(&checkpoint_dir_name(id)).put_if_absent(
+            super::super::metadata::METADATA_OBJECT,
+            claim.encode().expect("encode").into(),
+        ))
+        .expect("put");
+        let done = s.complete(&mut a).expect("A's own claim, not a fence");
+        assert_eq!(
+            (done.kind, done.uri.as_str()),
+            (SnapshotKind::Savepoint, location.as_str())
+        );
+        let stored =
+            s.rt.block_on(RestorePoint::open(s.savepoint_store("sp")))
+                .expect("the savepoint stays");
+        assert_eq!(stored.metadata.checkpoint_id, id);
+        assert_eq!(s.entry(id), Some(MetadataEntry::Claim(claim)));
+        assert_eq!(s.acknowledged(&mut a), id + 1);
     }
 }
