@@ -321,9 +321,13 @@ impl KeyedStateBackend {
     }
 
     pub fn set_current_key(&mut self, key_group: u16, key: &[u8]) {
-        debug_assert!(
+        // Always checked (two comparisons beside RocksDB work per record): a record routed to
+        // the wrong subtask would be stored in a key group this subtask does not own, and a
+        // rescale would then lose it. Release builds, which CI tests, must catch that.
+        assert!(
             self.key_groups.contains(key_group),
-            "key group {key_group} routed to wrong subtask"
+            "key group {key_group} routed to the wrong subtask (this one owns {:?})",
+            self.key_groups
         );
         self.current_prefix.clear();
         self.current_prefix
@@ -803,6 +807,18 @@ mod tests {
     fn select(backend: &mut KeyedStateBackend, key: u64) {
         let bytes = key.to_be_bytes();
         backend.set_current_key(key_group_for_key_bytes(&bytes, MAX), &bytes);
+    }
+
+    /// Checked in release builds too (CI tests those): a misrouted record must stop the task,
+    /// not land in a key group a rescale would hand to another subtask.
+    #[test]
+    #[should_panic(expected = "routed to the wrong subtask")]
+    fn a_key_of_another_subtasks_key_group_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let owned = KeyGroupRange { start: 0, end: 64 };
+        let mut backend =
+            KeyedStateBackend::open(&dir.path().join("db"), owned, 64 << 20).expect("open");
+        backend.set_current_key(64, b"key");
     }
 
     #[test]
