@@ -89,7 +89,7 @@ echo "==> cargo test"
 # Kept for the summary below, which is printed whether or not the tests passed.
 TEST_LOG="$CARGO_TARGET_DIR/test-output.log"
 set +e
-cargo test --release --workspace -- --test-threads="${WEIR_TEST_THREADS:-2}" 2>&1 | tee "$TEST_LOG"
+cargo test --release --workspace --no-fail-fast -- --test-threads="${WEIR_TEST_THREADS:-2}" 2>&1 | tee "$TEST_LOG"
 test_status=${PIPESTATUS[0]}
 set -e
 summarize_tests "$TEST_LOG"
