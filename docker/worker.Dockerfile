@@ -15,14 +15,15 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .
-# `--bin` without `-p` resolves features as the workspace build does (one RocksDB build shared
-# with the other image); the image ships no debug info (`strip --strip-debug`).
+# `-p weir` leaves out the test-only `fault-points` feature the workspace build turns on (the
+# workspace-hack crate keeps RocksDB's C++ shared with the operator image's build); the image
+# ships no debug info (`strip --strip-debug`).
 # Cache mounts keep the registry and target dir across builds; the binary is copied out of the
 # cache mount because the mount is not part of the layer.
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/usr/local/cargo/git \
     --mount=type=cache,target=/src/target \
-    cargo build --release --locked --bin weir-worker \
+    cargo build --release --locked -p weir --bin weir-worker \
  && install -D -m 0755 target/release/weir-worker /out/weir-worker \
  && strip --strip-debug /out/weir-worker
 

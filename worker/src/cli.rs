@@ -225,6 +225,7 @@ pub fn install_tls_provider() {
 pub fn main_with(registry: JobRegistry) -> anyhow::Result<()> {
     init_tracing();
     install_tls_provider();
+    crate::fault_points::arm_from_env().map_err(anyhow::Error::msg)?;
     let cli = Cli::parse();
     match cli.command {
         Command::Jobs => {

@@ -102,7 +102,11 @@ fn parse(value: &str) -> Result<Vec<Armed>, String> {
             let (name, on_hit) = match entry.split_once('@') {
                 Some((name, n)) => match n.parse::<u64>() {
                     Ok(n) if n >= 1 => (name, n),
-                    _ => return Err(format!("{entry:?}: the count after '@' must be a number >= 1")),
+                    _ => {
+                        return Err(format!(
+                            "{entry:?}: the count after '@' must be a number >= 1"
+                        ));
+                    }
                 },
                 None => (entry, 1),
             };
@@ -161,7 +165,10 @@ pub fn hit(point: FaultPoint) {
             if n == a.on_hit {
                 // Straight to stderr (unbuffered), the one thing said before dying: tests read
                 // it to know the process died here and not elsewhere.
-                eprintln!("fault point {} reached (hit {n}): aborting the process", point.name());
+                eprintln!(
+                    "fault point {} reached (hit {n}): aborting the process",
+                    point.name()
+                );
                 std::process::abort();
             }
         }
@@ -182,8 +189,11 @@ mod tests {
         assert_eq!(armed[0].on_hit, 1);
         assert_eq!(armed[1].point, FaultPoint::FileSinkPublishedPart);
         assert_eq!(armed[1].on_hit, 3);
-        let unknown = parse("after-metadata").err().expect("unknown name");
-        assert!(unknown.contains("known: checkpoint-before-metadata"), "{unknown}");
+        let unknown = parse("after-metadata").expect_err("unknown name");
+        assert!(
+            unknown.contains("known: checkpoint-before-metadata"),
+            "{unknown}"
+        );
         assert!(parse("savepoint-before-stop@0").is_err());
         assert!(parse("savepoint-before-stop@x").is_err());
         assert!(parse("").expect("empty").is_empty());

@@ -839,3 +839,145 @@ fn savepoint_triggers_end_when_the_job_restarts_underneath_them() {
     cluster.wait_for_success(Duration::from_secs(120));
     verify_output(&s3, events_per_key, "after savepoints across a restart");
 }
+
+/// The checkpoint `_metadata` the JobManager `log` said it restores, from its "restoring" line.
+fn restored_checkpoint(log: &str) -> Option<u64> {
+    log.lines()
+        .filter(|line| line.contains("restoring"))
+        .find_map(|line| {
+            let (_, rest) = line.split_once("s3://weir/checkpoints/seq/chk-")?;
+            let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+            digits.parse::<u64>().ok()
+        })
+}
+
+/// Published and pending output parts of checkpoint `id` (the id is the part name's
+/// second-to-last field).
+fn parts_of_checkpoint(s3: &S3Server, id: u64) -> (Vec<String>, Vec<String>) {
+    let names = |dir: PathBuf| -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .map(|d| {
+                d.flatten()
+                    .filter(|e| e.path().is_file())
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|n| n.starts_with("part-"))
+                    .filter(|n| {
+                        n.rsplit('-').nth(1).and_then(|f| f.parse::<u64>().ok()) == Some(id)
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        names.sort();
+        names
+    };
+    let output = s3.bucket_path("weir").join("output");
+    (names(output.clone()), names(output.join("_pending")))
+}
+
+/// Waits for `child` (armed at `point`) to abort there: SIGABRT and its last words.
+fn assert_died_at(child: &mut Child, log: &Path, point: &str) {
+    use std::os::unix::process::ExitStatusExt;
+    let (status, _) = wait_for_exit(child, Duration::from_secs(90));
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    assert_eq!(
+        status.signal(),
+        Some(6),
+        "aborted at {point}, ended {status}:\n{text}"
+    );
+    assert!(
+        text.contains(&format!("fault point {point} reached")),
+        "died at {point}:\n{text}"
+    );
+}
+
+/// Fault point `checkpoint-after-metadata` in a JobManager: it decided checkpoint K complete
+/// (`_metadata` written) and died before telling any TaskManager. No sink committed K; the
+/// next JobManager restores exactly K, and recovery publishes K's parts.
+#[test]
+fn a_jobmanager_dying_between_completion_and_notification_has_its_checkpoint_published() {
+    use weir::fault_points::{FaultPoint, VARIABLE};
+    let s3 = S3Server::start();
+    s3.create_bucket("weir");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let events_per_key = 5000;
+    let job = sequence_job(dir.path(), &s3.endpoint, events_per_key, 2000);
+    let mut cluster = Cluster::new(dir.path(), job, s3.env());
+    let armed = format!("{}@3", FaultPoint::CheckpointAfterMetadata.name());
+    cluster.env.push((VARIABLE.into(), armed));
+    cluster.start_jobmanager(&["--exit-when-done"]);
+    cluster.env.pop();
+    cluster.start_taskmanager(0, 1);
+    cluster.start_taskmanager(1, 1);
+    let mut jobmanager = cluster.jobmanager.take().expect("JobManager");
+    let log = cluster.jobmanager_logs[0].clone();
+    assert_died_at(
+        &mut jobmanager,
+        &log,
+        FaultPoint::CheckpointAfterMetadata.name(),
+    );
+    let completed = latest_checkpoint(&s3);
+    let (published, pending) = parts_of_checkpoint(&s3, completed);
+    assert!(
+        published.is_empty() && !pending.is_empty(),
+        "checkpoint {completed} exists and no TaskManager was told: published {published:?}, pending {pending:?}"
+    );
+
+    cluster.start_jobmanager(&["--exit-when-done"]);
+    cluster.wait_for_success(Duration::from_secs(120));
+    let last = std::fs::read_to_string(cluster.jobmanager_logs.last().expect("log")).expect("log");
+    assert_eq!(restored_checkpoint(&last), Some(completed), "{last}");
+    let (published, _) = parts_of_checkpoint(&s3, completed);
+    for part in &pending {
+        assert!(
+            published.contains(part),
+            "{part} published by the recovery: {published:?}"
+        );
+    }
+    verify_output(
+        &s3,
+        events_per_key,
+        "after the JobManager died between completion and notice",
+    );
+}
+
+/// Fault point `sink-notified-before-commit` in a TaskManager: the JobManager completed
+/// checkpoint K and told the TaskManagers; one dies before its sink commits. The job fails
+/// over to K, whose recovery publishes the dead sink's parts; every record once.
+#[test]
+fn a_taskmanager_dying_before_its_sink_commits_loses_and_repeats_nothing() {
+    use weir::fault_points::{FaultPoint, VARIABLE};
+    let s3 = S3Server::start();
+    s3.create_bucket("weir");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let events_per_key = 5000;
+    let job = sequence_job(dir.path(), &s3.endpoint, events_per_key, 2000);
+    let mut cluster = Cluster::new(dir.path(), job, s3.env());
+    cluster.start_jobmanager(&["--exit-when-done"]);
+    cluster.start_taskmanager(0, 1);
+    let armed = format!("{}@3", FaultPoint::SinkNotifiedBeforeCommit.name());
+    cluster.env.push((VARIABLE.into(), armed));
+    cluster.start_taskmanager(1, 1);
+    cluster.env.pop();
+    let mut victim = cluster.taskmanagers[1].take().expect("TaskManager 1");
+    let victim_log = dir.path().join("taskmanager-1-1.log");
+    assert_died_at(
+        &mut victim,
+        &victim_log,
+        FaultPoint::SinkNotifiedBeforeCommit.name(),
+    );
+    let completed_at_crash = latest_checkpoint(&s3);
+    cluster.start_taskmanager(1, 1);
+    cluster.wait_for_success(Duration::from_secs(120));
+    let log = cluster.jobmanager_log();
+    let restored = restored_checkpoint(log.split("TaskManager lost").nth(1).unwrap_or_default())
+        .expect("the job failed over and restored a checkpoint");
+    assert!(
+        restored >= completed_at_crash,
+        "failover restores the newest checkpoint (chk-{restored}, chk-{completed_at_crash} completed at the crash)"
+    );
+    verify_output(
+        &s3,
+        events_per_key,
+        "after a TaskManager died before its sink committed",
+    );
+}

@@ -69,7 +69,12 @@ impl Job {
         completed_checkpoints(&self.checkpoints())
             .last()
             .copied()
-            .unwrap_or_else(|| panic!("no completed checkpoint in {}", self.checkpoints().display()))
+            .unwrap_or_else(|| {
+                panic!(
+                    "no completed checkpoint in {}",
+                    self.checkpoints().display()
+                )
+            })
     }
 
     fn env(&self, armed: Option<&str>) -> Vec<(String, String)> {
@@ -105,7 +110,11 @@ impl Job {
         let records = committed_json(&self.bucket().join("output"));
         verify_sequence_output(&records, KEYS, self.events_per_key)
             .unwrap_or_else(|e| panic!("output after the crash: {e}\n{text}"));
-        assert_eq!(self.pending_parts(), Vec::<String>::new(), "pending parts left");
+        assert_eq!(
+            self.pending_parts(),
+            Vec::<String>::new(),
+            "pending parts left"
+        );
         text
     }
 
@@ -208,7 +217,10 @@ fn a_crash_before_metadata_restores_the_previous_checkpoint_and_drops_the_staged
     assert_restored_from(&text, &format!("s3://weir/checkpoints/seq/chk-{completed}"));
     let published: BTreeSet<String> = job.published_parts().into_iter().collect();
     for part in &staged {
-        assert!(!published.contains(part), "{part} of a checkpoint that never completed was published");
+        assert!(
+            !published.contains(part),
+            "{part} of a checkpoint that never completed was published"
+        );
     }
 }
 
@@ -265,8 +277,14 @@ fn a_crash_halfway_through_publishing_leaves_every_part_published_once() {
     assert_restored_from(&text, &format!("s3://weir/checkpoints/seq/chk-{completed}"));
     let published: BTreeSet<String> = job.published_parts().into_iter().collect();
     assert!(published_before.is_subset(&published));
-    for part in pending_before.iter().filter(|p| part_checkpoint(p) <= completed) {
-        assert!(published.contains(part), "{part} of a completed checkpoint is published");
+    for part in pending_before
+        .iter()
+        .filter(|p| part_checkpoint(p) <= completed)
+    {
+        assert!(
+            published.contains(part),
+            "{part} of a completed checkpoint is published"
+        );
     }
 }
 
@@ -328,10 +346,16 @@ fn a_crash_halfway_through_a_restore_restores_the_same_checkpoint_next_time() {
     // Two keyed state handles (one per subtask): the second download is the crash.
     let text = job.crash_at(FaultPoint::RestoreStateDownloaded, 2, &[]);
     assert!(
-        text.contains(&format!("checkpoint=s3://weir/checkpoints/seq/chk-{completed} ")),
+        text.contains(&format!(
+            "checkpoint=s3://weir/checkpoints/seq/chk-{completed} "
+        )),
         "the crashed run was restoring checkpoint {completed}:\n{text}"
     );
-    assert_eq!(job.latest_checkpoint(), completed, "no checkpoint completed mid-restore");
+    assert_eq!(
+        job.latest_checkpoint(),
+        completed,
+        "no checkpoint completed mid-restore"
+    );
     let text = job.finish(&[]);
     assert_restored_from(&text, &format!("s3://weir/checkpoints/seq/chk-{completed}"));
 }
@@ -342,26 +366,42 @@ fn a_crash_halfway_through_a_restore_restores_the_same_checkpoint_next_time() {
 /// get to are removed as orphans by the next run.
 #[test]
 fn a_crash_halfway_through_retention_deletes_no_referenced_shared_file() {
-    let mut job = Job::new(6000, 1000);
+    let mut job = Job::new(3000, 1000);
     job.crash_at(FaultPoint::RetentionDeletedSharedFile, 1, &[]);
     let completed = job.latest_checkpoint();
     let referenced = referenced_shared_files(&job.checkpoints());
-    assert!(!referenced.is_empty(), "retained incremental checkpoints refer to shared files");
+    assert!(
+        !referenced.is_empty(),
+        "retained incremental checkpoints refer to shared files"
+    );
     let present = shared_files(&job.checkpoints());
     let missing: Vec<_> = referenced.difference(&present).collect();
-    assert!(missing.is_empty(), "shared files referenced by retained checkpoints were deleted: {missing:?}");
+    assert!(
+        missing.is_empty(),
+        "shared files referenced by retained checkpoints were deleted: {missing:?}"
+    );
     let left_behind: BTreeSet<String> = present.difference(&referenced).cloned().collect();
     let text = job.finish(&[]);
     assert_restored_from(&text, &format!("s3://weir/checkpoints/seq/chk-{completed}"));
-    assert_eq!(completed_checkpoints(&job.checkpoints()).len(), 2, "retention keeps 2");
+    assert_eq!(
+        completed_checkpoints(&job.checkpoints()).len(),
+        2,
+        "retention keeps 2"
+    );
     let after = shared_files(&job.checkpoints());
     let still: Vec<_> = left_behind.intersection(&after).collect();
-    assert!(still.is_empty(), "files of the expired checkpoint outlived the next run: {still:?}");
+    assert!(
+        still.is_empty(),
+        "files of the expired checkpoint outlived the next run: {still:?}"
+    );
     let missing: Vec<_> = referenced_shared_files(&job.checkpoints())
         .difference(&after)
         .cloned()
         .collect();
-    assert!(missing.is_empty(), "referenced shared files missing at the end: {missing:?}");
+    assert!(
+        missing.is_empty(),
+        "referenced shared files missing at the end: {missing:?}"
+    );
 }
 
 /// `shared/...` object names in the retained checkpoints' `_metadata` (JSON after a header).
@@ -379,21 +419,19 @@ fn referenced_shared_files(checkpoints: &Path) -> BTreeSet<String> {
         .collect()
 }
 
+/// Every object under `shared/` (it has a folder per operator subtask and attempt).
 fn shared_files(checkpoints: &Path) -> BTreeSet<String> {
-    file_names_any(&checkpoints.join("shared"))
-        .into_iter()
-        .map(|n| format!("shared/{n}"))
-        .collect()
-}
-
-fn file_names_any(dir: &Path) -> Vec<String> {
-    std::fs::read_dir(dir)
-        .map(|entries| {
-            entries
-                .flatten()
-                .filter(|e| e.path().is_file())
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect()
-        })
-        .unwrap_or_default()
+    let mut files = BTreeSet::new();
+    let mut stack = vec![checkpoints.join("shared")];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if let Ok(relative) = path.strip_prefix(checkpoints) {
+                files.insert(relative.display().to_string());
+            }
+        }
+    }
+    files
 }

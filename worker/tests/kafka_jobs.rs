@@ -14,7 +14,7 @@ use rand::Rng;
 use serde_json::json;
 use support::kafka::{Isolation, KafkaBroker, ReadRecord};
 use support::*;
-use weir::connectors::kafka::sink::{FAULT_BEFORE_KAFKA_COMMIT, FAULT_DURING_KAFKA_TRANSACTION};
+use weir::fault_points::{self, FaultPoint};
 
 const KEYS: u64 = 20;
 const EVENTS_PER_KEY: u64 = 1500;
@@ -63,7 +63,7 @@ enum Ending {
     /// SIGKILL a random moment (up to 600 ms) after a new checkpoint completed.
     Sigkill,
     /// The process aborts itself at a fault point of the Kafka sink.
-    Fault(&'static str),
+    Fault(FaultPoint),
 }
 
 #[test]
@@ -92,9 +92,9 @@ fn sequence_check_kafka_to_kafka_is_exactly_once_through_sigkills_and_crashes_ar
     let endings = [
         Ending::Sigkill,
         Ending::Sigkill,
-        Ending::Fault(FAULT_DURING_KAFKA_TRANSACTION),
+        Ending::Fault(FaultPoint::KafkaSinkInTransaction),
         Ending::Sigkill,
-        Ending::Fault(FAULT_BEFORE_KAFKA_COMMIT),
+        Ending::Fault(FaultPoint::KafkaSinkBeforeTransaction),
         Ending::Sigkill,
         Ending::Sigkill,
     ];
@@ -124,12 +124,15 @@ fn sequence_check_kafka_to_kafka_is_exactly_once_through_sigkills_and_crashes_ar
                     sigkill(&mut child);
                 }
                 Ending::Fault(point) => {
-                    let env = [(point.to_string(), "1".to_string())];
+                    let env = [(fault_points::VARIABLE.to_string(), point.name().to_string())];
                     let mut child = spawn_job(&file, &[], &env, &work, &log);
                     let status = child.wait().expect("wait");
                     assert!(
-                        !status.success() && log_of(&log).contains("fault injection"),
-                        "run {run} crashes at {point}:\n{}",
+                        !status.success()
+                            && log_of(&log)
+                                .contains(&format!("fault point {} reached", point.name())),
+                        "run {run} crashes at {}:\n{}",
+                        point.name(),
                         log_of(&log)
                     );
                 }

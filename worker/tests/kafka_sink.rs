@@ -13,8 +13,8 @@ use rand::Rng;
 use support::kafka::{Isolation, KafkaBroker, ReadRecord};
 use support::*;
 use weir::api::{RecoverContext, SinkContext, SinkFactory};
-use weir::connectors::kafka::sink::{FAULT_BEFORE_KAFKA_COMMIT, FAULT_DURING_KAFKA_TRANSACTION};
 use weir::connectors::kafka::{KafkaSink, KafkaSinkSpec};
+use weir::fault_points::{self, FaultPoint};
 
 const KEYS: u64 = 10;
 const TOPIC: &str = "checked";
@@ -236,12 +236,15 @@ fn a_crash_after_checkpoint_completion_before_the_kafka_commit_is_committed_by_r
         .rate(2000);
     let file = job.write();
     let crash_log = dir.path().join("crash.log");
-    let env = [(FAULT_BEFORE_KAFKA_COMMIT.to_string(), "1".to_string())];
+    let env = [(
+        fault_points::VARIABLE.to_string(),
+        FaultPoint::KafkaSinkBeforeTransaction.name().to_string(),
+    )];
     let mut child = spawn_job(&file, &[], &env, &job.work_dir(), &crash_log);
     let status = child.wait().expect("wait");
     assert!(!status.success(), "the fault aborts the process");
     assert!(
-        log_of(&crash_log).contains("fault injection"),
+        log_of(&crash_log).contains("fault point kafka-sink-before-transaction reached"),
         "{}",
         log_of(&crash_log)
     );
@@ -280,7 +283,10 @@ fn a_crash_inside_the_kafka_transaction_is_aborted_by_recovery() {
         .rate(2000);
     let file = job.write();
     let crash_log = dir.path().join("crash.log");
-    let env = [(FAULT_DURING_KAFKA_TRANSACTION.to_string(), "1".to_string())];
+    let env = [(
+        fault_points::VARIABLE.to_string(),
+        FaultPoint::KafkaSinkInTransaction.name().to_string(),
+    )];
     let mut child = spawn_job(&file, &[], &env, &job.work_dir(), &crash_log);
     assert!(!child.wait().expect("wait").success(), "the fault aborts");
     let in_open_transaction = broker.read_all(TOPIC, Isolation::ReadUncommitted).len();

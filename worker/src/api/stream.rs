@@ -303,6 +303,7 @@ impl<T: Send + 'static> Collector<T> for SinkOp<T> {
             tracing::debug!(sink = %self.uid, checkpoint_id, "terminating: not committing");
             return Ok(());
         };
+        crate::fault_points::hit(crate::fault_points::FaultPoint::SinkNotifiedBeforeCommit);
         self.writer()?.commit(checkpoint_id)
     }
 

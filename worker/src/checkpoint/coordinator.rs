@@ -868,6 +868,9 @@ impl CheckpointCoordinator {
                         .await?;
                     for object in unreferenced {
                         self.job_store.delete(&object).await?;
+                        crate::fault_points::hit(
+                            crate::fault_points::FaultPoint::RetentionDeletedSharedFile,
+                        );
                     }
                     self.job_store.delete_prefix(&format!("{dir}/")).await?;
                     self.kinds.remove(&id);

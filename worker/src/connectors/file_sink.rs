@@ -22,6 +22,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::api::{RecoverContext, SinkContext, SinkFactory, SinkWriter};
 use crate::error::{Error, Result};
+use crate::fault_points::{self, FaultPoint};
 use crate::storage::{Location, ObjectStore, StorageError};
 
 pub const PENDING_DIR: &str = "_pending";
@@ -227,6 +228,7 @@ impl<T: Serialize + Send> SinkWriter<T> for FileSinkWriter<T> {
         self.rt.block_on(async {
             for part in &ready {
                 publish(&self.store, &part.name).await?;
+                fault_points::hit(FaultPoint::FileSinkPublishedPart);
             }
             Ok::<_, Error>(())
         })

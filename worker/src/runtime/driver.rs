@@ -18,6 +18,7 @@ use crate::checkpoint::{
     CheckpointCoordinator, CompletedCheckpoint, RestorePoint, SharedRestore, SnapshotKind,
 };
 use crate::error::{Error, Result};
+use crate::fault_points::{self, FaultPoint};
 use crate::spec::{JobDocument, RestartStrategy, RestoreSource};
 use crate::state::Redistribution;
 use crate::storage::{Location, ObjectStore};
@@ -791,6 +792,7 @@ impl Attempt {
             return Ok(None);
         };
         let effect = shutdown::begin()?;
+        fault_points::hit(FaultPoint::CheckpointBeforeMetadata);
         let completed = match self.rt.block_on(coordinator.complete()) {
             Ok(completed) => completed,
             Err(e @ Error::Fenced { .. }) => {
@@ -806,6 +808,7 @@ impl Attempt {
                 return Ok(None);
             }
         };
+        fault_points::hit(FaultPoint::CheckpointAfterMetadata);
         self.publish();
         if completed.kind == SnapshotKind::Savepoint {
             tracing::info!(checkpoint_id, path = %completed.uri, duration_ms = completed.duration.as_millis() as u64, "savepoint completed");
@@ -814,6 +817,7 @@ impl Attempt {
                     .savepoint_finished(&trigger.trigger_id, Ok(completed.uri.clone()));
             }
             if completed.stops_job {
+                fault_points::hit(FaultPoint::SavepointBeforeStop);
                 self.broadcast(ControlMessage::CheckpointComplete(checkpoint_id));
                 self.to_sources(ControlMessage::Stop);
                 return Ok(Some(completed.uri));

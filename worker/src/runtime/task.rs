@@ -16,6 +16,7 @@ use crate::api::{Key, KeyedProcessFunction, SourceContext, SourceFactory, Source
 use crate::checkpoint::incremental::{self, IncrementalSnapshots};
 use crate::checkpoint::{KeyedStateHandle, checkpoint_dir_name};
 use crate::error::{Error, Result};
+use crate::fault_points::{self, FaultPoint};
 use crate::spec::CheckpointMode;
 use crate::state::keygroups::key_group_range_for_subtask;
 use crate::state::{KeyGroupRange, KeyedContext, KeyedStateBackend, Redistribution, StateRegistry};
@@ -402,6 +403,7 @@ fn open_keyed_state(
     {
         env.rt
             .block_on(incremental::download(restore, handle, &db_path))?;
+        fault_points::hit(FaultPoint::RestoreStateDownloaded);
         let backend =
             KeyedStateBackend::open_restored(&db_path, key_groups, cache_bytes, &restore.uri())?;
         // Later checkpoints may refer to the restored files only where they live: in this
@@ -421,12 +423,14 @@ fn open_keyed_state(
     let mut entries = 0;
     for handle in full {
         let data = env.rt.block_on(restore.fetch_keyed(&handle))?;
+        fault_points::hit(FaultPoint::RestoreStateDownloaded);
         entries += backend.restore_snapshot(&data, &restore.store.uri(&handle.object))?;
     }
     for (i, handle) in incremental.iter().enumerate() {
         let dir = env.local_dir.join(format!("restore-{i}"));
         env.rt
             .block_on(incremental::download(restore, handle, &dir))?;
+        fault_points::hit(FaultPoint::RestoreStateDownloaded);
         entries += backend.restore_from_files(&dir, &restore.uri())?;
         std::fs::remove_dir_all(&dir).map_err(|e| Error::io(dir.display(), e))?;
     }

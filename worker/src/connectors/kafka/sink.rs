@@ -77,19 +77,12 @@ use serde::{Deserialize, Serialize};
 
 use crate::api::{RecoverContext, SinkContext, SinkFactory, SinkWriter};
 use crate::error::{Error, Result};
+use crate::fault_points::{self, FaultPoint};
 use crate::spec::{CheckpointMode, JobDocument, KafkaOptions};
 use crate::storage::{Location, ObjectStore, StorageError};
 
 /// Folder of staged batches under the job's checkpoint folder.
 pub const STAGING_FOLDER: &str = "kafka-staging";
-
-/// Test-only fault injection (crash tests of the real binary): the process aborts in `commit`
-/// right before the first Kafka transaction of a completed checkpoint.
-pub const FAULT_BEFORE_KAFKA_COMMIT: &str =
-    "WEIR_FAULT_AFTER_CHECKPOINT_COMPLETE_BEFORE_KAFKA_COMMIT";
-/// Test-only: the process aborts inside the first transaction of `commit`, after its records
-/// reached the broker and before the commit (leaving the transaction open).
-pub const FAULT_DURING_KAFKA_TRANSACTION: &str = "WEIR_FAULT_DURING_KAFKA_TRANSACTION";
 
 /// Transaction calls, flushes and offset reads.
 const KAFKA_TIMEOUT: Duration = Duration::from_secs(30);
@@ -732,7 +725,7 @@ impl TransactionalProducer {
         path: &Path,
         origin: &str,
         checkpoint: Option<u64>,
-        fault: Option<Fault>,
+        crash_point: Option<FaultPoint>,
     ) -> Result<u64> {
         let context = |what: &str| format!("{what} (transactional id {})", self.transactional_id);
         self.out
@@ -747,9 +740,13 @@ impl TransactionalProducer {
                 self.out.send(&record)?;
                 records += 1;
             }
-            if fault == Some(Fault::DuringTransaction) {
+            if let Some(point) = crash_point
+                && fault_points::is_armed(point)
+            {
+                // The records reach the broker first: the crash leaves them in an open
+                // transaction.
                 self.out.flush()?;
-                fault_abort(FAULT_DURING_KAFKA_TRANSACTION);
+                fault_points::hit(point);
             }
             if let Some(checkpoint) = checkpoint {
                 let mut marker = TopicPartitionList::new();
@@ -785,32 +782,6 @@ impl TransactionalProducer {
             }
         }
     }
-}
-
-/// Test-only crash points, read from the environment when a writer starts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Fault {
-    BeforeCommit,
-    DuringTransaction,
-}
-
-impl Fault {
-    fn from_env() -> Option<Fault> {
-        let set = |name| std::env::var(name).is_ok_and(|v| v == "1");
-        if set(FAULT_BEFORE_KAFKA_COMMIT) {
-            Some(Fault::BeforeCommit)
-        } else if set(FAULT_DURING_KAFKA_TRANSACTION) {
-            Some(Fault::DuringTransaction)
-        } else {
-            None
-        }
-    }
-}
-
-fn fault_abort(variable: &str) -> ! {
-    tracing::error!(fault = variable, "fault injection: aborting the process");
-    eprintln!("fault injection ({variable}=1): aborting the process");
-    std::process::abort()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -849,7 +820,6 @@ impl<T: Send + 'static> SinkFactory<T> for KafkaSink<T> {
                     attempt_id: ctx.attempt_id.clone(),
                     in_progress: None,
                     staged: Vec::new(),
-                    fault: Fault::from_env(),
                 }))
             }
             Delivery::AtLeastOnce | Delivery::None => {
@@ -1052,7 +1022,6 @@ struct ExactlyOnceWriter<T> {
     attempt_id: String,
     in_progress: Option<BatchFile>,
     staged: Vec<LocalBatch>,
-    fault: Option<Fault>,
 }
 
 impl<T> ExactlyOnceWriter<T> {
@@ -1080,7 +1049,7 @@ impl<T> ExactlyOnceWriter<T> {
             &staged.local,
             &staged.batch.object,
             Some(staged.batch.checkpoint),
-            self.fault,
+            Some(FaultPoint::KafkaSinkInTransaction),
         )?;
         tracing::debug!(
             subtask = self.subtask,
@@ -1150,8 +1119,8 @@ impl<T: Send> SinkWriter<T> for ExactlyOnceWriter<T> {
             .iter()
             .take_while(|s| s.batch.checkpoint <= checkpoint_id)
             .count();
-        if ready > 0 && self.fault == Some(Fault::BeforeCommit) {
-            fault_abort(FAULT_BEFORE_KAFKA_COMMIT);
+        if ready > 0 {
+            fault_points::hit(FaultPoint::KafkaSinkBeforeTransaction);
         }
         // Oldest first, each removed once committed: a failure leaves it and the rest pending.
         for _ in 0..ready {
