@@ -72,6 +72,12 @@ pub trait SourceReader<T>: Send {
     fn notify_checkpoint_complete(&mut self, _checkpoint_id: u64) -> Result<()> {
         Ok(())
     }
+    /// The splits (Kafka partitions) this reader reads now, numbered as the records'
+    /// watermark splits are (`WatermarkStrategy::with_splits`); `None` for a source without
+    /// splits. The task announces them downstream before the records of each poll.
+    fn splits(&self) -> Option<Vec<u64>> {
+        None
+    }
 }
 
 /// Where a sink subtask runs.

@@ -12,7 +12,9 @@
 //! partitions) keeps one clock per split: each advances on its own records, the watermark is
 //! the minimum over the splits that are not idle, so a partition far ahead does not make the
 //! records of one behind it late, and a quiet partition (after `idleness`) does not hold the
-//! others back. A split counts once its first record is seen.
+//! others back. A split the source announces (`SourceReader::splits`: a Kafka partition once
+//! assigned) holds the watermark back until its first record; a split it never announces
+//! counts once its first record is seen.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -251,6 +253,26 @@ impl SplitClocks {
         clock.idle = false;
     }
 
+    /// The source reads exactly `splits` now. Each one holds the watermark back from now on
+    /// until its first record (or until it is quiet for `idleness`), as a Flink source's
+    /// per-split watermark output does from the split's assignment: otherwise a partition
+    /// the consumer happens to fetch later than the others would find the watermark already
+    /// past its first records, and they would be late. A split no longer read (a bounded
+    /// partition at its end) stops holding it back.
+    fn announce(&mut self, splits: &[u64]) {
+        let inherited = &mut self.inherited;
+        for &split in splits {
+            self.clocks.entry(split).or_insert_with(|| {
+                SplitClock::new(inherited.remove(&split).unwrap_or(Timestamp::MIN))
+            });
+        }
+        for (split, clock) in &mut self.clocks {
+            if !splits.contains(split) {
+                clock.idle = true;
+            }
+        }
+    }
+
     /// Marks splits quiet for `idleness` idle; returns whether any became idle.
     fn mark_idle(&mut self, idleness: Option<Duration>) -> bool {
         let Some(timeout) = idleness else {
@@ -407,6 +429,13 @@ impl<T: Send + 'static> Collector<T> for TimestampsOp<T> {
         }
         if self.state.since_emit >= self.strategy.emit_every {
             self.emit(false)?;
+        }
+        Ok(())
+    }
+
+    fn on_splits(&mut self, splits: &[u64]) -> Result<()> {
+        if self.strategy.split.is_some() {
+            self.splits.announce(splits);
         }
         Ok(())
     }
@@ -602,6 +631,43 @@ mod tests {
                 Mark(Watermark::At(299)), // split 2 passed split 1: split 1 holds it
             ],
             "split 1 alone never moves the watermark past split 2"
+        );
+    }
+
+    /// A partition fetched later than the others (the flake of kafka_jobs' minute-bars test
+    /// under load: one security's first five windows were dropped as late).
+    #[test]
+    fn an_announced_split_holds_the_watermark_back_until_its_first_record() {
+        let (mut op, seen) = op(per_split(None));
+        op.on_splits(&[1, 2]).expect("announce");
+        for t in [100, 200, 300] {
+            op.collect(split_record(1, t)).expect("collect");
+        }
+        let marks = |seen: &Arc<Mutex<Vec<Seen>>>| -> Vec<Seen> {
+            seen.lock()
+                .expect("lock")
+                .iter()
+                .filter(|s| matches!(s, Seen::Mark(_)))
+                .cloned()
+                .collect()
+        };
+        assert_eq!(marks(&seen), vec![], "split 2 has not been read yet");
+        op.collect(split_record(2, 50)).expect("collect");
+        assert_eq!(
+            marks(&seen),
+            vec![Seen::Mark(Watermark::At(49))],
+            "{:?}",
+            marks(&seen)
+        );
+        // Split 2 is finished (no longer announced): split 1 alone moves the watermark.
+        op.on_splits(&[1]).expect("announce");
+        op.collect(split_record(1, 400)).expect("collect");
+        assert_eq!(
+            marks(&seen),
+            vec![
+                Seen::Mark(Watermark::At(49)),
+                Seen::Mark(Watermark::At(399))
+            ]
         );
     }
 

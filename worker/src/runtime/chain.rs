@@ -25,6 +25,11 @@ pub trait Collector<T>: Send {
     fn on_watermark(&mut self, _watermark: Watermark) -> Result<()> {
         Ok(())
     }
+    /// The source reads exactly these splits now (see `SourceReader::splits`). Stateless links
+    /// pass it on; the watermark generator uses it; everything else ignores it.
+    fn on_splits(&mut self, _splits: &[u64]) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// Implements the forwarding hooks for a stateless link whose downstream is `self.next`.
@@ -47,6 +52,9 @@ macro_rules! forward_hooks {
         }
         fn on_watermark(&mut self, watermark: Watermark) -> Result<()> {
             self.next.on_watermark(watermark)
+        }
+        fn on_splits(&mut self, splits: &[u64]) -> Result<()> {
+            self.next.on_splits(splits)
         }
     };
 }

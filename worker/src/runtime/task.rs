@@ -106,6 +106,7 @@ impl<T: Send + 'static> Task for SourceTask<T> {
         };
 
         let mut batch = Vec::with_capacity(BATCH_SIZE);
+        let mut announced_splits: Option<Vec<u64>> = None;
         let mut finished = false;
         let mut last_flush = Instant::now();
         loop {
@@ -126,6 +127,14 @@ impl<T: Send + 'static> Task for SourceTask<T> {
                 continue;
             }
             let status = reader.poll(&mut batch, BATCH_SIZE)?;
+            // Before the records: a split found in this poll holds the watermark back before
+            // the records of the others can move it past the new split's first records.
+            if let Some(splits) = reader.splits()
+                && announced_splits.as_ref() != Some(&splits)
+            {
+                chain.on_splits(&splits)?;
+                announced_splits = Some(splits);
+            }
             records_out.inc_by(batch.len() as u64);
             for item in batch.drain(..) {
                 chain.collect(item)?;

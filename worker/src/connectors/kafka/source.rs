@@ -902,6 +902,19 @@ impl<T: Send + 'static> SourceReader<T> for KafkaReader<T> {
         Ok(entries)
     }
 
+    fn splits(&self) -> Option<Vec<u64>> {
+        Some(
+            self.partitions
+                .iter()
+                .flat_map(|(topic, ps)| {
+                    ps.iter()
+                        .filter(|(_, state)| !state.finished())
+                        .map(|(partition, _)| split_id(topic, *partition))
+                })
+                .collect(),
+        )
+    }
+
     /// Commits the checkpoint's positions to the consumer group (asynchronously): lag
     /// monitoring and `startFrom: committed` see them; recovery does not use them.
     fn notify_checkpoint_complete(&mut self, checkpoint_id: u64) -> Result<()> {
