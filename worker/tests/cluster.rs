@@ -429,15 +429,44 @@ fn an_s3_outage_fails_checkpoints_then_the_job_recovers_exactly_once() {
     cluster.start_taskmanager(0, 1);
     cluster.start_taskmanager(1, 1);
     wait_for_new_checkpoints(&s3, 2);
+    let failed_checkpoints = || {
+        let (status, stats) = http(cluster.rest_port, "GET", "/v1/jobs/seq/checkpoints", None);
+        assert_eq!(status, 200, "{stats}");
+        stats["counts"]["failed"].as_u64().expect("counts.failed")
+    };
+    let failed_before_outage = failed_checkpoints();
+    // S3 goes away just after a checkpoint is triggered, so the outage hits one in flight.
+    // Between checkpoints the first write to fail could be a commit, with no checkpoint to fail.
+    let log = cluster.jobmanager_logs[0].clone();
+    let triggered = std::fs::read_to_string(&log)
+        .expect("JobManager log")
+        .matches("checkpoint triggered")
+        .count();
+    wait_for_more(
+        &log,
+        "checkpoint triggered",
+        triggered,
+        Duration::from_secs(10),
+    );
     s3.stop();
+    // Read with the server down: nothing can complete from here until it is back.
+    let latest_before_outage = latest_checkpoint(&s3);
     std::thread::sleep(Duration::from_secs(6));
     s3.restart();
-    cluster.wait_for_success(Duration::from_secs(120));
-    let log = cluster.jobmanager_log();
-    assert!(
-        log.contains("checkpoint") && (log.contains("failed") || log.contains("restarting")),
-        "the outage was noticed"
+    wait_until(
+        Duration::from_secs(60),
+        &format!("a checkpoint after chk-{latest_before_outage} to complete once S3 is back"),
+        || latest_checkpoint(&s3) > latest_before_outage,
     );
+    // The checkpoint in flight when S3 went away failed. The count is read only now: a task
+    // fails on its first S3 write, the restarts keep failing while no claim can be written, and
+    // only a started attempt publishes the counts.
+    let failed_after_outage = failed_checkpoints();
+    assert!(
+        failed_after_outage > failed_before_outage,
+        "failed checkpoints: {failed_before_outage} before the outage, {failed_after_outage} after"
+    );
+    cluster.wait_for_success(Duration::from_secs(120));
     verify_output(&s3, events_per_key, "after the S3 outage");
 }
 
