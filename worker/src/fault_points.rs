@@ -44,13 +44,16 @@ pub enum FaultPoint {
     /// The Kafka sink's transaction holds a batch's records (flushed to the broker), not
     /// committed.
     KafkaSinkInTransaction,
+    /// A Kafka transaction of a completed checkpoint committed; its staged object is not
+    /// deleted yet, and no later checkpoint records the batch as done.
+    KafkaSinkCommitted,
     /// Retention deleted one more shared state file of an expired incremental checkpoint (once
     /// per file), after its `_metadata`.
     RetentionDeletedSharedFile,
 }
 
 impl FaultPoint {
-    pub const ALL: [FaultPoint; 9] = [
+    pub const ALL: [FaultPoint; 10] = [
         FaultPoint::CheckpointBeforeMetadata,
         FaultPoint::CheckpointAfterMetadata,
         FaultPoint::SavepointBeforeStop,
@@ -59,6 +62,7 @@ impl FaultPoint {
         FaultPoint::RestoreStateDownloaded,
         FaultPoint::KafkaSinkBeforeTransaction,
         FaultPoint::KafkaSinkInTransaction,
+        FaultPoint::KafkaSinkCommitted,
         FaultPoint::RetentionDeletedSharedFile,
     ];
 
@@ -73,6 +77,7 @@ impl FaultPoint {
             FaultPoint::RestoreStateDownloaded => "restore-state-downloaded",
             FaultPoint::KafkaSinkBeforeTransaction => "kafka-sink-before-transaction",
             FaultPoint::KafkaSinkInTransaction => "kafka-sink-in-transaction",
+            FaultPoint::KafkaSinkCommitted => "kafka-sink-committed",
             FaultPoint::RetentionDeletedSharedFile => "retention-deleted-shared-file",
         }
     }

@@ -1057,6 +1057,7 @@ impl<T> ExactlyOnceWriter<T> {
             records,
             "committed a Kafka transaction"
         );
+        fault_points::hit(FaultPoint::KafkaSinkCommitted);
         let _ = std::fs::remove_file(&staged.local);
         // A failed delete leaves an orphan that the next recovery removes.
         if let Err(e) = self.rt.block_on(store.delete(&staged.key)) {
