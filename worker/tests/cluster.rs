@@ -360,14 +360,7 @@ fn chaos_sigkill_taskmanagers_then_the_jobmanager_keeps_output_exactly_once() {
         "every one of the {tm_kills} kills was noticed"
     );
     let last = std::fs::read_to_string(cluster.jobmanager_logs.last().expect("log")).expect("log");
-    let restored = last
-        .lines()
-        .filter(|line| line.contains("restoring"))
-        .find_map(|line| {
-            let (_, rest) = line.split_once("s3://weir/checkpoints/seq/chk-")?;
-            let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
-            digits.parse::<u64>().ok()
-        });
+    let restored = restored_checkpoint(&last);
     assert_eq!(
         restored,
         Some(latest_at_restart),
@@ -880,43 +873,19 @@ fn restored_checkpoint(log: &str) -> Option<u64> {
         })
 }
 
-/// Published and pending output parts of checkpoint `id` (the id is the part name's
-/// second-to-last field).
+/// Published and pending output parts of checkpoint `id`.
 fn parts_of_checkpoint(s3: &S3Server, id: u64) -> (Vec<String>, Vec<String>) {
-    let names = |dir: PathBuf| -> Vec<String> {
-        let mut names: Vec<String> = std::fs::read_dir(dir)
-            .map(|d| {
-                d.flatten()
-                    .filter(|e| e.path().is_file())
-                    .map(|e| e.file_name().to_string_lossy().into_owned())
-                    .filter(|n| n.starts_with("part-"))
-                    .filter(|n| {
-                        n.rsplit('-').nth(1).and_then(|f| f.parse::<u64>().ok()) == Some(id)
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
-        names.sort();
-        names
-    };
     let output = s3.bucket_path("weir").join("output");
-    (names(output.clone()), names(output.join("_pending")))
-}
-
-/// Waits for `child` (armed at `point`) to abort there: SIGABRT and its last words.
-fn assert_died_at(child: &mut Child, log: &Path, point: &str) {
-    use std::os::unix::process::ExitStatusExt;
-    let (status, _) = wait_for_exit(child, Duration::from_secs(90));
-    let text = std::fs::read_to_string(log).unwrap_or_default();
-    assert_eq!(
-        status.signal(),
-        Some(6),
-        "aborted at {point}, ended {status}:\n{text}"
-    );
-    assert!(
-        text.contains(&format!("fault point {point} reached")),
-        "died at {point}:\n{text}"
-    );
+    let of_id = |names: Vec<String>| -> Vec<String> {
+        names
+            .into_iter()
+            .filter(|n| part_checkpoint(n) == id)
+            .collect()
+    };
+    (
+        of_id(part_names(&output)),
+        of_id(part_names(&output.join("_pending"))),
+    )
 }
 
 /// Fault point `checkpoint-after-metadata` in a JobManager: it decided checkpoint K complete
@@ -937,13 +906,9 @@ fn a_jobmanager_dying_between_completion_and_notification_has_its_checkpoint_pub
     cluster.env.pop();
     cluster.start_taskmanager(0, 1);
     cluster.start_taskmanager(1, 1);
-    let mut jobmanager = cluster.jobmanager.take().expect("JobManager");
+    let jobmanager = cluster.jobmanager.take().expect("JobManager");
     let log = cluster.jobmanager_logs[0].clone();
-    assert_died_at(
-        &mut jobmanager,
-        &log,
-        FaultPoint::CheckpointAfterMetadata.name(),
-    );
+    wait_for_fault_point(jobmanager, &log, FaultPoint::CheckpointAfterMetadata, 3);
     let completed = latest_checkpoint(&s3);
     let (published, pending) = parts_of_checkpoint(&s3, completed);
     assert!(
@@ -987,13 +952,9 @@ fn a_taskmanager_dying_before_its_sink_commits_loses_and_repeats_nothing() {
     cluster.env.push((VARIABLE.into(), armed));
     cluster.start_taskmanager(1, 1);
     cluster.env.pop();
-    let mut victim = cluster.taskmanagers[1].take().expect("TaskManager 1");
+    let victim = cluster.taskmanagers[1].take().expect("TaskManager 1");
     let victim_log = dir.path().join("taskmanager-1-1.log");
-    assert_died_at(
-        &mut victim,
-        &victim_log,
-        FaultPoint::SinkNotifiedBeforeCommit.name(),
-    );
+    wait_for_fault_point(victim, &victim_log, FaultPoint::SinkNotifiedBeforeCommit, 3);
     let completed_at_crash = latest_checkpoint(&s3);
     cluster.start_taskmanager(1, 1);
     cluster.wait_for_success(Duration::from_secs(120));

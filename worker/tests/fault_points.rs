@@ -10,7 +10,6 @@
 mod support;
 
 use std::collections::BTreeSet;
-use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -97,7 +96,7 @@ impl Job {
     /// and its own last words naming the point). Returns the log.
     fn crash_at(&mut self, point: FaultPoint, hit: u32, args: &[&str]) -> String {
         let (child, log) = self.spawn(Some(&format!("{}@{hit}", point.name())), args);
-        await_crash(child, &log, point, hit)
+        wait_for_fault_point(child, &log, point, hit)
     }
 
     /// Runs the job to its end without fault points; checks the output is exactly-once and
@@ -120,38 +119,13 @@ impl Job {
 
     /// Names of the published output parts.
     fn published_parts(&self) -> Vec<String> {
-        file_names(&self.bucket().join("output"))
+        part_names(&self.bucket().join("output"))
     }
 
     /// Names of the parts in `output/_pending/`.
     fn pending_parts(&self) -> Vec<String> {
-        file_names(&self.bucket().join("output/_pending"))
+        part_names(&self.bucket().join("output/_pending"))
     }
-}
-
-fn file_names(dir: &Path) -> Vec<String> {
-    let mut names: Vec<String> = std::fs::read_dir(dir)
-        .map(|entries| {
-            entries
-                .flatten()
-                .filter(|e| e.path().is_file())
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .filter(|n| n.starts_with("part-"))
-                .collect()
-        })
-        .unwrap_or_default();
-    names.sort();
-    names
-}
-
-/// The checkpoint id in a part's name `part-<subtask>-<attempt>-<checkpoint>-<n>.jsonl`.
-fn part_checkpoint(name: &str) -> u64 {
-    let mut fields = name.rsplit('-');
-    fields.next();
-    fields
-        .next()
-        .and_then(|id| id.parse().ok())
-        .unwrap_or_else(|| panic!("part name without a checkpoint id: {name}"))
 }
 
 fn parts_of(parts: &[String], checkpoint: u64) -> BTreeSet<String> {
@@ -160,32 +134,6 @@ fn parts_of(parts: &[String], checkpoint: u64) -> BTreeSet<String> {
         .filter(|p| part_checkpoint(p) == checkpoint)
         .cloned()
         .collect()
-}
-
-/// Waits (up to 90 s) for a run armed at `point` to die there.
-fn await_crash(mut child: std::process::Child, log: &Path, point: FaultPoint, hit: u32) -> String {
-    let read = || std::fs::read_to_string(log).unwrap_or_default();
-    let mut status = None;
-    let deadline = std::time::Instant::now() + Duration::from_secs(90);
-    while status.is_none() {
-        status = child.try_wait().expect("poll");
-        if std::time::Instant::now() > deadline {
-            sigkill(&mut child);
-            panic!("never reached fault point {}:\n{}", point.name(), read());
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let status = status.expect("exited");
-    let text = read();
-    assert_eq!(
-        status.signal(),
-        Some(6),
-        "the run must abort at {} (SIGABRT), ended {status}:\n{text}",
-        point.name()
-    );
-    let words = format!("fault point {} reached (hit {hit})", point.name());
-    assert!(text.contains(&words), "expected {words:?}:\n{text}");
-    text
 }
 
 fn assert_restored_from(text: &str, uri: &str) {
@@ -312,7 +260,7 @@ fn a_crash_between_a_stop_savepoint_and_the_stop_resumes_from_the_savepoint() {
         Some(r#"{"targetDirectory": "s3://weir/savepoints/final"}"#),
     );
     assert_eq!(status, 202, "stop: {reply}");
-    await_crash(child, &log, FaultPoint::SavepointBeforeStop, 1);
+    wait_for_fault_point(child, &log, FaultPoint::SavepointBeforeStop, 1);
     let savepoint = find_metadata_dir(&job.bucket().join("savepoints/final"))
         .expect("the savepoint's _metadata was written before the crash");
     let relative = savepoint
@@ -374,12 +322,8 @@ fn a_crash_halfway_through_retention_deletes_no_referenced_shared_file() {
         !referenced.is_empty(),
         "retained incremental checkpoints refer to shared files"
     );
+    assert_referenced_shared_files_exist(&job.checkpoints(), "after the crash");
     let present = shared_files(&job.checkpoints());
-    let missing: Vec<_> = referenced.difference(&present).collect();
-    assert!(
-        missing.is_empty(),
-        "shared files referenced by retained checkpoints were deleted: {missing:?}"
-    );
     let left_behind: BTreeSet<String> = present.difference(&referenced).cloned().collect();
     let text = job.finish(&[]);
     assert_restored_from(&text, &format!("s3://weir/checkpoints/seq/chk-{completed}"));
@@ -394,13 +338,19 @@ fn a_crash_halfway_through_retention_deletes_no_referenced_shared_file() {
         still.is_empty(),
         "files of the expired checkpoint outlived the next run: {still:?}"
     );
-    let missing: Vec<_> = referenced_shared_files(&job.checkpoints())
-        .difference(&after)
-        .cloned()
+    assert_referenced_shared_files_exist(&job.checkpoints(), "at the end");
+}
+
+/// Every shared file a retained checkpoint refers to is in `shared/`.
+fn assert_referenced_shared_files_exist(checkpoints: &Path, when: &str) {
+    let present = shared_files(checkpoints);
+    let missing: Vec<_> = referenced_shared_files(checkpoints)
+        .into_iter()
+        .filter(|file| !present.contains(file))
         .collect();
     assert!(
         missing.is_empty(),
-        "referenced shared files missing at the end: {missing:?}"
+        "shared files referenced by retained checkpoints are missing {when}: {missing:?}"
     );
 }
 

@@ -149,6 +149,25 @@ fn values(records: &[ReadRecord]) -> Vec<serde_json::Value> {
 
 /// Records a read_uncommitted reader sees that a read_committed one does not: those of
 /// aborted (or still open) transactions.
+/// `sequence-check` into Kafka at parallelism 1 (1,000 events per key), run with `point`
+/// armed until it aborts there. Returns the job and its document.
+fn crash_at<'a>(
+    broker: &'a KafkaBroker,
+    dir: &'a Path,
+    point: FaultPoint,
+) -> (SequenceToKafka<'a>, PathBuf) {
+    let job = SequenceToKafka::new(broker, dir)
+        .parallelism(1)
+        .events_per_key(1000)
+        .rate(2000);
+    let file = job.write();
+    let crash_log = dir.join("crash.log");
+    let env = [(fault_points::VARIABLE.to_string(), point.name().to_string())];
+    let child = spawn_job(&file, &[], &env, &job.work_dir(), &crash_log);
+    wait_for_fault_point(child, &crash_log, point, 1);
+    (job, file)
+}
+
 fn uncommitted_only(broker: &KafkaBroker) -> usize {
     let committed = broker.read_all(TOPIC, Isolation::ReadCommitted).len();
     let all = broker.read_all(TOPIC, Isolation::ReadUncommitted).len();
@@ -231,24 +250,7 @@ fn sigkill_at_random_moments_keeps_kafka_output_exactly_once() {
 fn a_crash_after_checkpoint_completion_before_the_kafka_commit_is_committed_by_recovery() {
     let broker = broker_with_topic();
     let dir = tempfile::tempdir().expect("tempdir");
-    let job = SequenceToKafka::new(&broker, dir.path())
-        .parallelism(1)
-        .events_per_key(1000)
-        .rate(2000);
-    let file = job.write();
-    let crash_log = dir.path().join("crash.log");
-    let env = [(
-        fault_points::VARIABLE.to_string(),
-        FaultPoint::KafkaSinkBeforeTransaction.name().to_string(),
-    )];
-    let mut child = spawn_job(&file, &[], &env, &job.work_dir(), &crash_log);
-    let status = child.wait().expect("wait");
-    assert!(!status.success(), "the fault aborts the process");
-    assert!(
-        log_of(&crash_log).contains("fault point kafka-sink-before-transaction reached"),
-        "{}",
-        log_of(&crash_log)
-    );
+    let (job, file) = crash_at(&broker, dir.path(), FaultPoint::KafkaSinkBeforeTransaction);
     let crashed_at = job.latest_checkpoint();
     assert!(crashed_at > 0, "a checkpoint completed before the crash");
     assert!(!job.staged_objects().is_empty(), "its records are staged");
@@ -279,23 +281,7 @@ fn a_crash_after_checkpoint_completion_before_the_kafka_commit_is_committed_by_r
 fn a_crash_after_the_kafka_commit_is_not_committed_again() {
     let broker = broker_with_topic();
     let dir = tempfile::tempdir().expect("tempdir");
-    let job = SequenceToKafka::new(&broker, dir.path())
-        .parallelism(1)
-        .events_per_key(1000)
-        .rate(2000);
-    let file = job.write();
-    let crash_log = dir.path().join("crash.log");
-    let env = [(
-        fault_points::VARIABLE.to_string(),
-        FaultPoint::KafkaSinkCommitted.name().to_string(),
-    )];
-    let mut child = spawn_job(&file, &[], &env, &job.work_dir(), &crash_log);
-    assert!(!child.wait().expect("wait").success(), "the fault aborts");
-    assert!(
-        log_of(&crash_log).contains("fault point kafka-sink-committed reached"),
-        "{}",
-        log_of(&crash_log)
-    );
+    let (job, file) = crash_at(&broker, dir.path(), FaultPoint::KafkaSinkCommitted);
     let crashed_at = job.latest_checkpoint();
     let committed_before = broker.read_all(TOPIC, Isolation::ReadCommitted).len();
     assert!(
@@ -325,18 +311,7 @@ fn a_crash_after_the_kafka_commit_is_not_committed_again() {
 fn a_crash_inside_the_kafka_transaction_is_aborted_by_recovery() {
     let broker = broker_with_topic();
     let dir = tempfile::tempdir().expect("tempdir");
-    let job = SequenceToKafka::new(&broker, dir.path())
-        .parallelism(1)
-        .events_per_key(1000)
-        .rate(2000);
-    let file = job.write();
-    let crash_log = dir.path().join("crash.log");
-    let env = [(
-        fault_points::VARIABLE.to_string(),
-        FaultPoint::KafkaSinkInTransaction.name().to_string(),
-    )];
-    let mut child = spawn_job(&file, &[], &env, &job.work_dir(), &crash_log);
-    assert!(!child.wait().expect("wait").success(), "the fault aborts");
+    let (job, file) = crash_at(&broker, dir.path(), FaultPoint::KafkaSinkInTransaction);
     let in_open_transaction = broker.read_all(TOPIC, Isolation::ReadUncommitted).len();
     assert!(
         in_open_transaction > 0,

@@ -308,3 +308,62 @@ pub fn signal(child: &Child, name: &str) {
         .expect("run kill");
     assert!(status.success(), "kill -{name} failed");
 }
+
+/// Names of the output parts (`part-*`) directly in `dir`, sorted.
+pub fn part_names(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter(|e| e.path().is_file())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with("part-"))
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+/// The checkpoint id in a part's name `part-<subtask>-<attempt>-<checkpoint>-<n>.jsonl`.
+pub fn part_checkpoint(name: &str) -> u64 {
+    let mut fields = name.rsplit('-');
+    fields.next();
+    fields
+        .next()
+        .and_then(|id| id.parse().ok())
+        .unwrap_or_else(|| panic!("part name without a checkpoint id: {name}"))
+}
+
+/// Waits (up to 90 s) for a process started with `point` armed (`WEIR_FAULT_POINTS`) to die
+/// there: SIGABRT, and its last words naming the point and the hit. Returns its log.
+pub fn wait_for_fault_point(
+    mut child: Child,
+    log: &Path,
+    point: weir::fault_points::FaultPoint,
+    hit: u32,
+) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    let read = || std::fs::read_to_string(log).unwrap_or_default();
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("poll") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            sigkill(&mut child);
+            panic!("never reached fault point {}:\n{}", point.name(), read());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let text = read();
+    assert_eq!(
+        status.signal(),
+        Some(6),
+        "the run must abort at {} (SIGABRT), ended {status}:\n{text}",
+        point.name()
+    );
+    let words = format!("fault point {} reached (hit {hit})", point.name());
+    assert!(text.contains(&words), "expected {words:?}:\n{text}");
+    text
+}
