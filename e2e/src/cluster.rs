@@ -650,6 +650,89 @@ impl Cluster {
         .await
     }
 
+    /// Arms fault points in the operator (`Some("name,name@n")`) or disarms them (`None`):
+    /// `WEIR_FAULT_POINTS` on its Deployment, plus an `emptyDir` where each fired point leaves
+    /// a file, so the container the kubelet restarts in the same pod does not die at the same
+    /// point again. Waits until the one replica of the new template is ready.
+    pub async fn set_operator_fault_points(&self, points: Option<&str>) -> Result<()> {
+        const DIR: &str = "/fault-points";
+        let deployments: Api<Deployment> =
+            Api::namespaced(self.client.clone(), &self.config.system_namespace);
+        let name = format!("{}-operator", self.config.release);
+        let patch = match points {
+            Some(points) => json!({"spec": {"template": {"spec": {
+                // The kit's emptyDir is root's; the group makes it the operator's to write.
+                "securityContext": {"fsGroup": 65532},
+                "containers": [{
+                    "name": "operator",
+                    "env": [
+                        {"name": "WEIR_FAULT_POINTS", "value": points},
+                        {"name": "WEIR_FAULT_POINTS_FIRED_DIR", "value": DIR},
+                    ],
+                    "volumeMounts": [{"name": "fault-points", "mountPath": DIR}],
+                }],
+                "volumes": [{"name": "fault-points", "emptyDir": {}}],
+            }}}}),
+            None => json!({"spec": {"template": {"spec": {
+                "securityContext": {"fsGroup": null},
+                "containers": [{
+                    "name": "operator",
+                    "env": [
+                        {"name": "WEIR_FAULT_POINTS", "$patch": "delete"},
+                        {"name": "WEIR_FAULT_POINTS_FIRED_DIR", "$patch": "delete"},
+                    ],
+                    "volumeMounts": [{"mountPath": DIR, "$patch": "delete"}],
+                }],
+                "volumes": [{"name": "fault-points", "$patch": "delete"}],
+            }}}}),
+        };
+        deployments
+            .patch(&name, &PatchParams::default(), &Patch::Strategic(patch))
+            .await
+            .map_err(kube_error(
+                "patch the fault points of",
+                format!("Deployment {name}"),
+            ))?;
+        let armed = points.is_some();
+        wait_for(
+            &format!("the operator rolled out with fault points armed={armed}"),
+            Duration::from_secs(180),
+            || async {
+                let pods = self.operator_pods().await?;
+                let rolled_out = pods.len() == 1
+                    && pods.iter().all(|pod| {
+                        pod_ready(pod) && pod_env(pod, "WEIR_FAULT_POINTS").is_some() == armed
+                    });
+                Ok(if rolled_out {
+                    Poll::Ready(())
+                } else {
+                    Poll::Pending(format!("{} operator pods", pods.len()))
+                })
+            },
+        )
+        .await
+    }
+
+    /// Restarts of the operator container per operator pod.
+    pub async fn operator_restarts(&self) -> Result<Vec<(String, i32)>> {
+        Ok(self
+            .operator_pods()
+            .await?
+            .into_iter()
+            .map(|pod| {
+                let restarts = pod
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.container_statuses.as_ref())
+                    .into_iter()
+                    .flatten()
+                    .map(|c| c.restart_count)
+                    .sum();
+                (pod.metadata.name.unwrap_or_default(), restarts)
+            })
+            .collect())
+    }
+
     /// Every line the operator's containers wrote so far (process kit only; empty on kind).
     pub fn operator_log(&self) -> String {
         let Some(root) = &self.config.pod_logs else {
@@ -675,6 +758,19 @@ pub fn pod_ready(pod: &Pod) -> bool {
             .as_ref()
             .and_then(|s| s.conditions.as_ref())
             .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+/// The value of `name` in the environment of the pod's first container.
+pub fn pod_env(pod: &Pod, name: &str) -> Option<String> {
+    pod.spec
+        .as_ref()?
+        .containers
+        .first()?
+        .env
+        .iter()
+        .flatten()
+        .find(|e| e.name == name)
+        .map(|e| e.value.clone().unwrap_or_default())
 }
 
 /// Whether a pod gets a Kubernetes API token (the admission plugin adds `kube-api-access-*`

@@ -855,6 +855,95 @@ async fn invalid_manifests_are_rejected_by_the_api_server() -> Result<()> {
     Ok(())
 }
 
+/// The `_metadata` keys of the job's savepoints in S3.
+async fn completed_savepoints(cluster: &Cluster, job: &SequenceJob) -> Result<Vec<String>> {
+    let savepoints = S3Uri {
+        bucket: "weir".into(),
+        prefix: format!("e2e/{}/savepoints", job.name),
+    };
+    Ok(cluster
+        .store
+        .list(&savepoints)
+        .await?
+        .into_iter()
+        .filter(|k| k.ends_with("/_metadata"))
+        .collect())
+}
+
+/// The operator dies at both of its named fault points during a rescale: once when the
+/// stop-with-savepoint has completed but is not in status yet, once when status names the
+/// savepoint as the restore point but the Deployments are not updated. Each time the kubelet
+/// restarts the container in the same pod and it resumes from status: one savepoint, the new
+/// parallelism, exactly-once output.
+#[tokio::test]
+#[ignore = "e2e scenario: needs a prepared cluster (scripts/e2e.sh)"]
+async fn operator_dies_between_savepoint_and_redeploy() -> Result<()> {
+    let Some(cluster) = Cluster::connect_or_skip("operator_fault_points").await? else {
+        return Ok(());
+    };
+    const POINTS: [&str; 2] = ["operator-savepoint-observed", "operator-redeploy-recorded"];
+    cluster
+        .set_operator_fault_points(Some(&POINTS.join(",")))
+        .await?;
+    let outcome = rescale_through_operator_crashes(&cluster, &POINTS).await;
+    // Whatever happened, the scenarios after this one get an operator without fault points.
+    cluster.set_operator_fault_points(None).await?;
+    outcome
+}
+
+async fn rescale_through_operator_crashes(cluster: &Cluster, points: &[&str]) -> Result<()> {
+    let job = SequenceJob::named("op-fault", &cluster.config).lasting(120);
+    running_job(cluster, &job).await?;
+    let restarts = |counts: &[(String, i32)]| counts.iter().map(|(_, n)| n).sum::<i32>();
+    let before = cluster.operator_restarts().await?;
+    assert_eq!(
+        restarts(&before),
+        0,
+        "no crash before the rescale: {before:?}"
+    );
+    cluster
+        .patch_spec(&job.name, json!({"parallelism": 3}))
+        .await?;
+    let status = cluster
+        .wait_for_status(
+            &job.name,
+            "the rescale finished through two operator crashes",
+            LONG,
+            |s| {
+                s["lifecycle"] == "Running"
+                    && s["jobState"] == "RUNNING"
+                    && s["deployed"]["parallelism"] == 3
+                    && s["operation"].is_null()
+            },
+        )
+        .await?;
+    let after = cluster.operator_restarts().await?;
+    assert_eq!(restarts(&after), 2, "one crash per fault point: {after:?}");
+    if cluster.config.pod_logs.is_some() {
+        let log = cluster.operator_log();
+        for point in points {
+            let reached = format!("fault point {point} reached");
+            assert_eq!(
+                log.matches(&reached).count(),
+                1,
+                "the operator died at {point} exactly once"
+            );
+        }
+    }
+    assert_eq!(
+        savepoints_for(&status, "rescale"),
+        1,
+        "exactly one savepoint: {status}"
+    );
+    let completed = completed_savepoints(cluster, &job).await?;
+    assert_eq!(
+        completed.len(),
+        1,
+        "one savepoint in storage: {completed:?}"
+    );
+    finish_exactly_once(cluster, &job).await
+}
+
 /// The operator is killed in the middle of a rescale: the new one resumes the recorded
 /// operation and exactly one savepoint is taken.
 #[tokio::test]
@@ -897,17 +986,7 @@ async fn operator_killed_mid_rescale_resumes_with_one_savepoint() -> Result<()> 
         1,
         "exactly one savepoint: {status}"
     );
-    let savepoints = S3Uri {
-        bucket: "weir".into(),
-        prefix: format!("e2e/{}/savepoints", job.name),
-    };
-    let completed: Vec<String> = cluster
-        .store
-        .list(&savepoints)
-        .await?
-        .into_iter()
-        .filter(|k| k.ends_with("/_metadata"))
-        .collect();
+    let completed = completed_savepoints(&cluster, &job).await?;
     assert_eq!(
         completed.len(),
         1,

@@ -56,6 +56,7 @@ async fn main() -> anyhow::Result<()> {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let args = Args::parse();
+    weir_spec::fault_points::arm_from_env().map_err(anyhow::Error::msg)?;
     // rustls cannot pick a crypto provider on its own when none is installed; kube's client
     // needs one before the first connection. aws-lc-rs is the workspace's only provider.
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();

@@ -16,7 +16,7 @@ pub mod cli;
 pub mod cluster;
 pub mod connectors;
 pub mod error;
-pub mod fault_points;
+pub use weir_spec::fault_points;
 pub mod jobs;
 pub mod metrics;
 pub mod rest;

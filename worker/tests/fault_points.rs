@@ -1,4 +1,4 @@
-//! One crash per named fault point (src/fault_points.rs): the real binary, in local mode,
+//! One crash per named fault point (weir_spec::fault_points): the real binary, in local mode,
 //! checkpointing to a real S3 server, dies at exactly one step of the checkpoint, commit,
 //! savepoint, restore or retention protocol; the next run must restore the right checkpoint
 //! and end with every (key, seq) of `sequence-check` committed exactly once, no alert. Each

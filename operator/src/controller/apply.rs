@@ -11,10 +11,11 @@ use kube::{Api, Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::json;
+use weir_spec::fault_points::{self, FaultPoint};
 
 use super::Context;
 use crate::build::{children, job_id, jobmanager_name, taskmanager_name};
-use crate::crd::{CONDITION_STORAGE_ACCESS, StreamJob, StreamJobStatus};
+use crate::crd::{CONDITION_STORAGE_ACCESS, OperationStep, StreamJob, StreamJobStatus};
 use crate::jobmanager::JobManagerClient;
 use crate::lifecycle::{Action, Event, EventAction, Plan};
 use crate::{Error, FIELD_MANAGER, FINALIZER, Result};
@@ -25,9 +26,16 @@ pub(super) async fn apply(job: &StreamJob, ctx: &Context, plan: Plan) -> Result<
     let jobs: Api<StreamJob> = Api::namespaced(ctx.client.clone(), &namespace);
     let mut status = plan.status;
     let old = job.status.clone().unwrap_or_default();
+    let redeploys_from_savepoint = redeploys_from_savepoint(&old, &status);
     if job.status.as_ref() != Some(&status) {
+        if redeploys_from_savepoint {
+            fault_points::hit(FaultPoint::OperatorSavepointObserved);
+        }
         if write_status(&jobs, &name, &status).await? == Written::Gone {
             return Ok(());
+        }
+        if redeploys_from_savepoint {
+            fault_points::hit(FaultPoint::OperatorRedeployRecorded);
         }
         log_storage_access(&old, &status);
         if old.lifecycle != status.lifecycle {
@@ -169,6 +177,14 @@ pub(super) async fn apply(job: &StreamJob, ctx: &Context, plan: Plan) -> Result<
         }
     }
     Ok(())
+}
+
+/// Whether this apply is the one after a stop-with-savepoint completed: the status moves from
+/// savepointing to redeploying from it. The crash windows of the rescale and upgrade protocol
+/// are right before and right after that status is written.
+fn redeploys_from_savepoint(old: &StreamJobStatus, new: &StreamJobStatus) -> bool {
+    let step = |status: &StreamJobStatus| status.operation.as_ref().map(|o| o.step);
+    step(old) == Some(OperationStep::Savepointing) && step(new) == Some(OperationStep::Redeploying)
 }
 
 fn kube_error(

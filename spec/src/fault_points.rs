@@ -12,16 +12,30 @@
 //! Random kill timing reaches these windows only by luck; a named point reaches each one on
 //! every run, so a regression in one fails its test every time.
 //!
-//! Compiled in only with the `fault-points` feature. The workspace build (every test and CI
-//! run) has it through the `weir-e2e` crate; the release images build `-p weir --bin
-//! weir-worker` without it, where [`hit`] compiles to nothing and an armed variable is refused
-//! at start-up (a test must never believe it crashed a process that cannot crash).
+//! A process that is restarted with the same environment (a container in a pod) would die at
+//! the same point again and again. With `WEIR_FAULT_POINTS_FIRED_DIR=<dir>` (a directory that
+//! outlives the process: a pod's `emptyDir`) each point fires once: it leaves a file named
+//! after itself there before aborting, and a process finding that file does not arm it.
+//!
+//! The points of the worker and of the operator are listed here, in the crate both share, so
+//! the tests that arm them and the binaries that reach them read one list.
+//!
+//! Compiled in only with the `fault-points` feature (of this crate; `weir` and `weir-operator`
+//! forward theirs). The workspace build (every test and CI run) has it through the `weir-e2e`
+//! crate; the release images build `-p weir --bin weir-worker` and `--bin weir-operator`
+//! without it, where [`hit`] compiles to nothing and an armed variable is refused at start-up
+//! (a test must never believe it crashed a process that cannot crash).
 
+use std::path::PathBuf;
 use std::sync::OnceLock;
 use std::sync::atomic::AtomicU64;
 
 /// The variable that arms fault points.
 pub const VARIABLE: &str = "WEIR_FAULT_POINTS";
+
+/// The variable naming a directory where fired points leave a file, so each fires once
+/// across restarts of a process that shares that directory.
+pub const FIRED_DIR_VARIABLE: &str = "WEIR_FAULT_POINTS_FIRED_DIR";
 
 /// A place in the protocol where a test can make the process die.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,10 +64,16 @@ pub enum FaultPoint {
     /// Retention deleted one more shared state file of an expired incremental checkpoint (once
     /// per file), after its `_metadata`.
     RetentionDeletedSharedFile,
+    /// Operator: a stop-with-savepoint (rescale or upgrade) completed; the operator has not
+    /// written that to the StreamJob's status, nor touched the Deployments.
+    OperatorSavepointObserved,
+    /// Operator: the status names the savepoint as the restore point and the step as
+    /// redeploying; the Deployments are not updated yet.
+    OperatorRedeployRecorded,
 }
 
 impl FaultPoint {
-    pub const ALL: [FaultPoint; 10] = [
+    pub const ALL: [FaultPoint; 12] = [
         FaultPoint::CheckpointBeforeMetadata,
         FaultPoint::CheckpointAfterMetadata,
         FaultPoint::SavepointBeforeStop,
@@ -64,6 +84,8 @@ impl FaultPoint {
         FaultPoint::KafkaSinkInTransaction,
         FaultPoint::KafkaSinkCommitted,
         FaultPoint::RetentionDeletedSharedFile,
+        FaultPoint::OperatorSavepointObserved,
+        FaultPoint::OperatorRedeployRecorded,
     ];
 
     /// The name used in [`VARIABLE`].
@@ -79,6 +101,8 @@ impl FaultPoint {
             FaultPoint::KafkaSinkInTransaction => "kafka-sink-in-transaction",
             FaultPoint::KafkaSinkCommitted => "kafka-sink-committed",
             FaultPoint::RetentionDeletedSharedFile => "retention-deleted-shared-file",
+            FaultPoint::OperatorSavepointObserved => "operator-savepoint-observed",
+            FaultPoint::OperatorRedeployRecorded => "operator-redeploy-recorded",
         }
     }
 
@@ -93,6 +117,8 @@ struct Armed {
     point: FaultPoint,
     on_hit: u64,
     hits: AtomicU64,
+    /// Where to leave the file that keeps this point from firing again after a restart.
+    fired_marker: Option<PathBuf>,
 }
 
 static ARMED: OnceLock<Vec<Armed>> = OnceLock::new();
@@ -123,6 +149,7 @@ fn parse(value: &str) -> Result<Vec<Armed>, String> {
                 point,
                 on_hit,
                 hits: AtomicU64::new(0),
+                fired_marker: None,
             })
         })
         .collect()
@@ -133,7 +160,13 @@ pub fn arm_from_env() -> Result<(), String> {
     let Ok(value) = std::env::var(VARIABLE) else {
         return Ok(());
     };
-    let armed = parse(&value).map_err(|e| format!("{VARIABLE}: {e}"))?;
+    let mut armed = parse(&value).map_err(|e| format!("{VARIABLE}: {e}"))?;
+    if let Some(dir) = std::env::var_os(FIRED_DIR_VARIABLE) {
+        let dir = PathBuf::from(dir);
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| format!("{FIRED_DIR_VARIABLE}: cannot create {}: {e}", dir.display()))?;
+        drop_fired(&mut armed, &dir);
+    }
     if armed.is_empty() {
         return Ok(());
     }
@@ -150,6 +183,20 @@ pub fn arm_from_env() -> Result<(), String> {
     tracing::warn!(points = %names.join(","), "fault points armed: this process will abort on purpose");
     let _ = ARMED.set(armed);
     Ok(())
+}
+
+/// Keeps only the points that left no file in `dir` (they fired before a restart), and has
+/// the others leave one when they fire.
+fn drop_fired(armed: &mut Vec<Armed>, dir: &std::path::Path) {
+    armed.retain_mut(|a| {
+        let marker = dir.join(a.point.name());
+        if marker.exists() {
+            tracing::warn!(point = a.point.name(), marker = %marker.display(), "fault point fired before this restart; not armed again");
+            return false;
+        }
+        a.fired_marker = Some(marker);
+        true
+    });
 }
 
 /// Whether `point` is armed at all: for the preparation a crash there needs (flushing what the
@@ -174,6 +221,15 @@ pub fn hit(point: FaultPoint) {
                     "fault point {} reached (hit {n}): aborting the process",
                     point.name()
                 );
+                if let Some(marker) = &a.fired_marker
+                    && let Err(e) = std::fs::write(marker, b"fired\n")
+                {
+                    // Dying anyway would loop forever at this point after each restart.
+                    eprintln!(
+                        "cannot leave {}: {e}; aborting all the same",
+                        marker.display()
+                    );
+                }
                 std::process::abort();
             }
         }
@@ -205,5 +261,22 @@ mod tests {
         for point in FaultPoint::ALL {
             assert_eq!(FaultPoint::parse(point.name()), Some(point));
         }
+    }
+
+    #[test]
+    fn a_point_that_left_its_file_is_not_armed_again() {
+        let dir = std::env::temp_dir().join(format!("weir-fired-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        std::fs::write(dir.join("operator-savepoint-observed"), "fired\n").expect("marker");
+        let mut armed =
+            parse("operator-savepoint-observed,operator-redeploy-recorded").expect("valid");
+        drop_fired(&mut armed, &dir);
+        assert_eq!(armed.len(), 1);
+        assert_eq!(armed[0].point, FaultPoint::OperatorRedeployRecorded);
+        assert_eq!(
+            armed[0].fired_marker.as_deref(),
+            Some(dir.join("operator-redeploy-recorded").as_path())
+        );
+        std::fs::remove_dir_all(&dir).expect("cleanup");
     }
 }
