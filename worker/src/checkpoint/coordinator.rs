@@ -369,18 +369,68 @@ impl CheckpointCoordinator {
     /// Takes this JobManager's own entry at `id` (see [`own_entry`](Self::own_entry)) as its
     /// write of `id`. A checkpoint becomes the job's state; a claim leaves the state as it is
     /// (a claim names the state this JobManager had when writing it).
+    ///
+    /// An adopted checkpoint was reported as failed when its write's answer was lost; it now
+    /// counts as completed, is the latest, and ends the run of failures, as if that answer
+    /// had come.
     fn adopt(&mut self, id: u64, entry: &MetadataEntry) {
         let state = match entry {
-            MetadataEntry::Checkpoint(_) => Some(
-                self.job_store
+            MetadataEntry::Checkpoint(meta) => {
+                let uri = self
+                    .job_store
                     .child(&checkpoint_dir_name(id))
                     .location()
-                    .uri(),
-            ),
+                    .uri();
+                let was_failed = self
+                    .history
+                    .iter()
+                    .any(|e| e.id == id && e.status == OperationStatus::Failed);
+                if was_failed {
+                    self.counts.failed = self.counts.failed.saturating_sub(1);
+                }
+                self.counts.completed += 1;
+                let completed = CompletedCheckpoint {
+                    kind: SnapshotKind::Checkpoint,
+                    stops_job: false,
+                    checkpoint_id: id,
+                    uri: uri.clone(),
+                    state_size: meta.state_size(),
+                    checkpointed_size: meta.checkpointed_size(),
+                    // Unknown: the write's answer never came.
+                    duration: Duration::ZERO,
+                    timestamp_ms: meta.timestamp_ms,
+                };
+                self.update_history(id, |e| {
+                    e.status = OperationStatus::Completed;
+                    e.failure = None;
+                    e.state_size = Some(completed.state_size);
+                    e.checkpointed_size = Some(completed.checkpointed_size);
+                    e.external_path = Some(uri.clone());
+                });
+                self.became_latest(completed);
+                Some(uri)
+            }
             MetadataEntry::Claim(_) => self.state_uri.clone(),
         };
         self.kinds.insert(id, EntryKind::of(entry));
         self.took(id, state);
+    }
+
+    /// A completed checkpoint (not a savepoint) is the one to restore from now.
+    fn became_latest(&mut self, completed: CompletedCheckpoint) {
+        self.consecutive_failures = 0;
+        let metrics = crate::metrics::global();
+        metrics.checkpoints_completed.inc();
+        metrics
+            .last_checkpoint_duration_ms
+            .set(completed.duration.as_millis() as i64);
+        metrics
+            .last_checkpoint_size_bytes
+            .set(completed.state_size as i64);
+        metrics
+            .last_checkpoint_id
+            .set(completed.checkpoint_id as i64);
+        self.latest = Some(completed);
     }
 
     /// A new attempt starts with `tasks` tasks (after its claim).
@@ -697,14 +747,23 @@ impl CheckpointCoordinator {
                         &state,
                     )
                     .await;
-                if matches!(claimed, Ok(false)) {
-                    claimed = match self.own_entry(checkpoint_id).await {
+                if !matches!(claimed, Ok(true)) {
+                    // Taken, or the write's answer was lost (the claim may be stored all the
+                    // same): what is stored decides. Deleting `_metadata` under a stored claim
+                    // naming it would leave the job's state pointing at nothing.
+                    let stored = match self.own_entry(checkpoint_id).await {
                         Ok(Some(MetadataEntry::Claim(IdClaim {
                             reason: ClaimReason::Savepoint { location: claimed },
                             ..
                         }))) => Ok(claimed == location),
                         Ok(_) => Ok(false),
                         Err(e) => Err(e),
+                    };
+                    claimed = match (claimed, stored) {
+                        (_, Ok(true)) => Ok(true),
+                        // Unknown either way: report the write's own error.
+                        (Err(e), _) => Err(e),
+                        (Ok(_), stored) => stored,
                     };
                 }
                 if !matches!(claimed, Ok(true)) {
@@ -767,17 +826,7 @@ impl CheckpointCoordinator {
             // stop-with-savepoint commits sinks (the job ends right there).
             return Ok(completed);
         }
-        self.consecutive_failures = 0;
-        self.latest = Some(completed.clone());
-        let metrics = crate::metrics::global();
-        metrics.checkpoints_completed.inc();
-        metrics
-            .last_checkpoint_duration_ms
-            .set(completed.duration.as_millis() as i64);
-        metrics
-            .last_checkpoint_size_bytes
-            .set(completed.state_size as i64);
-        metrics.last_checkpoint_id.set(checkpoint_id as i64);
+        self.became_latest(completed.clone());
         Ok(completed)
     }
 
@@ -1616,6 +1665,22 @@ mod tests {
         let chk = s.job.child(&checkpoint_dir_name(id)).location().uri();
         assert_eq!(a.state_uri(), Some(chk.as_str()));
         assert_eq!(s.latest(), Some(id));
+        // What REST and metrics report agrees with storage: completed, not failed.
+        assert_eq!(
+            a.latest_completed()
+                .map(|c| (c.checkpoint_id, c.uri.as_str())),
+            Some((id, chk.as_str()))
+        );
+        let counts = a.counts();
+        assert_eq!((counts.completed, counts.failed), (1, 0), "{counts:?}");
+        assert_eq!(a.consecutive_failures(), 0);
+        let entry = a
+            .history()
+            .into_iter()
+            .find(|e| e.id == id)
+            .expect("in history");
+        assert_eq!(entry.status, OperationStatus::Completed, "{entry:?}");
+        assert_eq!(entry.failure, None);
         assert_eq!(s.acknowledged(&mut a), id + 1);
     }
 
@@ -1637,6 +1702,8 @@ mod tests {
         assert_eq!(s.metadata_bytes(id), written);
         let chk = s.job.child(&checkpoint_dir_name(id)).location().uri();
         assert_eq!(a.state_uri(), Some(chk.as_str()), "the restart restores it");
+        assert_eq!(a.latest_completed().map(|c| c.checkpoint_id), Some(id));
+        assert_eq!(a.counts().failed, 0, "{:?}", a.counts());
         assert!(matches!(
             s.entry(claimed),
             Some(MetadataEntry::Claim(IdClaim {
