@@ -440,6 +440,22 @@ impl Cluster {
         Ok(list.items)
     }
 
+    /// The text under `key` in the Secret `name` of the jobs' namespace.
+    pub async fn secret_value(&self, name: &str, key: &str) -> Result<String> {
+        let secrets: Api<k8s_openapi::api::core::v1::Secret> =
+            Api::namespaced(self.client.clone(), &self.config.namespace);
+        let secret = secrets
+            .get(name)
+            .await
+            .map_err(kube_error("get", format!("Secret {name}")))?;
+        let bytes = secret
+            .data
+            .and_then(|mut data| data.remove(key))
+            .ok_or_else(|| Error::Environment(format!("Secret {name} has no key {key}")))?;
+        String::from_utf8(bytes.0)
+            .map_err(|_| Error::Environment(format!("Secret {name}/{key} is not text")))
+    }
+
     pub async fn delete_pod(&self, name: &str) -> Result<()> {
         eprintln!("deleting pod {}/{name}", self.config.namespace);
         let pods: Api<Pod> = Api::namespaced(self.client.clone(), &self.config.namespace);

@@ -54,6 +54,7 @@ fn expected_watch_rules() -> BTreeSet<String> {
         "apps/deployments: create,delete,get,list,patch,watch",
         "/configmaps: create,list,patch,watch",
         "/services: create,patch",
+        "/secrets: create,patch",
         "events.k8s.io/events: create,patch",
     ]
     .into_iter()
@@ -105,6 +106,52 @@ fn operator_args(manifests: &Manifests) -> Vec<String> {
 
 fn parse_yaml(text: &str) -> Value {
     serde_yaml_ng::from_str(text).expect("valid YAML")
+}
+
+#[test]
+fn the_operator_reads_its_rest_token_key_from_the_chart_secret() {
+    let manifests = render(&[]);
+    let key_secret = format!("{OPERATOR}-rest-token-key");
+    let secret = manifests
+        .get_in("Secret", RELEASE_NAMESPACE, &key_secret)
+        .expect("the key Secret is rendered");
+    let key = secret["data"]["key"].as_str().expect("a key");
+    assert!(key.len() >= 64, "at least 32 bytes, base64: {key}");
+    assert_eq!(
+        secret["metadata"]["annotations"]["helm.sh/resource-policy"],
+        "keep"
+    );
+    let deployment = operator_deployment(&manifests);
+    let pod = pod_spec(&deployment);
+    let volume = pod
+        .volumes
+        .iter()
+        .flatten()
+        .find(|v| v.secret.as_ref().and_then(|s| s.secret_name.as_deref()) == Some(&key_secret))
+        .expect("the key Secret is a volume");
+    let mount = pod.containers[0]
+        .volume_mounts
+        .iter()
+        .flatten()
+        .find(|m| m.name == volume.name)
+        .expect("mounted");
+    let file = format!("{}/key", mount.mount_path);
+    assert!(
+        operator_args(&manifests).contains(&format!("--rest-token-key-file={file}")),
+        "{:?}",
+        operator_args(&manifests)
+    );
+
+    let off = render(&[("operator.restAuth.enabled", "false")]);
+    assert!(
+        off.get_in("Secret", RELEASE_NAMESPACE, &key_secret)
+            .is_none()
+    );
+    assert!(
+        !operator_args(&off)
+            .iter()
+            .any(|a| a.starts_with("--rest-token-key-file"))
+    );
 }
 
 #[test]
@@ -232,7 +279,7 @@ fn two_replicas_without_leader_election_do_not_render() {
 }
 
 #[test]
-fn rbac_has_no_wildcards_and_no_access_to_secrets_or_pods() {
+fn rbac_has_no_wildcards_no_pods_and_never_reads_secrets() {
     for (combination, manifests) in every_combination() {
         for kind in ["ClusterRole", "Role"] {
             for role in manifests.of_kind(kind) {
@@ -252,10 +299,19 @@ fn rbac_has_no_wildcards_and_no_access_to_secrets_or_pods() {
                     }
                     for resource in rule.resources.iter().flatten() {
                         assert!(
-                            !["secrets", "pods", "pods/exec"].contains(&resource.as_str()),
+                            !["pods", "pods/exec"].contains(&resource.as_str()),
                             "{combination}: {kind} {} grants {resource}",
                             name_of(role)
                         );
+                        // The jobs' REST token Secrets are written, never read.
+                        if resource == "secrets" {
+                            assert!(
+                                rule.verbs.iter().all(|v| v == "create" || v == "patch"),
+                                "{combination}: {kind} {} may {:?} Secrets",
+                                name_of(role),
+                                rule.verbs
+                            );
+                        }
                     }
                     assert!(
                         rule.non_resource_urls.is_none(),

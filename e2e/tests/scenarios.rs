@@ -157,6 +157,40 @@ async fn steady_state_checkpoints_show_in_status_and_kubectl() -> Result<()> {
     );
     assert!(row[5].parse::<u64>().is_ok_and(|id| id >= 3), "{wide}");
 
+    // The JobManager's REST API wants the job's token (which the operator derived and wrote
+    // into the job's Secret): refused without it or with a wrong one, answered with it.
+    let token = cluster
+        .secret_value(&format!("{}-rest-token", job.name), "token")
+        .await?;
+    let jobmanager = cluster.pods(&job.name, "jobmanager").await?;
+    let ip = jobmanager
+        .first()
+        .and_then(|p| p.status.as_ref()?.pod_ip.clone())
+        .expect("the JobManager pod has an IP");
+    let url = format!("http://{ip}:8081/v1/jobs");
+    let http = reqwest::Client::new();
+    for (presented, expected) in [
+        (None, 401),
+        (Some("not-the-token"), 401),
+        (Some(&*token), 200),
+    ] {
+        let request = match presented {
+            Some(token) => http.get(&url).bearer_auth(token),
+            None => http.get(&url),
+        };
+        let status = request
+            .send()
+            .await
+            .map_err(|e| weir_e2e::Error::Environment(format!("GET {url}: {e}")))?
+            .status();
+        assert_eq!(
+            status.as_u16(),
+            expected,
+            "GET {url} with token {:?}",
+            presented.map(|t| if t == token { "<the job's>" } else { t })
+        );
+    }
+
     // Job pods get no Kubernetes API token: they never talk to the API server.
     for component in ["jobmanager", "taskmanager"] {
         for pod in cluster.pods(&job.name, component).await? {

@@ -8,12 +8,13 @@
 
 use std::collections::BTreeMap;
 
+use k8s_openapi::ByteString;
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy};
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource,
     EnvVar, EnvVarSource, HTTPGetAction, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
-    ResourceRequirements, SeccompProfile, SecretKeySelector, SecurityContext, Service, ServicePort,
-    ServiceSpec, Volume, VolumeMount,
+    ResourceRequirements, SeccompProfile, Secret, SecretKeySelector, SecretVolumeSource,
+    SecurityContext, Service, ServicePort, ServiceSpec, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -35,6 +36,11 @@ pub const JOB_FILE: &str = "/etc/weir/job.yaml";
 pub const STATE_DIR: &str = "/var/lib/weir";
 /// Pod annotation that changes whenever pods must be replaced.
 pub const POD_HASH_ANNOTATION: &str = "weir.dev/pod-hash";
+/// Digest of the JobManager's REST token on its pod template: a new token replaces the pod.
+pub const REST_TOKEN_ANNOTATION: &str = "weir.dev/rest-token-sha256";
+/// Where the JobManager finds its REST token (a mounted Secret), and the key in that Secret.
+pub const REST_TOKEN_DIR: &str = "/var/run/weir/rest-token";
+pub const REST_TOKEN_KEY: &str = "token";
 /// UID/GID the worker runs as: non-root, matching the stock image.
 const RUN_AS: i64 = 65532;
 
@@ -47,6 +53,10 @@ pub fn jobmanager_name(name: &str) -> String {
 pub fn taskmanager_name(name: &str) -> String {
     format!("{name}-taskmanager")
 }
+pub fn rest_token_secret_name(name: &str) -> String {
+    format!("{name}-rest-token")
+}
+
 pub fn config_map_name(name: &str) -> String {
     format!("{name}-job")
 }
@@ -261,6 +271,65 @@ pub fn children(job: &StreamJob, restore: RestoreSource, restart_nonce: u32) -> 
         jobmanager,
         taskmanagers,
     })
+}
+
+/// The job's REST token: a Secret owned by the StreamJob, mounted into the JobManager, which
+/// then wants it from every caller but the health probes (see [`crate::rest_token`]).
+pub fn rest_token_secret(job: &StreamJob, token: &str) -> Result<Secret> {
+    let name = name_of(job);
+    Ok(Secret {
+        metadata: meta(job, rest_token_secret_name(&name), "rest-token")?,
+        // `data`, not `stringData`: the API server turns the latter into the former, which a
+        // server-side apply would then see as a change on every reconcile.
+        data: Some(BTreeMap::from([(
+            REST_TOKEN_KEY.to_string(),
+            ByteString(token.as_bytes().to_vec()),
+        )])),
+        type_: Some("Opaque".into()),
+        ..Secret::default()
+    })
+}
+
+/// Has the JobManager of `children` read its REST token from the job's Secret.
+pub fn require_rest_token(children: &mut Children, job: &StreamJob, token: &str) {
+    let name = name_of(job);
+    let template = &mut children.jobmanager.spec.template;
+    template
+        .metadata
+        .get_or_insert_with(ObjectMeta::default)
+        .annotations
+        .get_or_insert_with(BTreeMap::new)
+        .insert(
+            REST_TOKEN_ANNOTATION.to_string(),
+            crate::rest_token::fingerprint(token),
+        );
+    let Some(pod) = template.spec.as_mut() else {
+        return;
+    };
+    pod.volumes.get_or_insert_with(Vec::new).push(Volume {
+        name: "rest-token".into(),
+        secret: Some(SecretVolumeSource {
+            secret_name: Some(rest_token_secret_name(&name)),
+            default_mode: Some(0o440),
+            ..SecretVolumeSource::default()
+        }),
+        ..Volume::default()
+    });
+    if let Some(container) = pod.containers.iter_mut().find(|c| c.name == "jobmanager") {
+        container.args.get_or_insert_with(Vec::new).extend([
+            "--rest-token-file".to_string(),
+            format!("{REST_TOKEN_DIR}/{REST_TOKEN_KEY}"),
+        ]);
+        container
+            .volume_mounts
+            .get_or_insert_with(Vec::new)
+            .push(VolumeMount {
+                name: "rest-token".into(),
+                mount_path: REST_TOKEN_DIR.into(),
+                read_only: Some(true),
+                ..VolumeMount::default()
+            });
+    }
 }
 
 fn service_port(name: &str, port: u16) -> ServicePort {
@@ -533,6 +602,65 @@ mod tests {
             .and_then(|a| a.get(POD_HASH_ANNOTATION))
             .cloned()
             .expect("hash")
+    }
+
+    #[test]
+    fn the_jobmanager_reads_its_token_from_the_job_secret_and_nothing_else_changes() {
+        let job = StreamJob::test();
+        let plain = built(&job);
+        let mut secured = built(&job);
+        require_rest_token(&mut secured, &job, "t0ken");
+        let jm = pod(&secured.jobmanager);
+        let container = &jm.containers[0];
+        let args = container.args.clone().expect("args");
+        let file = format!("{REST_TOKEN_DIR}/{REST_TOKEN_KEY}");
+        assert!(
+            args.windows(2)
+                .any(|w| w[0] == "--rest-token-file" && w[1] == file),
+            "{args:?}"
+        );
+        let mount = container
+            .volume_mounts
+            .iter()
+            .flatten()
+            .find(|m| m.mount_path == REST_TOKEN_DIR)
+            .expect("mounted");
+        assert_eq!(mount.read_only, Some(true));
+        let volume = jm
+            .volumes
+            .iter()
+            .flatten()
+            .find(|v| v.name == mount.name)
+            .expect("volume");
+        assert_eq!(
+            volume
+                .secret
+                .as_ref()
+                .and_then(|s| s.secret_name.as_deref()),
+            Some("clicks-rest-token")
+        );
+        let annotations = secured
+            .jobmanager
+            .spec
+            .template
+            .metadata
+            .as_ref()
+            .and_then(|m| m.annotations.clone())
+            .expect("annotations");
+        let fingerprint = &annotations[REST_TOKEN_ANNOTATION];
+        assert!(!fingerprint.contains("t0ken"));
+        assert_eq!(
+            secured.taskmanagers, plain.taskmanagers,
+            "TaskManagers need no token"
+        );
+        let secret = rest_token_secret(&job, "t0ken").expect("secret");
+        assert_eq!(secret.metadata.name.as_deref(), Some("clicks-rest-token"));
+        assert_eq!(
+            secret.data.as_ref().map(|d| d[REST_TOKEN_KEY].0.as_slice()),
+            Some(b"t0ken".as_slice())
+        );
+        let owner = &secret.metadata.owner_references.as_ref().expect("owned")[0];
+        assert_eq!(owner.kind, "StreamJob");
     }
 
     #[test]

@@ -37,10 +37,22 @@ impl JobManagerEndpoint {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct JobManagerClient {
     http: reqwest::Client,
     base: String,
+    /// The job's REST token (`crate::rest_token`), sent as `Authorization: Bearer`.
+    token: Option<String>,
+}
+
+impl std::fmt::Debug for JobManagerClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the token itself: Debug output ends up in logs.
+        f.debug_struct("JobManagerClient")
+            .field("base", &self.base)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
 }
 
 impl JobManagerClient {
@@ -48,7 +60,14 @@ impl JobManagerClient {
         JobManagerClient {
             http,
             base: base.into(),
+            token: None,
         }
+    }
+
+    /// Sends `token` as a bearer token with every request (none when `None`).
+    pub fn with_token(mut self, token: Option<String>) -> Self {
+        self.token = token;
+        self
     }
 
     /// The shared HTTP client: short timeouts, because reconciles must not hang on a dead pod.
@@ -129,6 +148,10 @@ impl JobManagerClient {
     }
 
     async fn send(&self, request: reqwest::RequestBuilder, url: &str) -> Result<reqwest::Response> {
+        let request = match &self.token {
+            Some(token) => request.bearer_auth(token),
+            None => request,
+        };
         request
             .send()
             .await

@@ -14,6 +14,7 @@ pub mod jobmanager;
 pub mod leader;
 pub mod lifecycle;
 pub mod metrics;
+pub mod rest_token;
 pub mod storage;
 
 /// The one field manager for every server-side apply the operator makes.

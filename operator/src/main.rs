@@ -15,6 +15,7 @@ use weir_operator::controller::{self, Context, Scope, Shutdown};
 use weir_operator::jobmanager::JobManagerEndpoint;
 use weir_operator::leader::LeaseLock;
 use weir_operator::metrics::Metrics;
+use weir_operator::rest_token::TokenKey;
 use weir_operator::storage::SchemeStore;
 
 #[derive(Debug, Parser)]
@@ -33,6 +34,11 @@ struct Args {
     /// Skip leader election (single replica, local development).
     #[arg(long, env = "WEIR_NO_LEADER_ELECTION")]
     no_leader_election: bool,
+    /// A file with the key every JobManager's REST token is derived from (at least 32
+    /// bytes; the chart generates it into a Secret). Without it, JobManagers are deployed
+    /// with their REST API open to anyone who can reach it.
+    #[arg(long, env = "WEIR_REST_TOKEN_KEY_FILE")]
+    rest_token_key_file: Option<std::path::PathBuf>,
     /// Namespace of the leader election Lease (usually the operator's own).
     #[arg(long, env = "POD_NAMESPACE", default_value = "weir-system")]
     lease_namespace: String,
@@ -81,12 +87,24 @@ async fn main() -> anyhow::Result<()> {
     let endpoint = args
         .jobmanager_url
         .map_or(JobManagerEndpoint::ClusterDns, JobManagerEndpoint::Fixed);
-    let ctx = Arc::new(Context::new(
-        client.clone(),
-        endpoint,
-        Arc::new(SchemeStore::default()),
-        metrics,
-    )?);
+    let rest_token_key = match &args.rest_token_key_file {
+        Some(path) => Some(TokenKey::from_file(path).map_err(anyhow::Error::msg)?),
+        None => {
+            tracing::warn!(
+                "no --rest-token-key-file: JobManagers are deployed without a REST token; anyone who reaches their port can stop or cancel jobs"
+            );
+            None
+        }
+    };
+    let ctx = Arc::new(
+        Context::new(
+            client.clone(),
+            endpoint,
+            Arc::new(SchemeStore::default()),
+            metrics,
+        )?
+        .with_rest_token_key(rest_token_key),
+    );
     let scope = if args.namespaces.is_empty() {
         Scope::All
     } else {

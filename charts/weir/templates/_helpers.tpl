@@ -93,6 +93,13 @@ No Secrets, no Pods: job pods read S3 credentials through secretKeyRef.
 - apiGroups: [""]
   resources: ["services"]
   verbs: ["create", "patch"]
+{{- if .Values.operator.restAuth.enabled }}
+# Each job's REST token Secret, written by server-side apply; never read (no get/list/watch):
+# see operator/src/rest_token.rs.
+- apiGroups: [""]
+  resources: ["secrets"]
+  verbs: ["create", "patch"]
+{{- end }}
 - apiGroups: ["events.k8s.io"]
   resources: ["events"]
   verbs: ["create", "patch"]

@@ -5,7 +5,7 @@
 //! apply successfully: there is nothing left to do for it.
 
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{ConfigMap, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
 use kube::api::{DeleteParams, Patch, PatchParams};
 use kube::{Api, Resource, ResourceExt};
 use serde::Serialize;
@@ -14,7 +14,9 @@ use serde_json::json;
 use weir_spec::fault_points::{self, FaultPoint};
 
 use super::Context;
-use crate::build::{children, job_id, jobmanager_name, taskmanager_name};
+use crate::build::{
+    children, job_id, jobmanager_name, require_rest_token, rest_token_secret, taskmanager_name,
+};
 use crate::crd::{CONDITION_STORAGE_ACCESS, OperationStep, StreamJob, StreamJobStatus};
 use crate::jobmanager::JobManagerClient;
 use crate::lifecycle::{Action, Event, EventAction, Plan};
@@ -49,7 +51,8 @@ pub(super) async fn apply(job: &StreamJob, ctx: &Context, plan: Plan) -> Result<
                 .observe_transition(old.lifecycle, status.lifecycle, spent);
         }
     }
-    let client = JobManagerClient::new(ctx.http.clone(), ctx.endpoint.base_url(&namespace, &name));
+    let client = JobManagerClient::new(ctx.http.clone(), ctx.endpoint.base_url(&namespace, &name))
+        .with_token(ctx.rest_token(job));
     let id = job_id(&namespace, &name);
     for action in plan.actions {
         match action {
@@ -83,7 +86,12 @@ pub(super) async fn apply(job: &StreamJob, ctx: &Context, plan: Plan) -> Result<
                 restore,
                 restart_nonce,
             } => {
-                let objects = children(job, restore, restart_nonce)?;
+                let mut objects = children(job, restore, restart_nonce)?;
+                if let Some(token) = ctx.rest_token(job) {
+                    // Before the JobManager that mounts it.
+                    apply_object(&ctx.client, &namespace, &rest_token_secret(job, &token)?).await?;
+                    require_rest_token(&mut objects, job, &token);
+                }
                 apply_object(&ctx.client, &namespace, &objects.config_map).await?;
                 apply_object(&ctx.client, &namespace, &objects.jobmanager_service).await?;
                 apply_object(&ctx.client, &namespace, &objects.jobmanager).await?;
@@ -298,6 +306,9 @@ impl Kind for Service {
 }
 impl Kind for Deployment {
     const KIND: &'static str = "Deployment";
+}
+impl Kind for Secret {
+    const KIND: &'static str = "Secret";
 }
 
 async fn apply_object<K>(client: &kube::Client, namespace: &str, object: &K) -> Result<()>

@@ -23,6 +23,7 @@ use self::events::EventPublisher;
 use crate::crd::StreamJob;
 use crate::jobmanager::JobManagerEndpoint;
 use crate::metrics::Metrics;
+use crate::rest_token::TokenKey;
 use crate::storage::CheckpointStore;
 use crate::{Error, Result, lifecycle};
 
@@ -47,6 +48,8 @@ pub struct Context {
     pub store: Arc<dyn CheckpointStore>,
     pub metrics: Arc<Metrics>,
     pub clock: Clock,
+    /// Derives each job's REST token; `None`: JobManagers are deployed without one.
+    pub rest_token_key: Option<TokenKey>,
 }
 
 impl std::fmt::Debug for Context {
@@ -76,7 +79,19 @@ impl Context {
             store,
             metrics,
             clock: system_clock(),
+            rest_token_key: None,
         })
+    }
+
+    /// Deploys every JobManager with a REST token derived from `key`.
+    pub fn with_rest_token_key(mut self, key: Option<TokenKey>) -> Context {
+        self.rest_token_key = key;
+        self
+    }
+
+    /// The REST token of `job`'s JobManager, when tokens are on.
+    pub fn rest_token(&self, job: &StreamJob) -> Option<String> {
+        self.rest_token_key.as_ref()?.token_for(job)
     }
 }
 

@@ -17,7 +17,8 @@ pub(super) async fn observe(job: &StreamJob, ctx: &Context) -> Result<Observed> 
     let name = job.name_any();
     let id = job_id(&namespace, &name);
     let status = job.status.clone().unwrap_or_default();
-    let client = JobManagerClient::new(ctx.http.clone(), ctx.endpoint.base_url(&namespace, &name));
+    let client = JobManagerClient::new(ctx.http.clone(), ctx.endpoint.base_url(&namespace, &name))
+        .with_token(ctx.rest_token(job));
 
     let jobmanager = if status.lifecycle == Lifecycle::Suspended || status.deployed.is_none() {
         JobManagerView::Unreachable("no JobManager deployed".into())
