@@ -109,7 +109,7 @@ fn parse_yaml(text: &str) -> Value {
 }
 
 #[test]
-fn the_operator_reads_its_rest_token_key_from_the_chart_secret() {
+fn the_operator_reads_its_rest_token_key_from_the_chart_secret_and_peer_tls_is_on() {
     let manifests = render(&[]);
     let key_secret = format!("{OPERATOR}-rest-token-key");
     let secret = manifests
@@ -141,6 +141,13 @@ fn the_operator_reads_its_rest_token_key_from_the_chart_secret() {
         "{:?}",
         operator_args(&manifests)
     );
+
+    assert!(
+        !operator_args(&manifests).contains(&"--no-peer-tls".to_string()),
+        "peer TLS is on by default"
+    );
+    let plain = render(&[("operator.peerTls.enabled", "false")]);
+    assert!(operator_args(&plain).contains(&"--no-peer-tls".to_string()));
 
     let off = render(&[("operator.restAuth.enabled", "false")]);
     assert!(

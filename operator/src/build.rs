@@ -24,6 +24,7 @@ use weir_spec::{JobDocument, JobRef, RestoreSource};
 
 use crate::crd::{StreamJob, StreamJobSpec, selector_labels};
 use crate::jobmanager::REST_PORT;
+use crate::peer_tls::PeerCertificates;
 use crate::{Error, Result};
 
 /// Port the JobManager accepts TaskManager connections on.
@@ -41,6 +42,8 @@ pub const REST_TOKEN_ANNOTATION: &str = "weir.dev/rest-token-sha256";
 /// Where the JobManager finds its REST token (a mounted Secret), and the key in that Secret.
 pub const REST_TOKEN_DIR: &str = "/var/run/weir/rest-token";
 pub const REST_TOKEN_KEY: &str = "token";
+/// Where job pods find their TLS certificate, key and the job's CA (`crate::peer_tls`).
+pub const PEER_TLS_DIR: &str = "/var/run/weir/peer-tls";
 /// UID/GID the worker runs as: non-root, matching the stock image.
 const RUN_AS: i64 = 65532;
 
@@ -55,6 +58,10 @@ pub fn taskmanager_name(name: &str) -> String {
 }
 pub fn rest_token_secret_name(name: &str) -> String {
     format!("{name}-rest-token")
+}
+
+pub fn peer_tls_secret_name(name: &str) -> String {
+    format!("{name}-peer-tls")
 }
 
 pub fn config_map_name(name: &str) -> String {
@@ -329,6 +336,68 @@ pub fn require_rest_token(children: &mut Children, job: &StreamJob, token: &str)
                 read_only: Some(true),
                 ..VolumeMount::default()
             });
+    }
+}
+
+/// The job's peer certificates (`crate::peer_tls`) as its Secret, owned by the StreamJob.
+pub fn peer_tls_secret(job: &StreamJob, certificates: &PeerCertificates) -> Result<Secret> {
+    let name = name_of(job);
+    let entry = |key: &str, pem: &str| (key.to_string(), ByteString(pem.as_bytes().to_vec()));
+    Ok(Secret {
+        metadata: meta(job, peer_tls_secret_name(&name), "peer-tls")?,
+        data: Some(BTreeMap::from([
+            entry(crate::peer_tls::CA_KEY, &certificates.ca),
+            entry(crate::peer_tls::CERT_KEY, &certificates.cert),
+            entry(crate::peer_tls::KEY_KEY, &certificates.key),
+        ])),
+        type_: Some("Opaque".into()),
+        ..Secret::default()
+    })
+}
+
+/// Has every pod of the job use mutual TLS with the job's certificates for RPC and data.
+pub fn require_peer_tls(children: &mut Children, job: &StreamJob) {
+    let name = name_of(job);
+    for deployment in [&mut children.jobmanager, &mut children.taskmanagers] {
+        let Some(pod) = deployment.spec.template.spec.as_mut() else {
+            continue;
+        };
+        pod.volumes.get_or_insert_with(Vec::new).push(Volume {
+            name: "peer-tls".into(),
+            secret: Some(SecretVolumeSource {
+                secret_name: Some(peer_tls_secret_name(&name)),
+                default_mode: Some(0o440),
+                ..SecretVolumeSource::default()
+            }),
+            ..Volume::default()
+        });
+        for container in pod
+            .containers
+            .iter_mut()
+            .filter(|c| c.name == "jobmanager" || c.name == "taskmanager")
+        {
+            container
+                .volume_mounts
+                .get_or_insert_with(Vec::new)
+                .push(VolumeMount {
+                    name: "peer-tls".into(),
+                    mount_path: PEER_TLS_DIR.into(),
+                    read_only: Some(true),
+                    ..VolumeMount::default()
+                });
+            let env = container.env.get_or_insert_with(Vec::new);
+            for (variable, key) in [
+                ("WEIR_TLS_CA", crate::peer_tls::CA_KEY),
+                ("WEIR_TLS_CERT", crate::peer_tls::CERT_KEY),
+                ("WEIR_TLS_KEY", crate::peer_tls::KEY_KEY),
+            ] {
+                env.push(EnvVar {
+                    name: variable.into(),
+                    value: Some(format!("{PEER_TLS_DIR}/{key}")),
+                    ..EnvVar::default()
+                });
+            }
+        }
     }
 }
 
@@ -661,6 +730,43 @@ mod tests {
         );
         let owner = &secret.metadata.owner_references.as_ref().expect("owned")[0];
         assert_eq!(owner.kind, "StreamJob");
+    }
+
+    #[test]
+    fn every_pod_of_the_job_mounts_the_peer_certificates() {
+        let job = StreamJob::test();
+        let mut children = built(&job);
+        require_peer_tls(&mut children, &job);
+        for deployment in [&children.jobmanager, &children.taskmanagers] {
+            let spec = pod(deployment);
+            let volume = spec
+                .volumes
+                .iter()
+                .flatten()
+                .find(|v| v.name == "peer-tls")
+                .expect("volume");
+            assert_eq!(
+                volume
+                    .secret
+                    .as_ref()
+                    .and_then(|s| s.secret_name.as_deref()),
+                Some("clicks-peer-tls")
+            );
+            let container = &spec.containers[0];
+            let env: Vec<(String, String)> = container
+                .env
+                .iter()
+                .flatten()
+                .filter(|e| e.name.starts_with("WEIR_TLS_"))
+                .map(|e| (e.name.clone(), e.value.clone().unwrap_or_default()))
+                .collect();
+            assert_eq!(env.len(), 3, "{env:?}");
+            assert!(env.iter().all(|(_, path)| path.starts_with(PEER_TLS_DIR)));
+        }
+        let certificates = crate::peer_tls::generate("streams", "clicks").expect("certs");
+        let secret = peer_tls_secret(&job, &certificates).expect("secret");
+        assert_eq!(secret.metadata.name.as_deref(), Some("clicks-peer-tls"));
+        assert_eq!(secret.data.as_ref().map(|d| d.len()), Some(3));
     }
 
     #[test]

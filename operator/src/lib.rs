@@ -14,6 +14,7 @@ pub mod jobmanager;
 pub mod leader;
 pub mod lifecycle;
 pub mod metrics;
+pub mod peer_tls;
 pub mod rest_token;
 pub mod storage;
 

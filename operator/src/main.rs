@@ -39,6 +39,10 @@ struct Args {
     /// with their REST API open to anyone who can reach it.
     #[arg(long, env = "WEIR_REST_TOKEN_KEY_FILE")]
     rest_token_key_file: Option<std::path::PathBuf>,
+    /// Deploy jobs without mutual TLS between their JobManager and TaskManagers (default:
+    /// every job gets a CA of its own and its pods refuse peers without its certificate).
+    #[arg(long, env = "WEIR_NO_PEER_TLS")]
+    no_peer_tls: bool,
     /// Namespace of the leader election Lease (usually the operator's own).
     #[arg(long, env = "POD_NAMESPACE", default_value = "weir-system")]
     lease_namespace: String,
@@ -87,6 +91,9 @@ async fn main() -> anyhow::Result<()> {
     let endpoint = args
         .jobmanager_url
         .map_or(JobManagerEndpoint::ClusterDns, JobManagerEndpoint::Fixed);
+    if args.no_peer_tls {
+        tracing::warn!("--no-peer-tls: jobs are deployed with plain RPC and data connections");
+    }
     let rest_token_key = match &args.rest_token_key_file {
         Some(path) => Some(TokenKey::from_file(path).map_err(anyhow::Error::msg)?),
         None => {
@@ -103,7 +110,8 @@ async fn main() -> anyhow::Result<()> {
             Arc::new(SchemeStore::default()),
             metrics,
         )?
-        .with_rest_token_key(rest_token_key),
+        .with_rest_token_key(rest_token_key)
+        .with_peer_tls(!args.no_peer_tls),
     );
     let scope = if args.namespaces.is_empty() {
         Scope::All

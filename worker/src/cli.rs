@@ -79,6 +79,8 @@ enum Command {
         #[command(flatten)]
         rest_auth: RestAuthArgs,
         #[command(flatten)]
+        tls: PeerTlsArgs,
+        #[command(flatten)]
         heartbeat: HeartbeatArgs,
         /// Exit when the job ends (status 0 unless it failed) instead of serving on.
         #[arg(long)]
@@ -109,6 +111,8 @@ enum Command {
         #[arg(long, env = "WEIR_METRICS_ADDR")]
         metrics_addr: Option<SocketAddr>,
         #[command(flatten)]
+        tls: PeerTlsArgs,
+        #[command(flatten)]
         heartbeat: HeartbeatArgs,
     },
     /// Write the bid files of benchmark workload (a) (docs/bench-workloads.md §3): bids
@@ -129,6 +133,36 @@ enum Command {
     },
     /// List the jobs this binary can run.
     Jobs,
+}
+
+/// Mutual TLS between the JobManager and the TaskManagers (RPC and data connections): all
+/// three files, or none (plain TCP). The operator gives every job it deploys a CA of its own.
+#[derive(Debug, clap::Args)]
+struct PeerTlsArgs {
+    /// PEM file with the job's CA certificate: peers must present a certificate it signed.
+    #[arg(long, env = "WEIR_TLS_CA", requires_all = ["tls_cert", "tls_key"])]
+    tls_ca: Option<PathBuf>,
+    /// PEM file with this process's certificate (for the DNS name `weir-peer`).
+    #[arg(long, env = "WEIR_TLS_CERT", requires_all = ["tls_ca", "tls_key"])]
+    tls_cert: Option<PathBuf>,
+    /// PEM file with the certificate's private key.
+    #[arg(long, env = "WEIR_TLS_KEY", requires_all = ["tls_ca", "tls_cert"])]
+    tls_key: Option<PathBuf>,
+}
+
+impl PeerTlsArgs {
+    fn load(&self) -> anyhow::Result<Option<crate::cluster::tls::PeerTls>> {
+        let (Some(ca), Some(cert), Some(key)) = (&self.tls_ca, &self.tls_cert, &self.tls_key)
+        else {
+            tracing::info!(
+                "RPC and data connections are plain TCP (no --tls-ca/--tls-cert/--tls-key)"
+            );
+            return Ok(None);
+        };
+        let tls = crate::cluster::tls::PeerTls::from_pem_files(ca, cert, key)?;
+        tracing::info!(ca = %ca.display(), "RPC and data connections use mutual TLS: only peers with a certificate of this CA get in");
+        Ok(Some(tls))
+    }
 }
 
 /// Who may use the REST API: with a token, every endpoint except the health probes and
@@ -241,6 +275,7 @@ pub fn main_with(registry: JobRegistry) -> anyhow::Result<()> {
             rpc_addr,
             rest_addr,
             rest_auth,
+            tls,
             heartbeat,
             exit_when_done,
             progress_secs,
@@ -251,6 +286,7 @@ pub fn main_with(registry: JobRegistry) -> anyhow::Result<()> {
                 rpc_bind: rpc_addr,
                 heartbeat: heartbeat.heartbeat(),
                 progress_interval: std::time::Duration::from_secs(progress_secs.max(1)),
+                tls: tls.load()?,
             };
             run_jobmanager(&registry, doc, options, (rest_addr, token), exit_when_done)
         }
@@ -261,11 +297,13 @@ pub fn main_with(registry: JobRegistry) -> anyhow::Result<()> {
             data_host,
             work_dir,
             metrics_addr,
+            tls,
             heartbeat,
         } => {
             if slots == 0 {
                 anyhow::bail!("--slots must be at least 1");
             }
+            let tls = tls.load()?;
             let runtime = io_runtime()?;
             shutdown::install(runtime.handle())?;
             if let Some(addr) = metrics_addr {
@@ -279,6 +317,7 @@ pub fn main_with(registry: JobRegistry) -> anyhow::Result<()> {
                 data_host,
                 work_dir: work_dir.unwrap_or_else(|| std::env::temp_dir().join("weir")),
                 heartbeat: heartbeat.heartbeat(),
+                tls,
             };
             match run_task_manager(options, registry, runtime.handle().clone()) {
                 Err(crate::Error::Terminated { signal }) => {

@@ -36,6 +36,8 @@ pub struct Metrics {
     pub savepoints_failed: Counter,
     /// REST requests refused for a missing or wrong bearer token.
     pub rest_unauthorized: Counter,
+    /// RPC and data connections refused in the TLS handshake (no certificate of the job's CA).
+    pub peers_refused: Counter,
     pub last_checkpoint_duration_ms: Gauge,
     pub last_checkpoint_size_bytes: Gauge,
     pub last_checkpoint_id: Gauge,
@@ -89,6 +91,7 @@ impl Metrics {
             savepoints_completed: Counter::default(),
             savepoints_failed: Counter::default(),
             rest_unauthorized: Counter::default(),
+            peers_refused: Counter::default(),
             last_checkpoint_duration_ms: Gauge::default(),
             last_checkpoint_size_bytes: Gauge::default(),
             last_checkpoint_id: Gauge::default(),
@@ -147,6 +150,11 @@ impl Metrics {
             "rest_unauthorized",
             "REST API requests refused for a missing or wrong bearer token",
             metrics.rest_unauthorized.clone(),
+        );
+        registry.register(
+            "peers_refused",
+            "RPC and data connections refused in the TLS handshake: no certificate of this job's CA",
+            metrics.peers_refused.clone(),
         );
         registry.register(
             "last_checkpoint_duration_milliseconds",

@@ -971,3 +971,168 @@ fn a_taskmanager_dying_before_its_sink_commits_loses_and_repeats_nothing() {
         "after a TaskManager died before its sink committed",
     );
 }
+
+/// A CA and a peer certificate it signed (for `weir-peer`, as the operator makes them), as
+/// PEM files in `dir`; `env` gives them to a worker.
+struct TlsFiles {
+    ca: PathBuf,
+    cert: PathBuf,
+    key: PathBuf,
+}
+
+impl TlsFiles {
+    fn generate(dir: &Path, name: &str) -> TlsFiles {
+        let ca_key = rcgen::KeyPair::generate().expect("CA key");
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        let ca = ca_params.self_signed(&ca_key).expect("CA");
+        let issuer = rcgen::Issuer::new(ca_params, ca_key);
+        let peer_key = rcgen::KeyPair::generate().expect("peer key");
+        let peer = rcgen::CertificateParams::new(vec![weir::cluster::tls::PEER_NAME.to_string()])
+            .expect("params")
+            .signed_by(&peer_key, &issuer)
+            .expect("peer certificate");
+        let files = TlsFiles {
+            ca: dir.join(format!("{name}-ca.pem")),
+            cert: dir.join(format!("{name}-cert.pem")),
+            key: dir.join(format!("{name}-key.pem")),
+        };
+        std::fs::write(&files.ca, ca.pem()).expect("write CA");
+        std::fs::write(&files.cert, peer.pem()).expect("write cert");
+        std::fs::write(&files.key, peer_key.serialize_pem()).expect("write key");
+        files
+    }
+
+    fn env(&self) -> Vec<(String, String)> {
+        [
+            ("WEIR_TLS_CA", &self.ca),
+            ("WEIR_TLS_CERT", &self.cert),
+            ("WEIR_TLS_KEY", &self.key),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.display().to_string()))
+        .collect()
+    }
+
+    fn load(&self) -> weir::cluster::tls::PeerTls {
+        weir::cluster::tls::PeerTls::from_pem_files(&self.ca, &self.cert, &self.key).expect("tls")
+    }
+}
+
+/// The data port a TaskManager logged at start.
+fn logged_data_port(log: &Path) -> u16 {
+    let mut port = None;
+    wait_until(Duration::from_secs(30), "a TaskManager's data port", || {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        port = text.split_once("data_port=").and_then(|(_, rest)| {
+            rest.split(|c: char| !c.is_ascii_digit())
+                .next()?
+                .parse()
+                .ok()
+        });
+        port.is_some()
+    });
+    port.expect("a logged data port")
+}
+
+/// A process that is not one of the job's peers dials `port` and speaks first, in plain TCP or
+/// with `tls` (another job's certificate): it must get nothing back but a closed connection.
+fn rogue_dial(port: u16, tls: Option<&weir::cluster::tls::PeerTls>) {
+    use std::io::{Read, Write};
+    let socket = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    socket
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    // A handshake refused on the server's side may still finish on ours (TLS 1.3 clients
+    // finish first); then the first read gets the alert.
+    let Ok(mut connection) = weir::cluster::tls::Connection::client(socket, tls) else {
+        return;
+    };
+    // Any frame: 4-byte length and a payload; never decoded by a server that refuses us.
+    let _ = connection.write_all(&[0, 0, 0, 3, b'h', b'i', b'!']);
+    // Nothing comes back but, to a plain client, the TLS alert the server closes with (a
+    // record of content type 21 and 2 bytes); a TLS client reads that alert as an error.
+    let mut reply = Vec::new();
+    if let Err(e) = connection.read_to_end(&mut reply) {
+        assert!(
+            !matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ),
+            "port {port} kept a rogue peer waiting instead of closing"
+        );
+    }
+    assert!(
+        reply.is_empty() || (reply[0] == 21 && reply.len() == 7),
+        "port {port} answered a rogue peer: {reply:?}"
+    );
+}
+
+/// Mutual TLS on the RPC and data ports (issue 17): JobManager and two TaskManagers with
+/// certificates of the job's CA run the job exactly once, while a TaskManager without a
+/// certificate and one with a certificate of another job's CA try to register, and processes
+/// of both kinds dial a data port. Every one of them is refused in the handshake and logged,
+/// none registers, and the output stays exactly once.
+#[test]
+fn with_mutual_tls_only_peers_of_the_jobs_ca_get_in() {
+    let s3 = S3Server::start();
+    s3.create_bucket("weir");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ours = TlsFiles::generate(dir.path(), "job");
+    let theirs = TlsFiles::generate(dir.path(), "other-job");
+    let events_per_key = 10_000;
+    let job = sequence_job(dir.path(), &s3.endpoint, events_per_key, 4000);
+    let mut env = s3.env();
+    env.extend(ours.env());
+    let mut cluster = Cluster::new(dir.path(), job, env.clone());
+    cluster.start_jobmanager(&["--exit-when-done"]);
+    cluster.start_taskmanager(0, 1);
+    cluster.start_taskmanager(1, 1);
+    wait_for_new_checkpoints(&s3, 2);
+
+    // Would-be TaskManagers: one plain, one of another job's CA.
+    let mut rogue_env = s3.env();
+    rogue_env.extend(theirs.env());
+    cluster.env = s3.env();
+    cluster.start_taskmanager(2, 1);
+    cluster.env = rogue_env;
+    cluster.start_taskmanager(3, 1);
+    cluster.env = env;
+    // Dial a data port of the job, plain and with the other CA.
+    let data_port = logged_data_port(&dir.path().join("taskmanager-0-0.log"));
+    rogue_dial(data_port, None);
+    rogue_dial(data_port, Some(&theirs.load()));
+    wait_until(
+        Duration::from_secs(30),
+        "the JobManager to refuse both would-be TaskManagers",
+        || {
+            let log = cluster.jobmanager_log();
+            log.lines()
+                .filter(|l| l.contains("refused a connection") && l.contains("port=rpc"))
+                .count()
+                >= 2
+        },
+    );
+    cluster.wait_for_success(Duration::from_secs(120));
+
+    let log = cluster.jobmanager_log();
+    assert_eq!(
+        log.matches("TaskManager registered").count(),
+        2,
+        "only the job's two TaskManagers registered:\n{log}"
+    );
+    let data_log =
+        std::fs::read_to_string(dir.path().join("taskmanager-0-0.log")).expect("TaskManager log");
+    let refused_data = data_log
+        .lines()
+        .filter(|l| l.contains("refused a connection") && l.contains("port=data"))
+        .count();
+    assert!(
+        refused_data >= 2,
+        "both rogue data connections were refused and logged ({refused_data}):\n{data_log}"
+    );
+    verify_output(&s3, events_per_key, "with mutual TLS and rogue peers");
+}

@@ -93,12 +93,19 @@ No Secrets, no Pods: job pods read S3 credentials through secretKeyRef.
 - apiGroups: [""]
   resources: ["services"]
   verbs: ["create", "patch"]
+{{- $secretVerbs := list }}
+{{- if or .Values.operator.restAuth.enabled .Values.operator.peerTls.enabled }}
+{{- $secretVerbs = append $secretVerbs "create" }}
+{{- end }}
 {{- if .Values.operator.restAuth.enabled }}
-# Each job's REST token Secret, written by server-side apply; never read (no get/list/watch):
-# see operator/src/rest_token.rs.
+{{- $secretVerbs = append $secretVerbs "patch" }}
+{{- end }}
+{{- if $secretVerbs }}
+# Each job's REST token Secret (server-side apply: create, patch; operator/src/rest_token.rs)
+# and peer TLS Secret (create once; operator/src/peer_tls.rs). Never read: no get/list/watch.
 - apiGroups: [""]
   resources: ["secrets"]
-  verbs: ["create", "patch"]
+  verbs: {{ toJson $secretVerbs }}
 {{- end }}
 - apiGroups: ["events.k8s.io"]
   resources: ["events"]

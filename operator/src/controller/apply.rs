@@ -6,7 +6,7 @@
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
-use kube::api::{DeleteParams, Patch, PatchParams};
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::{Api, Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -15,7 +15,8 @@ use weir_spec::fault_points::{self, FaultPoint};
 
 use super::Context;
 use crate::build::{
-    children, job_id, jobmanager_name, require_rest_token, rest_token_secret, taskmanager_name,
+    children, job_id, jobmanager_name, peer_tls_secret, peer_tls_secret_name, require_peer_tls,
+    require_rest_token, rest_token_secret, taskmanager_name,
 };
 use crate::crd::{CONDITION_STORAGE_ACCESS, OperationStep, StreamJob, StreamJobStatus};
 use crate::jobmanager::JobManagerClient;
@@ -87,6 +88,10 @@ pub(super) async fn apply(job: &StreamJob, ctx: &Context, plan: Plan) -> Result<
                 restart_nonce,
             } => {
                 let mut objects = children(job, restore, restart_nonce)?;
+                if ctx.peer_tls {
+                    create_peer_tls_secret(&ctx.client, &namespace, job).await?;
+                    require_peer_tls(&mut objects, job);
+                }
                 if let Some(token) = ctx.rest_token(job) {
                     // Before the JobManager that mounts it.
                     apply_object(&ctx.client, &namespace, &rest_token_secret(job, &token)?).await?;
@@ -185,6 +190,27 @@ pub(super) async fn apply(job: &StreamJob, ctx: &Context, plan: Plan) -> Result<
         }
     }
     Ok(())
+}
+
+/// Creates the job's peer TLS Secret the first time; an existing one is left as it is (a new
+/// CA would split the job's running pods into two groups that refuse each other).
+async fn create_peer_tls_secret(
+    client: &kube::Client,
+    namespace: &str,
+    job: &StreamJob,
+) -> Result<()> {
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
+    let name = peer_tls_secret_name(&job.name_any());
+    let certificates = crate::peer_tls::generate(namespace, &job.name_any())?;
+    let secret = peer_tls_secret(job, &certificates)?;
+    match secrets.create(&PostParams::default(), &secret).await {
+        Ok(_) => {
+            tracing::info!(secret = %name, "created the job's CA and peer certificate");
+            Ok(())
+        }
+        Err(kube::Error::Api(status)) if status.code == 409 => Ok(()),
+        Err(source) => Err(kube_error("create", "Secret", namespace, &name, source)),
+    }
 }
 
 /// Whether this apply is the one after a stop-with-savepoint completed: the status moves from

@@ -50,6 +50,8 @@ pub struct Context {
     pub clock: Clock,
     /// Derives each job's REST token; `None`: JobManagers are deployed without one.
     pub rest_token_key: Option<TokenKey>,
+    /// Deploy every job with mutual TLS between its pods (`crate::peer_tls`).
+    pub peer_tls: bool,
 }
 
 impl std::fmt::Debug for Context {
@@ -80,12 +82,19 @@ impl Context {
             metrics,
             clock: system_clock(),
             rest_token_key: None,
+            peer_tls: false,
         })
     }
 
     /// Deploys every JobManager with a REST token derived from `key`.
     pub fn with_rest_token_key(mut self, key: Option<TokenKey>) -> Context {
         self.rest_token_key = key;
+        self
+    }
+
+    /// Deploys every job with mutual TLS between its pods (or not).
+    pub fn with_peer_tls(mut self, on: bool) -> Context {
+        self.peer_tls = on;
         self
     }
 

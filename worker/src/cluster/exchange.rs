@@ -6,13 +6,13 @@
 //! and only that producer's queue blocks, exactly as in local mode.
 
 use std::io::{BufReader, BufWriter, Write};
-use std::net::TcpStream;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
 use super::frame::{read_frame, write_frame};
+use super::tls::Connection;
 use super::wire::{ChannelId, DataFrame, StoreResolver, decode_data, encode_data};
 use crate::api::Data;
 use crate::error::{Error, Result};
@@ -25,13 +25,13 @@ const SOCKET_BUFFER: usize = 64 << 10;
 pub trait OutgoingChannel: Send {
     fn id(&self) -> ChannelId;
     /// Runs until end of stream (Ok), cancellation, or a broken connection.
-    fn pump(self: Box<Self>, stream: TcpStream, cancelled: &AtomicBool) -> Result<()>;
+    fn pump(self: Box<Self>, stream: Connection, cancelled: &AtomicBool) -> Result<()>;
 }
 
 /// The consuming end of a remote channel: fills the local queue from a connection.
 pub trait IncomingChannel: Send {
     fn id(&self) -> ChannelId;
-    fn pump(self: Box<Self>, stream: TcpStream, stores: &dyn StoreResolver) -> Result<()>;
+    fn pump(self: Box<Self>, stream: Connection, stores: &dyn StoreResolver) -> Result<()>;
 }
 
 pub(crate) struct Outgoing<R> {
@@ -53,7 +53,7 @@ impl<R: Data> OutgoingChannel for Outgoing<R> {
         self.id
     }
 
-    fn pump(self: Box<Self>, stream: TcpStream, cancelled: &AtomicBool) -> Result<()> {
+    fn pump(self: Box<Self>, stream: Connection, cancelled: &AtomicBool) -> Result<()> {
         let id = self.id;
         let mut out = BufWriter::with_capacity(SOCKET_BUFFER, stream);
         let mut payload = Vec::with_capacity(SOCKET_BUFFER);
@@ -91,7 +91,7 @@ impl<R: Data> IncomingChannel for Incoming<R> {
         self.id
     }
 
-    fn pump(self: Box<Self>, stream: TcpStream, stores: &dyn StoreResolver) -> Result<()> {
+    fn pump(self: Box<Self>, stream: Connection, stores: &dyn StoreResolver) -> Result<()> {
         let id = self.id;
         let mut input = BufReader::with_capacity(SOCKET_BUFFER, stream);
         let mut payload = Vec::with_capacity(SOCKET_BUFFER);

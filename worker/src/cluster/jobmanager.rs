@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 
+use super::tls::{Connection, PeerTls};
 use super::wire::{Deployment as WireDeployment, ToJobManager, ToTaskManager, WireControl};
 use super::{Heartbeat, recv_control, send_control};
 use crate::api::JobGraph;
@@ -32,6 +33,8 @@ pub struct JobManagerOptions {
     pub rpc_bind: SocketAddr,
     pub heartbeat: Heartbeat,
     pub progress_interval: Duration,
+    /// Mutual TLS with the TaskManagers (`cluster::tls`).
+    pub tls: Option<PeerTls>,
 }
 
 /// Longest the JobManager waits for TaskManagers to confirm an attempt's tasks stopped.
@@ -49,7 +52,7 @@ pub fn run_job_manager(
     job: &JobHandle,
     commands: &Receiver<JobCommand>,
 ) -> Result<JobOutcome> {
-    let cluster = Cluster::start(options.rpc_bind, options.heartbeat)?;
+    let cluster = Cluster::start(options.rpc_bind, options.heartbeat, options.tls.clone())?;
     let mut executor = ClusterExecutor { cluster };
     let driver = DriverOptions {
         progress_interval: options.progress_interval,
@@ -119,7 +122,7 @@ impl ClusterState {
 }
 
 impl Cluster {
-    fn start(bind: SocketAddr, heartbeat: Heartbeat) -> Result<Arc<Cluster>> {
+    fn start(bind: SocketAddr, heartbeat: Heartbeat, tls: Option<PeerTls>) -> Result<Arc<Cluster>> {
         let listener =
             TcpListener::bind(bind).map_err(|e| Error::io(format!("RPC listener {bind}"), e))?;
         let local_addr = listener
@@ -137,10 +140,10 @@ impl Cluster {
                 .spawn(move || {
                     for stream in listener.incoming() {
                         let Ok(stream) = stream else { continue };
-                        let cluster = cluster.clone();
+                        let (cluster, tls) = (cluster.clone(), tls.clone());
                         let _ = std::thread::Builder::new()
                             .name("tm-conn".into())
-                            .spawn(move || cluster.serve(stream, heartbeat));
+                            .spawn(move || cluster.serve(stream, heartbeat, tls.as_ref()));
                     }
                 })
                 .map_err(|e| Error::io("RPC listener thread", e))?;
@@ -176,20 +179,30 @@ impl Cluster {
     }
 
     /// One TaskManager connection, from registration until it is lost.
-    fn serve(&self, stream: TcpStream, heartbeat: Heartbeat) {
-        let peer = match stream.peer_addr() {
+    fn serve(&self, socket: TcpStream, heartbeat: Heartbeat, tls: Option<&PeerTls>) {
+        let peer = match socket.peer_addr() {
             Ok(peer) => peer,
             Err(_) => return,
         };
-        let _ = stream.set_nodelay(true);
-        let (Ok(write_half), Ok(socket)) = (stream.try_clone(), stream.try_clone()) else {
+        let _ = socket.set_nodelay(true);
+        let stream = match Connection::server(socket, tls) {
+            Ok(stream) => stream,
+            Err(e) => {
+                super::tls::refused("rpc", &peer.to_string(), &e);
+                return;
+            }
+        };
+        let (Ok(write_half), Ok(socket)) = (stream.try_clone(), stream.socket().try_clone()) else {
             return;
         };
         let mut input = BufReader::new(stream);
         let mut buf = Vec::new();
-        let _ = input.get_ref().set_read_timeout(Some(heartbeat.timeout));
+        let _ = input
+            .get_ref()
+            .socket()
+            .set_read_timeout(Some(heartbeat.timeout));
         let register = recv_control::<ToJobManager>(&mut input, &mut buf);
-        let _ = input.get_ref().set_read_timeout(None);
+        let _ = input.get_ref().socket().set_read_timeout(None);
         let Ok(Some(ToJobManager::Register {
             tm_id,
             slots,
@@ -247,7 +260,7 @@ impl Cluster {
                         break;
                     }
                 }
-                let _ = out.get_ref().shutdown(Shutdown::Both);
+                let _ = out.get_ref().socket().shutdown(Shutdown::Both);
             });
 
         let reason = loop {
@@ -289,7 +302,7 @@ impl Cluster {
         };
 
         // Lost: forget it, and fail the attempt it was part of.
-        let _ = input.get_ref().shutdown(Shutdown::Both);
+        let _ = input.get_ref().socket().shutdown(Shutdown::Both);
         let mut state = self.lock();
         state.task_managers.remove(&connection);
         state.counters.ended(connection);

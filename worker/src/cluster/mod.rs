@@ -26,11 +26,11 @@ pub mod frame;
 mod fuzz_seeds;
 pub mod jobmanager;
 pub mod taskmanager;
+pub mod tls;
 pub mod wire;
 
 use std::collections::HashMap;
 use std::io::{BufReader, BufWriter, Write};
-use std::net::TcpStream;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -61,7 +61,7 @@ impl Default for Heartbeat {
 
 /// Sends one control message as a frame and flushes.
 pub(crate) fn send_control<T: serde::Serialize>(
-    out: &mut BufWriter<TcpStream>,
+    out: &mut BufWriter<impl Write>,
     message: &T,
 ) -> Result<()> {
     let payload = wire::encode_control(message)?;
@@ -71,7 +71,7 @@ pub(crate) fn send_control<T: serde::Serialize>(
 
 /// Reads one control message; `Ok(None)` on a clean close.
 pub(crate) fn recv_control<T: serde::de::DeserializeOwned>(
-    input: &mut BufReader<TcpStream>,
+    input: &mut BufReader<impl std::io::Read>,
     buf: &mut Vec<u8>,
 ) -> Result<Option<T>> {
     if !frame::read_frame(input, buf).map_err(|e| Error::io("control connection", e))? {

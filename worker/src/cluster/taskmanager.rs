@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::Sender;
 
 use super::exchange::{IncomingChannel, OutgoingChannel};
+use super::tls::{Connection, PeerTls};
 use super::wire::{
     ChannelId, DataHello, DataHelloReply, Deployment, StoreResolver, ToJobManager, ToTaskManager,
     WireTaskEvent, decode_control, encode_control,
@@ -43,6 +44,8 @@ pub struct TaskManagerOptions {
     /// Scratch space for RocksDB and in-progress files.
     pub work_dir: PathBuf,
     pub heartbeat: Heartbeat,
+    /// Mutual TLS with the JobManager and the other TaskManagers (`cluster::tls`).
+    pub tls: Option<PeerTls>,
 }
 
 /// Runs until the process is killed, or until SIGTERM/SIGINT: then it drops every control
@@ -58,7 +61,10 @@ pub fn run_task_manager(
         .local_addr()
         .map_err(|e| Error::io("data listener", e))?
         .port();
-    let data = Arc::new(DataServer::default());
+    let data = Arc::new(DataServer {
+        state: Mutex::default(),
+        tls: options.tls.clone(),
+    });
     {
         let data = data.clone();
         std::thread::Builder::new()
@@ -105,7 +111,8 @@ pub fn run_task_manager(
         match tm.connect() {
             Ok(stream) => {
                 waiting_since = None;
-                *session_socket.lock().unwrap_or_else(|e| e.into_inner()) = stream.try_clone().ok();
+                *session_socket.lock().unwrap_or_else(|e| e.into_inner()) =
+                    stream.socket().try_clone().ok();
                 let result = tm.session(stream);
                 *session_socket.lock().unwrap_or_else(|e| e.into_inner()) = None;
                 tm.stop_attempt(None);
@@ -148,7 +155,7 @@ struct LocalAttempt {
 }
 
 impl TaskManager {
-    fn connect(&self) -> Result<TcpStream> {
+    fn connect(&self) -> Result<Connection> {
         let addr = &self.options.jobmanager;
         let resolved = addr
             .to_socket_addrs()
@@ -158,15 +165,17 @@ impl TaskManager {
         let stream = TcpStream::connect_timeout(&resolved, Duration::from_secs(5))
             .map_err(|e| Error::io(format!("JobManager {addr}"), e))?;
         let _ = stream.set_nodelay(true);
-        Ok(stream)
+        Connection::client(stream, self.options.tls.as_ref())
+            .map_err(|e| Error::io(format!("TLS handshake with the JobManager {addr}"), e))
     }
 
     /// One registration with the JobManager, until the connection is lost.
-    fn session(&mut self, stream: TcpStream) -> Result<()> {
+    fn session(&mut self, stream: Connection) -> Result<()> {
         let write_half = stream
             .try_clone()
             .map_err(|e| Error::io("control connection", e))?;
         stream
+            .socket()
             .set_read_timeout(Some(self.options.heartbeat.timeout))
             .map_err(|e| Error::io("control connection", e))?;
         let (to_jm, outbox) = crossbeam_channel::unbounded::<ToJobManager>();
@@ -192,7 +201,7 @@ impl TaskManager {
                             break;
                         }
                     }
-                    let _ = out.get_ref().shutdown(Shutdown::Both);
+                    let _ = out.get_ref().socket().shutdown(Shutdown::Both);
                 })
                 .map_err(|e| Error::io("control writer thread", e))?
         };
@@ -248,7 +257,7 @@ impl TaskManager {
         };
         alive.store(false, Ordering::Relaxed);
         drop(to_jm);
-        let _ = input.get_ref().shutdown(Shutdown::Both);
+        let _ = input.get_ref().socket().shutdown(Shutdown::Both);
         let _ = writer.join();
         result
     }
@@ -374,9 +383,12 @@ impl TaskManager {
                 .cloned()
                 .ok_or_else(|| Error::spec("peers", format!("no address for {}", channel.id())))?;
             let (cancelled, sockets) = (cancelled.clone(), sockets.clone());
+            let tls = self.options.tls.clone();
             std::thread::Builder::new()
                 .name(format!("out-{}", channel.id().consumer))
-                .spawn(move || send_channel(channel, &peer, epoch, &cancelled, &sockets))
+                .spawn(move || {
+                    send_channel(channel, &peer, epoch, tls.as_ref(), &cancelled, &sockets)
+                })
                 .map_err(|e| Error::io("data sender thread", e))?;
         }
         tracing::info!(
@@ -402,6 +414,7 @@ fn send_channel(
     channel: Box<dyn OutgoingChannel>,
     peer: &str,
     epoch: u64,
+    tls: Option<&PeerTls>,
     cancelled: &AtomicBool,
     sockets: &Mutex<Vec<TcpStream>>,
 ) {
@@ -411,7 +424,7 @@ fn send_channel(
         if cancelled.load(Ordering::Relaxed) {
             return;
         }
-        match handshake(peer, epoch, id) {
+        match handshake(peer, epoch, id, tls) {
             Ok((stream, DataHelloReply::Accepted)) => break stream,
             Ok((_, DataHelloReply::Fenced)) => {
                 tracing::debug!(%id, epoch, "data connection fenced");
@@ -427,7 +440,7 @@ fn send_channel(
         }
         std::thread::sleep(Duration::from_millis(50));
     };
-    if let Ok(clone) = stream.try_clone() {
+    if let Ok(clone) = stream.socket().try_clone() {
         sockets
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -443,18 +456,24 @@ fn send_channel(
     }
 }
 
-fn handshake(peer: &str, epoch: u64, channel: ChannelId) -> Result<(TcpStream, DataHelloReply)> {
+fn handshake(
+    peer: &str,
+    epoch: u64,
+    channel: ChannelId,
+    tls: Option<&PeerTls>,
+) -> Result<(Connection, DataHelloReply)> {
     let net = |e| Error::io(format!("data connection to {peer}"), e);
     let addr = peer
         .to_socket_addrs()
         .map_err(net)?
         .next()
         .ok_or_else(|| Error::spec("peers", format!("{peer} resolves to nothing")))?;
-    let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).map_err(net)?;
-    let _ = stream.set_nodelay(true);
-    stream
+    let socket = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).map_err(net)?;
+    let _ = socket.set_nodelay(true);
+    socket
         .set_read_timeout(Some(Duration::from_secs(10)))
         .map_err(net)?;
+    let stream = Connection::client(socket, tls).map_err(net)?;
     let mut out = BufWriter::new(stream.try_clone().map_err(net)?);
     send_control(&mut out, &DataHello { epoch, channel })?;
     let mut input = BufReader::new(stream.try_clone().map_err(net)?);
@@ -464,15 +483,15 @@ fn handshake(peer: &str, epoch: u64, channel: ChannelId) -> Result<(TcpStream, D
             "closed during handshake",
         ))
     })?;
-    stream.set_read_timeout(None).map_err(net)?;
+    stream.socket().set_read_timeout(None).map_err(net)?;
     Ok((stream, reply))
 }
 
 /// Accepts data connections and hands each to the incoming channel it names, if that
 /// channel belongs to the current attempt.
-#[derive(Default)]
 struct DataServer {
     state: Mutex<DataState>,
+    tls: Option<PeerTls>,
 }
 
 #[derive(Default)]
@@ -522,12 +541,19 @@ impl DataServer {
         }
     }
 
-    fn serve(&self, stream: TcpStream) {
-        let peer = stream
+    fn serve(&self, socket: TcpStream) {
+        let peer = socket
             .peer_addr()
             .map_or_else(|_| "?".into(), |a| a.to_string());
-        let _ = stream.set_nodelay(true);
-        let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
+        let _ = socket.set_nodelay(true);
+        let _ = socket.set_read_timeout(Some(Duration::from_secs(10)));
+        let stream = match Connection::server(socket, self.tls.as_ref()) {
+            Ok(stream) => stream,
+            Err(e) => {
+                super::tls::refused("data", &peer, &e);
+                return;
+            }
+        };
         let Ok(read_half) = stream.try_clone() else {
             return;
         };
@@ -552,7 +578,7 @@ impl DataServer {
             } else {
                 match (state.channels.remove(&hello.channel), state.stores.clone()) {
                     (Some(channel), Some(stores)) => {
-                        if let Ok(clone) = stream.try_clone() {
+                        if let Ok(clone) = stream.socket().try_clone() {
                             state.sockets.push(clone);
                         }
                         (DataHelloReply::Accepted, Some((channel, stores)))
@@ -561,7 +587,10 @@ impl DataServer {
                 }
             }
         };
-        let mut out = BufWriter::new(&stream);
+        let Ok(write_half) = stream.try_clone() else {
+            return;
+        };
+        let mut out = BufWriter::new(write_half);
         let sent = encode_control(&reply)
             .and_then(|payload| {
                 frame::write_frame(&mut out, &payload).map_err(|e| Error::io("handshake", e))
@@ -574,7 +603,7 @@ impl DataServer {
         if sent.is_err() {
             return;
         }
-        let _ = stream.set_read_timeout(None);
+        let _ = stream.socket().set_read_timeout(None);
         let id = channel.id();
         // `input` may have buffered bytes past the handshake: the producer only sends data
         // after reading the reply, so it has not.
