@@ -456,6 +456,18 @@ impl Cluster {
             .map_err(|_| Error::Environment(format!("Secret {name}/{key} is not text")))
     }
 
+    pub async fn network_policy(
+        &self,
+        name: &str,
+    ) -> Result<Option<k8s_openapi::api::networking::v1::NetworkPolicy>> {
+        let policies: Api<k8s_openapi::api::networking::v1::NetworkPolicy> =
+            Api::namespaced(self.client.clone(), &self.config.namespace);
+        policies
+            .get_opt(name)
+            .await
+            .map_err(kube_error("get", format!("NetworkPolicy {name}")))
+    }
+
     pub async fn delete_pod(&self, name: &str) -> Result<()> {
         eprintln!("deleting pod {}/{name}", self.config.namespace);
         let pods: Api<Pod> = Api::namespaced(self.client.clone(), &self.config.namespace);

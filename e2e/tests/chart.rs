@@ -55,6 +55,7 @@ fn expected_watch_rules() -> BTreeSet<String> {
         "/configmaps: create,list,patch,watch",
         "/services: create,patch",
         "/secrets: create,patch",
+        "networking.k8s.io/networkpolicies: create,patch",
         "events.k8s.io/events: create,patch",
     ]
     .into_iter()
@@ -428,15 +429,26 @@ fn job_pods_get_a_service_account_without_token_or_bindings() {
 
 #[test]
 fn network_policy_is_on_by_default_and_can_be_turned_off() {
-    assert!(render(&[]).count("NetworkPolicy") > 0);
-    assert_eq!(
-        render(&[("networkPolicy.enabled", "false")]).count("NetworkPolicy"),
-        0
+    let on = render(&[]);
+    assert!(on.count("NetworkPolicy") > 0);
+    assert!(
+        operator_args(&on).contains(&"--network-policies".to_string()),
+        "the operator adds each job's own policy"
+    );
+    let off = render(&[("networkPolicy.enabled", "false")]);
+    assert_eq!(off.count("NetworkPolicy"), 0);
+    assert!(!operator_args(&off).contains(&"--network-policies".to_string()));
+    let roles = off.of_kind("ClusterRole").collect::<Vec<_>>();
+    assert!(
+        summarize(&rules_of(roles[0]))
+            .iter()
+            .all(|rule| !rule.contains("networkpolicies")),
+        "no RBAC on NetworkPolicies the operator does not make"
     );
 }
 
 #[test]
-fn network_policies_admit_jobmanager_and_taskmanager_ports_only_from_their_peers() {
+fn the_chart_policy_admits_only_the_operator_to_jobmanagers() {
     let manifests = render(&[TEAMS]);
     let policies: Vec<NetworkPolicy> = manifests.typed("NetworkPolicy").expect("decode");
     let namespaces: BTreeSet<_> = policies
@@ -449,8 +461,8 @@ fn network_policies_admit_jobmanager_and_taskmanager_ports_only_from_their_peers
     );
     assert_eq!(
         policies.len(),
-        4,
-        "a JobManager and a TaskManager policy per namespace"
+        2,
+        "a JobManager policy per namespace; each job's own policy comes from the operator"
     );
     for policy in policies {
         let spec = policy.spec.expect("spec");
@@ -517,14 +529,7 @@ fn network_policies_admit_jobmanager_and_taskmanager_ports_only_from_their_peers
             }
         }
         let expected: BTreeSet<String> = match component.as_str() {
-            "jobmanager" => [
-                format!("weir-operator/any in {RELEASE_NAMESPACE}: rest"),
-                "weir/taskmanager in same namespace: rest".to_string(),
-                "weir/taskmanager in same namespace: rpc".to_string(),
-            ]
-            .into_iter()
-            .collect(),
-            "taskmanager" => ["weir/taskmanager in same namespace: data".to_string()]
+            "jobmanager" => [format!("weir-operator/any in {RELEASE_NAMESPACE}: rest")]
                 .into_iter()
                 .collect(),
             other => panic!("a policy for {other:?}"),

@@ -12,6 +12,8 @@
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use serde_json::{Value, json};
 use weir_e2e::Result;
 use weir_e2e::cluster::{
@@ -189,6 +191,41 @@ async fn steady_state_checkpoints_show_in_status_and_kubectl() -> Result<()> {
             "GET {url} with token {:?}",
             presented.map(|t| if t == token { "<the job's>" } else { t })
         );
+    }
+
+    // The job's own NetworkPolicy fences every pod of the job and admits RPC and data from
+    // this job's TaskManagers only (whether the kit's network enforces it is another matter:
+    // mutual TLS refuses other jobs either way).
+    let policy = cluster
+        .network_policy(&format!("{}-peers", job.name))
+        .await?
+        .expect("the operator created the job's NetworkPolicy");
+    let owner = &policy.metadata.owner_references.as_ref().expect("owned")[0];
+    assert_eq!((owner.kind.as_str(), &owner.name), ("StreamJob", &job.name));
+    let spec = policy.spec.expect("spec");
+    let selects = |selector: Option<&LabelSelector>, pod: &Pod| {
+        let labels = pod.metadata.labels.clone().unwrap_or_default();
+        selector
+            .and_then(|s| s.match_labels.as_ref())
+            .is_some_and(|wanted| wanted.iter().all(|(k, v)| labels.get(k) == Some(v)))
+    };
+    let ingress = spec.ingress.expect("ingress rules");
+    assert_eq!(ingress.len(), 1, "{ingress:?}");
+    let peer = ingress[0].from.as_ref().expect("from")[0]
+        .pod_selector
+        .as_ref();
+    for component in ["jobmanager", "taskmanager"] {
+        for pod in cluster.pods(&job.name, component).await? {
+            assert!(
+                selects(spec.pod_selector.as_ref(), &pod),
+                "{component} fenced"
+            );
+            assert_eq!(
+                selects(peer, &pod),
+                component == "taskmanager",
+                "only TaskManagers are admitted peers"
+            );
+        }
     }
 
     // Job pods get no Kubernetes API token: they never talk to the API server.
@@ -938,19 +975,13 @@ async fn rescale_through_operator_crashes(cluster: &Cluster, points: &[&str]) ->
     cluster
         .patch_spec(&job.name, json!({"parallelism": 3}))
         .await?;
-    let status = cluster
-        .wait_for_status(
-            &job.name,
-            "the rescale finished through two operator crashes",
-            LONG,
-            |s| {
-                s["lifecycle"] == "Running"
-                    && s["jobState"] == "RUNNING"
-                    && s["deployed"]["parallelism"] == 3
-                    && s["operation"].is_null()
-            },
-        )
-        .await?;
+    let status = wait_for_rescale(
+        cluster,
+        &job,
+        3,
+        "the rescale finished through two operator crashes",
+    )
+    .await?;
     let after = cluster.operator_restarts().await?;
     assert_eq!(restarts(&after), 2, "one crash per fault point: {after:?}");
     if cluster.config.pod_logs.is_some() {
@@ -964,18 +995,45 @@ async fn rescale_through_operator_crashes(cluster: &Cluster, points: &[&str]) ->
             );
         }
     }
+    assert_one_rescale_savepoint(cluster, &job, &status).await?;
+    finish_exactly_once(cluster, &job).await
+}
+
+/// Waits until a rescale to `parallelism` is over: the job runs at it, no operation left.
+async fn wait_for_rescale(
+    cluster: &Cluster,
+    job: &SequenceJob,
+    parallelism: u32,
+    what: &str,
+) -> Result<Value> {
+    cluster
+        .wait_for_status(&job.name, what, LONG, |s| {
+            s["lifecycle"] == "Running"
+                && s["jobState"] == "RUNNING"
+                && s["deployed"]["parallelism"] == parallelism
+                && s["operation"].is_null()
+        })
+        .await
+}
+
+/// Exactly one rescale savepoint was taken: in the status and in storage.
+async fn assert_one_rescale_savepoint(
+    cluster: &Cluster,
+    job: &SequenceJob,
+    status: &Value,
+) -> Result<()> {
     assert_eq!(
-        savepoints_for(&status, "rescale"),
+        savepoints_for(status, "rescale"),
         1,
         "exactly one savepoint: {status}"
     );
-    let completed = completed_savepoints(cluster, &job).await?;
+    let completed = completed_savepoints(cluster, job).await?;
     assert_eq!(
         completed.len(),
         1,
         "one savepoint in storage: {completed:?}"
     );
-    finish_exactly_once(cluster, &job).await
+    Ok(())
 }
 
 /// The operator is killed in the middle of a rescale: the new one resumes the recorded
@@ -1002,30 +1060,14 @@ async fn operator_killed_mid_rescale_resumes_with_one_savepoint() -> Result<()> 
             cluster.kill_operator_pod(&name).await?;
         }
     }
-    let status = cluster
-        .wait_for_status(
-            &job.name,
-            "the rescale finished by the new operator",
-            LONG,
-            |s| {
-                s["lifecycle"] == "Running"
-                    && s["jobState"] == "RUNNING"
-                    && s["deployed"]["parallelism"] == 3
-                    && s["operation"].is_null()
-            },
-        )
-        .await?;
-    assert_eq!(
-        savepoints_for(&status, "rescale"),
-        1,
-        "exactly one savepoint: {status}"
-    );
-    let completed = completed_savepoints(&cluster, &job).await?;
-    assert_eq!(
-        completed.len(),
-        1,
-        "one savepoint in storage: {completed:?}"
-    );
+    let status = wait_for_rescale(
+        &cluster,
+        &job,
+        3,
+        "the rescale finished by the new operator",
+    )
+    .await?;
+    assert_one_rescale_savepoint(&cluster, &job, &status).await?;
     finish_exactly_once(&cluster, &job).await
 }
 

@@ -16,21 +16,21 @@ use k8s_openapi::api::core::v1::{
     ResourceRequirements, SeccompProfile, Secret, SecretKeySelector, SecretVolumeSource,
     SecurityContext, Service, ServicePort, ServiceSpec, Volume, VolumeMount,
 };
+use k8s_openapi::api::networking::v1::{
+    NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicyPeer, NetworkPolicyPort,
+    NetworkPolicySpec,
+};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::Resource;
 use serde::Serialize;
 use weir_spec::{JobDocument, JobRef, RestoreSource};
 
-use crate::crd::{StreamJob, StreamJobSpec, selector_labels};
-use crate::jobmanager::REST_PORT;
+use crate::crd::{StreamJob, StreamJobSpec, job_labels, selector_labels};
 use crate::peer_tls::PeerCertificates;
 use crate::{Error, Result};
+use weir_spec::layout::ports;
 
-/// Port the JobManager accepts TaskManager connections on.
-pub const RPC_PORT: u16 = 6123;
-/// TaskManagers' port for keyed-exchange data from other TaskManagers.
-pub const DATA_PORT: u16 = 6121;
 /// Where the job document is mounted.
 pub const JOB_FILE: &str = "/etc/weir/job.yaml";
 /// RocksDB instances and in-progress sink files (an emptyDir; the root filesystem is read-only).
@@ -60,8 +60,17 @@ pub fn rest_token_secret_name(name: &str) -> String {
     format!("{name}-rest-token")
 }
 
-pub fn peer_tls_secret_name(name: &str) -> String {
-    format!("{name}-peer-tls")
+/// The job's peer TLS Secret, named after the StreamJob's uid too: a StreamJob deleted and
+/// created again under the same name must not find (and mount) its predecessor's Secret,
+/// which the garbage collector is about to delete; its own is created and never replaced.
+pub fn peer_tls_secret_name(job: &StreamJob) -> String {
+    let uid = job.metadata.uid.as_deref().unwrap_or_default();
+    let short = uid.get(..8).unwrap_or(uid);
+    format!("{}-peer-tls-{short}", name_of(job))
+}
+
+pub fn network_policy_name(name: &str) -> String {
+    format!("{name}-peers")
 }
 
 pub fn config_map_name(name: &str) -> String {
@@ -128,6 +137,35 @@ fn fingerprint(value: &impl Serialize) -> Result<String> {
 /// Hash of everything that shapes the pods except parallelism and slots, so a parallelism or
 /// slots change reads as a rescale and anything else as an upgrade.
 pub fn spec_hash(spec: &StreamJobSpec) -> Result<String> {
+    // Every field by name, no `..`: a new spec field does not compile until it is sorted into
+    // "shapes the pods" (hashed below) or not (named here with the reason).
+    let StreamJobSpec {
+        image,
+        image_pull_policy,
+        job,
+        task_manager,
+        job_manager,
+        s3_credentials_secret,
+        service_account_name,
+        // A rescale, not an upgrade: `pod_hash` adds it.
+        parallelism: _,
+        // How the operator rolls out, suspends, savepoints and cleans up, not what runs.
+        upgrade_mode: _,
+        state: _,
+        savepoint_trigger_nonce: _,
+        on_delete: _,
+        // Read for the first deployment only.
+        initial_savepoint_path: _,
+        // Operator policy; `savepoints.directory` reaches the JobManager (its allowed
+        // targets) with the next deployment, as documented on the field.
+        savepoints: _,
+    } = spec;
+    let crate::crd::TaskManagerSpec {
+        // A rescale, not an upgrade: `pod_hash` adds it.
+        slots: _,
+        resources: tm_resources,
+        pod_template: tm_template,
+    } = task_manager;
     #[derive(Serialize)]
     struct Shape<'a> {
         image: &'a str,
@@ -140,14 +178,14 @@ pub fn spec_hash(spec: &StreamJobSpec) -> Result<String> {
         service_account: &'a Option<String>,
     }
     fingerprint(&Shape {
-        image: &spec.image,
-        pull_policy: spec.image_pull_policy.map(|p| p.as_str()),
-        job: &spec.job,
-        tm_resources: &spec.task_manager.resources,
-        tm_template: &spec.task_manager.pod_template,
-        jm: &spec.job_manager,
-        s3_secret: &spec.s3_credentials_secret,
-        service_account: &spec.service_account_name,
+        image,
+        pull_policy: image_pull_policy.map(|p| p.as_str()),
+        job,
+        tm_resources,
+        tm_template,
+        jm: job_manager,
+        s3_secret: s3_credentials_secret,
+        service_account: service_account_name,
     })
 }
 
@@ -219,8 +257,8 @@ pub fn children(job: &StreamJob, restore: RestoreSource, restart_nonce: u32) -> 
             // once they have connected and the job runs.
             publish_not_ready_addresses: Some(true),
             ports: Some(vec![
-                service_port("rest", REST_PORT),
-                service_port("rpc", RPC_PORT),
+                service_port("rest", ports::REST),
+                service_port("rpc", ports::RPC),
             ]),
             ..ServiceSpec::default()
         }),
@@ -231,8 +269,8 @@ pub fn children(job: &StreamJob, restore: RestoreSource, restart_nonce: u32) -> 
         name: "jobmanager".into(),
         args: Some(vec!["jobmanager".into(), "--job".into(), JOB_FILE.into()]),
         ports: Some(vec![
-            container_port("rest", REST_PORT),
-            container_port("rpc", RPC_PORT),
+            container_port("rest", ports::REST),
+            container_port("rpc", ports::RPC),
         ]),
         resources: job.spec.job_manager.resources.clone(),
         liveness_probe: Some(http_probe("/v1/health/live", 10, 6)),
@@ -254,11 +292,11 @@ pub fn children(job: &StreamJob, restore: RestoreSource, restart_nonce: u32) -> 
         args: Some(vec![
             "taskmanager".into(),
             "--jobmanager".into(),
-            format!("{}:{RPC_PORT}", jobmanager_name(&name)),
+            format!("{}:{}", jobmanager_name(&name), ports::RPC),
             "--slots".into(),
             job.spec.task_manager.slots.to_string(),
         ]),
-        ports: Some(vec![container_port("data", DATA_PORT)]),
+        ports: Some(vec![container_port("data", ports::DATA)]),
         resources: job.spec.task_manager.resources.clone(),
         ..worker_container(job)
     };
@@ -313,38 +351,25 @@ pub fn require_rest_token(children: &mut Children, job: &StreamJob, token: &str)
     let Some(pod) = template.spec.as_mut() else {
         return;
     };
-    pod.volumes.get_or_insert_with(Vec::new).push(Volume {
-        name: "rest-token".into(),
-        secret: Some(SecretVolumeSource {
-            secret_name: Some(rest_token_secret_name(&name)),
-            default_mode: Some(0o440),
-            ..SecretVolumeSource::default()
-        }),
-        ..Volume::default()
-    });
+    mount_secret(
+        pod,
+        "rest-token",
+        &rest_token_secret_name(&name),
+        REST_TOKEN_DIR,
+    );
     if let Some(container) = pod.containers.iter_mut().find(|c| c.name == "jobmanager") {
         container.args.get_or_insert_with(Vec::new).extend([
             "--rest-token-file".to_string(),
             format!("{REST_TOKEN_DIR}/{REST_TOKEN_KEY}"),
         ]);
-        container
-            .volume_mounts
-            .get_or_insert_with(Vec::new)
-            .push(VolumeMount {
-                name: "rest-token".into(),
-                mount_path: REST_TOKEN_DIR.into(),
-                read_only: Some(true),
-                ..VolumeMount::default()
-            });
     }
 }
 
 /// The job's peer certificates (`crate::peer_tls`) as its Secret, owned by the StreamJob.
 pub fn peer_tls_secret(job: &StreamJob, certificates: &PeerCertificates) -> Result<Secret> {
-    let name = name_of(job);
     let entry = |key: &str, pem: &str| (key.to_string(), ByteString(pem.as_bytes().to_vec()));
     Ok(Secret {
-        metadata: meta(job, peer_tls_secret_name(&name), "peer-tls")?,
+        metadata: meta(job, peer_tls_secret_name(job), "peer-tls")?,
         data: Some(BTreeMap::from([
             entry(crate::peer_tls::CA_KEY, &certificates.ca),
             entry(crate::peer_tls::CERT_KEY, &certificates.cert),
@@ -357,34 +382,12 @@ pub fn peer_tls_secret(job: &StreamJob, certificates: &PeerCertificates) -> Resu
 
 /// Has every pod of the job use mutual TLS with the job's certificates for RPC and data.
 pub fn require_peer_tls(children: &mut Children, job: &StreamJob) {
-    let name = name_of(job);
     for deployment in [&mut children.jobmanager, &mut children.taskmanagers] {
         let Some(pod) = deployment.spec.template.spec.as_mut() else {
             continue;
         };
-        pod.volumes.get_or_insert_with(Vec::new).push(Volume {
-            name: "peer-tls".into(),
-            secret: Some(SecretVolumeSource {
-                secret_name: Some(peer_tls_secret_name(&name)),
-                default_mode: Some(0o440),
-                ..SecretVolumeSource::default()
-            }),
-            ..Volume::default()
-        });
-        for container in pod
-            .containers
-            .iter_mut()
-            .filter(|c| c.name == "jobmanager" || c.name == "taskmanager")
-        {
-            container
-                .volume_mounts
-                .get_or_insert_with(Vec::new)
-                .push(VolumeMount {
-                    name: "peer-tls".into(),
-                    mount_path: PEER_TLS_DIR.into(),
-                    read_only: Some(true),
-                    ..VolumeMount::default()
-                });
+        mount_secret(pod, "peer-tls", &peer_tls_secret_name(job), PEER_TLS_DIR);
+        for container in pod.containers.iter_mut().filter(|c| is_worker(c)) {
             let env = container.env.get_or_insert_with(Vec::new);
             for (variable, key) in [
                 ("WEIR_TLS_CA", crate::peer_tls::CA_KEY),
@@ -399,6 +402,72 @@ pub fn require_peer_tls(children: &mut Children, job: &StreamJob) {
             }
         }
     }
+}
+
+/// The Weir containers of a job pod (a pod template may add sidecars, which get no secrets).
+fn is_worker(container: &Container) -> bool {
+    container.name == "jobmanager" || container.name == "taskmanager"
+}
+
+/// Mounts Secret `secret` read-only at `dir` into the pod's Weir container, readable by the
+/// worker's group only.
+fn mount_secret(pod: &mut PodSpec, volume: &str, secret: &str, dir: &str) {
+    pod.volumes.get_or_insert_with(Vec::new).push(Volume {
+        name: volume.into(),
+        secret: Some(SecretVolumeSource {
+            secret_name: Some(secret.into()),
+            default_mode: Some(0o440),
+            ..SecretVolumeSource::default()
+        }),
+        ..Volume::default()
+    });
+    for container in pod.containers.iter_mut().filter(|c| is_worker(c)) {
+        container
+            .volume_mounts
+            .get_or_insert_with(Vec::new)
+            .push(VolumeMount {
+                name: volume.into(),
+                mount_path: dir.into(),
+                read_only: Some(true),
+                ..VolumeMount::default()
+            });
+    }
+}
+
+/// The job's own NetworkPolicy: its pods admit the JobManager's RPC port and the TaskManagers'
+/// data port from this job's TaskManagers only. One policy for both kinds of pod: a named
+/// port matches only on pods that declare it (`rpc` on the JobManager, `data` on
+/// TaskManagers). It must be per job because a policy cannot say "the same job as the pod it
+/// selects"; the chart's policy adds the operator (and `networkPolicy.restFrom`) on the
+/// JobManager's REST port.
+pub fn network_policy(job: &StreamJob) -> Result<NetworkPolicy> {
+    let name = name_of(job);
+    let port = |name: &str| NetworkPolicyPort {
+        port: Some(IntOrString::String(name.into())),
+        protocol: Some("TCP".into()),
+        ..NetworkPolicyPort::default()
+    };
+    Ok(NetworkPolicy {
+        metadata: meta(job, network_policy_name(&name), "network-policy")?,
+        spec: Some(NetworkPolicySpec {
+            pod_selector: Some(LabelSelector {
+                match_labels: Some(job_labels(&name)),
+                ..LabelSelector::default()
+            }),
+            policy_types: Some(vec!["Ingress".into()]),
+            ingress: Some(vec![NetworkPolicyIngressRule {
+                from: Some(vec![NetworkPolicyPeer {
+                    pod_selector: Some(LabelSelector {
+                        match_labels: Some(selector_labels(&name, "taskmanager")),
+                        ..LabelSelector::default()
+                    }),
+                    ..NetworkPolicyPeer::default()
+                }]),
+                ports: Some(vec![port("rpc"), port("data")]),
+            }]),
+            ..NetworkPolicySpec::default()
+        }),
+    })
 }
 
 fn service_port(name: &str, port: u16) -> ServicePort {
@@ -750,7 +819,7 @@ mod tests {
                     .secret
                     .as_ref()
                     .and_then(|s| s.secret_name.as_deref()),
-                Some("clicks-peer-tls")
+                Some("clicks-peer-tls-uid-1")
             );
             let container = &spec.containers[0];
             let env: Vec<(String, String)> = container
@@ -765,8 +834,88 @@ mod tests {
         }
         let certificates = crate::peer_tls::generate("streams", "clicks").expect("certs");
         let secret = peer_tls_secret(&job, &certificates).expect("secret");
-        assert_eq!(secret.metadata.name.as_deref(), Some("clicks-peer-tls"));
+        assert_eq!(
+            secret.metadata.name.as_deref(),
+            Some("clicks-peer-tls-uid-1")
+        );
         assert_eq!(secret.data.as_ref().map(|d| d.len()), Some(3));
+    }
+
+    #[test]
+    fn a_streamjob_created_again_under_its_name_gets_a_peer_secret_of_its_own() {
+        let mut first = StreamJob::test();
+        first.metadata.uid = Some("0b5e2f8a-1111-4c3d-9e2f-000000000001".into());
+        let mut second = first.clone();
+        second.metadata.uid = Some("7c1d9a33-2222-4c3d-9e2f-000000000002".into());
+        assert_eq!(peer_tls_secret_name(&first), "clicks-peer-tls-0b5e2f8a");
+        assert_ne!(peer_tls_secret_name(&first), peer_tls_secret_name(&second));
+    }
+
+    #[test]
+    fn the_job_policy_fences_all_its_pods_and_admits_only_its_own_taskmanagers() {
+        let job = StreamJob::test();
+        let children = built(&job);
+        let policy = network_policy(&job).expect("policy");
+        assert_eq!(policy.metadata.name.as_deref(), Some("clicks-peers"));
+        assert_eq!(
+            policy.metadata.owner_references.as_ref().expect("owned")[0].kind,
+            "StreamJob"
+        );
+        let spec = policy.spec.expect("spec");
+        let matches = |selector: &Option<LabelSelector>, labels: &BTreeMap<String, String>| {
+            let wanted = selector.as_ref().and_then(|s| s.match_labels.as_ref());
+            wanted.is_some_and(|w| w.iter().all(|(k, v)| labels.get(k) == Some(v)))
+        };
+        let labels = |deployment: &Deployment| {
+            let template = deployment.spec.template.metadata.as_ref();
+            template.and_then(|m| m.labels.clone()).expect("labels")
+        };
+        let (jm, tm) = (labels(&children.jobmanager), labels(&children.taskmanagers));
+        assert!(matches(&spec.pod_selector, &jm) && matches(&spec.pod_selector, &tm));
+        let mut other_job = tm.clone();
+        other_job.insert("app.kubernetes.io/instance".into(), "other".into());
+        assert!(!matches(&spec.pod_selector, &other_job));
+
+        let rules = spec.ingress.expect("ingress");
+        assert_eq!(rules.len(), 1);
+        let peers = rules[0].from.clone().expect("from");
+        assert_eq!(
+            peers.len(),
+            1,
+            "never an empty `from`: that admits everyone"
+        );
+        let peer = &peers[0].pod_selector;
+        assert!(matches(peer, &tm), "the job's TaskManagers get in");
+        assert!(!matches(peer, &jm), "the JobManager connects to no one");
+        assert!(
+            !matches(peer, &other_job),
+            "another job's TaskManagers do not"
+        );
+        assert!(peers[0].namespace_selector.is_none(), "same namespace only");
+        let ports: Vec<_> = rules[0]
+            .ports
+            .iter()
+            .flatten()
+            .filter_map(|p| p.port.clone())
+            .collect();
+        assert_eq!(
+            ports,
+            [
+                IntOrString::String("rpc".into()),
+                IntOrString::String("data".into())
+            ]
+        );
+        // The named ports are the ones the containers declare.
+        let declared = |deployment: &Deployment| -> Vec<String> {
+            pod(deployment).containers[0]
+                .ports
+                .iter()
+                .flatten()
+                .filter_map(|p| p.name.clone())
+                .collect()
+        };
+        assert!(declared(&children.jobmanager).contains(&"rpc".to_string()));
+        assert!(declared(&children.taskmanagers).contains(&"data".to_string()));
     }
 
     #[test]

@@ -709,13 +709,19 @@ pub fn crd_yaml() -> Result<String, serde_yaml_ng::Error> {
 
 /// Label set shared by every child object; also the selector.
 pub fn selector_labels(name: &str, component: &str) -> BTreeMap<String, String> {
+    let mut labels = job_labels(name);
+    labels.insert(
+        "app.kubernetes.io/component".to_string(),
+        component.to_string(),
+    );
+    labels
+}
+
+/// The labels every pod of StreamJob `name` carries, whatever its component.
+pub fn job_labels(name: &str) -> BTreeMap<String, String> {
     BTreeMap::from([
         ("app.kubernetes.io/name".to_string(), "weir".to_string()),
         ("app.kubernetes.io/instance".to_string(), name.to_string()),
-        (
-            "app.kubernetes.io/component".to_string(),
-            component.to_string(),
-        ),
     ])
 }
 

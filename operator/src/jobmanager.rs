@@ -4,10 +4,10 @@
 
 use std::time::Duration;
 
-use crate::{Error, Result};
+use weir_spec::layout::ports;
+use weir_spec::rest::paths;
 
-/// Port the JobManager serves REST on.
-pub const REST_PORT: u16 = 8081;
+use crate::{Error, Result};
 
 pub use weir_spec::rest::{
     CheckpointCounts, CheckpointInfo, CheckpointStats, JobOverview, JobState, OperationStatus,
@@ -28,8 +28,9 @@ impl JobManagerEndpoint {
         match self {
             JobManagerEndpoint::ClusterDns => {
                 format!(
-                    "http://{}.{namespace}.svc:{REST_PORT}",
-                    crate::build::jobmanager_name(name)
+                    "http://{}.{namespace}.svc:{}",
+                    crate::build::jobmanager_name(name),
+                    ports::REST
                 )
             }
             JobManagerEndpoint::Fixed(url) => url.trim_end_matches('/').to_string(),
@@ -70,6 +71,11 @@ impl JobManagerClient {
         self
     }
 
+    /// The bearer token this client sends, if any.
+    pub fn token(&self) -> Option<&str> {
+        self.token.as_deref()
+    }
+
     /// The shared HTTP client: short timeouts, because reconciles must not hang on a dead pod.
     pub fn http_client() -> Result<reqwest::Client> {
         reqwest::Client::builder()
@@ -83,9 +89,13 @@ impl JobManagerClient {
         &self.base
     }
 
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
     /// The job, or `None` when the JobManager does not know the id (404).
     pub async fn job(&self, job_id: &str) -> Result<Option<JobOverview>> {
-        let url = format!("{}/v1/jobs/{job_id}", self.base);
+        let url = self.url(&paths::for_job(paths::JOB, job_id));
         let response = self.send(self.http.get(&url), &url).await?;
         if response.status() == reqwest::StatusCode::NOT_FOUND {
             return Ok(None);
@@ -94,14 +104,14 @@ impl JobManagerClient {
     }
 
     pub async fn checkpoints(&self, job_id: &str) -> Result<CheckpointStats> {
-        let url = format!("{}/v1/jobs/{job_id}/checkpoints", self.base);
+        let url = self.url(&paths::for_job(paths::CHECKPOINTS, job_id));
         let response = self.send(self.http.get(&url), &url).await?;
         Self::json(response, &url).await
     }
 
     /// Savepoint that leaves the job running. Idempotent per target directory.
     pub async fn trigger_savepoint(&self, job_id: &str, target_directory: &str) -> Result<String> {
-        let url = format!("{}/v1/jobs/{job_id}/savepoints", self.base);
+        let url = self.url(&paths::for_job(paths::SAVEPOINTS, job_id));
         self.trigger(&url, target_directory).await
     }
 
@@ -111,7 +121,7 @@ impl JobManagerClient {
         job_id: &str,
         target_directory: &str,
     ) -> Result<String> {
-        let url = format!("{}/v1/jobs/{job_id}/stop", self.base);
+        let url = self.url(&paths::for_job(paths::STOP, job_id));
         self.trigger(&url, target_directory).await
     }
 
@@ -120,20 +130,20 @@ impl JobManagerClient {
         job_id: &str,
         trigger_id: &str,
     ) -> Result<SavepointStatus> {
-        let url = format!("{}/v1/jobs/{job_id}/savepoints/{trigger_id}", self.base);
+        let url = self.url(&paths::savepoint(job_id, trigger_id));
         let response = self.send(self.http.get(&url), &url).await?;
         Self::json(response, &url).await
     }
 
     pub async fn cancel(&self, job_id: &str) -> Result<()> {
-        let url = format!("{}/v1/jobs/{job_id}/cancel", self.base);
+        let url = self.url(&paths::for_job(paths::CANCEL, job_id));
         let response = self.send(self.http.post(&url), &url).await?;
         Self::expect_success(response, &url).await.map(|_| ())
     }
 
     /// True when `/v1/health/ready` answers 200 (the job is RUNNING).
     pub async fn ready(&self) -> Result<bool> {
-        let url = format!("{}/v1/health/ready", self.base);
+        let url = self.url(paths::READY);
         let response = self.send(self.http.get(&url), &url).await?;
         Ok(response.status().is_success())
     }

@@ -75,6 +75,15 @@ pub enum Error {
         source: serde_json::Error,
     },
 
+    #[error("cannot make the TLS certificates of StreamJob {namespace}/{name} ({what}): {source}")]
+    Certificates {
+        namespace: String,
+        name: String,
+        what: &'static str,
+        #[source]
+        source: rcgen::Error,
+    },
+
     #[error("leader election on Lease {namespace}/{name} failed: {source}")]
     Lease {
         namespace: String,
@@ -129,6 +138,7 @@ impl Error {
             Error::HttpClient { .. } => "http_client",
             Error::Storage { .. } => "storage",
             Error::Serialize { .. } => "serialize",
+            Error::Certificates { .. } => "certificates",
             Error::Lease { .. } => "lease",
             Error::LeadershipLost { .. } => "leadership_lost",
         }

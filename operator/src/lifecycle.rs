@@ -299,7 +299,7 @@ impl Desired {
         let savepoint_base = spec.savepoints.directory.clone().or_else(|| {
             checkpoint_storage
                 .as_ref()
-                .map(|s| format!("{}/savepoints", s.trim_end_matches('/')))
+                .map(|s| weir_spec::layout::default_savepoint_base(s))
         });
         if let Some(base) = &savepoint_base {
             weir_spec::check_storage_uri(base).map_err(|e| format!("savepoints.directory: {e}"))?;
@@ -1656,7 +1656,7 @@ impl<'a> Planner<'a> {
         {
             if let Some(storage) = &desired.checkpoint_storage {
                 self.actions.push(Action::DeleteStorage {
-                    path: format!("{}/{}", storage.trim_end_matches('/'), desired.job_id),
+                    path: weir_spec::layout::job_dir(storage, &desired.job_id),
                 });
             }
             // The final savepoint was asked for so the job can be recreated from it: keep it.

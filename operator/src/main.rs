@@ -43,6 +43,11 @@ struct Args {
     /// every job gets a CA of its own and its pods refuse peers without its certificate).
     #[arg(long, env = "WEIR_NO_PEER_TLS")]
     no_peer_tls: bool,
+    /// Give every job a NetworkPolicy of its own: its pods admit RPC and data connections
+    /// from the job's own TaskManagers only (the chart turns this on with its
+    /// `networkPolicy.enabled`, which also grants the RBAC for it).
+    #[arg(long, env = "WEIR_NETWORK_POLICIES")]
+    network_policies: bool,
     /// Namespace of the leader election Lease (usually the operator's own).
     #[arg(long, env = "POD_NAMESPACE", default_value = "weir-system")]
     lease_namespace: String,
@@ -111,7 +116,8 @@ async fn main() -> anyhow::Result<()> {
             metrics,
         )?
         .with_rest_token_key(rest_token_key)
-        .with_peer_tls(!args.no_peer_tls),
+        .with_peer_tls(!args.no_peer_tls)
+        .with_network_policies(args.network_policies),
     );
     let scope = if args.namespaces.is_empty() {
         Scope::All

@@ -1,8 +1,8 @@
 //! Each job's own certificate authority for mutual TLS between its JobManager and
 //! TaskManagers (the worker's `cluster::tls`). The operator makes a CA and one certificate it
 //! signs for the DNS name `weir-peer`, writes certificate, key and CA certificate into the
-//! job's Secret `<job>-peer-tls` (owned by the StreamJob) and mounts it into every pod of the
-//! job. The CA's private key is dropped right after signing: nobody, the operator included,
+//! job's Secret `<job>-peer-tls-<uid prefix>` (owned by the StreamJob) and mounts it into
+//! every pod of the job. The CA's private key is dropped right after signing: nobody, the operator included,
 //! can issue another certificate this job's peers would accept. A process of another job (or
 //! none) is refused in the handshake.
 //!
@@ -35,10 +35,11 @@ impl std::fmt::Debug for PeerCertificates {
 
 /// Makes a CA named after the job and a peer certificate it signs.
 pub fn generate(namespace: &str, name: &str) -> Result<PeerCertificates> {
-    let failed = |what: &str, e: rcgen::Error| {
-        Error::InvalidSpec(format!(
-            "cannot make the job's TLS certificates ({what}): {e}"
-        ))
+    let failed = |what: &'static str, source: rcgen::Error| Error::Certificates {
+        namespace: namespace.to_string(),
+        name: name.to_string(),
+        what,
+        source,
     };
     let ca_key = rcgen::KeyPair::generate().map_err(|e| failed("CA key", e))?;
     let mut ca_params =

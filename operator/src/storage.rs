@@ -15,6 +15,7 @@ use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::types::{Delete, ObjectIdentifier};
 use futures::future::BoxFuture;
 use weir_spec::S3Options;
+use weir_spec::layout;
 
 use crate::{Error, Result};
 
@@ -55,11 +56,6 @@ fn join(base: &str, child: &str) -> String {
     format!("{}/{child}", base.trim_end_matches('/'))
 }
 
-/// Parses `chk-<n>`.
-fn checkpoint_id(dir_name: &str) -> Option<u64> {
-    dir_name.strip_prefix("chk-")?.parse().ok()
-}
-
 /// Picks the highest `chk-<n>` that has `_metadata` from a list of object paths.
 fn latest_from_objects<'a>(
     base: &str,
@@ -70,9 +66,9 @@ fn latest_from_objects<'a>(
         .filter_map(|object| {
             let rest = object.strip_prefix(&prefix)?;
             let (dir, file) = rest.split_once('/')?;
-            (file == "_metadata").then_some(dir)
+            (file == layout::METADATA_OBJECT).then_some(dir)
         })
-        .filter_map(|dir| checkpoint_id(dir).map(|id| (id, dir)))
+        .filter_map(|dir| layout::parse_checkpoint_dir(dir).map(|id| (id, dir)))
         .max_by_key(|(id, _)| *id)
         .map(|(id, dir)| StoredCheckpoint {
             id,
@@ -111,7 +107,7 @@ impl MemoryStore {
 
     /// Adds `<dir>/_metadata`.
     pub fn put_metadata(&self, dir: &str) {
-        self.objects().insert(join(dir, "_metadata"));
+        self.objects().insert(join(dir, layout::METADATA_OBJECT));
     }
 
     pub fn contains_dir(&self, dir: &str) -> bool {
@@ -132,7 +128,7 @@ impl CheckpointStore for MemoryStore {
         job_id: &'a str,
     ) -> BoxFuture<'a, Result<Option<StoredCheckpoint>>> {
         Box::pin(async move {
-            let base = join(storage, job_id);
+            let base = layout::job_dir(storage, job_id);
             self.check_available(&base)?;
             let objects = self.objects();
             Ok(latest_from_objects(
@@ -149,7 +145,9 @@ impl CheckpointStore for MemoryStore {
     ) -> BoxFuture<'a, Result<Option<bool>>> {
         Box::pin(async move {
             self.check_available(dir)?;
-            Ok(Some(self.objects().contains(&join(dir, "_metadata"))))
+            Ok(Some(
+                self.objects().contains(&join(dir, layout::METADATA_OBJECT)),
+            ))
         })
     }
 
@@ -206,16 +204,16 @@ impl CheckpointStore for LocalStore {
                 message: e.to_string(),
             })? {
                 let name = entry.file_name().to_string_lossy().into_owned();
-                let Some(id) = checkpoint_id(&name) else {
+                let Some(id) = layout::parse_checkpoint_dir(&name) else {
                     continue;
                 };
-                let complete = tokio::fs::try_exists(entry.path().join("_metadata"))
+                let complete = tokio::fs::try_exists(entry.path().join(layout::METADATA_OBJECT))
                     .await
                     .unwrap_or(false);
                 if complete && best.as_ref().is_none_or(|b| id > b.id) {
                     best = Some(StoredCheckpoint {
                         id,
-                        path: join(&join(storage, job_id), &name),
+                        path: join(&layout::job_dir(storage, job_id), &name),
                     });
                 }
             }
@@ -233,7 +231,7 @@ impl CheckpointStore for LocalStore {
                 return Ok(None);
             };
             Ok(Some(
-                tokio::fs::try_exists(path.join("_metadata"))
+                tokio::fs::try_exists(path.join(layout::METADATA_OBJECT))
                     .await
                     .unwrap_or(false),
             ))
@@ -447,7 +445,7 @@ impl CheckpointStore for S3Store {
         job_id: &'a str,
     ) -> BoxFuture<'a, Result<Option<StoredCheckpoint>>> {
         Box::pin(async move {
-            let base = join(storage, job_id);
+            let base = layout::job_dir(storage, job_id);
             let (bucket, prefix) = split_s3(&base)?;
             let client = self.client(s3, &base).await?;
             // One level down only: `chk-<n>/` common prefixes, not every state file.
@@ -468,7 +466,7 @@ impl CheckpointStore for S3Store {
                         .iter()
                         .filter_map(|p| p.prefix())
                         .filter_map(|p| p.trim_end_matches('/').rsplit('/').next())
-                        .filter_map(checkpoint_id),
+                        .filter_map(layout::parse_checkpoint_dir),
                 );
                 match page.next_continuation_token() {
                     Some(next) if page.is_truncated().unwrap_or(false) => {
@@ -480,8 +478,9 @@ impl CheckpointStore for S3Store {
             // Newest first: the newest directory may still be in progress (no `_metadata`).
             ids.sort_unstable_by(|a, b| b.cmp(a));
             for id in ids {
-                let dir = join(&base, &format!("chk-{id}"));
-                let key = format!("{}chk-{id}/_metadata", dir_prefix(&prefix));
+                let name = layout::checkpoint_dir(id);
+                let dir = join(&base, &name);
+                let key = format!("{}{name}/{}", dir_prefix(&prefix), layout::METADATA_OBJECT);
                 if Self::exists(&client, &bucket, &key, &dir).await? {
                     return Ok(Some(StoredCheckpoint { id, path: dir }));
                 }
@@ -498,7 +497,7 @@ impl CheckpointStore for S3Store {
         Box::pin(async move {
             let (bucket, prefix) = split_s3(dir)?;
             let client = self.client(s3, dir).await?;
-            let key = format!("{}_metadata", dir_prefix(&prefix));
+            let key = format!("{}{}", dir_prefix(&prefix), layout::METADATA_OBJECT);
             Self::exists(&client, &bucket, &key, dir).await.map(Some)
         })
     }

@@ -11,6 +11,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 pub mod fault_points;
+pub mod layout;
 pub mod rest;
 #[cfg(feature = "s3")]
 pub mod s3;

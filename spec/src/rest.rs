@@ -133,3 +133,45 @@ pub struct SavepointStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failure: Option<String>,
 }
+
+/// The API's paths, once for both sides: route templates for the server (axum's `{name}`
+/// captures) and [`paths::for_job`] / [`paths::savepoint`] to fill them in for a client.
+pub mod paths {
+    pub const LIVE: &str = "/v1/health/live";
+    pub const READY: &str = "/v1/health/ready";
+    pub const METRICS: &str = "/metrics";
+    pub const JOBS: &str = "/v1/jobs";
+    pub const JOB: &str = "/v1/jobs/{job_id}";
+    pub const CHECKPOINTS: &str = "/v1/jobs/{job_id}/checkpoints";
+    pub const SAVEPOINTS: &str = "/v1/jobs/{job_id}/savepoints";
+    pub const SAVEPOINT: &str = "/v1/jobs/{job_id}/savepoints/{trigger_id}";
+    pub const STOP: &str = "/v1/jobs/{job_id}/stop";
+    pub const CANCEL: &str = "/v1/jobs/{job_id}/cancel";
+
+    /// `template` (one of the job paths above) for job `job_id`.
+    pub fn for_job(template: &str, job_id: &str) -> String {
+        template.replace("{job_id}", job_id)
+    }
+
+    /// The status path of savepoint trigger `trigger_id`.
+    pub fn savepoint(job_id: &str, trigger_id: &str) -> String {
+        for_job(SAVEPOINT, job_id).replace("{trigger_id}", trigger_id)
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn templates_fill_in_every_capture() {
+            assert_eq!(
+                for_job(CHECKPOINTS, "ns-job"),
+                "/v1/jobs/ns-job/checkpoints"
+            );
+            assert_eq!(savepoint("ns-job", "t1"), "/v1/jobs/ns-job/savepoints/t1");
+            for template in [JOB, CHECKPOINTS, SAVEPOINTS, STOP, CANCEL] {
+                assert!(!for_job(template, "j").contains('{'), "{template}");
+            }
+        }
+    }
+}

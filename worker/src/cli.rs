@@ -14,6 +14,7 @@ use crate::jobs::JobRegistry;
 use crate::runtime::job::JobHandle;
 use crate::runtime::local::{JobEnd, LocalOptions, run_local};
 use crate::runtime::shutdown;
+use crate::spec::layout::ports;
 use crate::spec::{JobDocument, RestoreSource};
 
 #[derive(Debug, Parser)]
@@ -71,10 +72,10 @@ enum Command {
         #[arg(long)]
         restore: Option<String>,
         /// Where TaskManagers connect.
-        #[arg(long, env = "WEIR_RPC_ADDR", default_value = "0.0.0.0:6123")]
+        #[arg(long, env = "WEIR_RPC_ADDR", default_value_t = any_interface(ports::RPC))]
         rpc_addr: SocketAddr,
         /// The REST API (`docs/jobmanager-api.yaml`), including `/metrics` and health probes.
-        #[arg(long, env = "WEIR_REST_ADDR", default_value = "0.0.0.0:8081")]
+        #[arg(long, env = "WEIR_REST_ADDR", default_value_t = any_interface(ports::REST))]
         rest_addr: SocketAddr,
         #[command(flatten)]
         rest_auth: RestAuthArgs,
@@ -98,7 +99,7 @@ enum Command {
         #[arg(long, env = "WEIR_SLOTS", default_value_t = 1)]
         slots: u32,
         /// Where other TaskManagers connect for keyed-exchange data.
-        #[arg(long, env = "WEIR_DATA_ADDR", default_value = "0.0.0.0:6121")]
+        #[arg(long, env = "WEIR_DATA_ADDR", default_value_t = any_interface(ports::DATA))]
         data_addr: SocketAddr,
         /// Host other TaskManagers use to reach this one (default: the address the
         /// JobManager sees this TaskManager connect from).
@@ -507,4 +508,12 @@ fn init_tracing() {
         // Colours only on a terminal: files and `kubectl logs` get plain text.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .try_init();
+}
+
+/// `0.0.0.0:<port>`: a listen address on every interface.
+const fn any_interface(port: u16) -> SocketAddr {
+    SocketAddr::V4(std::net::SocketAddrV4::new(
+        std::net::Ipv4Addr::UNSPECIFIED,
+        port,
+    ))
 }

@@ -84,6 +84,10 @@ pub enum Error {
     #[error("stopped by {signal}")]
     Terminated { signal: &'static str },
 
+    /// The JobManager refused this TaskManager for good: their wire protocols differ.
+    #[error("the JobManager refused this TaskManager: {reason}")]
+    Refused { reason: String },
+
     /// The restart strategy gave up; `cause` is the last failure.
     #[error("job failed after {restarts} restarts: {cause}")]
     JobFailed { restarts: u32, cause: String },
@@ -110,7 +114,8 @@ impl Error {
             | Error::CorruptCheckpoint { .. }
             | Error::MalformedRecord { .. }
             | Error::Fenced { .. }
-            | Error::Terminated { .. } => false,
+            | Error::Terminated { .. }
+            | Error::Refused { .. } => false,
             Error::Remote { recoverable, .. } => *recoverable,
             _ => true,
         }

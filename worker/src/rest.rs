@@ -8,7 +8,7 @@
 //! callers cannot write elsewhere with the job's credentials.
 
 use crate::spec::SavepointTargetError;
-use crate::spec::rest::{SavepointRequest, TriggerResponse};
+use crate::spec::rest::{SavepointRequest, TriggerResponse, paths};
 use axum::extract::rejection::JsonRejection;
 use std::sync::Arc;
 
@@ -29,13 +29,10 @@ const MAX_BODY_BYTES: usize = 64 << 10;
 /// `Authorization: Bearer <token>` (401 otherwise).
 pub fn router(job: JobHandle, token: Option<RestToken>) -> Router {
     let open = Router::new()
+        .route(paths::LIVE, get(|| async { Json(json!({"status": "ok"})) }))
+        .route(paths::READY, get(ready))
         .route(
-            "/v1/health/live",
-            get(|| async { Json(json!({"status": "ok"})) }),
-        )
-        .route("/v1/health/ready", get(ready))
-        .route(
-            "/metrics",
+            paths::METRICS,
             get(|| async {
                 (
                     [(
@@ -48,18 +45,15 @@ pub fn router(job: JobHandle, token: Option<RestToken>) -> Router {
         );
     let mut guarded = Router::new()
         .route(
-            "/v1/jobs",
+            paths::JOBS,
             get(|State(job): State<JobHandle>| async move { Json(vec![job.overview()]) }),
         )
-        .route("/v1/jobs/{job_id}", get(overview))
-        .route("/v1/jobs/{job_id}/checkpoints", get(checkpoints))
-        .route("/v1/jobs/{job_id}/savepoints", post(savepoint))
-        .route("/v1/jobs/{job_id}/stop", post(stop))
-        .route(
-            "/v1/jobs/{job_id}/savepoints/{trigger_id}",
-            get(savepoint_status),
-        )
-        .route("/v1/jobs/{job_id}/cancel", post(cancel))
+        .route(paths::JOB, get(overview))
+        .route(paths::CHECKPOINTS, get(checkpoints))
+        .route(paths::SAVEPOINTS, post(savepoint))
+        .route(paths::STOP, post(stop))
+        .route(paths::SAVEPOINT, get(savepoint_status))
+        .route(paths::CANCEL, post(cancel))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such endpoint") });
     if let Some(token) = token {
         // A layer, not a route layer: unknown paths answer 401 too, so nobody learns the

@@ -982,27 +982,15 @@ struct TlsFiles {
 
 impl TlsFiles {
     fn generate(dir: &Path, name: &str) -> TlsFiles {
-        let ca_key = rcgen::KeyPair::generate().expect("CA key");
-        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
-        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        ca_params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, name);
-        let ca = ca_params.self_signed(&ca_key).expect("CA");
-        let issuer = rcgen::Issuer::new(ca_params, ca_key);
-        let peer_key = rcgen::KeyPair::generate().expect("peer key");
-        let peer = rcgen::CertificateParams::new(vec![weir::cluster::tls::PEER_NAME.to_string()])
-            .expect("params")
-            .signed_by(&peer_key, &issuer)
-            .expect("peer certificate");
+        let pem = support::tls::test_ca(name, weir::cluster::tls::PEER_NAME);
         let files = TlsFiles {
             ca: dir.join(format!("{name}-ca.pem")),
             cert: dir.join(format!("{name}-cert.pem")),
             key: dir.join(format!("{name}-key.pem")),
         };
-        std::fs::write(&files.ca, ca.pem()).expect("write CA");
-        std::fs::write(&files.cert, peer.pem()).expect("write cert");
-        std::fs::write(&files.key, peer_key.serialize_pem()).expect("write key");
+        std::fs::write(&files.ca, pem.ca).expect("write CA");
+        std::fs::write(&files.cert, pem.cert).expect("write cert");
+        std::fs::write(&files.key, pem.key).expect("write key");
         files
     }
 
@@ -1071,6 +1059,29 @@ fn rogue_dial(port: u16, tls: Option<&weir::cluster::tls::PeerTls>) {
     );
 }
 
+/// Registers with the JobManager at `port` as a TaskManager whose registration has no protocol
+/// version (as before versions existed) and returns the reason the JobManager refuses it with.
+fn register_with_protocol_0(port: u16, tls: &weir::cluster::tls::PeerTls) -> String {
+    use weir::cluster::wire::{ToTaskManager, decode_control};
+    let socket = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    socket
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let mut connection =
+        weir::cluster::tls::Connection::client(socket, Some(tls)).expect("our certificate");
+    let register = br#"{"type":"register","tm_id":"old-tm","slots":1,"data_port":1}"#;
+    weir::cluster::frame::write_frame(&mut connection, register).expect("send");
+    let mut reply = Vec::new();
+    let _ = std::io::Read::read_to_end(&mut connection, &mut reply);
+    let (payload, _) = weir::cluster::frame::split_frame(&reply)
+        .expect("a frame")
+        .expect("a whole frame");
+    match decode_control::<ToTaskManager>(payload).expect("a control message") {
+        ToTaskManager::Refused { reason } => reason,
+        other => panic!("not refused: {other:?}"),
+    }
+}
+
 /// Mutual TLS on the RPC and data ports (issue 17): JobManager and two TaskManagers with
 /// certificates of the job's CA run the job exactly once, while a TaskManager without a
 /// certificate and one with a certificate of another job's CA try to register, and processes
@@ -1105,6 +1116,13 @@ fn with_mutual_tls_only_peers_of_the_jobs_ca_get_in() {
     let data_port = logged_data_port(&dir.path().join("taskmanager-0-0.log"));
     rogue_dial(data_port, None);
     rogue_dial(data_port, Some(&theirs.load()));
+    // A TaskManager of the job (its certificate) built before registrations carried a
+    // protocol version: refused with a reason that names both versions.
+    let reason = register_with_protocol_0(cluster.rpc_port, &ours.load());
+    assert!(
+        reason.contains("wire protocol 0") && reason.contains("same Weir version"),
+        "{reason}"
+    );
     wait_until(
         Duration::from_secs(30),
         "the JobManager to refuse both would-be TaskManagers",
@@ -1123,6 +1141,11 @@ fn with_mutual_tls_only_peers_of_the_jobs_ca_get_in() {
         log.matches("TaskManager registered").count(),
         2,
         "only the job's two TaskManagers registered:\n{log}"
+    );
+    assert_eq!(
+        log.matches("speaks wire protocol 0").count(),
+        1,
+        "the version mismatch is logged once:\n{log}"
     );
     let data_log =
         std::fs::read_to_string(dir.path().join("taskmanager-0-0.log")).expect("TaskManager log");

@@ -71,6 +71,7 @@ What the operator does in a namespace it watches, and nothing more (read operato
   `create`), delete (remove workloads on suspend).
 - configmaps: list/watch (owned), create+patch (server-side apply).
 - services: create+patch (server-side apply); never read.
+- networkpolicies (with networkPolicy.enabled): create+patch (server-side apply); never read.
 - events.k8s.io events: create, patch (kube's Recorder aggregates repeats into a series).
 No Secrets, no Pods: job pods read S3 credentials through secretKeyRef.
 */}}
@@ -106,6 +107,12 @@ No Secrets, no Pods: job pods read S3 credentials through secretKeyRef.
 - apiGroups: [""]
   resources: ["secrets"]
   verbs: {{ toJson $secretVerbs }}
+{{- end }}
+{{- if .Values.networkPolicy.enabled }}
+# Each job's own NetworkPolicy (server-side apply; operator/src/build.rs network_policy).
+- apiGroups: ["networking.k8s.io"]
+  resources: ["networkpolicies"]
+  verbs: ["create", "patch"]
 {{- end }}
 - apiGroups: ["events.k8s.io"]
   resources: ["events"]

@@ -6,6 +6,7 @@
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::{Api, Resource, ResourceExt};
 use serde::Serialize;
@@ -15,15 +16,20 @@ use weir_spec::fault_points::{self, FaultPoint};
 
 use super::Context;
 use crate::build::{
-    children, job_id, jobmanager_name, peer_tls_secret, peer_tls_secret_name, require_peer_tls,
-    require_rest_token, rest_token_secret, taskmanager_name,
+    children, job_id, jobmanager_name, network_policy, peer_tls_secret, peer_tls_secret_name,
+    require_peer_tls, require_rest_token, rest_token_secret, taskmanager_name,
 };
 use crate::crd::{CONDITION_STORAGE_ACCESS, OperationStep, StreamJob, StreamJobStatus};
 use crate::jobmanager::JobManagerClient;
 use crate::lifecycle::{Action, Event, EventAction, Plan};
 use crate::{Error, FIELD_MANAGER, FINALIZER, Result};
 
-pub(super) async fn apply(job: &StreamJob, ctx: &Context, plan: Plan) -> Result<()> {
+pub(super) async fn apply(
+    job: &StreamJob,
+    ctx: &Context,
+    client: &JobManagerClient,
+    plan: Plan,
+) -> Result<()> {
     let namespace = job.namespace().unwrap_or_else(|| "default".into());
     let name = job.name_any();
     let jobs: Api<StreamJob> = Api::namespaced(ctx.client.clone(), &namespace);
@@ -52,8 +58,6 @@ pub(super) async fn apply(job: &StreamJob, ctx: &Context, plan: Plan) -> Result<
                 .observe_transition(old.lifecycle, status.lifecycle, spent);
         }
     }
-    let client = JobManagerClient::new(ctx.http.clone(), ctx.endpoint.base_url(&namespace, &name))
-        .with_token(ctx.rest_token(job));
     let id = job_id(&namespace, &name);
     for action in plan.actions {
         match action {
@@ -89,13 +93,18 @@ pub(super) async fn apply(job: &StreamJob, ctx: &Context, plan: Plan) -> Result<
             } => {
                 let mut objects = children(job, restore, restart_nonce)?;
                 if ctx.peer_tls {
-                    create_peer_tls_secret(&ctx.client, &namespace, job).await?;
+                    create_peer_tls_secret(ctx, &namespace, job).await?;
                     require_peer_tls(&mut objects, job);
                 }
-                if let Some(token) = ctx.rest_token(job) {
+                // The token the client sends is the one the JobManager gets.
+                if let Some(token) = client.token() {
                     // Before the JobManager that mounts it.
-                    apply_object(&ctx.client, &namespace, &rest_token_secret(job, &token)?).await?;
-                    require_rest_token(&mut objects, job, &token);
+                    apply_object(&ctx.client, &namespace, &rest_token_secret(job, token)?).await?;
+                    require_rest_token(&mut objects, job, token);
+                }
+                if ctx.network_policies {
+                    // Before the pods it fences, so none ever runs unfenced.
+                    apply_object(&ctx.client, &namespace, &network_policy(job)?).await?;
                 }
                 apply_object(&ctx.client, &namespace, &objects.config_map).await?;
                 apply_object(&ctx.client, &namespace, &objects.jobmanager_service).await?;
@@ -193,24 +202,29 @@ pub(super) async fn apply(job: &StreamJob, ctx: &Context, plan: Plan) -> Result<
 }
 
 /// Creates the job's peer TLS Secret the first time; an existing one is left as it is (a new
-/// CA would split the job's running pods into two groups that refuse each other).
-async fn create_peer_tls_secret(
-    client: &kube::Client,
-    namespace: &str,
-    job: &StreamJob,
-) -> Result<()> {
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
-    let name = peer_tls_secret_name(&job.name_any());
+/// CA would split the job's running pods into two groups that refuse each other). Asked once
+/// per StreamJob and operator process.
+async fn create_peer_tls_secret(ctx: &Context, namespace: &str, job: &StreamJob) -> Result<()> {
+    let uid = job.uid().unwrap_or_default();
+    fn known(ctx: &Context) -> std::sync::MutexGuard<'_, std::collections::HashSet<String>> {
+        ctx.peer_tls_secrets
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+    if known(ctx).contains(&uid) {
+        return Ok(());
+    }
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
+    let name = peer_tls_secret_name(job);
     let certificates = crate::peer_tls::generate(namespace, &job.name_any())?;
     let secret = peer_tls_secret(job, &certificates)?;
     match secrets.create(&PostParams::default(), &secret).await {
-        Ok(_) => {
-            tracing::info!(secret = %name, "created the job's CA and peer certificate");
-            Ok(())
-        }
-        Err(kube::Error::Api(status)) if status.code == 409 => Ok(()),
-        Err(source) => Err(kube_error("create", "Secret", namespace, &name, source)),
+        Ok(_) => tracing::info!(secret = %name, "created the job's CA and peer certificate"),
+        Err(kube::Error::Api(status)) if status.code == 409 => {}
+        Err(source) => return Err(kube_error("create", "Secret", namespace, &name, source)),
     }
+    known(ctx).insert(uid);
+    Ok(())
 }
 
 /// Whether this apply is the one after a stop-with-savepoint completed: the status moves from
@@ -335,6 +349,9 @@ impl Kind for Deployment {
 }
 impl Kind for Secret {
     const KIND: &'static str = "Secret";
+}
+impl Kind for NetworkPolicy {
+    const KIND: &'static str = "NetworkPolicy";
 }
 
 async fn apply_object<K>(client: &kube::Client, namespace: &str, object: &K) -> Result<()>

@@ -21,7 +21,7 @@ use weir_spec::S3Options;
 
 use self::events::EventPublisher;
 use crate::crd::StreamJob;
-use crate::jobmanager::JobManagerEndpoint;
+use crate::jobmanager::{JobManagerClient, JobManagerEndpoint};
 use crate::metrics::Metrics;
 use crate::rest_token::TokenKey;
 use crate::storage::CheckpointStore;
@@ -52,6 +52,11 @@ pub struct Context {
     pub rest_token_key: Option<TokenKey>,
     /// Deploy every job with mutual TLS between its pods (`crate::peer_tls`).
     pub peer_tls: bool,
+    /// Give every job its own NetworkPolicy (`crate::build::network_policy`).
+    pub network_policies: bool,
+    /// StreamJobs (by uid) whose peer TLS Secret this process has created or found: each
+    /// needs one POST per operator start, not one (and a new CA key) per deploy.
+    peer_tls_secrets: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 impl std::fmt::Debug for Context {
@@ -83,6 +88,8 @@ impl Context {
             clock: system_clock(),
             rest_token_key: None,
             peer_tls: false,
+            network_policies: false,
+            peer_tls_secrets: Default::default(),
         })
     }
 
@@ -98,9 +105,25 @@ impl Context {
         self
     }
 
+    /// Gives every job its own NetworkPolicy (or not).
+    pub fn with_network_policies(mut self, on: bool) -> Context {
+        self.network_policies = on;
+        self
+    }
+
     /// The REST token of `job`'s JobManager, when tokens are on.
     pub fn rest_token(&self, job: &StreamJob) -> Option<String> {
         self.rest_token_key.as_ref()?.token_for(job)
+    }
+
+    /// A client for `job`'s JobManager that sends the job's REST token (when tokens are on).
+    fn jobmanager_client(&self, job: &StreamJob) -> JobManagerClient {
+        let namespace = job.namespace().unwrap_or_else(|| "default".into());
+        JobManagerClient::new(
+            self.http.clone(),
+            self.endpoint.base_url(&namespace, &job.name_any()),
+        )
+        .with_token(self.rest_token(job))
     }
 }
 
@@ -143,10 +166,12 @@ pub async fn reconcile(job: Arc<StreamJob>, ctx: Arc<Context>) -> Result<Requeue
     let span = info_span!("reconcile", namespace = %job.namespace().unwrap_or_default(), name = %job.name_any());
     async move {
         let started = Instant::now();
-        let observed = observe::observe(&job, &ctx).await?;
+        // One client (and one token derivation) for the whole reconcile.
+        let jobmanager = ctx.jobmanager_client(&job);
+        let observed = observe::observe(&job, &ctx, &jobmanager).await?;
         let plan = lifecycle::plan(&observed);
         let requeue = plan.requeue_after;
-        apply::apply(&job, &ctx, plan).await?;
+        apply::apply(&job, &ctx, &jobmanager, plan).await?;
         ctx.metrics.observe_reconcile(started.elapsed());
         Ok(requeue.map_or_else(Requeue::await_change, Requeue::requeue))
     }

@@ -12,13 +12,15 @@ use crate::jobmanager::JobManagerClient;
 use crate::lifecycle::{JobManagerView, JobPods, LatestCheckpoint, Observed, StorageProbe};
 use crate::{Error, Result};
 
-pub(super) async fn observe(job: &StreamJob, ctx: &Context) -> Result<Observed> {
+pub(super) async fn observe(
+    job: &StreamJob,
+    ctx: &Context,
+    client: &JobManagerClient,
+) -> Result<Observed> {
     let namespace = job.namespace().unwrap_or_else(|| "default".into());
     let name = job.name_any();
     let id = job_id(&namespace, &name);
     let status = job.status.clone().unwrap_or_default();
-    let client = JobManagerClient::new(ctx.http.clone(), ctx.endpoint.base_url(&namespace, &name))
-        .with_token(ctx.rest_token(job));
 
     let jobmanager = if status.lifecycle == Lifecycle::Suspended || status.deployed.is_none() {
         JobManagerView::Unreachable("no JobManager deployed".into())

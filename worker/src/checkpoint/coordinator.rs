@@ -75,10 +75,11 @@ use super::metadata::{
     CheckpointMetadata, ClaimReason, IdClaim, MetadataEntry, OperatorSnapshot, SnapshotKind,
     SubtaskState,
 };
-use super::{RestorePoint, checkpoint_dir_name, list_checkpoints, read_entry};
+use super::{RestorePoint, list_checkpoints, read_entry};
 use crate::error::{Error, Result};
 use crate::runtime::{Barrier, SavepointTarget, TaskId};
 use crate::spec::CheckpointConfig;
+use crate::spec::layout;
 use crate::storage::ObjectStore;
 
 /// Entries of checkpoint history kept for the REST API.
@@ -213,7 +214,7 @@ impl CheckpointCoordinator {
             });
         };
         let latest =
-            RestorePoint::resolve(self.job_store.child(&checkpoint_dir_name(newest))).await?;
+            RestorePoint::resolve(self.job_store.child(&layout::checkpoint_dir(newest))).await?;
         Ok(Survey {
             next_id: newest + 1,
             latest,
@@ -308,9 +309,9 @@ impl CheckpointCoordinator {
             timestamp_ms: now_ms(),
             restore_from: restore_from.clone(),
         };
-        let store = self.job_store.child(&checkpoint_dir_name(id));
+        let store = self.job_store.child(&layout::checkpoint_dir(id));
         Ok(store
-            .put_if_absent(super::metadata::METADATA_OBJECT, claim.encode()?.into())
+            .put_if_absent(layout::METADATA_OBJECT, claim.encode()?.into())
             .await?)
     }
 
@@ -330,7 +331,7 @@ impl CheckpointCoordinator {
 
     /// The error for losing id `id` to another JobManager, saying what it wrote there.
     async fn fenced(&self, id: u64) -> Error {
-        let store = self.job_store.child(&checkpoint_dir_name(id));
+        let store = self.job_store.child(&layout::checkpoint_dir(id));
         let what = match read_entry(&self.job_store, id).await {
             Ok(Some(MetadataEntry::Checkpoint(_))) => "completed".to_string(),
             Ok(Some(MetadataEntry::Claim(claim))) => {
@@ -344,7 +345,7 @@ impl CheckpointCoordinator {
         Error::Fenced {
             checkpoint_id: id,
             what,
-            object: store.uri(super::metadata::METADATA_OBJECT),
+            object: store.uri(layout::METADATA_OBJECT),
         }
     }
 
@@ -378,7 +379,7 @@ impl CheckpointCoordinator {
             MetadataEntry::Checkpoint(meta) => {
                 let uri = self
                     .job_store
-                    .child(&checkpoint_dir_name(id))
+                    .child(&layout::checkpoint_dir(id))
                     .location()
                     .uri();
                 let was_failed = self
@@ -729,7 +730,7 @@ impl CheckpointCoordinator {
         let checkpoint_store = match savepoint {
             Some(savepoint) => {
                 let store = savepoint.store.clone();
-                store.put(super::metadata::METADATA_OBJECT, encoded).await?;
+                store.put(layout::METADATA_OBJECT, encoded).await?;
                 let location = store.location().uri();
                 // A stop-with-savepoint commits the sinks: from then on the job's state is
                 // the savepoint. A plain savepoint is the user's, never a failover target.
@@ -769,7 +770,7 @@ impl CheckpointCoordinator {
                 if !matches!(claimed, Ok(true)) {
                     // Never restore from it: once its id is not claimed as a savepoint, its
                     // pending sink output may be discarded by the next attempt's recovery.
-                    if let Err(e) = store.delete(super::metadata::METADATA_OBJECT).await {
+                    if let Err(e) = store.delete(layout::METADATA_OBJECT).await {
                         tracing::warn!(savepoint = %location, error = %e, "could not remove a savepoint that did not complete; do not restore from it");
                     }
                     return Err(match claimed {
@@ -782,9 +783,9 @@ impl CheckpointCoordinator {
                 store
             }
             None => {
-                let store = self.job_store.child(&checkpoint_dir_name(checkpoint_id));
+                let store = self.job_store.child(&layout::checkpoint_dir(checkpoint_id));
                 if !store
-                    .put_if_absent(super::metadata::METADATA_OBJECT, encoded)
+                    .put_if_absent(layout::METADATA_OBJECT, encoded)
                     .await?
                 {
                     match self.own_entry(checkpoint_id).await? {
@@ -893,9 +894,9 @@ impl CheckpointCoordinator {
             let metadata = self.read_metadata(id).await?;
             referenced.extend(metadata.shared_objects().map(str::to_string));
         }
-        let metadata_object = super::metadata::METADATA_OBJECT;
+        let metadata_object = layout::METADATA_OBJECT;
         for (id, kind) in expired {
-            let dir = checkpoint_dir_name(id);
+            let dir = layout::checkpoint_dir(id);
             match kind {
                 Some(EntryKind::Checkpoint) => {
                     tracing::debug!(checkpoint_id = id, "removing expired checkpoint");
@@ -951,7 +952,7 @@ impl CheckpointCoordinator {
     pub async fn remove_orphaned_shared_files(&mut self, claimed: u64) -> Result<usize> {
         let shared = self
             .job_store
-            .list(&format!("{}/", super::incremental::SHARED_FOLDER))
+            .list(&format!("{}/", layout::SHARED_FOLDER))
             .await?;
         if shared.is_empty() {
             return Ok(0);
@@ -984,7 +985,7 @@ impl CheckpointCoordinator {
     }
 
     async fn read_metadata(&self, checkpoint_id: u64) -> Result<CheckpointMetadata> {
-        let store = self.job_store.child(&checkpoint_dir_name(checkpoint_id));
+        let store = self.job_store.child(&layout::checkpoint_dir(checkpoint_id));
         Ok(super::RestorePoint::open(store).await?.metadata)
     }
 }
@@ -1136,8 +1137,8 @@ mod tests {
                 .rt
                 .block_on(
                     self.job
-                        .child(&checkpoint_dir_name(barrier.checkpoint_id))
-                        .put_if_absent(super::super::metadata::METADATA_OBJECT, encoded.clone()),
+                        .child(&layout::checkpoint_dir(barrier.checkpoint_id))
+                        .put_if_absent(layout::METADATA_OBJECT, encoded.clone()),
                 )
                 .expect("put");
             assert!(stored, "the id was free");
@@ -1148,8 +1149,8 @@ mod tests {
             self.rt
                 .block_on(
                     self.job
-                        .child(&checkpoint_dir_name(id))
-                        .get(super::super::metadata::METADATA_OBJECT),
+                        .child(&layout::checkpoint_dir(id))
+                        .get(layout::METADATA_OBJECT),
                 )
                 .expect("get _metadata")
         }
@@ -1586,7 +1587,7 @@ mod tests {
         );
         let chk = s
             .job
-            .child(&checkpoint_dir_name(checkpoint))
+            .child(&layout::checkpoint_dir(checkpoint))
             .location()
             .uri();
         assert_eq!(a.state_uri(), Some(chk.as_str()));
@@ -1637,7 +1638,7 @@ mod tests {
         let completed = s.complete(&mut a).expect("A's own checkpoint, not a fence");
         assert_eq!(completed.checkpoint_id, id);
         assert_eq!(s.metadata_bytes(id), written, "one entry, the one A stored");
-        let chk = s.job.child(&checkpoint_dir_name(id)).location().uri();
+        let chk = s.job.child(&layout::checkpoint_dir(id)).location().uri();
         assert_eq!(a.state_uri(), Some(chk.as_str()));
         assert_eq!(s.latest(), Some(id));
         assert_eq!(s.acknowledged(&mut a), id + 1, "the next id follows");
@@ -1662,7 +1663,7 @@ mod tests {
             written,
             "not overwritten by a failed claim"
         );
-        let chk = s.job.child(&checkpoint_dir_name(id)).location().uri();
+        let chk = s.job.child(&layout::checkpoint_dir(id)).location().uri();
         assert_eq!(a.state_uri(), Some(chk.as_str()));
         assert_eq!(s.latest(), Some(id));
         // What REST and metrics report agrees with storage: completed, not failed.
@@ -1700,7 +1701,7 @@ mod tests {
             "the restart claims the id after A's checkpoint"
         );
         assert_eq!(s.metadata_bytes(id), written);
-        let chk = s.job.child(&checkpoint_dir_name(id)).location().uri();
+        let chk = s.job.child(&layout::checkpoint_dir(id)).location().uri();
         assert_eq!(a.state_uri(), Some(chk.as_str()), "the restart restores it");
         assert_eq!(a.latest_completed().map(|c| c.checkpoint_id), Some(id));
         assert_eq!(a.counts().failed, 0, "{:?}", a.counts());
@@ -1745,8 +1746,8 @@ mod tests {
             timestamp_ms: now_ms(),
             restore_from: None,
         };
-        s.rt.block_on(s.job.child(&checkpoint_dir_name(id)).put_if_absent(
-            super::super::metadata::METADATA_OBJECT,
+        s.rt.block_on(s.job.child(&layout::checkpoint_dir(id)).put_if_absent(
+            layout::METADATA_OBJECT,
             claim.encode().expect("encode").into(),
         ))
         .expect("put");

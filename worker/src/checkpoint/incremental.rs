@@ -26,12 +26,12 @@ use futures::{StreamExt, TryStreamExt};
 use super::RestorePoint;
 use super::metadata::{IncrementalKeyedStateHandle, StateFile};
 use crate::error::{Error, Result};
+use crate::spec::layout;
 use crate::state::KeyGroupRange;
 use crate::storage::{ObjectStore, StorageError};
 
 /// Files moved to or from storage at once (S3 requests are latency-bound).
 const CONCURRENT_TRANSFERS: usize = 4;
-pub const SHARED_FOLDER: &str = "shared";
 
 /// What one keyed subtask has stored for its incremental checkpoints. Cheap to clone.
 #[derive(Clone)]
@@ -120,7 +120,7 @@ impl IncrementalSnapshots {
         let stored_shared: Vec<StateFile> = futures::stream::iter(to_store)
             .map(|name| async move {
                 let path = copy_dir.join(&name);
-                let object = format!("{SHARED_FOLDER}/{backend_id}/{name}");
+                let object = format!("{}/{backend_id}/{name}", layout::SHARED_FOLDER);
                 let (size, crc32) = file_checksum(path.clone()).await?;
                 job_store.put_immutable_file(&object, &path).await?;
                 Ok::<_, Error>(StateFile {
@@ -220,7 +220,7 @@ pub async fn download(
             || file.name.starts_with('.')
         {
             return Err(corrupt(
-                restore.store.uri(super::metadata::METADATA_OBJECT),
+                restore.store.uri(layout::METADATA_OBJECT),
                 format!("invalid state file name {:?}", file.name),
             ));
         }
@@ -286,10 +286,10 @@ mod tests {
     use std::collections::BTreeMap;
 
     use super::*;
+    use crate::checkpoint::CheckpointCoordinator;
     use crate::checkpoint::metadata::{
-        CheckpointMetadata, METADATA_OBJECT, OperatorSnapshot, SnapshotKind, SubtaskState,
+        CheckpointMetadata, OperatorSnapshot, SnapshotKind, SubtaskState,
     };
-    use crate::checkpoint::{CheckpointCoordinator, checkpoint_dir_name};
     use crate::state::keygroups::{key_group_for_key_bytes, key_group_range_for_subtask};
     use crate::state::{KeyedContext, KeyedStateBackend, StateRegistry, ValueState};
     use crate::storage::Location;
@@ -360,7 +360,7 @@ mod tests {
             self.backend
                 .checkpoint_to(&copy)
                 .expect("rocksdb checkpoint");
-            let chk = self.job.child(&checkpoint_dir_name(id));
+            let chk = self.job.child(&layout::checkpoint_dir(id));
             let key_groups = self.backend.key_groups();
             let handle = self
                 .rt
@@ -390,14 +390,19 @@ mod tests {
                 job_manager: None,
             };
             self.rt
-                .block_on(chk.put(METADATA_OBJECT, metadata.encode().expect("encode").into()))
+                .block_on(chk.put(
+                    layout::METADATA_OBJECT,
+                    metadata.encode().expect("encode").into(),
+                ))
                 .expect("put metadata");
             handle
         }
 
         fn restore_point(&self, id: u64) -> RestorePoint {
             self.rt
-                .block_on(RestorePoint::open(self.job.child(&checkpoint_dir_name(id))))
+                .block_on(RestorePoint::open(
+                    self.job.child(&layout::checkpoint_dir(id)),
+                ))
                 .expect("open checkpoint")
         }
 

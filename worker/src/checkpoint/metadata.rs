@@ -19,7 +19,6 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 use crate::state::{KeyGroupRange, OperatorStateSnapshot};
 
-pub const METADATA_OBJECT: &str = "_metadata";
 const HEADER_PREFIX: &str = "WEIR-CHECKPOINT 1 crc32=";
 const CLAIM_HEADER_PREFIX: &str = "WEIR-CLAIM 1 crc32=";
 

@@ -1,6 +1,7 @@
 //! Checkpoints in storage: layout, discovery, restore views, and the coordinator.
 //!
-//! Layout under the checkpoint storage: `<jobId>/chk-<n>/_metadata` plus, per keyed subtask,
+//! Layout under the checkpoint storage (named in `weir_spec::layout`, which the operator reads
+//! too): `<jobId>/chk-<n>/_metadata` plus, per keyed subtask,
 //! either one snapshot object (`<operator>-<subtask>.state`: savepoints, and checkpoints when
 //! incremental checkpoints are off) or RocksDB's files (`<operator>-<subtask>/MANIFEST-…`
 //! etc., with SST files in `<jobId>/shared/`, see `incremental.rs`). `_metadata` is written
@@ -23,11 +24,14 @@ pub use metadata::{
 };
 
 use crate::error::{Error, Result};
+use crate::spec::layout;
 use crate::state::{KeyGroupRange, Redistribution, operator::redistribute};
-use crate::storage::{ObjectStore, StorageError};
+use crate::storage::{Location, ObjectStore, StorageError};
 
-pub fn checkpoint_dir_name(checkpoint_id: u64) -> String {
-    format!("chk-{checkpoint_id}")
+/// A job's directory under checkpoint storage (`weir_spec::layout::job_dir`), joined as a path
+/// for local storage.
+pub fn job_location(storage: &str, job_id: &str) -> Result<Location> {
+    Ok(Location::parse(storage)?.join(job_id))
 }
 
 /// Attempt ids start with the checkpoint id the attempt claimed: `<claim>-<random>`. Files an
@@ -56,11 +60,11 @@ pub async fn read_entry(
     job_store: &ObjectStore,
     checkpoint_id: u64,
 ) -> Result<Option<MetadataEntry>> {
-    let store = job_store.child(&checkpoint_dir_name(checkpoint_id));
-    match store.get(metadata::METADATA_OBJECT).await {
+    let store = job_store.child(&layout::checkpoint_dir(checkpoint_id));
+    match store.get(layout::METADATA_OBJECT).await {
         Ok(data) => Ok(Some(MetadataEntry::decode(
             &data,
-            &store.uri(metadata::METADATA_OBJECT),
+            &store.uri(layout::METADATA_OBJECT),
         )?)),
         Err(StorageError::NotFound { .. }) => Ok(None),
         Err(e) => Err(e.into()),
@@ -71,15 +75,15 @@ pub async fn read_entry(
 /// (a completed checkpoint or a claim).
 pub async fn list_checkpoints(job_store: &ObjectStore) -> Result<Vec<(u64, bool)>> {
     let mut found: std::collections::BTreeMap<u64, bool> = Default::default();
-    for object in job_store.list("chk-").await? {
+    for object in job_store.list(layout::checkpoint_dir_prefix()).await? {
         let Some((dir, rest)) = object.key.split_once('/') else {
             continue;
         };
-        let Some(id) = dir.strip_prefix("chk-").and_then(|n| n.parse::<u64>().ok()) else {
+        let Some(id) = layout::parse_checkpoint_dir(dir) else {
             continue;
         };
         let complete = found.entry(id).or_insert(false);
-        *complete |= rest == metadata::METADATA_OBJECT;
+        *complete |= rest == layout::METADATA_OBJECT;
     }
     Ok(found.into_iter().collect())
 }
@@ -95,8 +99,8 @@ impl RestorePoint {
     /// Reads and verifies `_metadata` in `checkpoint_store`. A missing or damaged `_metadata`
     /// is an error naming it.
     pub async fn open(checkpoint_store: ObjectStore) -> Result<RestorePoint> {
-        let object = checkpoint_store.uri(metadata::METADATA_OBJECT);
-        let data = match checkpoint_store.get(metadata::METADATA_OBJECT).await {
+        let object = checkpoint_store.uri(layout::METADATA_OBJECT);
+        let data = match checkpoint_store.get(layout::METADATA_OBJECT).await {
             Ok(data) => data,
             Err(StorageError::NotFound { .. }) => {
                 return Err(Error::CorruptCheckpoint {
@@ -117,8 +121,8 @@ impl RestorePoint {
     /// (`None`: the job had no state yet at that id). For restore paths a user or the
     /// operator gives: "the latest `chk-<n>` with `_metadata`" may be a claim.
     pub async fn resolve(checkpoint_store: ObjectStore) -> Result<Option<RestorePoint>> {
-        let object = checkpoint_store.uri(metadata::METADATA_OBJECT);
-        let data = match checkpoint_store.get(metadata::METADATA_OBJECT).await {
+        let object = checkpoint_store.uri(layout::METADATA_OBJECT);
+        let data = match checkpoint_store.get(layout::METADATA_OBJECT).await {
             Ok(data) => data,
             Err(StorageError::NotFound { .. }) => {
                 return Err(Error::CorruptCheckpoint {
@@ -157,7 +161,9 @@ impl RestorePoint {
             .rev()
             .find(|(_, has_metadata)| *has_metadata);
         match newest {
-            Some((id, _)) => RestorePoint::resolve(job_store.child(&checkpoint_dir_name(id))).await,
+            Some((id, _)) => {
+                RestorePoint::resolve(job_store.child(&layout::checkpoint_dir(id))).await
+            }
             None => Ok(None),
         }
     }

@@ -267,6 +267,7 @@ fn control_frames() -> Vec<(&'static str, Seed)> {
         (
             "register",
             control(&ToJobManager::Register {
+                protocol: super::wire::PROTOCOL_VERSION,
                 tm_id: "tm-0".into(),
                 slots: 2,
                 data_port: 6121,
@@ -314,7 +315,7 @@ fn control_frames() -> Vec<(&'static str, Seed)> {
             control(&event(WireTaskEvent::Failed {
                 task: TASK,
                 message: "operator counter: boom".into(),
-                recoverable: true,
+                kind: super::wire::FailureKind::Recoverable,
             })),
         ),
         (
@@ -322,6 +323,12 @@ fn control_frames() -> Vec<(&'static str, Seed)> {
             control(&ToJobManager::AttemptEnded { epoch: 4 }),
         ),
         ("jm-heartbeat", control(&ToTaskManager::Heartbeat)),
+        (
+            "refused",
+            control(&ToTaskManager::Refused {
+                reason: "TaskManager tm-0 speaks wire protocol 0".into(),
+            }),
+        ),
         (
             "deploy",
             control(&ToTaskManager::Deploy(Deployment {

@@ -16,7 +16,9 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender};
 
 use super::tls::{Connection, PeerTls};
-use super::wire::{Deployment as WireDeployment, ToJobManager, ToTaskManager, WireControl};
+use super::wire::{
+    Deployment as WireDeployment, PROTOCOL_VERSION, ToJobManager, ToTaskManager, WireControl,
+};
 use super::{Heartbeat, recv_control, send_control};
 use crate::api::JobGraph;
 use crate::error::{Error, Result};
@@ -204,6 +206,7 @@ impl Cluster {
         let register = recv_control::<ToJobManager>(&mut input, &mut buf);
         let _ = input.get_ref().socket().set_read_timeout(None);
         let Ok(Some(ToJobManager::Register {
+            protocol,
             tm_id,
             slots,
             data_port,
@@ -214,6 +217,15 @@ impl Cluster {
             tracing::warn!(%peer, "connection did not start with a registration; closing it");
             return;
         };
+        if protocol != PROTOCOL_VERSION {
+            let reason = format!(
+                "TaskManager {tm_id} speaks wire protocol {protocol}, this JobManager {PROTOCOL_VERSION}: run the same Weir version (image) for both"
+            );
+            tracing::error!(%peer, "{reason}");
+            let mut out = BufWriter::new(write_half);
+            let _ = send_control(&mut out, &ToTaskManager::Refused { reason });
+            return;
+        }
         let host = data_host.unwrap_or_else(|| peer.ip().to_string());
         let data_address = if host.contains(':') {
             format!("[{host}]:{data_port}")

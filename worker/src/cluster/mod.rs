@@ -38,11 +38,6 @@ use crate::error::{Error, Result};
 use crate::spec::S3Options;
 use crate::storage::{Location, ObjectStore};
 
-/// Default TCP port of the JobManager for TaskManagers (Flink's `jobmanager.rpc.port`).
-pub const RPC_PORT: u16 = 6123;
-/// Default TCP port of a TaskManager for data connections from other TaskManagers.
-pub const DATA_PORT: u16 = 6121;
-
 #[derive(Debug, Clone, Copy)]
 pub struct Heartbeat {
     pub interval: Duration,

@@ -120,6 +120,8 @@ pub fn run_task_manager(
                     return Err(Error::Terminated { signal });
                 }
                 match result {
+                    // Registering again cannot help: another Weir version is running there.
+                    Err(e @ Error::Refused { .. }) => return Err(e),
                     Ok(()) => tracing::warn!("JobManager closed the connection; registering again"),
                     Err(e) => tracing::warn!(error = %e, "lost the JobManager; registering again"),
                 }
@@ -206,6 +208,7 @@ impl TaskManager {
                 .map_err(|e| Error::io("control writer thread", e))?
         };
         let _ = to_jm.send(ToJobManager::Register {
+            protocol: super::wire::PROTOCOL_VERSION,
             tm_id: self.tm_id.clone(),
             slots: self.options.slots,
             data_port: self.data_port,
@@ -226,6 +229,7 @@ impl TaskManager {
             };
             match message {
                 ToTaskManager::Heartbeat => {}
+                ToTaskManager::Refused { reason } => break Err(Error::Refused { reason }),
                 ToTaskManager::Deploy(deployment) => {
                     let epoch = deployment.epoch;
                     self.stop_attempt(Some(&to_jm));
@@ -325,7 +329,7 @@ impl TaskManager {
         let rt = self.rt.clone();
         let job_store = match &doc.checkpointing {
             Some(c) => {
-                let location = Location::parse(&c.storage)?.join(doc.job_id());
+                let location = crate::checkpoint::job_location(&c.storage, doc.job_id())?;
                 Some(rt.block_on(ObjectStore::open(&location, &doc.s3))?)
             }
             None => None,

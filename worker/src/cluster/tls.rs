@@ -274,8 +274,6 @@ impl Read for Connection {
                 let mut state = lock(&session.state);
                 state.read_tls(&mut &[][..])?;
                 state.process_new_packets().map_err(tls_error)?;
-                drop(state);
-                let mut state = lock(&session.state);
                 return match state.reader().read(buf) {
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(0),
                     other => other,
@@ -305,37 +303,20 @@ impl Write for Connection {
     }
 }
 
+/// Shared with the cluster integration tests.
 #[cfg(test)]
-pub(crate) mod tests {
+#[path = "../../tests/support/tls.rs"]
+mod test_ca;
+
+#[cfg(test)]
+mod tests {
     use super::*;
     use std::net::TcpListener;
 
-    /// A CA and a peer certificate it signed, PEM, as the operator makes them.
-    pub(crate) struct TestCa {
-        pub ca: String,
-        pub cert: String,
-        pub key: String,
-    }
+    use super::test_ca::TestCa;
 
-    pub(crate) fn test_ca(name: &str) -> TestCa {
-        let ca_key = rcgen::KeyPair::generate().expect("CA key");
-        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
-        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        ca_params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, name);
-        let ca = ca_params.self_signed(&ca_key).expect("CA");
-        let issuer = rcgen::Issuer::new(ca_params, ca_key);
-        let peer_key = rcgen::KeyPair::generate().expect("peer key");
-        let peer = rcgen::CertificateParams::new(vec![PEER_NAME.to_string()])
-            .expect("params")
-            .signed_by(&peer_key, &issuer)
-            .expect("peer certificate");
-        TestCa {
-            ca: ca.pem(),
-            cert: peer.pem(),
-            key: peer_key.serialize_pem(),
-        }
+    fn test_ca(name: &str) -> TestCa {
+        super::test_ca::test_ca(name, PEER_NAME)
     }
 
     fn tls(ca: &TestCa) -> PeerTls {

@@ -158,6 +158,11 @@ impl<R> DataFrame<R> {
     }
 }
 
+/// The version of the RPC and data protocol. A TaskManager sends it in `Register`; a
+/// JobManager speaking another version refuses it with a message naming both, instead of
+/// misreading frames. Raise it with every change an older peer would decode wrongly.
+pub const PROTOCOL_VERSION: u32 = 1;
+
 /// TaskManager -> JobManager.
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "camelCase")]
@@ -165,6 +170,9 @@ pub enum ToJobManager {
     /// First message of a connection. The JobManager reaches the TaskManager's data port at
     /// the address this connection comes from, unless `data_host` says otherwise.
     Register {
+        /// [`PROTOCOL_VERSION`] of the sender; 0 from TaskManagers that predate it.
+        #[serde(default)]
+        protocol: u32,
         tm_id: String,
         slots: u32,
         data_port: u16,
@@ -196,6 +204,10 @@ pub enum ToJobManager {
 #[serde(tag = "type", rename_all = "camelCase")]
 pub enum ToTaskManager {
     Heartbeat,
+    /// The registration is refused for good (another protocol version); the connection closes.
+    Refused {
+        reason: String,
+    },
     /// Run these subtasks (in slot-sharing fashion: subtask `i` of every vertex) as part of
     /// attempt `epoch`. Anything of an older attempt is cancelled first.
     Deploy(Deployment),
@@ -293,9 +305,20 @@ pub enum WireTaskEvent {
     Failed {
         task: TaskId,
         message: String,
-        /// Whether a restart can fix it (a corrupt checkpoint or an invalid job cannot).
-        recoverable: bool,
+        kind: FailureKind,
     },
+}
+
+/// What a task failure means for the job, sent as a field rather than read from the message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum FailureKind {
+    /// The task was cancelled (its attempt is being stopped): not a failure of the job.
+    Cancelled,
+    /// A restart can fix it.
+    Recoverable,
+    /// A restart cannot (a corrupt checkpoint, an invalid job): the job fails.
+    Unrecoverable,
 }
 
 impl From<TaskEvent> for WireTaskEvent {
@@ -323,7 +346,11 @@ impl From<TaskEvent> for WireTaskEvent {
             TaskEvent::Finished { task } => WireTaskEvent::Finished { task },
             TaskEvent::Failed { task, error } => WireTaskEvent::Failed {
                 task,
-                recoverable: error.is_recoverable(),
+                kind: match &error {
+                    Error::Cancelled => FailureKind::Cancelled,
+                    e if e.is_recoverable() => FailureKind::Recoverable,
+                    _ => FailureKind::Unrecoverable,
+                },
                 message: error.to_string(),
             },
         }
@@ -356,16 +383,15 @@ impl From<WireTaskEvent> for TaskEvent {
             WireTaskEvent::Failed {
                 task,
                 message,
-                recoverable,
+                kind,
             } => TaskEvent::Failed {
                 task,
-                error: if message == Error::Cancelled.to_string() {
-                    Error::Cancelled
-                } else {
-                    Error::Remote {
+                error: match kind {
+                    FailureKind::Cancelled => Error::Cancelled,
+                    FailureKind::Recoverable | FailureKind::Unrecoverable => Error::Remote {
                         message,
-                        recoverable,
-                    }
+                        recoverable: kind == FailureKind::Recoverable,
+                    },
                 },
             },
         }
@@ -473,5 +499,34 @@ mod tests {
         };
         assert!(!error.is_recoverable());
         assert!(error.to_string().contains("s3://b/chk-1/_metadata"));
+
+        // A cancellation stays one, whatever its message says.
+        let cancelled = WireTaskEvent::from(TaskEvent::Failed {
+            task: TaskId {
+                vertex: 0,
+                subtask: 0,
+            },
+            error: Error::Cancelled,
+        });
+        let back: TaskEvent = cancelled.into();
+        assert!(matches!(
+            back,
+            TaskEvent::Failed {
+                error: Error::Cancelled,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn a_registration_without_a_protocol_version_reads_as_version_0() {
+        let old = br#"{"type":"register","tm_id":"tm-1","slots":1,"data_port":6121}"#;
+        let Some(ToJobManager::Register { protocol, .. }) =
+            decode_control::<ToJobManager>(old).ok()
+        else {
+            panic!("a registration");
+        };
+        assert_eq!(protocol, 0);
+        assert_ne!(protocol, PROTOCOL_VERSION);
     }
 }

@@ -205,7 +205,7 @@ fn run_attempts(
     let job_id = doc.job_id().to_string();
     let job_store = match &doc.checkpointing {
         Some(c) => {
-            let location = Location::parse(&c.storage)?.join(&job_id);
+            let location = crate::checkpoint::job_location(&c.storage, &job_id)?;
             Some(rt.block_on(ObjectStore::open(&location, &doc.s3))?)
         }
         None => None,

@@ -13,11 +13,12 @@ use super::{
     TaskSnapshot,
 };
 use crate::api::{Key, KeyedProcessFunction, SourceContext, SourceFactory, SourceStatus};
+use crate::checkpoint::KeyedStateHandle;
 use crate::checkpoint::incremental::{self, IncrementalSnapshots};
-use crate::checkpoint::{KeyedStateHandle, checkpoint_dir_name};
 use crate::error::{Error, Result};
 use crate::fault_points::{self, FaultPoint};
 use crate::spec::CheckpointMode;
+use crate::spec::layout;
 use crate::state::keygroups::key_group_range_for_subtask;
 use crate::state::{KeyGroupRange, KeyedContext, KeyedStateBackend, Redistribution, StateRegistry};
 
@@ -472,7 +473,7 @@ fn snapshot<O>(
     let (store, job_store) = match (&barrier.savepoint, &env.checkpoint_store) {
         (Some(savepoint), _) => (savepoint.store.clone(), None),
         (None, Some(job_store)) => (
-            job_store.child(&checkpoint_dir_name(checkpoint_id)),
+            job_store.child(&layout::checkpoint_dir(checkpoint_id)),
             Some(job_store.clone()),
         ),
         (None, None) => return Ok(()),

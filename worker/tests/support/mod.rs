@@ -4,6 +4,7 @@
 
 pub mod kafka;
 pub mod s3;
+pub mod tls;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
