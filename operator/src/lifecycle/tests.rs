@@ -1,7 +1,10 @@
 //! One test per lifecycle behaviour; each builds the observed world and checks the plan.
 
 use super::*;
-use crate::crd::{DeletionPolicy, StreamJob};
+use crate::crd::{
+    Condition, DeletionPolicy, DeployedSpec, Operation, OperationStep, RestoreKind, RestorePoint,
+    SavepointRecord, StreamJob,
+};
 
 const NOW: i64 = 10_000_000;
 
