@@ -2,7 +2,8 @@
 # Runs the benchmarks of issue 7 (docs/bench-workloads.md) on Weir, and on Flink when it is
 # installed, and prints the figures side by side with the Weir/Flink ratio per workload.
 #
-#   scripts/bench.sh [--size smoke|full] [--parallelism N] [--no-flink] [--flink-json FILE] [workload...]
+#   scripts/bench.sh [--size smoke|full] [--parallelism N] [--no-flink] [--flink-json FILE]
+#                    [--worker BINARY] [workload...]
 #
 # Workloads: q0 q1 q2 (a: stateless, from bid files), count-100k count-2m (b: keyed running
 # count on RocksDB), q5 (c), q7 (d), state (e: ~1 GB of keyed state: checkpoint, kill -9,
@@ -13,7 +14,9 @@
 # Flink: when scripts/install-flink.sh has been run (or --flink-json names an existing file),
 # scripts/bench-flink.sh runs the same workloads at the same size (count-*/state also as
 # count-*-heap and state-full) unless target/bench/flink.json already holds them for this size
-# (--fresh-flink reruns it anyway). --no-flink skips Flink.
+# (--fresh-flink reruns it anyway). --no-flink skips Flink. --worker runs a given weir-worker
+# binary instead of building one: to compare two commits on the same machine, keep a copy of
+# the first one's binary.
 set -euo pipefail
 
 REPO="$(cd "$(dirname "$0")/.." && pwd)"
@@ -23,6 +26,7 @@ FLINK=auto
 FRESH_FLINK=0
 FLINK_JSON="$REPO/target/bench/flink.json"
 WORKLOADS=()
+WEIR=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --size) SIZE="$2"; shift 2;;
@@ -30,7 +34,8 @@ while [ $# -gt 0 ]; do
     --no-flink) FLINK=no; shift;;
     --fresh-flink) FRESH_FLINK=1; shift;;
     --flink-json) FLINK_JSON="$2"; FLINK=file; shift 2;;
-    -h|--help) sed -n '2,17p' "$0"; exit 0;;
+    --worker) WEIR="$(realpath "$2")"; shift 2;;
+    -h|--help) sed -n '2,20p' "$0"; exit 0;;
     -*) echo "bench: unknown option $1" >&2; exit 2;;
     *) WORKLOADS+=("$1"); shift;;
   esac
@@ -54,11 +59,14 @@ done
 [ -x /usr/bin/time ] || { echo "bench: /usr/bin/time missing (Debian: apt-get install time)" >&2; exit 1; }
 
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/weir-target}"
-echo "--- building weir-worker (release) into $CARGO_TARGET_DIR" >&2
-# `--bin` rather than `-p weir`: selecting one package would resolve features for it alone,
-# and the different feature set would rebuild RocksDB's C++ beside the workspace build.
-(cd "$REPO" && cargo build --release -q --bin weir-worker)
-WEIR="$CARGO_TARGET_DIR/release/weir-worker"
+if [ -z "$WEIR" ]; then
+  echo "--- building weir-worker (release) into $CARGO_TARGET_DIR" >&2
+  # `--bin` rather than `-p weir`: selecting one package would resolve features for it alone,
+  # and the different feature set would rebuild RocksDB's C++ beside the workspace build.
+  (cd "$REPO" && cargo build --release -q --bin weir-worker)
+  WEIR="$CARGO_TARGET_DIR/release/weir-worker"
+fi
+[ -x "$WEIR" ] || { echo "bench: $WEIR is not an executable weir-worker" >&2; exit 2; }
 
 BENCH_DIR="$REPO/target/bench"
 RUNS="$BENCH_DIR/weir-runs"

@@ -8,9 +8,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
-use aws_config::timeout::TimeoutConfig;
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::types::{Delete, ObjectIdentifier};
 use futures::future::BoxFuture;
@@ -393,12 +391,7 @@ impl S3Store {
         if let Some(client) = clients.get(&key) {
             return Ok(client.clone());
         }
-        // A hung S3 must not hang a reconcile: bound every call, retries included.
-        let timeouts = TimeoutConfig::builder()
-            .connect_timeout(Duration::from_secs(3))
-            .operation_timeout(Duration::from_secs(30))
-            .build();
-        let client = weir_spec::s3::client(s3, Some(timeouts))
+        let client = weir_spec::s3::client(s3, weir_spec::s3::Purpose::Control)
             .await
             .map_err(|message| Error::Storage {
                 uri: uri.to_string(),

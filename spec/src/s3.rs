@@ -9,6 +9,7 @@
 //! failing on the first request with the SDK's generic "no providers in chain".
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use aws_config::BehaviorVersion;
 use aws_config::ecs::EcsCredentialsProvider;
@@ -21,6 +22,7 @@ use aws_config::meta::region::RegionProviderChain;
 use aws_config::profile::ProfileFileCredentialsProvider;
 use aws_config::profile::region::ProfileFileRegionProvider;
 use aws_config::provider_config::ProviderConfig;
+use aws_config::retry::RetryConfig;
 use aws_config::timeout::TimeoutConfig;
 use aws_config::web_identity_token::WebIdentityTokenCredentialsProvider;
 use aws_sdk_s3::config::{Credentials, Region};
@@ -76,12 +78,44 @@ pub fn check_credentials(opts: &S3Options) -> Result<(), String> {
     Ok(())
 }
 
-/// An S3 client for `opts`; `timeouts` bound each call (retries included) where a caller
-/// must not hang. Fails without network I/O when no credential source is configured.
-pub async fn client(
-    opts: &S3Options,
-    timeouts: Option<TimeoutConfig>,
-) -> Result<aws_sdk_s3::Client, String> {
+/// What a client is for. The one place where the worker's and the operator's time bounds and
+/// retries are decided, so the two cannot drift apart again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Purpose {
+    /// The operator's small calls (list, head, delete) inside a reconcile: every call,
+    /// retries included, ends within 30 s, so a hung S3 never hangs a reconcile.
+    Control,
+    /// The worker's state and output transfers: single objects up to the multipart threshold
+    /// and 16 MiB+ parts. Each attempt ends within 5 minutes (enough for a part at ~60 KB/s)
+    /// and is retried; the whole call has no bound of its own: the checkpoint timeout bounds
+    /// a checkpoint, and a restore must not give up on a slow but moving download.
+    Transfer,
+}
+
+impl Purpose {
+    /// Connection set-up is bounded the same way for both: a dead endpoint fails fast.
+    const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+    /// The SDK's standard retry mode (exponential backoff with jitter), stated here rather
+    /// than left to `BehaviorVersion`.
+    const MAX_ATTEMPTS: u32 = 3;
+
+    pub fn timeouts(self) -> TimeoutConfig {
+        let builder = TimeoutConfig::builder().connect_timeout(Self::CONNECT_TIMEOUT);
+        match self {
+            Purpose::Control => builder.operation_timeout(Duration::from_secs(30)),
+            Purpose::Transfer => builder.operation_attempt_timeout(Duration::from_secs(300)),
+        }
+        .build()
+    }
+
+    pub fn retries(self) -> RetryConfig {
+        RetryConfig::standard().with_max_attempts(Self::MAX_ATTEMPTS)
+    }
+}
+
+/// An S3 client for `opts`, bounded and retried as `purpose` says. Fails without network
+/// I/O when no credential source is configured.
+pub async fn client(opts: &S3Options, purpose: Purpose) -> Result<aws_sdk_s3::Client, String> {
     check_credentials(opts)?;
     // Not the SDK's default region chain either: it too ends at IMDS. The document's
     // setting, the environment, the profile, then us-east-1.
@@ -91,10 +125,10 @@ pub async fn client(
         .or_else(Region::from_static("us-east-1"))
         .region()
         .await;
-    let mut loader = aws_config::defaults(BehaviorVersion::latest()).region(region.clone());
-    if let Some(timeouts) = timeouts {
-        loader = loader.timeout_config(timeouts);
-    }
+    let mut loader = aws_config::defaults(BehaviorVersion::latest())
+        .region(region.clone())
+        .timeout_config(purpose.timeouts())
+        .retry_config(purpose.retries());
     if let Some(endpoint) = &opts.endpoint {
         loader = loader.endpoint_url(endpoint);
     }
@@ -138,4 +172,29 @@ pub async fn client(
         .force_path_style(opts.force_path_style)
         .build();
     Ok(aws_sdk_s3::Client::from_conf(config))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::Purpose;
+
+    #[test]
+    fn control_calls_end_within_30_s_and_transfers_only_bound_each_attempt() {
+        let control = Purpose::Control.timeouts();
+        assert_eq!(control.connect_timeout(), Some(Duration::from_secs(3)));
+        assert_eq!(control.operation_timeout(), Some(Duration::from_secs(30)));
+
+        let transfer = Purpose::Transfer.timeouts();
+        assert_eq!(transfer.connect_timeout(), Some(Duration::from_secs(3)));
+        assert_eq!(transfer.operation_timeout(), None);
+        assert_eq!(
+            transfer.operation_attempt_timeout(),
+            Some(Duration::from_secs(300))
+        );
+        for purpose in [Purpose::Control, Purpose::Transfer] {
+            assert_eq!(purpose.retries().max_attempts(), 3);
+        }
+    }
 }

@@ -40,7 +40,7 @@ impl S3Store {
         uri: &str,
     ) -> Result<S3Store> {
         Ok(S3Store {
-            client: weir_spec::s3::client(s3, None)
+            client: weir_spec::s3::client(s3, weir_spec::s3::Purpose::Transfer)
                 .await
                 .map_err(|message| StorageError::S3 {
                     op: "configure the client",
