@@ -1,5 +1,6 @@
-//! The keyed and window functions of (b) to (e): a running count per key, the hottest auction
-//! (q5) and the highest bid (q7) per window, and the store of (e).
+//! The keyed and window functions of (c) to (e): the hottest auction (q5) and the highest bid
+//! (q7) per window, and the store of (e). The running count of (b) is the jobs' shared
+//! `RunningCount`.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -9,35 +10,6 @@ use crate::api::{Emitter, KeyedProcessFunction};
 use crate::error::Result;
 use crate::runtime::watermark::Timestamp;
 use crate::state::{AggregateFunction, KeyedContext, StateRegistry, Timer, ValueState};
-
-// ---------------------------------------------------------------- (b) keyed running count
-
-#[derive(Default)]
-pub(super) struct CountPerKey {
-    count: Option<ValueState<u64>>,
-}
-
-impl KeyedProcessFunction<u64, (u64, u64), (u64, u64, u64)> for CountPerKey {
-    fn open(&mut self, state: &mut StateRegistry) -> Result<()> {
-        self.count = Some(state.value_state("count")?);
-        Ok(())
-    }
-
-    fn process(
-        &mut self,
-        key: &u64,
-        (_, stamp): (u64, u64),
-        ctx: &mut KeyedContext<'_>,
-        out: &mut Emitter<'_, (u64, u64, u64)>,
-    ) -> Result<()> {
-        let Some(count) = &self.count else {
-            return Ok(());
-        };
-        let n = count.get(ctx)?.unwrap_or(0) + 1;
-        count.set(ctx, &n)?;
-        out.emit((*key, n, stamp))
-    }
-}
 
 // ---------------------------------------------------------------- (c) q5
 

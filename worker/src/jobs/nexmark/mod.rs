@@ -32,6 +32,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::BuiltJob;
+use super::shared::RunningCount;
 use crate::api::{MapWindow, StreamEnv, TimeWindow, WatermarkStrategy, WindowAssigner};
 use crate::connectors::FileSource;
 use crate::connectors::nexmark::{
@@ -42,8 +43,8 @@ use crate::runtime::watermark::Timestamp;
 use crate::spec::RestoreSource;
 use codec::stateless;
 use keyed::{
-    BestPerWindow, CountAgg, CountPerKey, Q5Bid, Q5Count, Q7Bid, Q7Winner, StateRecord, StoreValue,
-    higher_bid, max_bid, more_bids,
+    BestPerWindow, CountAgg, Q5Bid, Q5Count, Q7Bid, Q7Winner, StateRecord, StoreValue, higher_bid,
+    max_bid, more_bids,
 };
 use monitor::Monitor;
 use sink::CountingSink;
@@ -129,11 +130,7 @@ pub fn define(env: &StreamEnv) -> Result<BuiltJob> {
             .flat_map(|out: Option<(String, u64)>| out)
             .sink(
                 "counting-sink",
-                CountingSink {
-                    stats: stats.clone(),
-                    sample_every: 64,
-                    stamp: |r: &(String, u64)| r.1,
-                },
+                CountingSink::new(&stats, 64, |r: &(String, u64)| r.1),
             )?
         }
         Query::Count => {
@@ -150,14 +147,12 @@ pub fn define(env: &StreamEnv) -> Result<BuiltJob> {
             )
             .map(move |(b, stamp): (nexmark::Bid, u64)| (b.bidder % keys, stamp))
             .key_by(|r: &(u64, u64)| r.0)
-            .process("count", CountPerKey::default)
+            .process("count", || {
+                RunningCount::new(|key: &u64, n, (_, stamp): (u64, u64)| (*key, n, stamp))
+            })
             .sink(
                 "counting-sink",
-                CountingSink {
-                    stats: stats.clone(),
-                    sample_every: 64,
-                    stamp: |r: &(u64, u64, u64)| r.2,
-                },
+                CountingSink::new(&stats, 64, |r: &(u64, u64, u64)| r.2),
             )?
         }
         Query::Q5 => {
@@ -183,11 +178,7 @@ pub fn define(env: &StreamEnv) -> Result<BuiltJob> {
             .process("max-per-window", || BestPerWindow::new(more_bids))
             .sink(
                 "counting-sink",
-                CountingSink {
-                    stats: stats.clone(),
-                    sample_every: 1,
-                    stamp: |r: &Q5Count| r.3,
-                },
+                CountingSink::new(&stats, 1, |r: &Q5Count| r.3),
             )?
         }
         Query::Q7 => {
@@ -216,11 +207,7 @@ pub fn define(env: &StreamEnv) -> Result<BuiltJob> {
             .process("max-per-window", || BestPerWindow::new(higher_bid))
             .sink(
                 "counting-sink",
-                CountingSink {
-                    stats: stats.clone(),
-                    sample_every: 1,
-                    stamp: |r: &Q7Winner| r.5,
-                },
+                CountingSink::new(&stats, 1, |r: &Q7Winner| r.5),
             )?
         }
         Query::State => {
@@ -247,11 +234,7 @@ pub fn define(env: &StreamEnv) -> Result<BuiltJob> {
             })
             .sink(
                 "counting-sink",
-                CountingSink {
-                    stats: stats.clone(),
-                    sample_every: 1,
-                    stamp: |r: &(u64, u64, u64)| r.2,
-                },
+                CountingSink::new(&stats, 1, |r: &(u64, u64, u64)| r.2),
             )?
         }
     };

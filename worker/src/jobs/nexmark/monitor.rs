@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use super::{BenchStats, Query, epoch_ms};
 use crate::connectors::nexmark::stamp_now;
 use crate::jobs::JobMonitor;
+use crate::jobs::shared::{checkpoint_durations, percentile, print_line};
 use crate::runtime::job::{CheckpointStats, JobHandle};
 
 /// User + system CPU seconds of this process so far (`/proc/self/stat`, 100 ticks per second).
@@ -41,30 +42,8 @@ pub(super) struct Monitor {
     pub(super) cpu_at_start: Mutex<f64>,
 }
 
-/// Prints one line on stdout at once (the runner reads them as they come).
-fn emit(line: &str) {
-    use std::io::Write;
-    let mut out = std::io::stdout().lock();
-    let _ = writeln!(out, "{line}");
-    let _ = out.flush();
-}
-
-fn percentile(sorted: &[u64], p: f64) -> Option<u64> {
-    if sorted.is_empty() {
-        return None;
-    }
-    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
-    Some(sorted[rank.clamp(1, sorted.len()) - 1])
-}
-
 fn checkpoint_summary(stats: &CheckpointStats) -> serde_json::Value {
-    let mut durations: Vec<u64> = stats
-        .history
-        .iter()
-        .filter(|c| !c.savepoint)
-        .filter_map(|c| c.duration_ms)
-        .collect();
-    durations.sort_unstable();
+    let durations = checkpoint_durations(stats);
     serde_json::json!({
         "completed": stats.counts.completed,
         "failed": stats.counts.failed,
@@ -129,7 +108,7 @@ impl JobMonitor for Monitor {
             },
             "checkpoints": checkpoint_summary(&job.checkpoints()),
         });
-        emit(&line.to_string());
+        print_line(&line.to_string());
     }
 }
 
@@ -191,17 +170,17 @@ fn drive_load(
     })?;
     let load_s = t0.elapsed().as_secs_f64();
     let load_cpu_s = process_cpu_s() - cpu0;
-    emit(
+    print_line(
         &serde_json::json!({"event": "loaded", "keys": keys, "load_s": load_s, "load_cpu_s": load_cpu_s})
             .to_string(),
     );
     std::thread::sleep(Duration::from_secs(1));
     let first = checkpoint_now(job)?;
-    emit(&first.to_string());
+    print_line(&first.to_string());
     std::thread::sleep(Duration::from_secs(3));
     let second = checkpoint_now(job)?;
-    emit(&second.to_string());
-    emit(
+    print_line(&second.to_string());
+    print_line(
         &serde_json::json!({
             "workload": "state",
             "engine": "weir",
@@ -213,7 +192,7 @@ fn drive_load(
         })
         .to_string(),
     );
-    emit(
+    print_line(
         &serde_json::json!({"event": "ready_to_kill", "checkpoint": second["external_path"]})
             .to_string(),
     );
@@ -232,7 +211,7 @@ fn drive_restored(
         stats.first_output_epoch_ms.load(Ordering::Relaxed) != 0
     })?;
     std::thread::sleep(Duration::from_secs(1));
-    emit(
+    print_line(
         &serde_json::json!({
             "workload": "state-restore",
             "engine": "weir",

@@ -11,9 +11,20 @@ use crate::error::Result;
 
 /// A discarding sink: counts records and samples latency every `sample_every`th record.
 pub(super) struct CountingSink<T> {
-    pub(super) stats: Arc<BenchStats>,
-    pub(super) sample_every: u64,
-    pub(super) stamp: fn(&T) -> u64,
+    stats: Arc<BenchStats>,
+    sample_every: u64,
+    stamp: fn(&T) -> u64,
+}
+
+impl<T> CountingSink<T> {
+    /// `stamp` reads the ingestion stamp a record carries.
+    pub(super) fn new(stats: &Arc<BenchStats>, sample_every: u64, stamp: fn(&T) -> u64) -> Self {
+        CountingSink {
+            stats: stats.clone(),
+            sample_every,
+            stamp,
+        }
+    }
 }
 
 impl<T: Send + 'static> SinkFactory<T> for CountingSink<T> {
