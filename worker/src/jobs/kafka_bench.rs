@@ -23,11 +23,11 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::endpoints::{Input, Output};
+use super::shared::{RunningCount, checkpoint_durations, percentile, print_line};
 use super::{BuiltJob, JobMonitor};
-use crate::api::{Emitter, KeyedProcessFunction, StreamEnv};
+use crate::api::StreamEnv;
 use crate::error::Result;
 use crate::runtime::job::JobHandle;
-use crate::state::{KeyedContext, StateRegistry, ValueState};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -71,37 +71,6 @@ pub struct KeyCount {
     pub ts: i64,
 }
 
-#[derive(Default)]
-struct Counter {
-    count: Option<ValueState<u64>>,
-}
-
-impl KeyedProcessFunction<u64, BenchEvent, KeyCount> for Counter {
-    fn open(&mut self, state: &mut StateRegistry) -> Result<()> {
-        self.count = Some(state.value_state("count")?);
-        Ok(())
-    }
-
-    fn process(
-        &mut self,
-        key: &u64,
-        event: BenchEvent,
-        ctx: &mut KeyedContext<'_>,
-        out: &mut Emitter<'_, KeyCount>,
-    ) -> Result<()> {
-        let Some(state) = &self.count else {
-            return Ok(());
-        };
-        let count = state.get(ctx)?.unwrap_or(0) + 1;
-        state.set(ctx, &count)?;
-        out.emit(KeyCount {
-            key: *key,
-            count,
-            ts: event.ts,
-        })
-    }
-}
-
 /// Prints the run's figures when it ends.
 struct Monitor {
     mode: Mode,
@@ -109,15 +78,8 @@ struct Monitor {
 
 impl JobMonitor for Monitor {
     fn ended(&self, job: &JobHandle, wall: Duration) {
-        use std::io::Write;
         let stats = job.checkpoints();
-        let mut durations: Vec<u64> = stats
-            .history
-            .iter()
-            .filter(|c| !c.savepoint)
-            .filter_map(|c| c.duration_ms)
-            .collect();
-        durations.sort_unstable();
+        let durations = checkpoint_durations(&stats);
         let line = serde_json::json!({
             "bench": "kafka",
             "mode": self.mode,
@@ -125,13 +87,11 @@ impl JobMonitor for Monitor {
             "checkpoints": {
                 "completed": stats.counts.completed,
                 "failed": stats.counts.failed,
-                "duration_ms_p50": durations.get(durations.len().saturating_sub(1) / 2),
+                "duration_ms_p50": percentile(&durations, 50.0),
                 "duration_ms_max": durations.last(),
             },
         });
-        let mut out = std::io::stdout().lock();
-        let _ = writeln!(out, "{line}");
-        let _ = out.flush();
+        print_line(&line.to_string());
     }
 }
 
@@ -152,9 +112,13 @@ pub fn define(env: &StreamEnv) -> Result<BuiltJob> {
                 })?
         }
         Mode::Count => {
-            let counted = events
-                .key_by(|e: &BenchEvent| e.key)
-                .process("count", Counter::default);
+            let counted = events.key_by(|e: &BenchEvent| e.key).process("count", || {
+                RunningCount::new(|key: &u64, count, event: BenchEvent| KeyCount {
+                    key: *key,
+                    count,
+                    ts: event.ts,
+                })
+            });
             args.output
                 .sink(counted, "output", "job.args.output", |c: &KeyCount| {
                     Some(c.key.to_string())
@@ -173,11 +137,7 @@ mod tests {
     use super::*;
 
     fn args(yaml: &str) -> crate::error::Result<Args> {
-        let doc = crate::spec::JobDocument::from_yaml(
-            &format!("job: {{name: kafka-bench, args: {yaml}}}"),
-            "job.yaml",
-        )?;
-        Ok(doc.args()?)
+        crate::jobs::shared::parse_args("kafka-bench", yaml)
     }
 
     #[test]

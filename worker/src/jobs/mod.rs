@@ -7,6 +7,7 @@ pub mod kafka_bench;
 pub mod minute_bars;
 pub mod nexmark;
 pub mod sequence_check;
+mod shared;
 pub mod state_machine;
 pub mod url_count;
 pub mod window_check;

@@ -129,11 +129,7 @@ mod tests {
     use super::*;
 
     fn args(yaml: &str) -> crate::error::Result<Args> {
-        let doc = crate::spec::JobDocument::from_yaml(
-            &format!("job: {{name: sequence-check, args: {yaml}}}"),
-            "job.yaml",
-        )?;
-        Ok(doc.args()?)
+        crate::jobs::shared::parse_args("sequence-check", yaml)
     }
 
     #[test]

@@ -3,11 +3,11 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::shared::RunningCount;
 use super::{BuiltJob, FileJobArgs};
-use crate::api::{Emitter, KeyedProcessFunction, StreamEnv};
+use crate::api::StreamEnv;
 use crate::connectors::{FileSink, FileSource};
 use crate::error::Result;
-use crate::state::{KeyedContext, StateRegistry, ValueState};
 
 #[derive(Debug, Serialize, Deserialize)]
 pub struct AccessLog {
@@ -24,36 +24,6 @@ pub struct UrlCount {
     pub count: u64,
 }
 
-#[derive(Default)]
-struct UrlCounter {
-    count: Option<ValueState<u64>>,
-}
-
-impl KeyedProcessFunction<String, AccessLog, UrlCount> for UrlCounter {
-    fn open(&mut self, state: &mut StateRegistry) -> Result<()> {
-        self.count = Some(state.value_state("count")?);
-        Ok(())
-    }
-
-    fn process(
-        &mut self,
-        url: &String,
-        _log: AccessLog,
-        ctx: &mut KeyedContext<'_>,
-        out: &mut Emitter<'_, UrlCount>,
-    ) -> Result<()> {
-        let Some(state) = &self.count else {
-            return Ok(());
-        };
-        let count = state.get(ctx)?.unwrap_or(0) + 1;
-        state.set(ctx, &count)?;
-        out.emit(UrlCount {
-            url: url.clone(),
-            count,
-        })
-    }
-}
-
 pub fn define(env: &StreamEnv) -> Result<BuiltJob> {
     let args: FileJobArgs = env.doc().args()?;
     let graph = env
@@ -62,7 +32,12 @@ pub fn define(env: &StreamEnv) -> Result<BuiltJob> {
             FileSource::<AccessLog>::json_lines(&args.input),
         )
         .key_by(|log: &AccessLog| log.url.clone())
-        .process("url-counter", UrlCounter::default)
+        .process("url-counter", || {
+            RunningCount::new(|url: &String, count, _: AccessLog| UrlCount {
+                url: url.clone(),
+                count,
+            })
+        })
         .sink("output", FileSink::json_lines(&args.output))?;
     Ok(BuiltJob {
         graph,
