@@ -16,8 +16,9 @@ use weir_spec::fault_points::{self, FaultPoint};
 
 use super::Context;
 use crate::build::{
-    children, job_id, jobmanager_name, network_policy, peer_tls_secret, peer_tls_secret_name,
-    require_peer_tls, require_rest_token, rest_token_secret, taskmanager_name,
+    Owner, children, job_id, jobmanager_name, network_policy, peer_tls_secret,
+    peer_tls_secret_name, require_peer_tls, require_rest_token, rest_token_secret,
+    taskmanager_name,
 };
 use crate::crd::{CONDITION_STORAGE_ACCESS, OperationStep, StreamJob, StreamJobStatus};
 use crate::jobmanager::JobManagerClient;
@@ -88,23 +89,26 @@ pub(super) async fn apply(
                 }
             }
             Action::Deploy {
+                desired,
                 restore,
                 restart_nonce,
             } => {
-                let mut objects = children(job, restore, restart_nonce)?;
+                let owner = &desired.owner;
+                let mut objects = children(&desired, restore, restart_nonce)?;
                 if ctx.peer_tls {
-                    create_peer_tls_secret(ctx, &namespace, job).await?;
-                    require_peer_tls(&mut objects, job);
+                    create_peer_tls_secret(ctx, owner).await?;
+                    require_peer_tls(&mut objects, owner);
                 }
                 // The token the client sends is the one the JobManager gets.
                 if let Some(token) = client.token() {
                     // Before the JobManager that mounts it.
-                    apply_object(&ctx.client, &namespace, &rest_token_secret(job, token)?).await?;
-                    require_rest_token(&mut objects, job, token);
+                    apply_object(&ctx.client, &namespace, &rest_token_secret(owner, token)?)
+                        .await?;
+                    require_rest_token(&mut objects, owner, token);
                 }
                 if ctx.network_policies {
                     // Before the pods it fences, so none ever runs unfenced.
-                    apply_object(&ctx.client, &namespace, &network_policy(job)?).await?;
+                    apply_object(&ctx.client, &namespace, &network_policy(owner)?).await?;
                 }
                 apply_object(&ctx.client, &namespace, &objects.config_map).await?;
                 apply_object(&ctx.client, &namespace, &objects.jobmanager_service).await?;
@@ -204,8 +208,8 @@ pub(super) async fn apply(
 /// Creates the job's peer TLS Secret the first time; an existing one is left as it is (a new
 /// CA would split the job's running pods into two groups that refuse each other). Asked once
 /// per StreamJob and operator process.
-async fn create_peer_tls_secret(ctx: &Context, namespace: &str, job: &StreamJob) -> Result<()> {
-    let uid = job.uid().unwrap_or_default();
+async fn create_peer_tls_secret(ctx: &Context, owner: &Owner) -> Result<()> {
+    let uid = owner.uid.clone().unwrap_or_default();
     fn known(ctx: &Context) -> std::sync::MutexGuard<'_, std::collections::HashSet<String>> {
         ctx.peer_tls_secrets
             .lock()
@@ -214,10 +218,11 @@ async fn create_peer_tls_secret(ctx: &Context, namespace: &str, job: &StreamJob)
     if known(ctx).contains(&uid) {
         return Ok(());
     }
+    let namespace = owner.namespace.as_str();
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
-    let name = peer_tls_secret_name(job);
-    let certificates = crate::peer_tls::generate(namespace, &job.name_any())?;
-    let secret = peer_tls_secret(job, &certificates)?;
+    let name = peer_tls_secret_name(owner);
+    let certificates = crate::peer_tls::generate(namespace, &owner.name)?;
+    let secret = peer_tls_secret(owner, &certificates)?;
     match secrets.create(&PostParams::default(), &secret).await {
         Ok(_) => tracing::info!(secret = %name, "created the job's CA and peer certificate"),
         Err(kube::Error::Api(status)) if status.code == 409 => {}
