@@ -63,14 +63,17 @@ pub(super) async fn apply(
     for action in plan.actions {
         match action {
             Action::AddFinalizer | Action::RemoveFinalizer => {
-                let mut finalizers: Vec<String> = job.finalizers().to_vec();
-                finalizers.retain(|f| f != FINALIZER);
-                if action == Action::AddFinalizer {
-                    finalizers.push(FINALIZER.to_string());
-                }
-                let patch = json!({"metadata": {"finalizers": finalizers}});
+                let add = action == Action::AddFinalizer;
+                let Some(operations) = finalizer_patch(job.finalizers(), add) else {
+                    continue;
+                };
+                let patch =
+                    serde_json::from_value(operations).map_err(|source| Error::Serialize {
+                        what: "finalizer patch",
+                        source,
+                    })?;
                 match jobs
-                    .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                    .patch(&name, &PatchParams::default(), &Patch::Json::<()>(patch))
                     .await
                 {
                     Ok(_) => {}
@@ -203,6 +206,59 @@ pub(super) async fn apply(
         }
     }
     Ok(())
+}
+
+/// The JSON Patch (RFC 6902) that adds `FINALIZER` (`add`) or removes it, as operations on the
+/// finalizers this reconcile saw; `None` when there is nothing to change.
+///
+/// Why a JSON Patch with `test` operations: other controllers put their own finalizers on the
+/// same object. A merge patch can only replace the whole list, with the one this reconcile
+/// read, so it would drop a finalizer added since (or bring back one removed since). Here an
+/// add first tests that the list is still the one seen, and a removal that our entry is still
+/// at its index; when someone changed the list in between, the API server refuses the whole
+/// patch (422), the reconcile fails as a transient error and the next one works on a fresh
+/// copy. (kube's `runtime::finalizer` patches the same way, but it wraps the whole reconcile
+/// and keeps the finalizer on every object, while the plan adds it only when a deletion needs
+/// cleanup outside Kubernetes, takes it off when the spec no longer does, and releases it at
+/// the end of a deletion that spans several reconciles.)
+pub(super) fn finalizer_patch(seen: &[String], add: bool) -> Option<serde_json::Value> {
+    let held = seen.iter().any(|f| f == FINALIZER);
+    if add {
+        if held {
+            return None;
+        }
+        return Some(if seen.is_empty() {
+            // The API server stores no empty list: the field is absent, which `null` tests.
+            json!([
+                {"op": "test", "path": "/metadata/finalizers", "value": null},
+                {"op": "add", "path": "/metadata/finalizers", "value": [FINALIZER]},
+            ])
+        } else {
+            json!([
+                {"op": "test", "path": "/metadata/finalizers", "value": seen},
+                {"op": "add", "path": "/metadata/finalizers/-", "value": FINALIZER},
+            ])
+        });
+    }
+    if !held {
+        return None;
+    }
+    // Every entry of ours (there should be one), last first so the indexes still to come
+    // stay valid.
+    let operations = seen
+        .iter()
+        .enumerate()
+        .rev()
+        .filter(|(_, f)| f.as_str() == FINALIZER)
+        .flat_map(|(index, _)| {
+            let path = format!("/metadata/finalizers/{index}");
+            [
+                json!({"op": "test", "path": path, "value": FINALIZER}),
+                json!({"op": "remove", "path": path}),
+            ]
+        })
+        .collect();
+    Some(serde_json::Value::Array(operations))
 }
 
 /// Creates the job's peer TLS Secret the first time; an existing one is left as it is (a new

@@ -541,6 +541,124 @@ async fn finalizer_is_added_only_when_deletion_needs_cleanup() {
     );
 }
 
+const OTHER_FINALIZER: &str = "other.example/hold";
+
+/// Another controller edits the stored StreamJob's finalizers.
+fn set_finalizers(harness: &Harness, finalizers: &[&str]) {
+    harness.api.edit(JOB_PATH, |object| {
+        object["metadata"]["finalizers"] = serde_json::json!(finalizers);
+    });
+}
+
+fn is_conflict(error: &crate::Error) -> bool {
+    matches!(error, crate::Error::Kube { source, .. }
+        if matches!(source.as_ref(), kube::Error::Api(status) if status.code == 422))
+}
+
+#[test]
+fn finalizer_patches_test_each_entry_they_change() {
+    use super::apply::finalizer_patch;
+    let list = |names: &[&str]| names.iter().map(|n| n.to_string()).collect::<Vec<_>>();
+    assert_eq!(finalizer_patch(&list(&[FINALIZER]), true), None);
+    assert_eq!(finalizer_patch(&list(&[OTHER_FINALIZER]), false), None);
+    assert_eq!(
+        finalizer_patch(&list(&[OTHER_FINALIZER]), true),
+        Some(serde_json::json!([
+            {"op": "test", "path": "/metadata/finalizers", "value": [OTHER_FINALIZER]},
+            {"op": "add", "path": "/metadata/finalizers/-", "value": FINALIZER},
+        ]))
+    );
+    assert_eq!(
+        finalizer_patch(&list(&[FINALIZER, OTHER_FINALIZER, FINALIZER]), false),
+        Some(serde_json::json!([
+            {"op": "test", "path": "/metadata/finalizers/2", "value": FINALIZER},
+            {"op": "remove", "path": "/metadata/finalizers/2"},
+            {"op": "test", "path": "/metadata/finalizers/0", "value": FINALIZER},
+            {"op": "remove", "path": "/metadata/finalizers/0"},
+        ]))
+    );
+}
+
+#[tokio::test]
+async fn adding_the_finalizer_keeps_one_another_controller_added_meanwhile() {
+    let harness = Harness::new(StreamJob::test().with_final_savepoint()).await;
+    let cached = harness.job();
+    set_finalizers(&harness, &[OTHER_FINALIZER]);
+
+    let error = harness
+        .reconcile_cached(cached)
+        .await
+        .expect_err("the finalizers changed since this copy was read");
+    assert!(is_conflict(&error), "{error:?}");
+    assert_eq!(
+        harness.job().metadata.finalizers,
+        Some(vec![OTHER_FINALIZER.to_string()])
+    );
+
+    harness.reconcile().await;
+    assert_eq!(
+        harness.job().metadata.finalizers,
+        Some(vec![OTHER_FINALIZER.to_string(), FINALIZER.to_string()])
+    );
+}
+
+#[tokio::test]
+async fn removing_the_finalizer_takes_only_ours_from_a_list_changed_meanwhile() {
+    let harness = Harness::running(StreamJob::test().with_final_savepoint()).await;
+    harness.edit(|spec| spec.on_delete.savepoint = false);
+    let cached = harness.job();
+    // Another controller appends its own: ours stays where this copy saw it, and goes.
+    set_finalizers(&harness, &[FINALIZER, OTHER_FINALIZER]);
+    harness.reconcile_cached(cached).await.expect("reconciles");
+    assert_eq!(
+        harness.job().metadata.finalizers,
+        Some(vec![OTHER_FINALIZER.to_string()])
+    );
+}
+
+#[tokio::test]
+async fn removing_the_finalizer_from_a_moved_position_waits_for_a_fresh_copy() {
+    let harness = Harness::running(StreamJob::test().deleting_storage_on_delete()).await;
+    harness.edit(|spec| spec.on_delete = Default::default());
+    let cached = harness.job();
+    set_finalizers(&harness, &[OTHER_FINALIZER, FINALIZER]);
+
+    let error = harness
+        .reconcile_cached(cached)
+        .await
+        .expect_err("ours is no longer where this copy saw it");
+    assert!(is_conflict(&error), "{error:?}");
+    assert_eq!(
+        harness.job().metadata.finalizers,
+        Some(vec![OTHER_FINALIZER.to_string(), FINALIZER.to_string()])
+    );
+
+    harness.reconcile().await;
+    assert_eq!(
+        harness.job().metadata.finalizers,
+        Some(vec![OTHER_FINALIZER.to_string()])
+    );
+}
+
+#[tokio::test]
+async fn deletion_releases_only_our_finalizer_and_the_other_keeps_the_object() {
+    let harness = Harness::running(StreamJob::test().deleting_storage_on_delete()).await;
+    set_finalizers(&harness, &[FINALIZER, OTHER_FINALIZER]);
+    harness
+        .storage
+        .put_metadata(&format!("{CHECKPOINTS}/chk-3"));
+    harness.delete();
+    harness.reconcile().await; // the pods go
+    harness.reconcile().await; // they are gone: storage, then the finalizer
+
+    assert!(harness.job_exists(), "the other finalizer still holds it");
+    assert_eq!(
+        harness.job().metadata.finalizers,
+        Some(vec![OTHER_FINALIZER.to_string()])
+    );
+    assert!(!harness.storage.contains_dir(CHECKPOINTS));
+}
+
 #[tokio::test]
 async fn deletion_takes_a_final_savepoint_before_releasing_the_finalizer() {
     let harness = Harness::running(StreamJob::test().with_final_savepoint()).await;
