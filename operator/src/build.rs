@@ -809,6 +809,12 @@ mod tests {
         deployment.spec.template.spec.as_ref().expect("pod spec")
     }
 
+    /// The Secret behind the pod's volume `volume`.
+    fn mounted_secret<'a>(pod: &'a PodSpec, volume: &str) -> Option<&'a str> {
+        let volume = pod.volumes.iter().flatten().find(|v| v.name == volume)?;
+        volume.secret.as_ref()?.secret_name.as_deref()
+    }
+
     fn pod_hash_of(deployment: &Deployment) -> String {
         deployment
             .spec
@@ -843,19 +849,7 @@ mod tests {
             .find(|m| m.mount_path == REST_TOKEN_DIR)
             .expect("mounted");
         assert_eq!(mount.read_only, Some(true));
-        let volume = jm
-            .volumes
-            .iter()
-            .flatten()
-            .find(|v| v.name == mount.name)
-            .expect("volume");
-        assert_eq!(
-            volume
-                .secret
-                .as_ref()
-                .and_then(|s| s.secret_name.as_deref()),
-            Some("clicks-rest-token")
-        );
+        assert_eq!(mounted_secret(jm, &mount.name), Some("clicks-rest-token"));
         let annotations = secured
             .jobmanager
             .spec
@@ -887,17 +881,8 @@ mod tests {
         require_peer_tls(&mut children, &owner(&job));
         for deployment in [&children.jobmanager, &children.taskmanagers] {
             let spec = pod(deployment);
-            let volume = spec
-                .volumes
-                .iter()
-                .flatten()
-                .find(|v| v.name == "peer-tls")
-                .expect("volume");
             assert_eq!(
-                volume
-                    .secret
-                    .as_ref()
-                    .and_then(|s| s.secret_name.as_deref()),
+                mounted_secret(spec, "peer-tls"),
                 Some("clicks-peer-tls-uid-1")
             );
             let container = &spec.containers[0];
