@@ -2,6 +2,10 @@
 //! Deployment and Service, and the TaskManager Deployment. Pure functions; the controller
 //! server-side applies the results. Every object carries an owner reference to the StreamJob.
 //!
+//! Children are rendered from the validated model ([`Desired`], which only
+//! [`Desired::from_job`] makes), never from the raw spec; what needs the StreamJob object
+//! itself (names, namespace, the uid of owner references) comes from its [`Owner`].
+//!
 //! The pod template carries a hash of everything that needs new pods. The `restore` field of
 //! the job document is left out of that hash on purpose: the operator flips it from a pinned
 //! savepoint to `latest` once the new job has checkpointed, and that must not restart pods.
@@ -26,7 +30,11 @@ use kube::Resource;
 use serde::Serialize;
 use weir_spec::{JobDocument, JobRef, RestoreSource};
 
-use crate::crd::{StreamJob, StreamJobSpec, job_labels, selector_labels};
+use crate::crd::{
+    ImagePullPolicy, JobManagerSpec, S3CredentialsSecret, StreamJob, StreamJobSpec,
+    TaskManagerSpec, job_labels, selector_labels,
+};
+use crate::lifecycle::Desired;
 use crate::peer_tls::PeerCertificates;
 use crate::{Error, Result};
 use weir_spec::layout::ports;
@@ -63,10 +71,10 @@ pub fn rest_token_secret_name(name: &str) -> String {
 /// The job's peer TLS Secret, named after the StreamJob's uid too: a StreamJob deleted and
 /// created again under the same name must not find (and mount) its predecessor's Secret,
 /// which the garbage collector is about to delete; its own is created and never replaced.
-pub fn peer_tls_secret_name(job: &StreamJob) -> String {
-    let uid = job.metadata.uid.as_deref().unwrap_or_default();
+pub fn peer_tls_secret_name(owner: &Owner) -> String {
+    let uid = owner.uid.as_deref().unwrap_or_default();
     let short = uid.get(..8).unwrap_or(uid);
-    format!("{}-peer-tls-{short}", name_of(job))
+    format!("{}-peer-tls-{short}", owner.name)
 }
 
 pub fn network_policy_name(name: &str) -> String {
@@ -189,13 +197,101 @@ pub fn spec_hash(spec: &StreamJobSpec) -> Result<String> {
     })
 }
 
-fn pod_hash(spec: &StreamJobSpec, restart_nonce: u32) -> Result<String> {
+/// The pod template's hash: [`spec_hash`] plus what makes a rescale or a restart.
+fn pod_hash(desired: &Desired, restart_nonce: u32) -> Result<String> {
     fingerprint(&(
-        spec_hash(spec)?,
-        spec.parallelism,
-        spec.task_manager.slots,
+        &desired.spec_hash,
+        desired.parallelism,
+        desired.slots,
         restart_nonce,
     ))
+}
+
+/// The StreamJob object its children belong to: their names and namespace, and the owner
+/// reference every child carries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Owner {
+    pub name: String,
+    pub namespace: String,
+    /// Assigned by the API server; `None` for a StreamJob that never went through it, which
+    /// nothing can be owned by.
+    pub uid: Option<String>,
+}
+
+impl Owner {
+    pub fn of(job: &StreamJob) -> Owner {
+        Owner {
+            name: job.metadata.name.clone().unwrap_or_default(),
+            namespace: job
+                .metadata
+                .namespace
+                .clone()
+                .unwrap_or_else(|| "default".into()),
+            uid: job.metadata.uid.clone(),
+        }
+    }
+
+    /// The worker's job id (and checkpoint directory name) of this StreamJob.
+    pub fn job_id(&self) -> String {
+        job_id(&self.namespace, &self.name)
+    }
+
+    /// The controller owner reference, as `Resource::controller_owner_ref` makes it.
+    fn reference(&self) -> Result<OwnerReference> {
+        match &self.uid {
+            Some(uid) if !self.name.is_empty() => Ok(OwnerReference {
+                api_version: StreamJob::api_version(&()).into_owned(),
+                kind: StreamJob::kind(&()).into_owned(),
+                name: self.name.clone(),
+                uid: uid.clone(),
+                controller: Some(true),
+                ..OwnerReference::default()
+            }),
+            _ => Err(Error::InvalidSpec(
+                "StreamJob has no uid yet; it must come from the API server".into(),
+            )),
+        }
+    }
+
+    fn meta(&self, name: String, component: &str) -> Result<ObjectMeta> {
+        Ok(ObjectMeta {
+            name: Some(name),
+            namespace: Some(self.namespace.clone()),
+            labels: Some(selector_labels(&self.name, component)),
+            owner_references: Some(vec![self.reference()?]),
+            ..ObjectMeta::default()
+        })
+    }
+}
+
+/// What the pods are made of: the parts of a validated spec that shape them. Part of
+/// [`Desired`], so only a spec that passed [`Desired::from_job`] gets rendered.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Workload {
+    /// The job document, checked the way the worker will check it, with `restore: latest`:
+    /// each deploy sets its own restore source.
+    pub document: JobDocument,
+    pub image: String,
+    pub image_pull_policy: Option<ImagePullPolicy>,
+    pub job_manager: JobManagerSpec,
+    pub task_manager: TaskManagerSpec,
+    pub s3_credentials_secret: Option<S3CredentialsSecret>,
+    pub service_account_name: Option<String>,
+}
+
+impl Workload {
+    /// The pod-shaping parts of `spec`, with `document` (made from `spec` and checked).
+    pub fn new(spec: &StreamJobSpec, document: JobDocument) -> Workload {
+        Workload {
+            document,
+            image: spec.image.clone(),
+            image_pull_policy: spec.image_pull_policy,
+            job_manager: spec.job_manager.clone(),
+            task_manager: spec.task_manager.clone(),
+            s3_credentials_secret: spec.s3_credentials_secret.clone(),
+            service_account_name: spec.service_account_name.clone(),
+        }
+    }
 }
 
 /// Everything the operator applies for one StreamJob.
@@ -207,52 +303,29 @@ pub struct Children {
     pub taskmanagers: Deployment,
 }
 
-fn owner_reference(job: &StreamJob) -> Result<OwnerReference> {
-    job.controller_owner_ref(&()).ok_or_else(|| {
-        Error::InvalidSpec("StreamJob has no uid yet; it must come from the API server".into())
-    })
-}
-
-fn namespace_of(job: &StreamJob) -> String {
-    job.metadata
-        .namespace
-        .clone()
-        .unwrap_or_else(|| "default".into())
-}
-
-fn name_of(job: &StreamJob) -> String {
-    job.metadata.name.clone().unwrap_or_default()
-}
-
-fn meta(job: &StreamJob, name: String, component: &str) -> Result<ObjectMeta> {
-    Ok(ObjectMeta {
-        name: Some(name),
-        namespace: Some(namespace_of(job)),
-        labels: Some(selector_labels(&name_of(job), component)),
-        owner_references: Some(vec![owner_reference(job)?]),
-        ..ObjectMeta::default()
-    })
-}
-
-/// Renders all child objects for the StreamJob's current spec.
-pub fn children(job: &StreamJob, restore: RestoreSource, restart_nonce: u32) -> Result<Children> {
-    let namespace = namespace_of(job);
-    let name = name_of(job);
-    let document = job_document(&namespace, &name, &job.spec, restore);
+/// Renders all child objects for the validated spec.
+pub fn children(desired: &Desired, restore: RestoreSource, restart_nonce: u32) -> Result<Children> {
+    let owner = &desired.owner;
+    let workload = &desired.workload;
+    let name = &owner.name;
+    let document = JobDocument {
+        restore,
+        ..workload.document.clone()
+    };
     let yaml = serde_yaml_ng::to_string(&document)
         .map_err(|e| Error::InvalidSpec(format!("job document does not serialize: {e}")))?;
-    let hash = pod_hash(&job.spec, restart_nonce)?;
+    let hash = pod_hash(desired, restart_nonce)?;
 
     let config_map = ConfigMap {
-        metadata: meta(job, config_map_name(&name), "config")?,
+        metadata: owner.meta(config_map_name(name), "config")?,
         data: Some(BTreeMap::from([("job.yaml".to_string(), yaml)])),
         ..ConfigMap::default()
     };
 
     let jobmanager_service = Service {
-        metadata: meta(job, jobmanager_name(&name), "jobmanager")?,
+        metadata: owner.meta(jobmanager_name(name), "jobmanager")?,
         spec: Some(ServiceSpec {
-            selector: Some(selector_labels(&name, "jobmanager")),
+            selector: Some(selector_labels(name, "jobmanager")),
             // TaskManagers must reach a JobManager that is not "ready" yet: it only turns ready
             // once they have connected and the job runs.
             publish_not_ready_addresses: Some(true),
@@ -272,19 +345,19 @@ pub fn children(job: &StreamJob, restore: RestoreSource, restart_nonce: u32) -> 
             container_port("rest", ports::REST),
             container_port("rpc", ports::RPC),
         ]),
-        resources: job.spec.job_manager.resources.clone(),
+        resources: workload.job_manager.resources.clone(),
         liveness_probe: Some(http_probe("/v1/health/live", 10, 6)),
         readiness_probe: Some(http_probe("/v1/health/ready", 5, 3)),
-        ..worker_container(job)
+        ..worker_container(workload)
     };
     let jobmanager = deployment(
-        job,
-        jobmanager_name(&name),
+        desired,
+        jobmanager_name(name),
         "jobmanager",
         1,
         &hash,
         jm_container,
-        job.spec.job_manager.pod_template.as_ref(),
+        workload.job_manager.pod_template.as_ref(),
     )?;
 
     let tm_container = Container {
@@ -292,22 +365,22 @@ pub fn children(job: &StreamJob, restore: RestoreSource, restart_nonce: u32) -> 
         args: Some(vec![
             "taskmanager".into(),
             "--jobmanager".into(),
-            format!("{}:{}", jobmanager_name(&name), ports::RPC),
+            format!("{}:{}", jobmanager_name(name), ports::RPC),
             "--slots".into(),
-            job.spec.task_manager.slots.to_string(),
+            desired.slots.to_string(),
         ]),
         ports: Some(vec![container_port("data", ports::DATA)]),
-        resources: job.spec.task_manager.resources.clone(),
-        ..worker_container(job)
+        resources: workload.task_manager.resources.clone(),
+        ..worker_container(workload)
     };
     let taskmanagers = deployment(
-        job,
-        taskmanager_name(&name),
+        desired,
+        taskmanager_name(name),
         "taskmanager",
-        taskmanager_replicas(job.spec.parallelism, job.spec.task_manager.slots),
+        taskmanager_replicas(desired.parallelism, desired.slots),
         &hash,
         tm_container,
-        job.spec.task_manager.pod_template.as_ref(),
+        workload.task_manager.pod_template.as_ref(),
     )?;
 
     Ok(Children {
@@ -320,10 +393,9 @@ pub fn children(job: &StreamJob, restore: RestoreSource, restart_nonce: u32) -> 
 
 /// The job's REST token: a Secret owned by the StreamJob, mounted into the JobManager, which
 /// then wants it from every caller but the health probes (see [`crate::rest_token`]).
-pub fn rest_token_secret(job: &StreamJob, token: &str) -> Result<Secret> {
-    let name = name_of(job);
+pub fn rest_token_secret(owner: &Owner, token: &str) -> Result<Secret> {
     Ok(Secret {
-        metadata: meta(job, rest_token_secret_name(&name), "rest-token")?,
+        metadata: owner.meta(rest_token_secret_name(&owner.name), "rest-token")?,
         // `data`, not `stringData`: the API server turns the latter into the former, which a
         // server-side apply would then see as a change on every reconcile.
         data: Some(BTreeMap::from([(
@@ -336,8 +408,7 @@ pub fn rest_token_secret(job: &StreamJob, token: &str) -> Result<Secret> {
 }
 
 /// Has the JobManager of `children` read its REST token from the job's Secret.
-pub fn require_rest_token(children: &mut Children, job: &StreamJob, token: &str) {
-    let name = name_of(job);
+pub fn require_rest_token(children: &mut Children, owner: &Owner, token: &str) {
     let template = &mut children.jobmanager.spec.template;
     template
         .metadata
@@ -354,7 +425,7 @@ pub fn require_rest_token(children: &mut Children, job: &StreamJob, token: &str)
     mount_secret(
         pod,
         "rest-token",
-        &rest_token_secret_name(&name),
+        &rest_token_secret_name(&owner.name),
         REST_TOKEN_DIR,
     );
     if let Some(container) = pod.containers.iter_mut().find(|c| c.name == "jobmanager") {
@@ -366,10 +437,10 @@ pub fn require_rest_token(children: &mut Children, job: &StreamJob, token: &str)
 }
 
 /// The job's peer certificates (`crate::peer_tls`) as its Secret, owned by the StreamJob.
-pub fn peer_tls_secret(job: &StreamJob, certificates: &PeerCertificates) -> Result<Secret> {
+pub fn peer_tls_secret(owner: &Owner, certificates: &PeerCertificates) -> Result<Secret> {
     let entry = |key: &str, pem: &str| (key.to_string(), ByteString(pem.as_bytes().to_vec()));
     Ok(Secret {
-        metadata: meta(job, peer_tls_secret_name(job), "peer-tls")?,
+        metadata: owner.meta(peer_tls_secret_name(owner), "peer-tls")?,
         data: Some(BTreeMap::from([
             entry(crate::peer_tls::CA_KEY, &certificates.ca),
             entry(crate::peer_tls::CERT_KEY, &certificates.cert),
@@ -381,12 +452,12 @@ pub fn peer_tls_secret(job: &StreamJob, certificates: &PeerCertificates) -> Resu
 }
 
 /// Has every pod of the job use mutual TLS with the job's certificates for RPC and data.
-pub fn require_peer_tls(children: &mut Children, job: &StreamJob) {
+pub fn require_peer_tls(children: &mut Children, owner: &Owner) {
     for deployment in [&mut children.jobmanager, &mut children.taskmanagers] {
         let Some(pod) = deployment.spec.template.spec.as_mut() else {
             continue;
         };
-        mount_secret(pod, "peer-tls", &peer_tls_secret_name(job), PEER_TLS_DIR);
+        mount_secret(pod, "peer-tls", &peer_tls_secret_name(owner), PEER_TLS_DIR);
         for container in pod.containers.iter_mut().filter(|c| is_worker(c)) {
             let env = container.env.get_or_insert_with(Vec::new);
             for (variable, key) in [
@@ -440,25 +511,25 @@ fn mount_secret(pod: &mut PodSpec, volume: &str, secret: &str, dir: &str) {
 /// TaskManagers). It must be per job because a policy cannot say "the same job as the pod it
 /// selects"; the chart's policy adds the operator (and `networkPolicy.restFrom`) on the
 /// JobManager's REST port.
-pub fn network_policy(job: &StreamJob) -> Result<NetworkPolicy> {
-    let name = name_of(job);
+pub fn network_policy(owner: &Owner) -> Result<NetworkPolicy> {
+    let name = &owner.name;
     let port = |name: &str| NetworkPolicyPort {
         port: Some(IntOrString::String(name.into())),
         protocol: Some("TCP".into()),
         ..NetworkPolicyPort::default()
     };
     Ok(NetworkPolicy {
-        metadata: meta(job, network_policy_name(&name), "network-policy")?,
+        metadata: owner.meta(network_policy_name(name), "network-policy")?,
         spec: Some(NetworkPolicySpec {
             pod_selector: Some(LabelSelector {
-                match_labels: Some(job_labels(&name)),
+                match_labels: Some(job_labels(name)),
                 ..LabelSelector::default()
             }),
             policy_types: Some(vec!["Ingress".into()]),
             ingress: Some(vec![NetworkPolicyIngressRule {
                 from: Some(vec![NetworkPolicyPeer {
                     pod_selector: Some(LabelSelector {
-                        match_labels: Some(selector_labels(&name, "taskmanager")),
+                        match_labels: Some(selector_labels(name, "taskmanager")),
                         ..LabelSelector::default()
                     }),
                     ..NetworkPolicyPeer::default()
@@ -503,13 +574,13 @@ fn http_probe(path: &str, period_seconds: i32, failure_threshold: i32) -> Probe 
 
 /// The parts both worker containers share: image, restricted security context, mounts, S3
 /// credentials.
-fn worker_container(job: &StreamJob) -> Container {
+fn worker_container(workload: &Workload) -> Container {
     let mut env = vec![EnvVar {
         name: "TMPDIR".into(),
         value: Some("/tmp".into()),
         ..EnvVar::default()
     }];
-    if let Some(secret) = &job.spec.s3_credentials_secret {
+    if let Some(secret) = &workload.s3_credentials_secret {
         for (var, key) in [
             ("AWS_ACCESS_KEY_ID", &secret.access_key_id_key),
             ("AWS_SECRET_ACCESS_KEY", &secret.secret_access_key_key),
@@ -529,8 +600,8 @@ fn worker_container(job: &StreamJob) -> Container {
         }
     }
     Container {
-        image: Some(job.spec.image.clone()),
-        image_pull_policy: job.spec.image_pull_policy.map(|p| p.as_str().to_string()),
+        image: Some(workload.image.clone()),
+        image_pull_policy: workload.image_pull_policy.map(|p| p.as_str().to_string()),
         command: Some(vec!["weir-worker".into()]),
         env: Some(env),
         security_context: Some(SecurityContext {
@@ -566,7 +637,7 @@ fn worker_container(job: &StreamJob) -> Container {
 }
 
 fn deployment(
-    job: &StreamJob,
+    desired: &Desired,
     name: String,
     component: &str,
     replicas: i32,
@@ -574,11 +645,11 @@ fn deployment(
     container: Container,
     overrides: Option<&PodTemplateSpec>,
 ) -> Result<Deployment> {
-    let job_name = name_of(job);
-    let labels = selector_labels(&job_name, component);
+    let owner = &desired.owner;
+    let labels = selector_labels(&owner.name, component);
     let pod_spec = PodSpec {
         containers: vec![container],
-        service_account_name: job.spec.service_account_name.clone(),
+        service_account_name: desired.workload.service_account_name.clone(),
         // Workers never call the Kubernetes API: no token in the pod, whatever account it runs as.
         automount_service_account_token: Some(false),
         security_context: Some(PodSecurityContext {
@@ -596,7 +667,7 @@ fn deployment(
             Volume {
                 name: "job".into(),
                 config_map: Some(ConfigMapVolumeSource {
-                    name: config_map_name(&job_name),
+                    name: config_map_name(&owner.name),
                     ..ConfigMapVolumeSource::default()
                 }),
                 ..Volume::default()
@@ -629,7 +700,7 @@ fn deployment(
         merge_pod_template(&mut template, overrides);
     }
     Ok(Deployment {
-        metadata: meta(job, name, component)?,
+        metadata: owner.meta(name, component)?,
         spec: DeploymentSpec {
             replicas: Some(replicas),
             selector: LabelSelector {
@@ -722,12 +793,26 @@ mod tests {
     use crate::crd::S3CredentialsSecret;
     use k8s_openapi::api::core::v1::Toleration;
 
+    fn desired(job: &StreamJob) -> Desired {
+        Desired::from_job(job).expect("valid spec")
+    }
+
     fn built(job: &StreamJob) -> Children {
-        children(job, RestoreSource::Latest, 0).expect("builds")
+        children(&desired(job), RestoreSource::Latest, 0).expect("builds")
+    }
+
+    fn owner(job: &StreamJob) -> Owner {
+        Owner::of(job)
     }
 
     fn pod(deployment: &Deployment) -> &PodSpec {
         deployment.spec.template.spec.as_ref().expect("pod spec")
+    }
+
+    /// The Secret behind the pod's volume `volume`.
+    fn mounted_secret<'a>(pod: &'a PodSpec, volume: &str) -> Option<&'a str> {
+        let volume = pod.volumes.iter().flatten().find(|v| v.name == volume)?;
+        volume.secret.as_ref()?.secret_name.as_deref()
     }
 
     fn pod_hash_of(deployment: &Deployment) -> String {
@@ -747,7 +832,7 @@ mod tests {
         let job = StreamJob::test();
         let plain = built(&job);
         let mut secured = built(&job);
-        require_rest_token(&mut secured, &job, "t0ken");
+        require_rest_token(&mut secured, &owner(&job), "t0ken");
         let jm = pod(&secured.jobmanager);
         let container = &jm.containers[0];
         let args = container.args.clone().expect("args");
@@ -764,19 +849,7 @@ mod tests {
             .find(|m| m.mount_path == REST_TOKEN_DIR)
             .expect("mounted");
         assert_eq!(mount.read_only, Some(true));
-        let volume = jm
-            .volumes
-            .iter()
-            .flatten()
-            .find(|v| v.name == mount.name)
-            .expect("volume");
-        assert_eq!(
-            volume
-                .secret
-                .as_ref()
-                .and_then(|s| s.secret_name.as_deref()),
-            Some("clicks-rest-token")
-        );
+        assert_eq!(mounted_secret(jm, &mount.name), Some("clicks-rest-token"));
         let annotations = secured
             .jobmanager
             .spec
@@ -791,7 +864,7 @@ mod tests {
             secured.taskmanagers, plain.taskmanagers,
             "TaskManagers need no token"
         );
-        let secret = rest_token_secret(&job, "t0ken").expect("secret");
+        let secret = rest_token_secret(&owner(&job), "t0ken").expect("secret");
         assert_eq!(secret.metadata.name.as_deref(), Some("clicks-rest-token"));
         assert_eq!(
             secret.data.as_ref().map(|d| d[REST_TOKEN_KEY].0.as_slice()),
@@ -805,20 +878,11 @@ mod tests {
     fn every_pod_of_the_job_mounts_the_peer_certificates() {
         let job = StreamJob::test();
         let mut children = built(&job);
-        require_peer_tls(&mut children, &job);
+        require_peer_tls(&mut children, &owner(&job));
         for deployment in [&children.jobmanager, &children.taskmanagers] {
             let spec = pod(deployment);
-            let volume = spec
-                .volumes
-                .iter()
-                .flatten()
-                .find(|v| v.name == "peer-tls")
-                .expect("volume");
             assert_eq!(
-                volume
-                    .secret
-                    .as_ref()
-                    .and_then(|s| s.secret_name.as_deref()),
+                mounted_secret(spec, "peer-tls"),
                 Some("clicks-peer-tls-uid-1")
             );
             let container = &spec.containers[0];
@@ -833,7 +897,7 @@ mod tests {
             assert!(env.iter().all(|(_, path)| path.starts_with(PEER_TLS_DIR)));
         }
         let certificates = crate::peer_tls::generate("streams", "clicks").expect("certs");
-        let secret = peer_tls_secret(&job, &certificates).expect("secret");
+        let secret = peer_tls_secret(&owner(&job), &certificates).expect("secret");
         assert_eq!(
             secret.metadata.name.as_deref(),
             Some("clicks-peer-tls-uid-1")
@@ -847,15 +911,21 @@ mod tests {
         first.metadata.uid = Some("0b5e2f8a-1111-4c3d-9e2f-000000000001".into());
         let mut second = first.clone();
         second.metadata.uid = Some("7c1d9a33-2222-4c3d-9e2f-000000000002".into());
-        assert_eq!(peer_tls_secret_name(&first), "clicks-peer-tls-0b5e2f8a");
-        assert_ne!(peer_tls_secret_name(&first), peer_tls_secret_name(&second));
+        assert_eq!(
+            peer_tls_secret_name(&owner(&first)),
+            "clicks-peer-tls-0b5e2f8a"
+        );
+        assert_ne!(
+            peer_tls_secret_name(&owner(&first)),
+            peer_tls_secret_name(&owner(&second))
+        );
     }
 
     #[test]
     fn the_job_policy_fences_all_its_pods_and_admits_only_its_own_taskmanagers() {
         let job = StreamJob::test();
         let children = built(&job);
-        let policy = network_policy(&job).expect("policy");
+        let policy = network_policy(&owner(&job)).expect("policy");
         assert_eq!(policy.metadata.name.as_deref(), Some("clicks-peers"));
         assert_eq!(
             policy.metadata.owner_references.as_ref().expect("owned")[0].kind,
@@ -930,7 +1000,7 @@ mod tests {
     fn config_map_holds_a_valid_document_with_the_operator_job_id() {
         let job = StreamJob::test().with_parallelism(3);
         let children =
-            children(&job, RestoreSource::Path("s3://b/sp/1".into()), 0).expect("builds");
+            children(&desired(&job), RestoreSource::Path("s3://b/sp/1".into()), 0).expect("builds");
         let yaml = children
             .config_map
             .data
@@ -1076,8 +1146,10 @@ mod tests {
     #[test]
     fn restore_source_does_not_restart_pods_but_parallelism_and_nonce_do() {
         let job = StreamJob::test();
-        let pinned = children(&job, RestoreSource::Path("s3://b/sp".into()), 0).expect("builds");
-        let latest = children(&job, RestoreSource::Latest, 0).expect("builds");
+        let desired = desired(&job);
+        let pinned =
+            children(&desired, RestoreSource::Path("s3://b/sp".into()), 0).expect("builds");
+        let latest = children(&desired, RestoreSource::Latest, 0).expect("builds");
         assert_eq!(
             pod_hash_of(&pinned.jobmanager),
             pod_hash_of(&latest.jobmanager)
@@ -1087,7 +1159,7 @@ mod tests {
             pod_hash_of(&rescaled.jobmanager),
             pod_hash_of(&latest.jobmanager)
         );
-        let restarted = children(&job, RestoreSource::Latest, 1).expect("builds");
+        let restarted = children(&desired, RestoreSource::Latest, 1).expect("builds");
         assert_ne!(
             pod_hash_of(&restarted.taskmanagers),
             pod_hash_of(&latest.taskmanagers)

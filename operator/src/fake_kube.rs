@@ -1,9 +1,10 @@
 //! A small in-memory Kubernetes API server behind a `tower-test` mock service, for reconcile
 //! and leader election tests. It keeps objects by URL path and answers GET, POST, PUT, DELETE
-//! and PATCH (server-side apply, merge patch, the status subresource) the way the real one does
-//! for the requests the operator makes: every write sets a new `resourceVersion`, a PUT with a
-//! stale one is a 409 Conflict, a POST of an existing name a 409 AlreadyExists. It records every
-//! request in the shared [`Timeline`] so tests can assert on them.
+//! and PATCH (server-side apply, merge patch, JSON patch, the status subresource) the way the
+//! real one does for the requests the operator makes: every write sets a new
+//! `resourceVersion`, a PUT with a stale one is a 409 Conflict, a POST of an existing name a
+//! 409 AlreadyExists, a JSON patch whose `test` fails a 422 that changes nothing. It records
+//! every request in the shared [`Timeline`] so tests can assert on them.
 //!
 //! It is deliberately not a scripted expectation list: reconcile makes a dozen requests and
 //! their exact order is not the contract. Tests ask about what matters instead ("the
@@ -46,6 +47,11 @@ pub struct ApiRequest {
 impl ApiRequest {
     pub fn is_apply(&self) -> bool {
         self.method == "PATCH" && self.content_type.starts_with("application/apply-patch")
+    }
+
+    /// An RFC 6902 JSON Patch: a list of operations.
+    pub fn is_json_patch(&self) -> bool {
+        self.method == "PATCH" && self.content_type.starts_with("application/json-patch+json")
     }
 
     pub fn field_manager(&self) -> Option<&str> {
@@ -219,6 +225,13 @@ impl FakeApiServer {
                 if request.is_apply() {
                     // One manager owns the whole status: what it leaves out is gone.
                     object["status"] = request.body["status"].clone();
+                } else if request.is_json_patch() {
+                    // Through the status subresource only the status changes.
+                    let mut patched = object.clone();
+                    if let Err(message) = json_patch(&mut patched, &request.body) {
+                        return unprocessable(&key, &message);
+                    }
+                    object["status"] = patched["status"].take();
                 } else {
                     merge_patch(&mut object["status"], &request.body["status"]);
                 }
@@ -246,7 +259,13 @@ impl FakeApiServer {
                     let Some(mut object) = existing else {
                         return not_found(&key);
                     };
-                    merge_patch(&mut object, &request.body);
+                    if request.is_json_patch() {
+                        if let Err(message) = json_patch(&mut object, &request.body) {
+                            return unprocessable(&key, &message);
+                        }
+                    } else {
+                        merge_patch(&mut object, &request.body);
+                    }
                     object
                 };
                 let mut object = object;
@@ -345,6 +364,15 @@ fn conflict(reason: &str, path: &str) -> (StatusCode, Value) {
     )
 }
 
+/// What the API server answers a JSON patch it cannot apply (a failed `test` among them).
+fn unprocessable(path: &str, message: &str) -> (StatusCode, Value) {
+    (
+        StatusCode::UNPROCESSABLE_ENTITY,
+        json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+               "message": format!("{path}: {message}"), "reason": "Invalid", "code": 422}),
+    )
+}
+
 fn not_found(path: &str) -> (StatusCode, Value) {
     (
         StatusCode::NOT_FOUND,
@@ -370,5 +398,222 @@ fn merge_patch(target: &mut Value, patch: &Value) {
                 merge_patch(target.entry(key.clone()).or_insert(Value::Null), value);
             }
         }
+    }
+}
+
+/// RFC 6902 JSON Patch with the operations the operator sends (`test`, `add`, `remove`,
+/// `replace`), all or nothing. As on the API server, a `test` for `null` passes on a member
+/// that is absent: that is how a list the server does not store (empty) is tested.
+fn json_patch(target: &mut Value, operations: &Value) -> Result<(), String> {
+    let operations = operations
+        .as_array()
+        .ok_or("a JSON patch is a list of operations")?;
+    let mut patched = target.clone();
+    for operation in operations {
+        let path = operation["path"]
+            .as_str()
+            .ok_or("an operation needs a path")?;
+        let value = &operation["value"];
+        match operation["op"].as_str().unwrap_or_default() {
+            "test" => {
+                if patched.pointer(path).unwrap_or(&Value::Null) != value {
+                    return Err(format!("test operation failed at {path}"));
+                }
+            }
+            "add" => add_at(&mut patched, path, value.clone())?,
+            "remove" => remove_at(&mut patched, path)?,
+            "replace" => {
+                remove_at(&mut patched, path)?;
+                add_at(&mut patched, path, value.clone())?;
+            }
+            other => return Err(format!("unsupported operation {other:?}")),
+        }
+    }
+    *target = patched;
+    Ok(())
+}
+
+/// The parent of a JSON pointer and its last token, unescaped.
+fn split_pointer(path: &str) -> Result<(&str, String), String> {
+    let (parent, last) = path
+        .rsplit_once('/')
+        .ok_or_else(|| format!("{path:?} is not a JSON pointer"))?;
+    Ok((parent, last.replace("~1", "/").replace("~0", "~")))
+}
+
+/// An array index for `token` in a list of `len` (`-`: the end, where `add` appends).
+fn array_index(token: &str, len: usize, path: &str) -> Result<usize, String> {
+    match token {
+        "-" => Ok(len),
+        _ => token
+            .parse()
+            .ok()
+            .filter(|index| *index <= len)
+            .ok_or_else(|| format!("{path}: no such index")),
+    }
+}
+
+fn add_at(document: &mut Value, path: &str, value: Value) -> Result<(), String> {
+    let (parent, last) = split_pointer(path)?;
+    match document.pointer_mut(parent) {
+        Some(Value::Object(members)) => {
+            members.insert(last, value);
+            Ok(())
+        }
+        Some(Value::Array(items)) => {
+            let index = array_index(&last, items.len(), path)?;
+            items.insert(index, value);
+            Ok(())
+        }
+        _ => Err(format!("{path}: no such parent")),
+    }
+}
+
+fn remove_at(document: &mut Value, path: &str) -> Result<(), String> {
+    let (parent, last) = split_pointer(path)?;
+    let removed = match document.pointer_mut(parent) {
+        Some(Value::Object(members)) => members.remove(&last),
+        Some(Value::Array(items)) => match array_index(&last, items.len(), path)? {
+            index if index < items.len() => Some(items.remove(index)),
+            _ => None,
+        },
+        _ => None,
+    };
+    removed
+        .map(|_| ())
+        .ok_or_else(|| format!("{path}: nothing to remove"))
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::api::core::v1::ConfigMap;
+    use kube::Api;
+    use kube::api::{Patch, PatchParams};
+
+    use super::*;
+
+    fn patched(mut document: Value, operations: Value) -> Result<Value, String> {
+        json_patch(&mut document, &operations)?;
+        Ok(document)
+    }
+
+    #[test]
+    fn a_null_test_passes_on_an_absent_member_and_add_creates_it() {
+        let document = json!({"metadata": {"name": "a"}});
+        let result = patched(
+            document,
+            json!([
+                {"op": "test", "path": "/metadata/finalizers", "value": null},
+                {"op": "add", "path": "/metadata/finalizers", "value": ["x"]},
+            ]),
+        );
+        assert_eq!(
+            result,
+            Ok(json!({"metadata": {"name": "a", "finalizers": ["x"]}}))
+        );
+    }
+
+    #[test]
+    fn add_appends_or_inserts_and_remove_takes_out_one_entry() {
+        let document = json!({"list": ["a", "c"]});
+        let result = patched(
+            document,
+            json!([
+                {"op": "add", "path": "/list/-", "value": "d"},
+                {"op": "add", "path": "/list/1", "value": "b"},
+                {"op": "remove", "path": "/list/0"},
+                {"op": "replace", "path": "/list/2", "value": "e"},
+            ]),
+        );
+        assert_eq!(result, Ok(json!({"list": ["b", "c", "e"]})));
+    }
+
+    #[test]
+    fn escaped_tokens_name_members_with_slashes_and_tildes() {
+        let document = json!({"annotations": {"weir.dev/a~b": "1"}});
+        let result = patched(
+            document,
+            json!([
+                {"op": "test", "path": "/annotations/weir.dev~1a~0b", "value": "1"},
+                {"op": "remove", "path": "/annotations/weir.dev~1a~0b"},
+            ]),
+        );
+        assert_eq!(result, Ok(json!({"annotations": {}})));
+    }
+
+    #[test]
+    fn a_failed_operation_changes_nothing() {
+        let document = json!({"list": ["a", "b"]});
+        for failing in [
+            json!({"op": "test", "path": "/list", "value": ["a"]}),
+            json!({"op": "test", "path": "/list/5", "value": "a"}),
+            json!({"op": "test", "path": "/missing", "value": "a"}),
+            json!({"op": "remove", "path": "/list/2"}),
+            json!({"op": "add", "path": "/list/3", "value": "c"}),
+            json!({"op": "add", "path": "/no/parent", "value": "c"}),
+            json!({"op": "move", "from": "/list/0", "path": "/list/1"}),
+        ] {
+            let mut target = document.clone();
+            let operations = json!([{"op": "remove", "path": "/list/0"}, failing]);
+            assert!(
+                json_patch(&mut target, &operations).is_err(),
+                "{operations}"
+            );
+            assert_eq!(target, document, "{operations}");
+        }
+    }
+
+    #[tokio::test]
+    async fn the_server_applies_a_json_patch_and_refuses_a_failed_test_with_422() {
+        let (fake, client) = FakeApiServer::start(Timeline::default());
+        let path = "/api/v1/namespaces/ns/configmaps/settings";
+        fake.put(
+            path,
+            json!({"apiVersion": "v1", "kind": "ConfigMap",
+                   "metadata": {"name": "settings", "namespace": "ns", "finalizers": ["a"]}}),
+        );
+        let api: Api<ConfigMap> = Api::namespaced(client, "ns");
+        let patch = |operations: Value| {
+            Patch::Json::<()>(serde_json::from_value(operations).expect("a JSON patch"))
+        };
+
+        let stale = patch(json!([
+            {"op": "test", "path": "/metadata/finalizers", "value": []},
+            {"op": "add", "path": "/metadata/finalizers/-", "value": "b"},
+        ]));
+        match api.patch("settings", &PatchParams::default(), &stale).await {
+            Err(kube::Error::Api(status)) => assert_eq!(status.code, 422),
+            other => panic!("expected a 422, got {other:?}"),
+        }
+        assert_eq!(
+            fake.get(path).expect("stored")["metadata"]["finalizers"],
+            json!(["a"])
+        );
+
+        let current = patch(json!([
+            {"op": "test", "path": "/metadata/finalizers", "value": ["a"]},
+            {"op": "add", "path": "/metadata/finalizers/-", "value": "b"},
+        ]));
+        let updated = api
+            .patch("settings", &PatchParams::default(), &current)
+            .await
+            .expect("patched");
+        assert_eq!(
+            updated.metadata.finalizers,
+            Some(vec!["a".to_string(), "b".to_string()])
+        );
+        assert!(
+            updated.metadata.resource_version.is_some(),
+            "a write stamps it"
+        );
+        let request = lock(&fake.timeline)
+            .iter()
+            .rev()
+            .find_map(|call| match call {
+                Call::Kube(request) => Some(request.clone()),
+                Call::JobManager(_) => None,
+            })
+            .expect("a request");
+        assert!(request.is_json_patch(), "{request:?}");
     }
 }

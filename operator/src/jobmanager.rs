@@ -104,15 +104,14 @@ impl JobManagerClient {
     }
 
     pub async fn checkpoints(&self, job_id: &str) -> Result<CheckpointStats> {
-        let url = self.url(&paths::for_job(paths::CHECKPOINTS, job_id));
-        let response = self.send(self.http.get(&url), &url).await?;
-        Self::json(response, &url).await
+        self.get_json(&paths::for_job(paths::CHECKPOINTS, job_id))
+            .await
     }
 
     /// Savepoint that leaves the job running. Idempotent per target directory.
     pub async fn trigger_savepoint(&self, job_id: &str, target_directory: &str) -> Result<String> {
-        let url = self.url(&paths::for_job(paths::SAVEPOINTS, job_id));
-        self.trigger(&url, target_directory).await
+        self.trigger(&paths::for_job(paths::SAVEPOINTS, job_id), target_directory)
+            .await
     }
 
     /// Drain, take a final savepoint, commit sinks, stop. The job keeps running if it fails.
@@ -121,8 +120,8 @@ impl JobManagerClient {
         job_id: &str,
         target_directory: &str,
     ) -> Result<String> {
-        let url = self.url(&paths::for_job(paths::STOP, job_id));
-        self.trigger(&url, target_directory).await
+        self.trigger(&paths::for_job(paths::STOP, job_id), target_directory)
+            .await
     }
 
     pub async fn savepoint_status(
@@ -130,9 +129,7 @@ impl JobManagerClient {
         job_id: &str,
         trigger_id: &str,
     ) -> Result<SavepointStatus> {
-        let url = self.url(&paths::savepoint(job_id, trigger_id));
-        let response = self.send(self.http.get(&url), &url).await?;
-        Self::json(response, &url).await
+        self.get_json(&paths::savepoint(job_id, trigger_id)).await
     }
 
     pub async fn cancel(&self, job_id: &str) -> Result<()> {
@@ -148,12 +145,20 @@ impl JobManagerClient {
         Ok(response.status().is_success())
     }
 
-    async fn trigger(&self, url: &str, target_directory: &str) -> Result<String> {
-        let request = self.http.post(url).json(&SavepointRequest {
+    async fn get_json<T: serde::de::DeserializeOwned>(&self, path: &str) -> Result<T> {
+        let url = self.url(path);
+        let response = self.send(self.http.get(&url), &url).await?;
+        Self::json(response, &url).await
+    }
+
+    /// Asks for a savepoint (POST `path`) and returns its trigger id.
+    async fn trigger(&self, path: &str, target_directory: &str) -> Result<String> {
+        let url = self.url(path);
+        let request = self.http.post(&url).json(&SavepointRequest {
             target_directory: target_directory.to_string(),
         });
-        let response = self.send(request, url).await?;
-        let response: TriggerResponse = Self::json(response, url).await?;
+        let response = self.send(request, &url).await?;
+        let response: TriggerResponse = Self::json(response, &url).await?;
         Ok(response.trigger_id)
     }
 
@@ -235,6 +240,16 @@ pub(crate) mod fake {
         pub timeline: Option<Timeline>,
         /// Completed savepoints write their `_metadata` here, as a real JobManager would.
         pub storage: Option<MemoryStore>,
+    }
+
+    impl FakeState {
+        /// A mutating call, in `requests` and on the shared timeline.
+        fn record(&mut self, entry: String) {
+            if let Some(timeline) = &self.timeline {
+                crate::fake_kube::lock(timeline).push(Call::JobManager(entry.clone()));
+            }
+            self.requests.push(entry);
+        }
     }
 
     #[derive(Debug, Clone)]
@@ -448,11 +463,7 @@ pub(crate) mod fake {
                 Json(json!({"error": "targetDirectory is required"})),
             );
         };
-        let entry = format!("POST /v1/jobs/{job_id}/{verb} {target}");
-        if let Some(timeline) = &state.timeline {
-            crate::fake_kube::lock(timeline).push(Call::JobManager(entry.clone()));
-        }
-        state.requests.push(entry);
+        state.record(format!("POST /v1/jobs/{job_id}/{verb} {target}"));
         if !state.jobs.contains_key(job_id) {
             return not_found(job_id);
         }
@@ -510,11 +521,7 @@ pub(crate) mod fake {
         Path(job_id): Path<String>,
     ) -> (StatusCode, Json<Value>) {
         let mut state = lock(&state);
-        let entry = format!("POST /v1/jobs/{job_id}/cancel");
-        if let Some(timeline) = &state.timeline {
-            crate::fake_kube::lock(timeline).push(Call::JobManager(entry.clone()));
-        }
-        state.requests.push(entry);
+        state.record(format!("POST /v1/jobs/{job_id}/cancel"));
         match state.jobs.get_mut(&job_id) {
             Some(job) => {
                 job.overview.state = JobState::Canceled;

@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use weir_spec::RestoreSource;
 
-use crate::build::{job_document, job_id, spec_hash};
+use crate::build::{Owner, Workload, job_document, spec_hash};
 use crate::crd::{
     CONDITION_DEGRADED, CONDITION_PROGRESSING, CONDITION_READY, CONDITION_STORAGE_ACCESS,
     CONDITION_UPGRADE_BLOCKED, CheckpointRecord, FailureRecord, Lifecycle, OperationKind,
@@ -196,12 +196,14 @@ impl From<OperationKind> for EventAction {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Action {
     AddFinalizer,
     RemoveFinalizer,
     /// Server-side apply ConfigMap, Service and both Deployments for the current spec.
     Deploy {
+        /// The validated spec the children are rendered from.
+        desired: Box<Desired>,
         restore: RestoreSource,
         restart_nonce: u32,
     },
@@ -250,9 +252,13 @@ impl Plan {
     }
 }
 
-/// The parts of the spec the lifecycle needs, validated.
+/// The validated model of a StreamJob: the parts of the spec the lifecycle decides on, and
+/// the ones its pods are rendered from ([`crate::build::children`]). Only [`Desired::from_job`]
+/// makes one, so nothing is deployed from a spec that did not pass its checks.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Desired {
+    /// The StreamJob object: names, namespace, uid for owner references.
+    pub owner: Owner,
     pub job_id: String,
     pub spec_hash: String,
     pub parallelism: u32,
@@ -263,21 +269,22 @@ pub struct Desired {
     pub savepoint_interval_ms: Option<i64>,
     pub checkpointing: bool,
     pub checkpoint_storage: Option<String>,
+    pub workload: Workload,
+    /// Private, so no other module can make a `Desired` but through [`Desired::from_job`].
+    _validated: Validated,
 }
+
+/// The mark of a [`Desired`] that [`Desired::from_job`] made.
+#[derive(Debug, Clone, PartialEq)]
+struct Validated;
 
 impl Desired {
     /// Checks the spec the way the worker will, so a bad spec stops here with a clear message.
     pub fn from_job(job: &StreamJob) -> Result<Desired, String> {
-        let namespace = job
-            .metadata
-            .namespace
-            .clone()
-            .unwrap_or_else(|| "default".into());
-        let name = job.metadata.name.clone().unwrap_or_default();
+        let owner = Owner::of(job);
         let spec = &job.spec;
-        job_document(&namespace, &name, spec, RestoreSource::Latest)
-            .validate()
-            .map_err(|e| e.to_string())?;
+        let document = job_document(&owner.namespace, &owner.name, spec, RestoreSource::Latest);
+        document.validate().map_err(|e| e.to_string())?;
         if spec.image.trim().is_empty() {
             return Err("image: must not be empty".into());
         }
@@ -312,7 +319,7 @@ impl Desired {
             weir_spec::check_storage_uri(base).map_err(|e| format!("savepoints.directory: {e}"))?;
         }
         Ok(Desired {
-            job_id: job_id(&namespace, &name),
+            job_id: owner.job_id(),
             spec_hash: spec_hash(spec).map_err(|e| e.to_string())?,
             parallelism: spec.parallelism,
             slots: spec.task_manager.slots,
@@ -321,6 +328,9 @@ impl Desired {
             savepoint_interval_ms,
             checkpointing: spec.job.checkpointing.is_some(),
             checkpoint_storage,
+            workload: Workload::new(spec, document),
+            owner,
+            _validated: Validated,
         })
     }
 

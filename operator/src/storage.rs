@@ -50,8 +50,21 @@ pub trait CheckpointStore: Send + Sync {
     fn delete_dir<'a>(&'a self, s3: &'a S3Options, dir: &'a str) -> BoxFuture<'a, Result<()>>;
 }
 
+/// A storage error about `uri`.
+fn storage_error(uri: &str, message: impl ToString) -> Error {
+    Error::Storage {
+        uri: uri.to_string(),
+        message: message.to_string(),
+    }
+}
+
 fn join(base: &str, child: &str) -> String {
     format!("{}/{child}", base.trim_end_matches('/'))
+}
+
+/// What every path inside `dir` starts with.
+fn inside(dir: &str) -> String {
+    join(dir, "")
 }
 
 /// Picks the highest `chk-<n>` that has `_metadata` from a list of object paths.
@@ -59,7 +72,7 @@ fn latest_from_objects<'a>(
     base: &str,
     objects: impl Iterator<Item = &'a str>,
 ) -> Option<StoredCheckpoint> {
-    let prefix = format!("{}/", base.trim_end_matches('/'));
+    let prefix = inside(base);
     objects
         .filter_map(|object| {
             let rest = object.strip_prefix(&prefix)?;
@@ -90,10 +103,7 @@ impl MemoryStore {
 
     fn check_available(&self, uri: &str) -> Result<()> {
         if self.unavailable.load(std::sync::atomic::Ordering::SeqCst) {
-            return Err(Error::Storage {
-                uri: uri.to_string(),
-                message: "storage unavailable".into(),
-            });
+            return Err(storage_error(uri, "storage unavailable"));
         }
         Ok(())
     }
@@ -109,7 +119,7 @@ impl MemoryStore {
     }
 
     pub fn contains_dir(&self, dir: &str) -> bool {
-        let prefix = format!("{}/", dir.trim_end_matches('/'));
+        let prefix = inside(dir);
         self.objects().iter().any(|o| o.starts_with(&prefix))
     }
 }
@@ -152,7 +162,7 @@ impl CheckpointStore for MemoryStore {
     fn delete_dir<'a>(&'a self, _s3: &'a S3Options, dir: &'a str) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {
             self.check_available(dir)?;
-            let prefix = format!("{}/", dir.trim_end_matches('/'));
+            let prefix = inside(dir);
             self.objects().retain(|o| !o.starts_with(&prefix));
             Ok(())
         })
@@ -186,21 +196,18 @@ impl CheckpointStore for LocalStore {
                 return Ok(None);
             };
             let dir = root.join(job_id);
+            let uri = dir.display().to_string();
             let mut entries = match tokio::fs::read_dir(&dir).await {
                 Ok(entries) => entries,
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-                Err(e) => {
-                    return Err(Error::Storage {
-                        uri: dir.display().to_string(),
-                        message: e.to_string(),
-                    });
-                }
+                Err(e) => return Err(storage_error(&uri, e)),
             };
             let mut best: Option<StoredCheckpoint> = None;
-            while let Some(entry) = entries.next_entry().await.map_err(|e| Error::Storage {
-                uri: dir.display().to_string(),
-                message: e.to_string(),
-            })? {
+            while let Some(entry) = entries
+                .next_entry()
+                .await
+                .map_err(|e| storage_error(&uri, e))?
+            {
                 let name = entry.file_name().to_string_lossy().into_owned();
                 let Some(id) = layout::parse_checkpoint_dir(&name) else {
                     continue;
@@ -239,18 +246,12 @@ impl CheckpointStore for LocalStore {
     fn delete_dir<'a>(&'a self, _s3: &'a S3Options, dir: &'a str) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {
             let Some(path) = local_path(dir) else {
-                return Err(Error::Storage {
-                    uri: dir.into(),
-                    message: "not a local path".into(),
-                });
+                return Err(storage_error(dir, "not a local path"));
             };
             match tokio::fs::remove_dir_all(&path).await {
                 Ok(()) => Ok(()),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-                Err(e) => Err(Error::Storage {
-                    uri: dir.into(),
-                    message: e.to_string(),
-                }),
+                Err(e) => Err(storage_error(dir, e)),
             }
         })
     }
@@ -333,16 +334,15 @@ const DELETE_BATCH: usize = 1000;
 
 /// `s3://bucket/a/b` -> (`bucket`, `a/b`), without trailing slashes.
 fn split_s3(uri: &str) -> Result<(String, String)> {
-    let rest = uri.strip_prefix("s3://").ok_or_else(|| Error::Storage {
-        uri: uri.to_string(),
-        message: "not an s3:// location".into(),
-    })?;
+    let rest = uri
+        .strip_prefix("s3://")
+        .ok_or_else(|| storage_error(uri, "not an s3:// location"))?;
     let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
     if bucket.is_empty() {
-        return Err(Error::Storage {
-            uri: uri.to_string(),
-            message: "no bucket (expected s3://bucket/prefix)".into(),
-        });
+        return Err(storage_error(
+            uri,
+            "no bucket (expected s3://bucket/prefix)",
+        ));
     }
     Ok((bucket.to_string(), prefix.trim_matches('/').to_string()))
 }
@@ -372,10 +372,7 @@ where
             }
         }
     }
-    Error::Storage {
-        uri: uri.to_string(),
-        message,
-    }
+    storage_error(uri, message)
 }
 
 impl S3Store {
@@ -393,10 +390,7 @@ impl S3Store {
         }
         let client = weir_spec::s3::client(s3, weir_spec::s3::Purpose::Control)
             .await
-            .map_err(|message| Error::Storage {
-                uri: uri.to_string(),
-                message,
-            })?;
+            .map_err(|message| storage_error(uri, message))?;
         clients.insert(key, client.clone());
         Ok(client)
     }
@@ -500,10 +494,7 @@ impl CheckpointStore for S3Store {
             let (bucket, prefix) = split_s3(dir)?;
             if prefix.is_empty() {
                 // A typo in a spec must not empty a whole bucket.
-                return Err(Error::Storage {
-                    uri: dir.to_string(),
-                    message: "refusing to delete a bucket root".into(),
-                });
+                return Err(storage_error(dir, "refusing to delete a bucket root"));
             }
             let client = self.client(s3, dir).await?;
             loop {
@@ -522,10 +513,7 @@ impl CheckpointStore for S3Store {
                     .filter_map(|o| o.key())
                     .map(|key| ObjectIdentifier::builder().key(key).build())
                     .collect::<std::result::Result<Vec<_>, _>>()
-                    .map_err(|e| Error::Storage {
-                        uri: dir.to_string(),
-                        message: e.to_string(),
-                    })?;
+                    .map_err(|e| storage_error(dir, e))?;
                 if objects.is_empty() {
                     return Ok(());
                 }
@@ -534,10 +522,7 @@ impl CheckpointStore for S3Store {
                     .set_objects(Some(objects))
                     .quiet(true)
                     .build()
-                    .map_err(|e| Error::Storage {
-                        uri: dir.to_string(),
-                        message: e.to_string(),
-                    })?;
+                    .map_err(|e| storage_error(dir, e))?;
                 let out = client
                     .delete_objects()
                     .bucket(&bucket)
@@ -547,16 +532,16 @@ impl CheckpointStore for S3Store {
                     .map_err(|e| s3_error("DeleteObjects", dir, &e))?;
                 // DeleteObjects reports per-key failures inside a 200; they must not be lost.
                 if let Some(first) = out.errors().first() {
-                    return Err(Error::Storage {
-                        uri: dir.to_string(),
-                        message: format!(
+                    return Err(storage_error(
+                        dir,
+                        format!(
                             "DeleteObjects: {} of {count} keys failed, first {:?}: {} {}",
                             out.errors().len(),
                             first.key().unwrap_or_default(),
                             first.code().unwrap_or_default(),
                             first.message().unwrap_or_default()
                         ),
-                    });
+                    ));
                 }
             }
         })

@@ -16,8 +16,9 @@ use weir_spec::fault_points::{self, FaultPoint};
 
 use super::Context;
 use crate::build::{
-    children, job_id, jobmanager_name, network_policy, peer_tls_secret, peer_tls_secret_name,
-    require_peer_tls, require_rest_token, rest_token_secret, taskmanager_name,
+    Owner, children, job_id, jobmanager_name, network_policy, peer_tls_secret,
+    peer_tls_secret_name, require_peer_tls, require_rest_token, rest_token_secret,
+    taskmanager_name,
 };
 use crate::crd::{CONDITION_STORAGE_ACCESS, OperationStep, StreamJob, StreamJobStatus};
 use crate::jobmanager::JobManagerClient;
@@ -62,14 +63,17 @@ pub(super) async fn apply(
     for action in plan.actions {
         match action {
             Action::AddFinalizer | Action::RemoveFinalizer => {
-                let mut finalizers: Vec<String> = job.finalizers().to_vec();
-                finalizers.retain(|f| f != FINALIZER);
-                if action == Action::AddFinalizer {
-                    finalizers.push(FINALIZER.to_string());
-                }
-                let patch = json!({"metadata": {"finalizers": finalizers}});
+                let add = action == Action::AddFinalizer;
+                let Some(operations) = finalizer_patch(job.finalizers(), add) else {
+                    continue;
+                };
+                let patch =
+                    serde_json::from_value(operations).map_err(|source| Error::Serialize {
+                        what: "finalizer patch",
+                        source,
+                    })?;
                 match jobs
-                    .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                    .patch(&name, &PatchParams::default(), &Patch::Json::<()>(patch))
                     .await
                 {
                     Ok(_) => {}
@@ -88,23 +92,26 @@ pub(super) async fn apply(
                 }
             }
             Action::Deploy {
+                desired,
                 restore,
                 restart_nonce,
             } => {
-                let mut objects = children(job, restore, restart_nonce)?;
+                let owner = &desired.owner;
+                let mut objects = children(&desired, restore, restart_nonce)?;
                 if ctx.peer_tls {
-                    create_peer_tls_secret(ctx, &namespace, job).await?;
-                    require_peer_tls(&mut objects, job);
+                    create_peer_tls_secret(ctx, owner).await?;
+                    require_peer_tls(&mut objects, owner);
                 }
                 // The token the client sends is the one the JobManager gets.
                 if let Some(token) = client.token() {
                     // Before the JobManager that mounts it.
-                    apply_object(&ctx.client, &namespace, &rest_token_secret(job, token)?).await?;
-                    require_rest_token(&mut objects, job, token);
+                    apply_object(&ctx.client, &namespace, &rest_token_secret(owner, token)?)
+                        .await?;
+                    require_rest_token(&mut objects, owner, token);
                 }
                 if ctx.network_policies {
                     // Before the pods it fences, so none ever runs unfenced.
-                    apply_object(&ctx.client, &namespace, &network_policy(job)?).await?;
+                    apply_object(&ctx.client, &namespace, &network_policy(owner)?).await?;
                 }
                 apply_object(&ctx.client, &namespace, &objects.config_map).await?;
                 apply_object(&ctx.client, &namespace, &objects.jobmanager_service).await?;
@@ -201,11 +208,64 @@ pub(super) async fn apply(
     Ok(())
 }
 
+/// The JSON Patch (RFC 6902) that adds `FINALIZER` (`add`) or removes it, as operations on the
+/// finalizers this reconcile saw; `None` when there is nothing to change.
+///
+/// Why a JSON Patch with `test` operations: other controllers put their own finalizers on the
+/// same object. A merge patch can only replace the whole list, with the one this reconcile
+/// read, so it would drop a finalizer added since (or bring back one removed since). Here an
+/// add first tests that the list is still the one seen, and a removal that our entry is still
+/// at its index; when someone changed the list in between, the API server refuses the whole
+/// patch (422), the reconcile fails as a transient error and the next one works on a fresh
+/// copy. (kube's `runtime::finalizer` patches the same way, but it wraps the whole reconcile
+/// and keeps the finalizer on every object, while the plan adds it only when a deletion needs
+/// cleanup outside Kubernetes, takes it off when the spec no longer does, and releases it at
+/// the end of a deletion that spans several reconciles.)
+pub(super) fn finalizer_patch(seen: &[String], add: bool) -> Option<serde_json::Value> {
+    let held = seen.iter().any(|f| f == FINALIZER);
+    if add {
+        if held {
+            return None;
+        }
+        return Some(if seen.is_empty() {
+            // The API server stores no empty list: the field is absent, which `null` tests.
+            json!([
+                {"op": "test", "path": "/metadata/finalizers", "value": null},
+                {"op": "add", "path": "/metadata/finalizers", "value": [FINALIZER]},
+            ])
+        } else {
+            json!([
+                {"op": "test", "path": "/metadata/finalizers", "value": seen},
+                {"op": "add", "path": "/metadata/finalizers/-", "value": FINALIZER},
+            ])
+        });
+    }
+    if !held {
+        return None;
+    }
+    // Every entry of ours (there should be one), last first so the indexes still to come
+    // stay valid.
+    let operations = seen
+        .iter()
+        .enumerate()
+        .rev()
+        .filter(|(_, f)| f.as_str() == FINALIZER)
+        .flat_map(|(index, _)| {
+            let path = format!("/metadata/finalizers/{index}");
+            [
+                json!({"op": "test", "path": path, "value": FINALIZER}),
+                json!({"op": "remove", "path": path}),
+            ]
+        })
+        .collect();
+    Some(serde_json::Value::Array(operations))
+}
+
 /// Creates the job's peer TLS Secret the first time; an existing one is left as it is (a new
 /// CA would split the job's running pods into two groups that refuse each other). Asked once
 /// per StreamJob and operator process.
-async fn create_peer_tls_secret(ctx: &Context, namespace: &str, job: &StreamJob) -> Result<()> {
-    let uid = job.uid().unwrap_or_default();
+async fn create_peer_tls_secret(ctx: &Context, owner: &Owner) -> Result<()> {
+    let uid = owner.uid.clone().unwrap_or_default();
     fn known(ctx: &Context) -> std::sync::MutexGuard<'_, std::collections::HashSet<String>> {
         ctx.peer_tls_secrets
             .lock()
@@ -214,10 +274,11 @@ async fn create_peer_tls_secret(ctx: &Context, namespace: &str, job: &StreamJob)
     if known(ctx).contains(&uid) {
         return Ok(());
     }
+    let namespace = owner.namespace.as_str();
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
-    let name = peer_tls_secret_name(job);
-    let certificates = crate::peer_tls::generate(namespace, &job.name_any())?;
-    let secret = peer_tls_secret(job, &certificates)?;
+    let name = peer_tls_secret_name(owner);
+    let certificates = crate::peer_tls::generate(namespace, &owner.name)?;
+    let secret = peer_tls_secret(owner, &certificates)?;
     match secrets.create(&PostParams::default(), &secret).await {
         Ok(_) => tracing::info!(secret = %name, "created the job's CA and peer certificate"),
         Err(kube::Error::Api(status)) if status.code == 409 => {}

@@ -410,7 +410,7 @@ impl Planner<'_> {
             self.status.blocked = None;
             return self.finished(desired, &deployed, false);
         }
-        self.keep_running(&deployed);
+        self.keep_running(desired, &deployed);
         match self.overview() {
             Some(overview)
                 if overview.state == JobState::Running

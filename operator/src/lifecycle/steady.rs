@@ -64,7 +64,7 @@ impl Planner<'_> {
                 .is_some_and(|b| b.target == target)
             {
                 // Refused before; the old job keeps running until the spec changes again.
-                self.keep_running(&deployed);
+                self.keep_running(desired, &deployed);
                 return;
             }
             self.status.blocked = None;
@@ -180,6 +180,7 @@ impl Planner<'_> {
         // New pods, a new JobManager: it counts its restarts from 0.
         self.status.job_manager_restarts = 0;
         self.actions.push(Action::Deploy {
+            desired: Box::new(desired.clone()),
             restore: source,
             restart_nonce,
         });
@@ -203,10 +204,11 @@ impl Planner<'_> {
     }
 
     /// Keep the deployed children in shape (someone may have deleted one); idempotent.
-    pub(super) fn keep_running(&mut self, deployed: &DeployedSpec) {
+    pub(super) fn keep_running(&mut self, desired: &Desired, deployed: &DeployedSpec) {
         // While an upgrade is blocked the spec no longer describes the pods, so do not apply.
         if self.status.blocked.is_none() {
             self.actions.push(Action::Deploy {
+                desired: Box::new(desired.clone()),
                 restore: self.current_restore_source(deployed),
                 restart_nonce: deployed.restart_nonce,
             });
@@ -275,7 +277,7 @@ impl Planner<'_> {
             deployed.pinned_restore = false;
             self.status.deployed = Some(deployed.clone());
         }
-        self.keep_running(&deployed);
+        self.keep_running(desired, &deployed);
         if self.status.lifecycle == Lifecycle::Running {
             self.maybe_savepoint(desired);
         }

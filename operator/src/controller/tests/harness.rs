@@ -177,6 +177,14 @@ impl Harness {
         self.api.finish_foreground_deletions();
     }
 
+    /// The job completed checkpoint `id`: its `chk-<id>/_metadata` is in storage. Returns the
+    /// checkpoint's directory.
+    pub fn checkpoint_in_storage(&self, id: u64) -> String {
+        let dir = format!("{CHECKPOINTS}/chk-{id}");
+        self.storage.put_metadata(&dir);
+        dir
+    }
+
     /// The job document the operator put into the ConfigMap.
     pub fn deployed_document(&self) -> JobDocument {
         let config_map = self.api.get(CONFIG_MAP_PATH).expect("ConfigMap applied");

@@ -206,12 +206,8 @@ async fn upgrade_in_savepoint_mode_runs_the_new_image_from_a_fresh_savepoint() {
 async fn upgrade_in_last_state_mode_cancels_and_restores_the_latest_checkpoint_in_storage() {
     let harness =
         Harness::running(StreamJob::test().with_upgrade_mode(UpgradeMode::LastState)).await;
-    harness
-        .storage
-        .put_metadata(&format!("{CHECKPOINTS}/chk-6"));
-    harness
-        .storage
-        .put_metadata(&format!("{CHECKPOINTS}/chk-7"));
+    harness.checkpoint_in_storage(6);
+    let chk7 = harness.checkpoint_in_storage(7);
     let mark = harness.mark();
 
     harness.edit(|spec| spec.image = "weir:2".into());
@@ -227,7 +223,6 @@ async fn upgrade_in_last_state_mode_cancels_and_restores_the_latest_checkpoint_i
 
     harness.reconcile().await;
 
-    let chk7 = format!("{CHECKPOINTS}/chk-7");
     assert_eq!(
         harness.deployed_document().restore,
         RestoreSource::Path(chk7.clone())
@@ -251,9 +246,7 @@ async fn upgrade_in_last_state_mode_cancels_and_restores_the_latest_checkpoint_i
 async fn upgrade_in_stateless_mode_redeploys_with_empty_state_without_touching_the_job() {
     let harness =
         Harness::running(StreamJob::test().with_upgrade_mode(UpgradeMode::Stateless)).await;
-    harness
-        .storage
-        .put_metadata(&format!("{CHECKPOINTS}/chk-7"));
+    harness.checkpoint_in_storage(7);
     let mark = harness.mark();
 
     harness.edit(|spec| spec.image = "weir:2".into());
@@ -353,9 +346,8 @@ async fn savepoint_timeout_blocks_the_rescale_and_leaves_the_old_job_running() {
 #[tokio::test]
 async fn jobmanager_loss_shows_the_verified_checkpoint_it_restores_from() {
     let harness = Harness::running(StreamJob::test()).await;
-    let chk7 = format!("{CHECKPOINTS}/chk-7");
+    let chk7 = harness.checkpoint_in_storage(7);
     harness.jobmanager.complete_checkpoint(JOB_ID, 7, &chk7);
-    harness.storage.put_metadata(&chk7);
     harness.reconcile().await;
     assert_eq!(harness.status().last_checkpoint.map(|c| c.id), Some(7));
     let mark = harness.mark();
@@ -541,6 +533,122 @@ async fn finalizer_is_added_only_when_deletion_needs_cleanup() {
     );
 }
 
+const OTHER_FINALIZER: &str = "other.example/hold";
+
+/// Another controller edits the stored StreamJob's finalizers.
+fn set_finalizers(harness: &Harness, finalizers: &[&str]) {
+    harness.api.edit(JOB_PATH, |object| {
+        object["metadata"]["finalizers"] = serde_json::json!(finalizers);
+    });
+}
+
+fn is_conflict(error: &crate::Error) -> bool {
+    matches!(error, crate::Error::Kube { source, .. }
+        if matches!(source.as_ref(), kube::Error::Api(status) if status.code == 422))
+}
+
+#[test]
+fn finalizer_patches_test_each_entry_they_change() {
+    use super::apply::finalizer_patch;
+    let list = |names: &[&str]| names.iter().map(|n| n.to_string()).collect::<Vec<_>>();
+    assert_eq!(finalizer_patch(&list(&[FINALIZER]), true), None);
+    assert_eq!(finalizer_patch(&list(&[OTHER_FINALIZER]), false), None);
+    assert_eq!(
+        finalizer_patch(&list(&[OTHER_FINALIZER]), true),
+        Some(serde_json::json!([
+            {"op": "test", "path": "/metadata/finalizers", "value": [OTHER_FINALIZER]},
+            {"op": "add", "path": "/metadata/finalizers/-", "value": FINALIZER},
+        ]))
+    );
+    assert_eq!(
+        finalizer_patch(&list(&[FINALIZER, OTHER_FINALIZER, FINALIZER]), false),
+        Some(serde_json::json!([
+            {"op": "test", "path": "/metadata/finalizers/2", "value": FINALIZER},
+            {"op": "remove", "path": "/metadata/finalizers/2"},
+            {"op": "test", "path": "/metadata/finalizers/0", "value": FINALIZER},
+            {"op": "remove", "path": "/metadata/finalizers/0"},
+        ]))
+    );
+}
+
+#[tokio::test]
+async fn adding_the_finalizer_keeps_one_another_controller_added_meanwhile() {
+    let harness = Harness::new(StreamJob::test().with_final_savepoint()).await;
+    let cached = harness.job();
+    set_finalizers(&harness, &[OTHER_FINALIZER]);
+
+    let error = harness
+        .reconcile_cached(cached)
+        .await
+        .expect_err("the finalizers changed since this copy was read");
+    assert!(is_conflict(&error), "{error:?}");
+    assert_eq!(
+        harness.job().metadata.finalizers,
+        Some(vec![OTHER_FINALIZER.to_string()])
+    );
+
+    harness.reconcile().await;
+    assert_eq!(
+        harness.job().metadata.finalizers,
+        Some(vec![OTHER_FINALIZER.to_string(), FINALIZER.to_string()])
+    );
+}
+
+#[tokio::test]
+async fn removing_the_finalizer_takes_only_ours_from_a_list_changed_meanwhile() {
+    let harness = Harness::running(StreamJob::test().with_final_savepoint()).await;
+    harness.edit(|spec| spec.on_delete.savepoint = false);
+    let cached = harness.job();
+    // Another controller appends its own: ours stays where this copy saw it, and goes.
+    set_finalizers(&harness, &[FINALIZER, OTHER_FINALIZER]);
+    harness.reconcile_cached(cached).await.expect("reconciles");
+    assert_eq!(
+        harness.job().metadata.finalizers,
+        Some(vec![OTHER_FINALIZER.to_string()])
+    );
+}
+
+#[tokio::test]
+async fn removing_the_finalizer_from_a_moved_position_waits_for_a_fresh_copy() {
+    let harness = Harness::running(StreamJob::test().deleting_storage_on_delete()).await;
+    harness.edit(|spec| spec.on_delete = Default::default());
+    let cached = harness.job();
+    set_finalizers(&harness, &[OTHER_FINALIZER, FINALIZER]);
+
+    let error = harness
+        .reconcile_cached(cached)
+        .await
+        .expect_err("ours is no longer where this copy saw it");
+    assert!(is_conflict(&error), "{error:?}");
+    assert_eq!(
+        harness.job().metadata.finalizers,
+        Some(vec![OTHER_FINALIZER.to_string(), FINALIZER.to_string()])
+    );
+
+    harness.reconcile().await;
+    assert_eq!(
+        harness.job().metadata.finalizers,
+        Some(vec![OTHER_FINALIZER.to_string()])
+    );
+}
+
+#[tokio::test]
+async fn deletion_releases_only_our_finalizer_and_the_other_keeps_the_object() {
+    let harness = Harness::running(StreamJob::test().deleting_storage_on_delete()).await;
+    set_finalizers(&harness, &[FINALIZER, OTHER_FINALIZER]);
+    harness.checkpoint_in_storage(3);
+    harness.delete();
+    harness.reconcile().await; // the pods go
+    harness.reconcile().await; // they are gone: storage, then the finalizer
+
+    assert!(harness.job_exists(), "the other finalizer still holds it");
+    assert_eq!(
+        harness.job().metadata.finalizers,
+        Some(vec![OTHER_FINALIZER.to_string()])
+    );
+    assert!(!harness.storage.contains_dir(CHECKPOINTS));
+}
+
 #[tokio::test]
 async fn deletion_takes_a_final_savepoint_before_releasing_the_finalizer() {
     let harness = Harness::running(StreamJob::test().with_final_savepoint()).await;
@@ -588,9 +696,7 @@ fn workload_deletes_since(harness: &Harness, mark: usize) -> Vec<String> {
 async fn deletion_with_storage_cleanup_deletes_storage_only_after_the_pods_are_gone() {
     let mut harness = Harness::running(StreamJob::test().deleting_storage_on_delete()).await;
     harness.pods_take_time_to_terminate();
-    harness
-        .storage
-        .put_metadata(&format!("{CHECKPOINTS}/chk-3"));
+    harness.checkpoint_in_storage(3);
     let mark = harness.mark();
 
     harness.delete();
@@ -619,9 +725,7 @@ async fn deletion_with_storage_cleanup_deletes_storage_only_after_the_pods_are_g
 
     // A terminating JobManager completes one more checkpoint: storage must still be there
     // for it, and the delete must come after it. A restarted operator keeps waiting.
-    harness
-        .storage
-        .put_metadata(&format!("{CHECKPOINTS}/chk-4"));
+    harness.checkpoint_in_storage(4);
     harness.restart_operator();
     harness.advance(Duration::from_secs(5));
     harness.reconcile().await;
@@ -653,9 +757,7 @@ async fn deletion_with_storage_cleanup_deletes_storage_only_after_the_pods_are_g
 async fn deletion_cleans_up_anyway_when_pods_never_go_and_says_so() {
     let harness = Harness::running(StreamJob::test().deleting_storage_on_delete()).await;
     harness.pods_take_time_to_terminate();
-    harness
-        .storage
-        .put_metadata(&format!("{CHECKPOINTS}/chk-3"));
+    harness.checkpoint_in_storage(3);
     harness.delete();
     harness.reconcile().await;
     // The JobManager is crash-looping and its node is gone: nothing answers, nothing ends.
@@ -688,9 +790,7 @@ async fn deletion_with_final_savepoint_and_storage_cleanup_keeps_only_the_final_
     )
     .await;
     harness.pods_take_time_to_terminate();
-    harness
-        .storage
-        .put_metadata(&format!("{CHECKPOINTS}/chk-3"));
+    harness.checkpoint_in_storage(3);
     let savepoint = savepoint_dir(harness.now());
     let mark = harness.mark();
 
