@@ -20,11 +20,11 @@ use super::wire::{
     Deployment as WireDeployment, PROTOCOL_VERSION, ToJobManager, ToTaskManager, WireControl,
 };
 use super::{Heartbeat, recv_control, send_control};
-use crate::api::JobGraph;
 use crate::error::{Error, Result};
 use crate::runtime::driver::{
     AttemptPlan, Deployment, DriverOptions, Executor, JobOutcome, TaskHandle, run_job,
 };
+use crate::runtime::graph::JobGraph;
 use crate::runtime::job::{JobCommand, JobHandle};
 use crate::runtime::{TaskEvent, TaskId};
 use crate::spec::JobDocument;

@@ -5,11 +5,11 @@ use std::sync::Arc;
 
 use crossbeam_channel::{Receiver, Sender};
 
-use super::Data;
-use crate::cluster::exchange::{Incoming, IncomingChannel, Outgoing, OutgoingChannel};
-use crate::cluster::wire::ChannelId;
+use super::remote::{ChannelId, Incoming, IncomingChannel, Outgoing, OutgoingChannel};
+use super::{CHANNEL_CAPACITY, Message, Task, TaskId};
 use crate::error::Result;
-use crate::runtime::{CHANNEL_CAPACITY, Message, Task, TaskId};
+use crate::functions::RecoverContext;
+use crate::types::Data;
 
 pub struct TaskSpec {
     pub id: TaskId,
@@ -65,7 +65,7 @@ impl GraphBuilder {
 
     /// Channels from every producer subtask to every consumer subtask. Between two local
     /// subtasks a channel is a bounded queue; when exactly one end is local, that end is a
-    /// queue too and the other end goes to a network pump (see `cluster::exchange`).
+    /// queue too and the other end goes to a network pump (see `remote`).
     pub fn exchange<R: Data>(&mut self) -> ExchangeEnds<R> {
         let parallelism = self.parallelism as usize;
         let exchange = self.exchanges;
@@ -119,9 +119,12 @@ impl GraphBuilder {
     }
 }
 
+/// Name of a sink's pending commits in operator state.
+pub const SINK_PENDING_STATE: &str = "pending";
+
 /// Recovery hook of a sink, type-erased so the graph can hold sinks of any record type.
 pub(crate) trait SinkRecovery: Send + Sync {
-    fn recover(&self, pending: Vec<serde_json::Value>, ctx: &super::RecoverContext) -> Result<()>;
+    fn recover(&self, pending: Vec<serde_json::Value>, ctx: &RecoverContext) -> Result<()>;
 }
 
 /// Wires one attempt's tasks and channels into a builder.
@@ -134,6 +137,21 @@ pub struct JobGraph {
 }
 
 impl JobGraph {
+    /// One job of two pipelines that share operators, e.g. a window's results and its late
+    /// records, each ending in its own sink.
+    pub fn and(self, other: JobGraph) -> JobGraph {
+        let (first, second) = (self.build, other.build);
+        let mut sinks = self.sinks;
+        sinks.extend(other.sinks);
+        JobGraph {
+            build: Arc::new(move |graph| {
+                first(graph)?;
+                second(graph)
+            }),
+            sinks,
+        }
+    }
+
     /// Every task of one attempt, wired in this process (local mode).
     pub fn instantiate(&self, parallelism: u32, max_parallelism: u32) -> Result<Vec<TaskSpec>> {
         let mut builder = GraphBuilder::new(parallelism, max_parallelism);
