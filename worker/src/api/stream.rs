@@ -73,12 +73,13 @@ impl StreamEnv {
             build: Arc::new(move |graph, tails| {
                 let vertex = graph.add_vertex(&uid);
                 for (subtask, chain) in tails.into_iter().enumerate() {
-                    let task = SourceTask {
-                        uid: uid.clone(),
-                        factory: factory.clone(),
-                        chain,
-                    };
-                    graph.add_task(vertex, subtask as u32, true, Box::new(task));
+                    graph.add_task(vertex, subtask as u32, true, || {
+                        Box::new(SourceTask {
+                            uid: uid.clone(),
+                            factory: factory.clone(),
+                            chain,
+                        })
+                    });
                 }
                 Ok(())
             }),
@@ -218,13 +219,14 @@ impl<K: Key, T: Data> KeyedStream<K, T> {
                 upstream(graph, writers)?;
                 let vertex = graph.add_vertex(&uid);
                 for (subtask, (inputs, chain)) in receivers.into_iter().zip(tails).enumerate() {
-                    let task = KeyedTask {
-                        uid: uid.clone(),
-                        inputs,
-                        function: Box::new(make()),
-                        chain,
-                    };
-                    graph.add_task(vertex, subtask as u32, false, Box::new(task));
+                    graph.add_task(vertex, subtask as u32, false, || {
+                        Box::new(KeyedTask {
+                            uid: uid.clone(),
+                            inputs,
+                            function: Box::new(make()),
+                            chain,
+                        })
+                    });
                 }
                 Ok(())
             }),

@@ -1,5 +1,6 @@
 //! A job graph is a recipe: `instantiate` wires fresh channels and tasks for one attempt, so
-//! a restart never reuses anything from the failed attempt.
+//! a restart never reuses anything from the failed attempt. `topology` follows the same recipe
+//! without building a task or a channel, for whoever only places and controls the tasks.
 
 use std::sync::Arc;
 
@@ -10,6 +11,15 @@ use super::{CHANNEL_CAPACITY, Message, Task, TaskId};
 use crate::error::Result;
 use crate::functions::RecoverContext;
 use crate::types::Data;
+
+/// What a task is, without the task: enough to place, control and report on it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TaskInfo {
+    pub id: TaskId,
+    /// The operator uid of the task's vertex.
+    pub name: String,
+    pub is_source: bool,
+}
 
 pub struct TaskSpec {
     pub id: TaskId,
@@ -30,6 +40,10 @@ pub struct GraphBuilder {
     exchanges: u32,
     outgoing: Vec<Box<dyn OutgoingChannel>>,
     incoming: Vec<Box<dyn IncomingChannel>>,
+    /// Set by `JobGraph::topology`: record which tasks there are in `topology`, and build no
+    /// task and no channel.
+    topology_only: bool,
+    topology: Vec<TaskInfo>,
 }
 
 /// One attempt's tasks for this process, and the channel ends that cross to other processes.
@@ -54,6 +68,8 @@ impl GraphBuilder {
             exchanges: 0,
             outgoing: Vec::new(),
             incoming: Vec::new(),
+            topology_only: false,
+            topology: Vec::new(),
         }
     }
 
@@ -65,11 +81,18 @@ impl GraphBuilder {
 
     /// Channels from every producer subtask to every consumer subtask. Between two local
     /// subtasks a channel is a bounded queue; when exactly one end is local, that end is a
-    /// queue too and the other end goes to a network pump (see `remote`).
+    /// queue too and the other end goes to a network pump (see `remote`). When only the
+    /// topology is wanted, every producer and consumer gets no channel at all.
     pub fn exchange<R: Data>(&mut self) -> ExchangeEnds<R> {
         let parallelism = self.parallelism as usize;
         let exchange = self.exchanges;
         self.exchanges += 1;
+        if self.topology_only {
+            return (
+                (0..parallelism).map(|_| Vec::new()).collect(),
+                (0..parallelism).map(|_| Vec::new()).collect(),
+            );
+        }
         let mut senders: Vec<Vec<_>> = (0..parallelism).map(|_| Vec::new()).collect();
         let mut receivers: Vec<Vec<_>> = (0..parallelism).map(|_| Vec::new()).collect();
         for (producer, outputs) in senders.iter_mut().enumerate() {
@@ -104,13 +127,29 @@ impl GraphBuilder {
         (self.vertices.len() - 1) as u32
     }
 
-    pub fn add_task(&mut self, vertex: u32, subtask: u32, is_source: bool, task: Box<dyn Task>) {
+    /// Adds subtask `subtask` of `vertex`; `task` builds it, unless only the topology is wanted.
+    pub fn add_task(
+        &mut self,
+        vertex: u32,
+        subtask: u32,
+        is_source: bool,
+        task: impl FnOnce() -> Box<dyn Task>,
+    ) {
+        let id = TaskId { vertex, subtask };
         let name = self.vertices[vertex as usize].clone();
+        if self.topology_only {
+            self.topology.push(TaskInfo {
+                id,
+                name,
+                is_source,
+            });
+            return;
+        }
         self.tasks.push(TaskSpec {
-            id: TaskId { vertex, subtask },
+            id,
             name,
             is_source,
-            task,
+            task: task(),
         });
     }
 
@@ -157,6 +196,15 @@ impl JobGraph {
         let mut builder = GraphBuilder::new(parallelism, max_parallelism);
         (self.build)(&mut builder)?;
         Ok(builder.into_tasks())
+    }
+
+    /// Every task of one attempt as `instantiate` builds them, in the same order, without
+    /// building any task or channel (the JobManager only places and controls them).
+    pub fn topology(&self, parallelism: u32, max_parallelism: u32) -> Result<Vec<TaskInfo>> {
+        let mut builder = GraphBuilder::new(parallelism, max_parallelism);
+        builder.topology_only = true;
+        (self.build)(&mut builder)?;
+        Ok(builder.topology)
     }
 
     /// The tasks of the subtask indices in `local` (one TaskManager's share of an attempt),
