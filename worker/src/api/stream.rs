@@ -5,18 +5,16 @@
 use std::marker::PhantomData;
 use std::sync::{Arc, Mutex};
 
-use super::graph::{GraphBuilder, JobGraph, SinkRecovery};
 use super::{Data, Key, KeyedProcessFunction, SinkContext, SinkFactory, SinkWriter, SourceFactory};
 use crate::error::{Error, Result};
-use crate::runtime::chain::{Collector, FilterOp, FlatMapOp, MapOp};
+use crate::runtime::chain::{Collector, Downstream, FilterOp, FlatMapOp, MapOp};
+pub use crate::runtime::graph::SINK_PENDING_STATE;
+use crate::runtime::graph::{GraphBuilder, JobGraph, SinkRecovery};
 use crate::runtime::shuffle::{KeyedRecord, ShuffleWriter};
 use crate::runtime::task::{KeyedTask, SourceTask};
 use crate::runtime::{Barrier, TaskEnv, TaskSnapshot};
 use crate::spec::JobDocument;
 use crate::state::Redistribution;
-
-/// Name of a sink's pending commits in operator state.
-pub const SINK_PENDING_STATE: &str = "pending";
 
 type Build<T> =
     Arc<dyn Fn(&mut GraphBuilder, Vec<Box<dyn Collector<T>>>) -> Result<()> + Send + Sync>;
@@ -75,12 +73,13 @@ impl StreamEnv {
             build: Arc::new(move |graph, tails| {
                 let vertex = graph.add_vertex(&uid);
                 for (subtask, chain) in tails.into_iter().enumerate() {
-                    let task = SourceTask {
-                        uid: uid.clone(),
-                        factory: factory.clone(),
-                        chain,
-                    };
-                    graph.add_task(vertex, subtask as u32, true, Box::new(task));
+                    graph.add_task(vertex, subtask as u32, true, || {
+                        Box::new(SourceTask {
+                            uid: uid.clone(),
+                            factory: factory.clone(),
+                            chain,
+                        })
+                    });
                 }
                 Ok(())
             }),
@@ -220,13 +219,14 @@ impl<K: Key, T: Data> KeyedStream<K, T> {
                 upstream(graph, writers)?;
                 let vertex = graph.add_vertex(&uid);
                 for (subtask, (inputs, chain)) in receivers.into_iter().zip(tails).enumerate() {
-                    let task = KeyedTask {
-                        uid: uid.clone(),
-                        inputs,
-                        function: Box::new(make()),
-                        chain,
-                    };
-                    graph.add_task(vertex, subtask as u32, false, Box::new(task));
+                    graph.add_task(vertex, subtask as u32, false, || {
+                        Box::new(KeyedTask {
+                            uid: uid.clone(),
+                            inputs,
+                            function: Box::new(make()),
+                            chain,
+                        })
+                    });
                 }
                 Ok(())
             }),
@@ -265,6 +265,13 @@ impl<T> SinkOp<T> {
     }
 }
 
+impl<T: Send + 'static> Downstream<T> for SinkOp<T> {
+    fn collect(&mut self, item: T) -> Result<()> {
+        self.written += 1;
+        self.writer()?.write(item)
+    }
+}
+
 impl<T: Send + 'static> Collector<T> for SinkOp<T> {
     fn open(&mut self, env: &TaskEnv) -> Result<()> {
         let ctx = SinkContext {
@@ -277,11 +284,6 @@ impl<T: Send + 'static> Collector<T> for SinkOp<T> {
         };
         self.writer = Some(self.factory.create_writer(&ctx)?);
         Ok(())
-    }
-
-    fn collect(&mut self, item: T) -> Result<()> {
-        self.written += 1;
-        self.writer()?.write(item)
     }
 
     fn on_barrier(&mut self, barrier: &Barrier, snapshot: &mut TaskSnapshot) -> Result<()> {

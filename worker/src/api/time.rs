@@ -27,7 +27,7 @@ use serde::{Deserialize, Serialize};
 use super::stream::{KeyedStream, Stream};
 use super::{Data, Key, KeyedProcessFunction};
 use crate::error::{Error, Result};
-use crate::runtime::chain::Collector;
+use crate::runtime::chain::{Collector, Downstream};
 use crate::runtime::watermark::{Timestamp, Watermark};
 use crate::runtime::{BATCH_SIZE, Barrier, TaskEnv, TaskSnapshot};
 use crate::state::Redistribution;
@@ -387,23 +387,7 @@ impl<T> TimestampsOp<T> {
     }
 }
 
-impl<T: Send + 'static> Collector<T> for TimestampsOp<T> {
-    fn open(&mut self, env: &TaskEnv) -> Result<()> {
-        self.next.open(env)?;
-        if let Some(entries) =
-            env.restored_operator_state(&self.uid, WATERMARK_STATE, Redistribution::Union)
-        {
-            self.restore(entries, env.parallelism, env.id.subtask)?;
-        }
-        self.state.subtask = env.id.subtask;
-        self.state.parallelism = env.parallelism;
-        if self.state.emitted > Timestamp::MIN {
-            // Downstream had this watermark before the failure; it precedes every record.
-            self.next.on_watermark(Watermark::At(self.state.emitted))?;
-        }
-        Ok(())
-    }
-
+impl<T: Send + 'static> Downstream<T> for TimestampsOp<T> {
     fn collect(&mut self, item: T) -> Result<()> {
         let timestamp = (self.strategy.timestamp)(&item);
         let max = self
@@ -429,6 +413,24 @@ impl<T: Send + 'static> Collector<T> for TimestampsOp<T> {
         }
         if self.state.since_emit >= self.strategy.emit_every {
             self.emit(false)?;
+        }
+        Ok(())
+    }
+}
+
+impl<T: Send + 'static> Collector<T> for TimestampsOp<T> {
+    fn open(&mut self, env: &TaskEnv) -> Result<()> {
+        self.next.open(env)?;
+        if let Some(entries) =
+            env.restored_operator_state(&self.uid, WATERMARK_STATE, Redistribution::Union)
+        {
+            self.restore(entries, env.parallelism, env.id.subtask)?;
+        }
+        self.state.subtask = env.id.subtask;
+        self.state.parallelism = env.parallelism;
+        if self.state.emitted > Timestamp::MIN {
+            // Downstream had this watermark before the failure; it precedes every record.
+            self.next.on_watermark(Watermark::At(self.state.emitted))?;
         }
         Ok(())
     }
@@ -503,12 +505,15 @@ mod tests {
 
     struct Recorder(Arc<Mutex<Vec<Seen>>>);
 
-    impl Collector<i64> for Recorder {
-        fn open(&mut self, _env: &TaskEnv) -> Result<()> {
-            Ok(())
-        }
+    impl Downstream<i64> for Recorder {
         fn collect(&mut self, item: i64) -> Result<()> {
             self.0.lock().expect("lock").push(Seen::Record(item));
+            Ok(())
+        }
+    }
+
+    impl Collector<i64> for Recorder {
+        fn open(&mut self, _env: &TaskEnv) -> Result<()> {
             Ok(())
         }
         fn on_barrier(&mut self, _b: &Barrier, _s: &mut TaskSnapshot) -> Result<()> {

@@ -26,12 +26,11 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use super::graph::JobGraph;
 use super::stream::Stream;
 use super::time::{EventTimeKeyedStream, TimestampFn};
 use super::{Data, Emitter, Key, KeyedProcessFunction};
 use crate::error::{Error, Result};
-use crate::runtime::chain::{Collector, Output};
+use crate::runtime::chain::{Collector, Downstream, Output};
 use crate::runtime::watermark::{Timestamp, Watermark};
 use crate::runtime::{Barrier, TaskEnv, TaskSnapshot};
 use crate::state::{
@@ -218,7 +217,7 @@ pub enum WindowOutput<O, T> {
 }
 
 /// A window operator's two outputs. Sink `late` too (and join the graphs with
-/// [`JobGraph::and`]) to keep late records; otherwise they are dropped.
+/// [`JobGraph::and`](super::JobGraph::and)) to keep late records; otherwise they are dropped.
 pub struct WindowStreams<O, T> {
     pub results: Stream<O>,
     pub late: Stream<T>,
@@ -695,27 +694,12 @@ where
 
 /// Wraps a window function's output as results.
 struct ResultsOnly<'a, O, T> {
-    next: &'a mut dyn Collector<WindowOutput<O, T>>,
+    next: &'a mut dyn Downstream<WindowOutput<O, T>>,
 }
 
-impl<O, T> Collector<O> for ResultsOnly<'_, O, T> {
-    fn open(&mut self, _env: &TaskEnv) -> Result<()> {
-        Ok(())
-    }
+impl<O, T> Downstream<O> for ResultsOnly<'_, O, T> {
     fn collect(&mut self, item: O) -> Result<()> {
         self.next.collect(WindowOutput::Result(item))
-    }
-    fn on_barrier(&mut self, _barrier: &Barrier, _snapshot: &mut TaskSnapshot) -> Result<()> {
-        Ok(())
-    }
-    fn on_checkpoint_complete(&mut self, _checkpoint_id: u64) -> Result<()> {
-        Ok(())
-    }
-    fn flush(&mut self) -> Result<()> {
-        Ok(())
-    }
-    fn finish(&mut self) -> Result<()> {
-        Ok(())
     }
 }
 
@@ -764,6 +748,18 @@ struct SplitOp<O, T> {
     slot: LateSlot<T>,
 }
 
+impl<O: Send + 'static, T: Send + 'static> Downstream<WindowOutput<O, T>> for SplitOp<O, T> {
+    fn collect(&mut self, item: WindowOutput<O, T>) -> Result<()> {
+        match item {
+            WindowOutput::Result(result) => self.results.collect(result),
+            WindowOutput::Late(record) => match &mut self.late {
+                Some(late) => late.collect(record),
+                None => Ok(()),
+            },
+        }
+    }
+}
+
 impl<O: Send + 'static, T: Send + 'static> Collector<WindowOutput<O, T>> for SplitOp<O, T> {
     fn open(&mut self, env: &TaskEnv) -> Result<()> {
         self.late = self
@@ -776,16 +772,6 @@ impl<O: Send + 'static, T: Send + 'static> Collector<WindowOutput<O, T>> for Spl
             late.open(env)?;
         }
         self.results.open(env)
-    }
-
-    fn collect(&mut self, item: WindowOutput<O, T>) -> Result<()> {
-        match item {
-            WindowOutput::Result(result) => self.results.collect(result),
-            WindowOutput::Late(record) => match &mut self.late {
-                Some(late) => late.collect(record),
-                None => Ok(()),
-            },
-        }
     }
 
     fn on_barrier(&mut self, barrier: &Barrier, snapshot: &mut TaskSnapshot) -> Result<()> {
@@ -824,23 +810,6 @@ impl<O: Send + 'static, T: Send + 'static> Collector<WindowOutput<O, T>> for Spl
     }
 }
 
-impl JobGraph {
-    /// One job of two pipelines that share operators, e.g. a window's results and its late
-    /// records, each ending in its own sink.
-    pub fn and(self, other: JobGraph) -> JobGraph {
-        let (first, second) = (self.build, other.build);
-        let mut sinks = self.sinks;
-        sinks.extend(other.sinks);
-        JobGraph {
-            build: Arc::new(move |graph| {
-                first(graph)?;
-                second(graph)
-            }),
-            sinks,
-        }
-    }
-}
-
 #[cfg(test)]
 mod harness_tests {
     //! The window operator driven record by record and watermark by watermark, as a keyed
@@ -857,12 +826,15 @@ mod harness_tests {
 
     struct Recorder(Arc<Mutex<Vec<Out>>>);
 
-    impl Collector<Out> for Recorder {
-        fn open(&mut self, _env: &TaskEnv) -> Result<()> {
-            Ok(())
-        }
+    impl Downstream<Out> for Recorder {
         fn collect(&mut self, item: Out) -> Result<()> {
             self.0.lock().expect("lock").push(item);
+            Ok(())
+        }
+    }
+
+    impl Collector<Out> for Recorder {
+        fn open(&mut self, _env: &TaskEnv) -> Result<()> {
             Ok(())
         }
         fn on_barrier(&mut self, _b: &Barrier, _s: &mut TaskSnapshot) -> Result<()> {

@@ -75,12 +75,12 @@ use super::metadata::{
     CheckpointMetadata, ClaimReason, IdClaim, MetadataEntry, OperatorSnapshot, SnapshotKind,
     SubtaskState,
 };
-use super::{RestorePoint, list_checkpoints, read_entry};
+use super::{Barrier, RestorePoint, SavepointTarget, list_checkpoints, read_entry};
 use crate::error::{Error, Result};
-use crate::runtime::{Barrier, SavepointTarget, TaskId};
 use crate::spec::CheckpointConfig;
 use crate::spec::layout;
 use crate::storage::ObjectStore;
+use crate::types::TaskId;
 
 /// Entries of checkpoint history kept for the REST API.
 const HISTORY_LEN: usize = 32;

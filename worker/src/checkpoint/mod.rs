@@ -11,12 +11,14 @@
 //! written create-only, once, in order; see `coordinator.rs` for how that fences a
 //! JobManager another one replaced.
 
+mod barrier;
 pub mod coordinator;
 pub mod incremental;
 pub mod metadata;
 
 use std::sync::Arc;
 
+pub use barrier::{Barrier, SavepointTarget};
 pub use coordinator::{CheckpointCoordinator, CompletedCheckpoint};
 pub use metadata::{
     CheckpointMetadata, ClaimReason, IdClaim, IncrementalKeyedStateHandle, KeyedStateHandle,

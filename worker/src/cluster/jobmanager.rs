@@ -20,11 +20,11 @@ use super::wire::{
     Deployment as WireDeployment, PROTOCOL_VERSION, ToJobManager, ToTaskManager, WireControl,
 };
 use super::{Heartbeat, recv_control, send_control};
-use crate::api::JobGraph;
 use crate::error::{Error, Result};
 use crate::runtime::driver::{
     AttemptPlan, Deployment, DriverOptions, Executor, JobOutcome, TaskHandle, run_job,
 };
+use crate::runtime::graph::JobGraph;
 use crate::runtime::job::{JobCommand, JobHandle};
 use crate::runtime::{TaskEvent, TaskId};
 use crate::spec::JobDocument;
@@ -448,9 +448,7 @@ impl Executor for ClusterExecutor {
             }));
         }
 
-        let specs = plan
-            .graph
-            .instantiate(parallelism, plan.doc.max_parallelism)?;
+        let specs = plan.graph.topology(parallelism, plan.doc.max_parallelism)?;
         let tasks = specs
             .into_iter()
             .map(|spec| {
@@ -531,5 +529,51 @@ impl Cluster {
         }
         state.attempt = None;
         tracing::info!(epoch, elapsed = ?started.elapsed(), "attempt stopped");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use crate::jobs::JobRegistry;
+    use crate::runtime::graph::TaskInfo;
+    use crate::spec::JobDocument;
+
+    /// The JobManager places and controls the tasks `topology` lists; the TaskManagers run
+    /// the tasks `instantiate_part` builds. They must be the same tasks, in the same order.
+    #[test]
+    fn topology_lists_the_tasks_instantiate_builds() {
+        let registry = JobRegistry::builtin();
+        for job in [
+            "word-count",
+            "url-count",
+            "state-machine",
+            "minute-bars",
+            "window-check",
+            "nexmark",
+        ] {
+            let path = format!("{}/../examples/jobs/{job}.yaml", env!("CARGO_MANIFEST_DIR"));
+            let yaml = std::fs::read_to_string(&path).expect("example job");
+            let doc = Arc::new(JobDocument::from_yaml(&yaml, &path).expect("job document"));
+            let graph = registry.build(doc.clone()).expect("graph").graph;
+            for parallelism in [1, 3] {
+                let topology = graph
+                    .topology(parallelism, doc.max_parallelism)
+                    .expect("topology");
+                let built: Vec<TaskInfo> = graph
+                    .instantiate(parallelism, doc.max_parallelism)
+                    .expect("instantiate")
+                    .into_iter()
+                    .map(|spec| TaskInfo {
+                        id: spec.id,
+                        name: spec.name,
+                        is_source: spec.is_source,
+                    })
+                    .collect();
+                assert!(topology.len() >= 2 * parallelism as usize, "{job}");
+                assert_eq!(topology, built, "{job} at parallelism {parallelism}");
+            }
+        }
     }
 }

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::Sender;
 
-use super::exchange::{IncomingChannel, OutgoingChannel};
+use super::exchange::{pump_incoming, pump_outgoing};
 use super::tls::{Connection, PeerTls};
 use super::wire::{
     ChannelId, DataHello, DataHelloReply, Deployment, StoreResolver, ToJobManager, ToTaskManager,
@@ -26,6 +26,7 @@ use crate::checkpoint::RestorePoint;
 use crate::error::{Error, Result};
 use crate::jobs::JobRegistry;
 use crate::runtime::local::{RunningTasks, TaskResources, spawn_tasks};
+use crate::runtime::remote::{IncomingChannel, OutgoingChannel};
 use crate::runtime::shutdown;
 use crate::runtime::{ControlMessage, TaskEvent, TaskId};
 use crate::spec::JobDocument;
@@ -450,7 +451,7 @@ fn send_channel(
             .unwrap_or_else(|e| e.into_inner())
             .push(clone);
     }
-    match channel.pump(stream, cancelled) {
+    match pump_outgoing(channel, stream, cancelled) {
         Ok(()) => {}
         Err(Error::Cancelled) => {}
         Err(e) if cancelled.load(Ordering::Relaxed) => {
@@ -613,7 +614,7 @@ impl DataServer {
         // after reading the reply, so it has not.
         drop(input);
         let stores: Arc<dyn StoreResolver> = stores;
-        match channel.pump(stream, stores.as_ref()) {
+        match pump_incoming(channel, stream, stores.as_ref()) {
             Ok(()) | Err(Error::Cancelled) => {}
             Err(e) => tracing::warn!(%id, %peer, error = %e, "incoming data connection failed"),
         }

@@ -9,77 +9,12 @@ use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::SubtaskState;
 use crate::error::{Error, Result};
-use crate::runtime::watermark::Watermark;
-use crate::runtime::{Barrier, ControlMessage, Message, SavepointTarget, TaskEvent, TaskId};
-use crate::storage::ObjectStore;
-
-/// Identifies one producer -> consumer channel of a keyed exchange within an attempt.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub struct ChannelId {
-    /// Index of the exchange in graph-building order (the same in every process).
-    pub exchange: u32,
-    pub producer: u32,
-    pub consumer: u32,
-}
-
-impl std::fmt::Display for ChannelId {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "exchange {} channel {}->{}",
-            self.exchange, self.producer, self.consumer
-        )
-    }
-}
-
-/// A barrier as it travels: the savepoint directory by URI, reopened by the receiver.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct WireBarrier {
-    pub checkpoint_id: u64,
-    pub timestamp_ms: u64,
-    pub savepoint: Option<WireSavepoint>,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct WireSavepoint {
-    pub uri: String,
-    pub stop: bool,
-}
-
-impl From<&Barrier> for WireBarrier {
-    fn from(barrier: &Barrier) -> Self {
-        WireBarrier {
-            checkpoint_id: barrier.checkpoint_id,
-            timestamp_ms: barrier.timestamp_ms,
-            savepoint: barrier.savepoint.as_ref().map(|s| WireSavepoint {
-                uri: s.store.location().uri(),
-                stop: s.stop,
-            }),
-        }
-    }
-}
-
-impl WireBarrier {
-    pub fn into_barrier(self, resolve: &dyn StoreResolver) -> Result<Barrier> {
-        let savepoint = match self.savepoint {
-            Some(s) => Some(SavepointTarget {
-                store: resolve.open(&s.uri)?,
-                stop: s.stop,
-            }),
-            None => None,
-        };
-        Ok(Barrier {
-            checkpoint_id: self.checkpoint_id,
-            timestamp_ms: self.timestamp_ms,
-            savepoint,
-        })
-    }
-}
-
-/// Opens object stores by URI (savepoint directories named in barriers).
-pub trait StoreResolver: Send + Sync {
-    fn open(&self, uri: &str) -> Result<ObjectStore>;
-}
+/// The data frames between TaskManagers are the serialized form of `runtime::Message`, so
+/// they are defined beside it; they are part of the protocol [`PROTOCOL_VERSION`] versions.
+pub use crate::runtime::remote::{
+    ChannelId, DataFrame, StoreResolver, WireBarrier, WireSavepoint, decode_data, encode_data,
+};
+use crate::runtime::{ControlMessage, TaskEvent, TaskId};
 
 /// The first frame on a data connection, from the producing TaskManager.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -96,66 +31,6 @@ pub enum DataHelloReply {
     NotYet,
     /// The epoch is over (or the channel unknown): give up.
     Fenced,
-}
-
-/// One data frame: the serialized form of `runtime::Message`.
-#[derive(Debug, Serialize, Deserialize)]
-pub enum DataFrame<R> {
-    Records(Vec<R>),
-    Barrier(WireBarrier),
-    EndOfStream,
-    Watermark(Watermark),
-}
-
-/// Borrowing twin of `DataFrame` for encoding without copying the batch; postcard gives both
-/// the same bytes (variant index, then the fields).
-#[derive(Serialize)]
-enum DataFrameRef<'a, R> {
-    Records(&'a [R]),
-    Barrier(&'a WireBarrier),
-    EndOfStream,
-    Watermark(Watermark),
-}
-
-/// Appends the encoding of `message` to `out`.
-pub fn encode_data<R: Serialize>(message: &Message<R>, out: &mut Vec<u8>) -> Result<()> {
-    let barrier;
-    let frame = match message {
-        Message::Records(records) => DataFrameRef::Records(records),
-        Message::Barrier(b) => {
-            barrier = WireBarrier::from(b);
-            DataFrameRef::Barrier(&barrier)
-        }
-        Message::EndOfStream => DataFrameRef::EndOfStream,
-        Message::Watermark(w) => DataFrameRef::Watermark(*w),
-    };
-    let encoded = std::mem::take(out);
-    *out = postcard::to_extend(&frame, encoded).map_err(|e| Error::codec("data frame", e))?;
-    Ok(())
-}
-
-/// Decodes one data frame payload. Never panics on arbitrary bytes (fuzzed).
-pub fn decode_data<R: serde::de::DeserializeOwned>(payload: &[u8]) -> Result<DataFrame<R>> {
-    let (frame, rest) =
-        postcard::take_from_bytes(payload).map_err(|e| Error::codec("data frame", e))?;
-    if !rest.is_empty() {
-        return Err(Error::codec(
-            "data frame",
-            format!("{} trailing bytes", rest.len()),
-        ));
-    }
-    Ok(frame)
-}
-
-impl<R> DataFrame<R> {
-    pub fn into_message(self, resolve: &dyn StoreResolver) -> Result<Message<R>> {
-        Ok(match self {
-            DataFrame::Records(records) => Message::Records(records),
-            DataFrame::Barrier(b) => Message::Barrier(b.into_barrier(resolve)?),
-            DataFrame::EndOfStream => Message::EndOfStream,
-            DataFrame::Watermark(w) => Message::Watermark(w),
-        })
-    }
 }
 
 /// The version of the RPC and data protocol. A TaskManager sends it in `Register`; a
@@ -412,6 +287,9 @@ pub fn decode_control<T: serde::de::DeserializeOwned>(payload: &[u8]) -> Result<
 mod tests {
     use super::*;
     use crate::runtime::shuffle::KeyedRecord;
+    use crate::runtime::{Barrier, Message};
+    use crate::storage::ObjectStore;
+    use crate::types::Watermark;
 
     struct NoStores;
     impl StoreResolver for NoStores {

@@ -8,11 +8,12 @@ use std::sync::Arc;
 use super::watermark::Watermark;
 use super::{Barrier, TaskEnv, TaskSnapshot};
 use crate::error::Result;
+pub use crate::functions::{Downstream, Output};
 
-/// The downstream end of a chain link.
-pub trait Collector<T>: Send {
+/// The downstream end of a chain link: where records go ([`Downstream::collect`]), plus the
+/// hooks of the task's lifecycle and checkpoints.
+pub trait Collector<T>: Downstream<T> + Send {
     fn open(&mut self, env: &TaskEnv) -> Result<()>;
-    fn collect(&mut self, item: T) -> Result<()>;
     /// Called with the barrier between the records before and after it. Snapshot, then forward.
     fn on_barrier(&mut self, barrier: &Barrier, snapshot: &mut TaskSnapshot) -> Result<()>;
     fn on_checkpoint_complete(&mut self, checkpoint_id: u64) -> Result<()>;
@@ -65,15 +66,22 @@ pub struct MapOp<T, U, F> {
     pub _t: PhantomData<fn(T)>,
 }
 
+impl<T, U, F> Downstream<T> for MapOp<T, U, F>
+where
+    F: Fn(T) -> U + Send + Sync,
+    U: 'static,
+{
+    fn collect(&mut self, item: T) -> Result<()> {
+        self.next.collect((self.f)(item))
+    }
+}
+
 impl<T, U, F> Collector<T> for MapOp<T, U, F>
 where
     F: Fn(T) -> U + Send + Sync,
     U: 'static,
 {
     forward_hooks!();
-    fn collect(&mut self, item: T) -> Result<()> {
-        self.next.collect((self.f)(item))
-    }
 }
 
 pub struct FilterOp<T, F> {
@@ -81,12 +89,11 @@ pub struct FilterOp<T, F> {
     pub next: Box<dyn Collector<T>>,
 }
 
-impl<T, F> Collector<T> for FilterOp<T, F>
+impl<T, F> Downstream<T> for FilterOp<T, F>
 where
     F: Fn(&T) -> bool + Send + Sync,
     T: 'static,
 {
-    forward_hooks!();
     fn collect(&mut self, item: T) -> Result<()> {
         if (self.f)(&item) {
             self.next.collect(item)?;
@@ -95,10 +102,32 @@ where
     }
 }
 
+impl<T, F> Collector<T> for FilterOp<T, F>
+where
+    F: Fn(&T) -> bool + Send + Sync,
+    T: 'static,
+{
+    forward_hooks!();
+}
+
 pub struct FlatMapOp<T, U, F> {
     pub f: Arc<F>,
     pub next: Box<dyn Collector<U>>,
     pub _t: PhantomData<fn(T)>,
+}
+
+impl<T, U, F, I> Downstream<T> for FlatMapOp<T, U, F>
+where
+    F: Fn(T) -> I + Send + Sync,
+    I: IntoIterator<Item = U>,
+    U: 'static,
+{
+    fn collect(&mut self, item: T) -> Result<()> {
+        for out in (self.f)(item) {
+            self.next.collect(out)?;
+        }
+        Ok(())
+    }
 }
 
 impl<T, U, F, I> Collector<T> for FlatMapOp<T, U, F>
@@ -108,23 +137,4 @@ where
     U: 'static,
 {
     forward_hooks!();
-    fn collect(&mut self, item: T) -> Result<()> {
-        for out in (self.f)(item) {
-            self.next.collect(out)?;
-        }
-        Ok(())
-    }
-}
-
-/// What user functions emit into.
-pub struct Output<'a, O> {
-    pub(crate) next: &'a mut dyn Collector<O>,
-    pub(crate) emitted: &'a mut u64,
-}
-
-impl<O> Output<'_, O> {
-    pub fn emit(&mut self, item: O) -> Result<()> {
-        *self.emitted += 1;
-        self.next.collect(item)
-    }
 }

@@ -10,10 +10,10 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
+use super::graph::{JobGraph, SINK_PENDING_STATE};
 use super::job::{JobCommand, JobHandle, JobState};
 use super::shutdown;
 use super::{ControlMessage, SavepointTarget, TaskEvent, TaskId};
-use crate::api::{JobGraph, stream::SINK_PENDING_STATE};
 use crate::checkpoint::{
     CheckpointCoordinator, CompletedCheckpoint, RestorePoint, SharedRestore, SnapshotKind,
 };
@@ -498,7 +498,7 @@ impl Attempt {
         commands: &Receiver<JobCommand>,
     ) -> Result<Option<Attempt>> {
         // Sinks settle what the restored checkpoint left pending before anything runs.
-        let recover_ctx = crate::api::RecoverContext {
+        let recover_ctx = crate::functions::RecoverContext {
             rt: plan.rt.clone(),
             doc: plan.doc.clone(),
             claimed: plan.claimed,

@@ -4,10 +4,11 @@
 
 use super::chain::{Collector, Output};
 use super::watermark::{Timestamp, Watermark, WatermarkTracker};
-use crate::api::{Key, KeyedProcessFunction};
 use crate::error::{Error, Result};
+use crate::functions::KeyedProcessFunction;
 use crate::state::timers::{attach_staged, delete_fired, processing_time_now};
 use crate::state::{KeyedContext, KeyedStateBackend, TimeDomain, Timer};
+use crate::types::Key;
 
 /// Stores the timers the last user call registered for `key`.
 pub(crate) fn after_call<K: Key>(backend: &mut KeyedStateBackend, key: &K) -> Result<()> {
@@ -102,7 +103,7 @@ pub(crate) fn fire_processing_timers<K: Key, T: 'static, O: 'static>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::runtime::chain::Collector;
+    use crate::runtime::chain::{Collector, Downstream};
     use crate::runtime::{Barrier, TaskEnv, TaskSnapshot};
     use crate::state::StateRegistry;
     use crate::state::keygroups::{KeyGroupRange, key_group_for_key_bytes};
@@ -144,12 +145,15 @@ mod tests {
     #[derive(Default)]
     struct Sink(Vec<(u64, TimeDomain, i64)>, Vec<Watermark>);
 
-    impl Collector<(u64, TimeDomain, i64)> for Sink {
-        fn open(&mut self, _env: &TaskEnv) -> Result<()> {
-            Ok(())
-        }
+    impl Downstream<(u64, TimeDomain, i64)> for Sink {
         fn collect(&mut self, item: (u64, TimeDomain, i64)) -> Result<()> {
             self.0.push(item);
+            Ok(())
+        }
+    }
+
+    impl Collector<(u64, TimeDomain, i64)> for Sink {
+        fn open(&mut self, _env: &TaskEnv) -> Result<()> {
             Ok(())
         }
         fn on_barrier(&mut self, _b: &Barrier, _s: &mut TaskSnapshot) -> Result<()> {

@@ -10,9 +10,9 @@ use std::time::Duration;
 use crossbeam_channel::{Receiver, Sender};
 
 use super::driver::{AttemptPlan, Deployment, DriverOptions, Executor, TaskHandle, run_job};
+use super::graph::{JobGraph, TaskSpec};
 use super::job::{JobCommand, JobHandle};
 use super::{TaskEnv, TaskEvent};
-use crate::api::{JobGraph, TaskSpec};
 use crate::checkpoint::SharedRestore;
 use crate::error::{Error, Result};
 use crate::spec::{CheckpointMode, JobDocument};

@@ -9,8 +9,10 @@
 pub mod chain;
 pub mod driver;
 pub(crate) mod event_time;
+pub mod graph;
 pub mod job;
 pub mod local;
+pub mod remote;
 pub mod shuffle;
 pub mod shutdown;
 pub mod task;
@@ -21,13 +23,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use crossbeam_channel::{Receiver, Sender};
-use serde::{Deserialize, Serialize};
 
+pub use crate::checkpoint::{Barrier, SavepointTarget};
 use crate::checkpoint::{KeyedStateHandle, SharedRestore, SubtaskState};
 use crate::error::Error;
 use crate::spec::{CheckpointMode, JobDocument};
 use crate::state::{OperatorStateSnapshot, Redistribution};
 use crate::storage::ObjectStore;
+pub use crate::types::TaskId;
 
 /// Records per channel message: amortizes channel cost without hurting latency much, since
 /// partial batches are flushed on a timer and at every barrier.
@@ -37,50 +40,13 @@ pub const CHANNEL_CAPACITY: usize = 8;
 /// Longest a partial batch waits before it is sent (Flink's buffer timeout).
 pub const FLUSH_INTERVAL: std::time::Duration = std::time::Duration::from_millis(50);
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub struct TaskId {
-    pub vertex: u32,
-    pub subtask: u32,
-}
-
-impl std::fmt::Display for TaskId {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "vertex {} subtask {}", self.vertex, self.subtask)
-    }
-}
-
-#[derive(Debug, Clone)]
-pub struct Barrier {
-    pub checkpoint_id: u64,
-    pub timestamp_ms: u64,
-    /// Set when this barrier takes a savepoint rather than a checkpoint.
-    pub savepoint: Option<SavepointTarget>,
-}
-
-/// Where a savepoint goes, and whether the job stops after it.
-#[derive(Debug, Clone)]
-pub struct SavepointTarget {
-    /// The savepoint directory itself: state objects and `_metadata` land directly in it,
-    /// so it is self-contained and never touched by checkpoint retention.
-    pub store: ObjectStore,
-    /// Stop-with-savepoint: sources emit nothing after this barrier, sinks commit when the
-    /// savepoint completes, then the job finishes.
-    pub stop: bool,
-}
-
-impl Barrier {
-    pub fn stops_job(&self) -> bool {
-        self.savepoint.as_ref().is_some_and(|s| s.stop)
-    }
-}
-
 /// What flows through a data channel, in order.
 #[derive(Debug)]
 pub enum Message<T> {
     Records(Vec<T>),
     Barrier(Barrier),
     /// Event time: no record with a timestamp at or below it follows on this channel.
-    Watermark(watermark::Watermark),
+    Watermark(crate::types::Watermark),
     EndOfStream,
 }
 

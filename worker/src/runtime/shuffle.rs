@@ -7,12 +7,12 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{SendTimeoutError, Sender};
 
-use super::chain::Collector;
+use super::chain::{Collector, Downstream};
 use super::watermark::Watermark;
 use super::{BATCH_SIZE, Barrier, Message, TaskEnv, TaskSnapshot};
-use crate::api::Key;
 use crate::error::{Error, Result};
 use crate::state::keygroups::{key_group_for_key_bytes, subtask_for_key_group};
+use crate::types::Key;
 
 /// A record with its key and key group, computed once by the producer.
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
@@ -112,12 +112,7 @@ impl<K: Key, T: Send + 'static> ShuffleWriter<K, T> {
     }
 }
 
-impl<K: Key, T: Send + 'static> Collector<T> for ShuffleWriter<K, T> {
-    fn open(&mut self, env: &TaskEnv) -> Result<()> {
-        self.cancelled = Some(env.cancelled.clone());
-        Ok(())
-    }
-
+impl<K: Key, T: Send + 'static> Downstream<T> for ShuffleWriter<K, T> {
     fn collect(&mut self, value: T) -> Result<()> {
         let key = (self.key_fn)(&value);
         self.key_bytes.clear();
@@ -134,6 +129,13 @@ impl<K: Key, T: Send + 'static> Collector<T> for ShuffleWriter<K, T> {
         if self.buffers[target].len() >= BATCH_SIZE {
             self.send_batch(target)?;
         }
+        Ok(())
+    }
+}
+
+impl<K: Key, T: Send + 'static> Collector<T> for ShuffleWriter<K, T> {
+    fn open(&mut self, env: &TaskEnv) -> Result<()> {
+        self.cancelled = Some(env.cancelled.clone());
         Ok(())
     }
 

@@ -12,15 +12,18 @@ use super::{
     BATCH_SIZE, Barrier, ControlMessage, FLUSH_INTERVAL, Message, Task, TaskEnv, TaskEvent,
     TaskSnapshot,
 };
-use crate::api::{Key, KeyedProcessFunction, SourceContext, SourceFactory, SourceStatus};
 use crate::checkpoint::KeyedStateHandle;
 use crate::checkpoint::incremental::{self, IncrementalSnapshots};
 use crate::error::{Error, Result};
 use crate::fault_points::{self, FaultPoint};
+use crate::functions::{
+    KeyedProcessFunction, SourceContext, SourceFactory, SourceReader, SourceStatus,
+};
 use crate::spec::CheckpointMode;
 use crate::spec::layout;
 use crate::state::keygroups::key_group_range_for_subtask;
 use crate::state::{KeyGroupRange, KeyedContext, KeyedStateBackend, Redistribution, StateRegistry};
+use crate::types::Key;
 
 /// Name of a source's offsets in operator state.
 pub const SOURCE_OFFSETS_STATE: &str = "offsets";
@@ -64,7 +67,7 @@ impl<T: Send + 'static> Task for SourceTask<T> {
         let stopping = std::cell::Cell::new(false);
         let handle = |msg: ControlMessage,
                       chain: &mut Box<dyn Collector<T>>,
-                      reader: &mut Box<dyn crate::api::SourceReader<T>>|
+                      reader: &mut Box<dyn SourceReader<T>>|
          -> Result<Flow> {
             match msg {
                 ControlMessage::TriggerCheckpoint(barrier) => {

@@ -6,24 +6,7 @@
 //! left out, so one quiet source subtask does not hold event time back for everyone. The
 //! watermark a task forwards never decreases.
 
-use serde::{Deserialize, Serialize};
-
-/// Milliseconds since the epoch, as event timestamps are.
-pub type Timestamp = i64;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Watermark {
-    /// No record with a timestamp `<= t` follows.
-    At(Timestamp),
-    /// This channel has had no records for a while: leave it out of the minimum until it
-    /// sends `At` again (Flink's `WatermarkStatus.IDLE`).
-    Idle,
-}
-
-impl Watermark {
-    /// Sent at the end of input: fires every event-time timer and window.
-    pub const MAX: Watermark = Watermark::At(Timestamp::MAX);
-}
+pub use crate::types::{Timestamp, Watermark};
 
 #[derive(Debug, Clone, Copy)]
 struct InputClock {

@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 
 use super::handles::KeyedContext;
 use crate::error::{Error, Result};
-use crate::runtime::watermark::Timestamp;
+use crate::types::Timestamp;
 
 const TIMER_MARK: [u8; 4] = [0xFF; 4];
 

@@ -1,15 +1,25 @@
 //! A job graph is a recipe: `instantiate` wires fresh channels and tasks for one attempt, so
-//! a restart never reuses anything from the failed attempt.
+//! a restart never reuses anything from the failed attempt. `topology` follows the same recipe
+//! without building a task or a channel, for whoever only places and controls the tasks.
 
 use std::sync::Arc;
 
 use crossbeam_channel::{Receiver, Sender};
 
-use super::Data;
-use crate::cluster::exchange::{Incoming, IncomingChannel, Outgoing, OutgoingChannel};
-use crate::cluster::wire::ChannelId;
+use super::remote::{ChannelId, Incoming, IncomingChannel, Outgoing, OutgoingChannel};
+use super::{CHANNEL_CAPACITY, Message, Task, TaskId};
 use crate::error::Result;
-use crate::runtime::{CHANNEL_CAPACITY, Message, Task, TaskId};
+use crate::functions::RecoverContext;
+use crate::types::Data;
+
+/// What a task is, without the task: enough to place, control and report on it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TaskInfo {
+    pub id: TaskId,
+    /// The operator uid of the task's vertex.
+    pub name: String,
+    pub is_source: bool,
+}
 
 pub struct TaskSpec {
     pub id: TaskId,
@@ -30,6 +40,10 @@ pub struct GraphBuilder {
     exchanges: u32,
     outgoing: Vec<Box<dyn OutgoingChannel>>,
     incoming: Vec<Box<dyn IncomingChannel>>,
+    /// Set by `JobGraph::topology`: record which tasks there are in `topology`, and build no
+    /// task and no channel.
+    topology_only: bool,
+    topology: Vec<TaskInfo>,
 }
 
 /// One attempt's tasks for this process, and the channel ends that cross to other processes.
@@ -54,6 +68,8 @@ impl GraphBuilder {
             exchanges: 0,
             outgoing: Vec::new(),
             incoming: Vec::new(),
+            topology_only: false,
+            topology: Vec::new(),
         }
     }
 
@@ -65,11 +81,18 @@ impl GraphBuilder {
 
     /// Channels from every producer subtask to every consumer subtask. Between two local
     /// subtasks a channel is a bounded queue; when exactly one end is local, that end is a
-    /// queue too and the other end goes to a network pump (see `cluster::exchange`).
+    /// queue too and the other end goes to a network pump (see `remote`). When only the
+    /// topology is wanted, every producer and consumer gets no channel at all.
     pub fn exchange<R: Data>(&mut self) -> ExchangeEnds<R> {
         let parallelism = self.parallelism as usize;
         let exchange = self.exchanges;
         self.exchanges += 1;
+        if self.topology_only {
+            return (
+                (0..parallelism).map(|_| Vec::new()).collect(),
+                (0..parallelism).map(|_| Vec::new()).collect(),
+            );
+        }
         let mut senders: Vec<Vec<_>> = (0..parallelism).map(|_| Vec::new()).collect();
         let mut receivers: Vec<Vec<_>> = (0..parallelism).map(|_| Vec::new()).collect();
         for (producer, outputs) in senders.iter_mut().enumerate() {
@@ -104,13 +127,29 @@ impl GraphBuilder {
         (self.vertices.len() - 1) as u32
     }
 
-    pub fn add_task(&mut self, vertex: u32, subtask: u32, is_source: bool, task: Box<dyn Task>) {
+    /// Adds subtask `subtask` of `vertex`; `task` builds it, unless only the topology is wanted.
+    pub fn add_task(
+        &mut self,
+        vertex: u32,
+        subtask: u32,
+        is_source: bool,
+        task: impl FnOnce() -> Box<dyn Task>,
+    ) {
+        let id = TaskId { vertex, subtask };
         let name = self.vertices[vertex as usize].clone();
+        if self.topology_only {
+            self.topology.push(TaskInfo {
+                id,
+                name,
+                is_source,
+            });
+            return;
+        }
         self.tasks.push(TaskSpec {
-            id: TaskId { vertex, subtask },
+            id,
             name,
             is_source,
-            task,
+            task: task(),
         });
     }
 
@@ -119,9 +158,12 @@ impl GraphBuilder {
     }
 }
 
+/// Name of a sink's pending commits in operator state.
+pub const SINK_PENDING_STATE: &str = "pending";
+
 /// Recovery hook of a sink, type-erased so the graph can hold sinks of any record type.
 pub(crate) trait SinkRecovery: Send + Sync {
-    fn recover(&self, pending: Vec<serde_json::Value>, ctx: &super::RecoverContext) -> Result<()>;
+    fn recover(&self, pending: Vec<serde_json::Value>, ctx: &RecoverContext) -> Result<()>;
 }
 
 /// Wires one attempt's tasks and channels into a builder.
@@ -134,11 +176,35 @@ pub struct JobGraph {
 }
 
 impl JobGraph {
+    /// One job of two pipelines that share operators, e.g. a window's results and its late
+    /// records, each ending in its own sink.
+    pub fn and(self, other: JobGraph) -> JobGraph {
+        let (first, second) = (self.build, other.build);
+        let mut sinks = self.sinks;
+        sinks.extend(other.sinks);
+        JobGraph {
+            build: Arc::new(move |graph| {
+                first(graph)?;
+                second(graph)
+            }),
+            sinks,
+        }
+    }
+
     /// Every task of one attempt, wired in this process (local mode).
     pub fn instantiate(&self, parallelism: u32, max_parallelism: u32) -> Result<Vec<TaskSpec>> {
         let mut builder = GraphBuilder::new(parallelism, max_parallelism);
         (self.build)(&mut builder)?;
         Ok(builder.into_tasks())
+    }
+
+    /// Every task of one attempt as `instantiate` builds them, in the same order, without
+    /// building any task or channel (the JobManager only places and controls them).
+    pub fn topology(&self, parallelism: u32, max_parallelism: u32) -> Result<Vec<TaskInfo>> {
+        let mut builder = GraphBuilder::new(parallelism, max_parallelism);
+        builder.topology_only = true;
+        (self.build)(&mut builder)?;
+        Ok(builder.topology)
     }
 
     /// The tasks of the subtask indices in `local` (one TaskManager's share of an attempt),
