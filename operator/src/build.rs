@@ -72,7 +72,7 @@ pub fn rest_token_secret_name(name: &str) -> String {
 /// created again under the same name must not find (and mount) its predecessor's Secret,
 /// which the garbage collector is about to delete; its own is created and never replaced.
 pub fn peer_tls_secret_name(owner: &Owner) -> String {
-    let uid = owner.uid.as_deref().unwrap_or_default();
+    let uid = owner.uid().unwrap_or_default();
     let short = uid.get(..8).unwrap_or(uid);
     format!("{}-peer-tls-{short}", owner.name)
 }
@@ -209,13 +209,13 @@ fn pod_hash(desired: &Desired, restart_nonce: u32) -> Result<String> {
 
 /// The StreamJob object its children belong to: their names and namespace, and the owner
 /// reference every child carries.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Owner {
     pub name: String,
     pub namespace: String,
-    /// Assigned by the API server; `None` for a StreamJob that never went through it, which
-    /// nothing can be owned by.
-    pub uid: Option<String>,
+    /// kube's controller reference to the StreamJob; `None` for one that never went through
+    /// the API server (no uid), which nothing can be owned by.
+    reference: Option<OwnerReference>,
 }
 
 impl Owner {
@@ -227,8 +227,13 @@ impl Owner {
                 .namespace
                 .clone()
                 .unwrap_or_else(|| "default".into()),
-            uid: job.metadata.uid.clone(),
+            reference: job.controller_owner_ref(&()),
         }
+    }
+
+    /// The StreamJob's uid, assigned by the API server.
+    pub fn uid(&self) -> Option<&str> {
+        self.reference.as_ref().map(|r| r.uid.as_str())
     }
 
     /// The worker's job id (and checkpoint directory name) of this StreamJob.
@@ -236,21 +241,10 @@ impl Owner {
         job_id(&self.namespace, &self.name)
     }
 
-    /// The controller owner reference, as `Resource::controller_owner_ref` makes it.
     fn reference(&self) -> Result<OwnerReference> {
-        match &self.uid {
-            Some(uid) if !self.name.is_empty() => Ok(OwnerReference {
-                api_version: StreamJob::api_version(&()).into_owned(),
-                kind: StreamJob::kind(&()).into_owned(),
-                name: self.name.clone(),
-                uid: uid.clone(),
-                controller: Some(true),
-                ..OwnerReference::default()
-            }),
-            _ => Err(Error::InvalidSpec(
-                "StreamJob has no uid yet; it must come from the API server".into(),
-            )),
-        }
+        self.reference.clone().ok_or_else(|| {
+            Error::InvalidSpec("StreamJob has no uid yet; it must come from the API server".into())
+        })
     }
 
     fn meta(&self, name: String, component: &str) -> Result<ObjectMeta> {

@@ -265,7 +265,7 @@ pub(super) fn finalizer_patch(seen: &[String], add: bool) -> Option<serde_json::
 /// CA would split the job's running pods into two groups that refuse each other). Asked once
 /// per StreamJob and operator process.
 async fn create_peer_tls_secret(ctx: &Context, owner: &Owner) -> Result<()> {
-    let uid = owner.uid.clone().unwrap_or_default();
+    let uid = owner.uid().unwrap_or_default().to_string();
     fn known(ctx: &Context) -> std::sync::MutexGuard<'_, std::collections::HashSet<String>> {
         ctx.peer_tls_secrets
             .lock()
