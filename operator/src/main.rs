@@ -16,7 +16,7 @@ use weir_operator::jobmanager::JobManagerEndpoint;
 use weir_operator::leader::LeaseLock;
 use weir_operator::metrics::Metrics;
 use weir_operator::rest_token::TokenKey;
-use weir_operator::storage::SchemeStore;
+use weir_operator::storage::ObjectStores;
 
 #[derive(Debug, Parser)]
 #[command(version, about = "Kubernetes operator for Weir StreamJobs")]
@@ -112,7 +112,7 @@ async fn main() -> anyhow::Result<()> {
         Context::new(
             client.clone(),
             endpoint,
-            Arc::new(SchemeStore::default()),
+            Arc::new(ObjectStores::default()),
             metrics,
         )?
         .with_rest_token_key(rest_token_key)

@@ -1,89 +1,47 @@
 //! The operator's S3 checkpoint store against a real S3 server: `s3s-fs` serving a temp folder
 //! on a loopback port (each top-level directory is a bucket, each object a plain file).
-//! Skipped, with a message, when `s3s-fs` is not installed
-//! (`cargo install s3s-fs@0.14.1 --features binary --locked`).
+//! Without `s3s-fs` installed the tests fail, saying how to install it
+//! (`scripts/install-deps.sh`).
 
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+// The S3 test server every crate uses, kept with the storage crate's own tests.
+#[path = "../../storage/tests/support/s3.rs"]
+mod s3_server;
+
+use std::net::{Ipv4Addr, TcpListener};
 use std::time::{Duration, Instant};
 
-use weir_operator::storage::{CheckpointStore, S3Store, SchemeStore, StoredCheckpoint};
+use weir_operator::storage::{CheckpointStore, ObjectStores, StoredCheckpoint};
 use weir_spec::S3Options;
 
-const ACCESS_KEY: &str = "weir-operator-test";
-const SECRET_KEY: &str = "weir-operator-test-secret";
+use s3_server::{ACCESS_KEY, SECRET_KEY};
 const BUCKET: &str = "state";
 const JOB_ID: &str = "streams-clicks";
 
-/// `s3s-fs` on a free loopback port; killed on drop.
-struct S3Server {
-    endpoint: String,
-    root: tempfile::TempDir,
-    child: Child,
-}
+/// The shared server with the bucket `state`, and objects written straight to disk (s3s-fs
+/// serves a file `root/state/<key>` as `s3://state/<key>`).
+struct S3Server(s3_server::S3Server);
 
 impl S3Server {
-    /// `None` when the binary is not installed.
-    fn start() -> Option<S3Server> {
-        let binary = find_binary()?;
-        let root = tempfile::Builder::new()
-            .prefix("weir-operator-s3-")
-            .tempdir()
-            .expect("temp dir for the S3 root");
-        std::fs::create_dir_all(root.path().join(BUCKET)).expect("bucket directory");
-        let port = free_port();
-        let child = Command::new(&binary)
-            .args(["--host", "127.0.0.1", "--port", &port.to_string()])
-            .args(["--access-key", ACCESS_KEY, "--secret-key", SECRET_KEY])
-            .arg(root.path())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawn {}: {e}", binary.display()));
-        let server = S3Server {
-            endpoint: format!("http://127.0.0.1:{port}"),
-            root,
-            child,
-        };
-        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
-            assert!(Instant::now() < deadline, "s3s-fs did not listen on {addr}");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Some(server)
+    fn start() -> S3Server {
+        let server = s3_server::S3Server::start();
+        server.create_bucket(BUCKET);
+        S3Server(server)
     }
 
     /// What a StreamJob's `spec.job.s3` would say, plus static test credentials (in a cluster
     /// they come from the operator pod's environment or IRSA).
     fn options(&self) -> S3Options {
-        S3Options {
-            endpoint: Some(self.endpoint.clone()),
-            region: Some("us-east-1".into()),
-            force_path_style: true,
-            instance_metadata: false,
-            static_credentials: Some((ACCESS_KEY.into(), SECRET_KEY.into())),
-        }
+        self.0.options()
     }
 
-    /// Writes an object straight to disk; s3s-fs serves it as `s3://state/<key>`.
     fn put(&self, key: &str) {
-        let path = self.root.path().join(BUCKET).join(key);
+        let path = self.0.bucket_path(BUCKET).join(key);
         std::fs::create_dir_all(path.parent().expect("key has a parent")).expect("mkdir");
         std::fs::write(&path, b"weir").expect("write object");
     }
 
     fn exists(&self, key: &str) -> bool {
-        self.root.path().join(BUCKET).join(key).exists()
-    }
-}
-
-impl Drop for S3Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.0.bucket_path(BUCKET).join(key).exists()
     }
 }
 
@@ -94,35 +52,9 @@ fn free_port() -> u16 {
         .expect("a free loopback port")
 }
 
-fn find_binary() -> Option<PathBuf> {
-    let on_path = std::env::var_os("PATH")
-        .into_iter()
-        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>());
-    let cargo_home = std::env::var_os("CARGO_HOME").map(|h| PathBuf::from(h).join("bin"));
-    let home = std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo/bin"));
-    on_path
-        .chain(cargo_home)
-        .chain(home)
-        .map(|dir| dir.join("s3s-fs"))
-        .find(|candidate| Path::new(candidate).is_file())
-}
-
-/// A test that cannot reach its S3 server must not pass: it panics with how to install
-/// s3s-fs, as the worker's S3 tests do (scripts/install-deps.sh installs it).
-macro_rules! s3_server {
-    () => {
-        S3Server::start().unwrap_or_else(|| {
-            panic!(
-                "s3s-fs is not installed (PATH, $CARGO_HOME/bin, ~/.cargo/bin): run \
-                 scripts/install-deps.sh or `cargo install s3s-fs@0.14.1 --features binary --locked`"
-            )
-        })
-    };
-}
-
 #[tokio::test]
 async fn latest_completed_checkpoint_is_the_newest_with_metadata() {
-    let server = s3_server!();
+    let server = S3Server::start();
     server.put(&format!("checkpoints/{JOB_ID}/chk-9/_metadata"));
     server.put(&format!("checkpoints/{JOB_ID}/chk-10/_metadata"));
     server.put(&format!("checkpoints/{JOB_ID}/chk-10/state/op-1/part-0"));
@@ -130,7 +62,7 @@ async fn latest_completed_checkpoint_is_the_newest_with_metadata() {
     server.put(&format!("checkpoints/{JOB_ID}/chk-11/state/op-1/part-0"));
     server.put("checkpoints/streams-other/chk-99/_metadata");
 
-    let latest = S3Store::default()
+    let latest = ObjectStores::default()
         .latest_completed_checkpoint(&server.options(), "s3://state/checkpoints", JOB_ID)
         .await
         .expect("lists");
@@ -146,10 +78,10 @@ async fn latest_completed_checkpoint_is_the_newest_with_metadata() {
 
 #[tokio::test]
 async fn a_job_without_checkpoints_has_none() {
-    let server = s3_server!();
+    let server = S3Server::start();
     server.put(&format!("checkpoints/{JOB_ID}/chk-1/state/part-0"));
 
-    let latest = S3Store::default()
+    let latest = ObjectStores::default()
         .latest_completed_checkpoint(&server.options(), "s3://state/checkpoints/", JOB_ID)
         .await
         .expect("lists");
@@ -159,10 +91,10 @@ async fn a_job_without_checkpoints_has_none() {
 
 #[tokio::test]
 async fn savepoint_is_complete_only_once_its_metadata_exists() {
-    let server = s3_server!();
+    let server = S3Server::start();
     server.put("savepoints/streams-clicks/savepoint-1/_metadata");
     server.put("savepoints/streams-clicks/savepoint-2/state/part-0");
-    let store = SchemeStore::default();
+    let store = ObjectStores::default();
     let options = server.options();
 
     let complete = store
@@ -183,12 +115,12 @@ async fn savepoint_is_complete_only_once_its_metadata_exists() {
 
 #[tokio::test]
 async fn deleting_a_savepoint_removes_every_object_under_it_and_nothing_else() {
-    let server = s3_server!();
+    let server = S3Server::start();
     for file in ["_metadata", "state/op-1/part-0", "state/op-2/part-0"] {
         server.put(&format!("savepoints/{JOB_ID}/savepoint-1/{file}"));
     }
     server.put(&format!("savepoints/{JOB_ID}/savepoint-10/_metadata"));
-    let store = S3Store::default();
+    let store = ObjectStores::default();
 
     store
         .delete_dir(
@@ -215,10 +147,10 @@ async fn deleting_a_savepoint_removes_every_object_under_it_and_nothing_else() {
 
 #[tokio::test]
 async fn refuses_to_delete_a_bucket_root() {
-    let server = s3_server!();
+    let server = S3Server::start();
     server.put("keep/me");
 
-    let err = S3Store::default()
+    let err = ObjectStores::default()
         .delete_dir(&server.options(), "s3://state")
         .await
         .expect_err("refused");
@@ -237,7 +169,7 @@ async fn unreachable_s3_is_an_error_naming_the_location() {
         static_credentials: Some((ACCESS_KEY.into(), SECRET_KEY.into())),
     };
 
-    let err = S3Store::default()
+    let err = ObjectStores::default()
         .latest_completed_checkpoint(&options, "s3://state/checkpoints", JOB_ID)
         .await
         .expect_err("connection refused");
@@ -264,7 +196,7 @@ async fn custom_endpoint_without_credentials_fails_fast_on_one_line_without_inst
     };
 
     let started = Instant::now();
-    let err = S3Store::default()
+    let err = ObjectStores::default()
         .latest_completed_checkpoint(&options, "s3://state/checkpoints", JOB_ID)
         .await
         .expect_err("no credentials or nothing listening");

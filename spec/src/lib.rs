@@ -38,7 +38,8 @@ pub type Result<T, E = SpecError> = std::result::Result<T, E>;
 /// Connection settings for every `s3://` location of a job. Everything is optional; unset
 /// fields fall back to the standard AWS environment and credential chain (`AWS_ENDPOINT_URL`,
 /// `AWS_REGION`, `AWS_ACCESS_KEY_ID`, web identity, instance profile, ...).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+// `Eq` and `Hash`: the operator keeps one client per distinct setting.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct S3Options {

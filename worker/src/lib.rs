@@ -5,7 +5,8 @@
 //!
 //! Modules from the bottom up; each uses only those listed before it (`docs/architecture.md`):
 //!
-//! - [`storage`]: local files and S3 behind one `ObjectStore`;
+//! - [`storage`]: local files and S3 behind one `ObjectStore` (crate `weir-storage`, shared with
+//!   the operator);
 //! - `error`, `metrics`, `fault_points`: used at every layer above;
 //! - [`types`]: the shared vocabulary (records and keys, event time, task ids);
 //! - [`state`]: keyed state in RocksDB split into key groups, and operator state;
@@ -44,8 +45,9 @@ pub mod cluster;
 pub use weir_spec::fault_points;
 #[doc(hidden)]
 pub mod runtime;
+/// Object storage (its own crate: the operator reads checkpoints through it too).
 #[doc(hidden)]
-pub mod storage;
+pub use weir_storage as storage;
 
 // Internal only; `api` re-exports the traits of `functions`.
 mod error;

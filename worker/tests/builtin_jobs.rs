@@ -323,3 +323,47 @@ fn every_example_job_document_is_valid() {
     }
     assert!(checked >= 10, "{checked} examples");
 }
+
+/// With no credential source configured, a job on S3 stops at start-up with a message naming
+/// every way to give credentials, and never asks the EC2 instance metadata service (it is not
+/// in the chain unless `s3.instanceMetadata` allows it).
+#[test]
+fn a_job_with_no_s3_credentials_fails_at_start_naming_how_to_give_them() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let job = dir.path().join("job.yaml");
+    std::fs::write(
+        &job,
+        "job: {name: sequence-check, args: {keys: 2, eventsPerKey: 10, output: 's3://b/out'}}\n\
+         checkpointing: {interval: 1s, storage: 's3://b/chk'}\n\
+         s3: {endpoint: 'http://127.0.0.1:9', forcePathStyle: true}\n",
+    )
+    .expect("write job");
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_weir-worker"));
+    cmd.args(["local", "--job"])
+        .arg(&job)
+        .arg("--work-dir")
+        .arg(dir.path().join("work"));
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("AWS_") {
+            cmd.env_remove(name);
+        }
+    }
+    // No ~/.aws profile either.
+    let output = cmd
+        .env("HOME", dir.path())
+        .output()
+        .expect("spawn weir-worker");
+    assert!(!output.status.success(), "started without credentials");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("no S3 credentials configured")
+            && stderr.contains("AWS_ACCESS_KEY_ID")
+            && stderr.contains("s3CredentialsSecret")
+            && stderr.contains("AWS_WEB_IDENTITY_TOKEN_FILE")
+            && stderr.contains("instanceMetadata"),
+        "{stderr}"
+    );
+    for imds in ["IMDS", "Ec2InstanceMetadata", "169.254.169.254"] {
+        assert!(!stderr.contains(imds), "{stderr}");
+    }
+}

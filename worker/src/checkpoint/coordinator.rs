@@ -201,12 +201,7 @@ impl CheckpointCoordinator {
 
     /// Reads where a takeover would write and the job's state there.
     pub async fn survey(&self) -> Result<Survey> {
-        let newest = list_checkpoints(&self.job_store)
-            .await?
-            .into_iter()
-            .rev()
-            .find(|(_, has_metadata)| *has_metadata)
-            .map(|(id, _)| id);
+        let newest = weir_storage::checkpoints::latest_completed(&self.job_store).await?;
         let Some(newest) = newest else {
             return Ok(Survey {
                 next_id: 1,

@@ -74,21 +74,8 @@ pub async fn read_entry(
 }
 
 /// Ids of every `chk-<n>` directory under a job's storage, with whether it has `_metadata`
-/// (a completed checkpoint or a claim).
-pub async fn list_checkpoints(job_store: &ObjectStore) -> Result<Vec<(u64, bool)>> {
-    let mut found: std::collections::BTreeMap<u64, bool> = Default::default();
-    for object in job_store.list(layout::checkpoint_dir_prefix()).await? {
-        let Some((dir, rest)) = object.key.split_once('/') else {
-            continue;
-        };
-        let Some(id) = layout::parse_checkpoint_dir(dir) else {
-            continue;
-        };
-        let complete = found.entry(id).or_insert(false);
-        *complete |= rest == layout::METADATA_OBJECT;
-    }
-    Ok(found.into_iter().collect())
-}
+/// (a completed checkpoint or a claim). The operator reads the folder with the same function.
+pub use weir_storage::checkpoints::list as list_checkpoints;
 
 /// A checkpoint or savepoint opened for restore: its metadata and the store of its directory.
 #[derive(Debug, Clone)]
@@ -157,15 +144,8 @@ impl RestorePoint {
     /// The job's state as of its newest `chk-<n>/_metadata`: that checkpoint, or the state the
     /// claim there names. `None` when the job has no checkpoint yet (or started empty).
     pub async fn latest(job_store: &ObjectStore) -> Result<Option<RestorePoint>> {
-        let newest = list_checkpoints(job_store)
-            .await?
-            .into_iter()
-            .rev()
-            .find(|(_, has_metadata)| *has_metadata);
-        match newest {
-            Some((id, _)) => {
-                RestorePoint::resolve(job_store.child(&layout::checkpoint_dir(id))).await
-            }
+        match weir_storage::checkpoints::latest_completed(job_store).await? {
+            Some(id) => RestorePoint::resolve(job_store.child(&layout::checkpoint_dir(id))).await,
             None => Ok(None),
         }
     }

@@ -3,6 +3,8 @@
 #![allow(dead_code)]
 
 pub mod kafka;
+// One S3 test server for every crate: it lives with the storage crate's own tests.
+#[path = "../../../storage/tests/support/s3.rs"]
 pub mod s3;
 pub mod tls;
 

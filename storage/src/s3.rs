@@ -5,12 +5,13 @@ use std::path::Path;
 
 use aws_sdk_s3::Client;
 use aws_sdk_s3::config::http::HttpResponse;
-use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::{ByteStream, Length};
 use aws_sdk_s3::types::{
     ChecksumAlgorithm, CompletedMultipartUpload, CompletedPart, Delete, ObjectIdentifier,
 };
 use bytes::Bytes;
+use weir_spec::s3::Purpose;
 
 use super::location::join_prefix;
 use super::{MULTIPART_THRESHOLD, ObjectMeta, Result, S3Options, StorageError, io_err};
@@ -35,12 +36,13 @@ impl S3Store {
     /// store if that fails.
     pub(super) async fn open(
         s3: &S3Options,
+        purpose: Purpose,
         bucket: &str,
         prefix: &str,
         uri: &str,
     ) -> Result<S3Store> {
         Ok(S3Store {
-            client: weir_spec::s3::client(s3, weir_spec::s3::Purpose::Transfer)
+            client: weir_spec::s3::client(s3, purpose)
                 .await
                 .map_err(|message| StorageError::S3 {
                     op: "configure the client",
@@ -353,12 +355,51 @@ fn full_key(root_prefix: &str, key: &str) -> String {
     }
 }
 
-fn s3_err<E: std::error::Error + 'static>(op: &'static str, uri: &str, err: &E) -> StorageError {
+/// An SDK call's error on one line, the same from one attempt to the next: the error chain
+/// (which names the cause, e.g. "Connection refused") plus the service's error code and
+/// message, without the SDK's debug dump (request ids, raw response) that would make every
+/// repetition of one problem read differently in logs and in a StreamJob's status.
+fn s3_err<E>(op: &'static str, uri: &str, err: &SdkError<E, HttpResponse>) -> StorageError
+where
+    E: std::error::Error + ProvideErrorMetadata + 'static,
+{
+    let mut message = error_chain(err);
+    if let Some(service) = err.as_service_error() {
+        for detail in [service.code(), service.message()].into_iter().flatten() {
+            if !message.contains(detail) {
+                message.push_str(": ");
+                message.push_str(detail);
+            }
+        }
+    }
     StorageError::S3 {
         op,
         uri: uri.to_string(),
-        message: DisplayErrorContext(err).to_string(),
+        message,
     }
+}
+
+/// Any other error of an S3 operation (building a request, reading a body), on one line.
+fn other_err<E: std::error::Error + 'static>(op: &'static str, uri: &str, err: &E) -> StorageError {
+    StorageError::S3 {
+        op,
+        uri: uri.to_string(),
+        message: error_chain(err),
+    }
+}
+
+/// `error: source: source's source`, skipping a level that only repeats the one before.
+fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut next = Some(err);
+    while let Some(e) = next {
+        let text = e.to_string();
+        if !text.is_empty() && parts.last() != Some(&text) {
+            parts.push(text);
+        }
+        next = e.source();
+    }
+    parts.join(": ").replace('\n', " ")
 }
 
 fn status_of<E>(err: &SdkError<E, HttpResponse>) -> Option<u16> {
@@ -414,7 +455,7 @@ async fn collect_body(body: ByteStream, uri: &str) -> Result<Bytes> {
     body.collect()
         .await
         .map(|agg| agg.into_bytes())
-        .map_err(|e| s3_err("GetObject", uri, &e))
+        .map_err(|e| other_err("GetObject", uri, &e))
 }
 
 fn slice_range(data: Bytes, offset: u64, len: u64) -> Bytes {
@@ -495,13 +536,13 @@ async fn delete_batch(client: &Client, bucket: &str, keys: Vec<String>, uri: &st
             .iter()
             .map(|k| ObjectIdentifier::builder().key(k).build())
             .collect::<std::result::Result<Vec<_>, _>>()
-            .map_err(|e| s3_err("DeleteObjects", uri, &e))?;
+            .map_err(|e| other_err("DeleteObjects", uri, &e))?;
         tracing::debug!(%uri, count = objects.len(), "storage delete batch");
         let delete = Delete::builder()
             .set_objects(Some(objects))
             .quiet(true)
             .build()
-            .map_err(|e| s3_err("DeleteObjects", uri, &e))?;
+            .map_err(|e| other_err("DeleteObjects", uri, &e))?;
         let out = client
             .delete_objects()
             .bucket(bucket)
@@ -617,7 +658,7 @@ async fn multipart_upload(
             .send()
             .await
         {
-            tracing::warn!(%uri, error = %DisplayErrorContext(&e), "aborting multipart upload failed");
+            tracing::warn!(%uri, error = %error_chain(&e), "aborting multipart upload failed");
         }
     }
     result

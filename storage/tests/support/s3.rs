@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use weir::storage::S3Options;
+use weir_spec::S3Options;
 
 pub const ACCESS_KEY: &str = "weir-test";
 pub const SECRET_KEY: &str = "weir-test-secret";

@@ -42,6 +42,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
+pub mod checkpoints;
 mod local;
 mod location;
 mod s3;
@@ -81,6 +82,8 @@ pub type Result<T, E = StorageError> = std::result::Result<T, E>;
 
 /// Connection settings for s3:// locations; defined with the job document, which carries them.
 pub use weir_spec::S3Options;
+/// What an S3 client is for, which decides its timeouts.
+pub use weir_spec::s3::Purpose;
 
 /// Used by both backends: local files, and local files uploaded to or downloaded from S3.
 fn io_err(uri: &str, source: io::Error) -> StorageError {
@@ -174,10 +177,20 @@ impl ObjectStore {
     /// no network I/O; connection problems surface on the first operation, a missing
     /// credential source right here ([`weir_spec::s3::client`]).
     pub async fn open(location: &Location, s3: &S3Options) -> Result<ObjectStore> {
+        Self::open_for(location, s3, Purpose::Transfer).await
+    }
+
+    /// Like [`ObjectStore::open`], with S3 timeouts for `purpose`: the worker moves state
+    /// ([`Purpose::Transfer`]), the operator only lists and checks ([`Purpose::Control`]).
+    pub async fn open_for(
+        location: &Location,
+        s3: &S3Options,
+        purpose: Purpose,
+    ) -> Result<ObjectStore> {
         let backend = match location {
             Location::Local(root) => Backend::Local(LocalStore::new(root.clone())),
             Location::S3 { bucket, prefix } => {
-                Backend::S3(S3Store::open(s3, bucket, prefix, &location.uri()).await?)
+                Backend::S3(S3Store::open(s3, purpose, bucket, prefix, &location.uri()).await?)
             }
         };
         Ok(ObjectStore {
