@@ -27,5 +27,5 @@ pub use crate::functions::{
     KeyedProcessFunction, Output as Emitter, RecoverContext, SinkContext, SinkFactory, SinkWriter,
     SourceContext, SourceFactory, SourceReader, SourceStatus,
 };
-pub use crate::runtime::graph::{GraphBuilder, JobGraph, TaskSpec};
+pub use crate::runtime::graph::JobGraph;
 pub use crate::types::{Data, Key};

@@ -1,10 +1,12 @@
 //! Keyed state (RocksDB behind a write-back cache, split into key groups) and operator state.
 
-pub mod backend;
+// The backend's machinery (RocksDB, key-group arithmetic, snapshot files) is the runtime's;
+// job authors reach state through the handles and the names re-exported below.
+pub(crate) mod backend;
 pub mod handles;
-pub mod keygroups;
+pub(crate) mod keygroups;
 pub mod operator;
-pub mod snapshot;
+pub(crate) mod snapshot;
 pub mod timers;
 
 pub use backend::KeyedStateBackend;
