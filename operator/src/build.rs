@@ -127,6 +127,7 @@ pub fn job_document(
         s3: template.s3.clone(),
         kafka: template.kafka.clone(),
         state,
+        cached_files: template.cached_files.clone(),
     }
 }
 
@@ -1157,6 +1158,27 @@ mod tests {
         assert_ne!(
             pod_hash_of(&restarted.taskmanagers),
             pod_hash_of(&latest.taskmanagers)
+        );
+    }
+
+    #[test]
+    fn cached_files_reach_the_job_document_and_changing_them_is_an_upgrade() {
+        let job = StreamJob::test().with_cached_file("url-names", "s3://b/cache/names.txt");
+        let children = children(&desired(&job), RestoreSource::Latest, 0).expect("builds");
+        let yaml = children
+            .config_map
+            .data
+            .as_ref()
+            .and_then(|d| d.get("job.yaml"))
+            .expect("job.yaml");
+        let doc = JobDocument::from_yaml(yaml, "job.yaml").expect("valid document");
+        assert_eq!(
+            doc.cached_files.get("url-names").map(String::as_str),
+            Some("s3://b/cache/names.txt")
+        );
+        assert_ne!(
+            spec_hash(&job.spec).expect("hash"),
+            spec_hash(&StreamJob::test().spec).expect("hash")
         );
     }
 

@@ -143,6 +143,11 @@ pub struct JobTemplate {
     /// Local state backend settings.
     #[serde(default)]
     pub state: StateConfig,
+    /// The distributed cache: name -> `s3://bucket/key` (or a `file:///path` present in every
+    /// worker pod). Each pod downloads every file once per attempt before its tasks start;
+    /// functions open them by name. A missing file fails the job, naming the entry.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub cached_files: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -756,6 +761,7 @@ pub(crate) mod test_support {
                         s3: S3Options::default(),
                         kafka: None,
                         state: StateConfig::default(),
+                        cached_files: BTreeMap::new(),
                     },
                     parallelism: 2,
                     task_manager: TaskManagerSpec::default(),
@@ -783,6 +789,11 @@ pub(crate) mod test_support {
 
         pub fn with_image(mut self, image: &str) -> Self {
             self.spec.image = image.into();
+            self
+        }
+
+        pub fn with_cached_file(mut self, name: &str, uri: &str) -> Self {
+            self.spec.job.cached_files.insert(name.into(), uri.into());
             self
         }
 

@@ -112,6 +112,50 @@ pub fn check_storage_uri(uri: &str) -> std::result::Result<(), String> {
     Ok(())
 }
 
+/// Checks the name of a cached file (`cachedFiles.<name>`): it becomes a file name in the
+/// worker's attempt directory, so it is a single safe path segment.
+pub fn check_cached_file_name(name: &str) -> std::result::Result<(), String> {
+    if name.is_empty() {
+        return Err("the name must not be empty".into());
+    }
+    if name == "." || name == ".." || name.starts_with('.') {
+        return Err(format!("{name:?} must not start with '.'"));
+    }
+    if name.len() > 255 {
+        return Err(format!("{name:?} is longer than 255 bytes"));
+    }
+    if !name
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
+    {
+        return Err(format!(
+            "{name:?} must use only [A-Za-z0-9._-] (it names a file on every worker)"
+        ));
+    }
+    Ok(())
+}
+
+/// Checks the URI of a cached file: `s3://bucket/key`, `file:///path` or a plain path, naming
+/// an object (not a bucket or a folder).
+pub fn check_cached_file_uri(uri: &str) -> std::result::Result<(), String> {
+    check_storage_uri(uri)?;
+    let path = uri
+        .strip_prefix("s3://")
+        .map(|rest| rest.split_once('/').map_or("", |(_, key)| key))
+        .or_else(|| uri.strip_prefix("file://"))
+        .unwrap_or(uri);
+    if path.is_empty() || path.ends_with('/') {
+        return Err(format!("{uri:?} must name a file, not a bucket or folder"));
+    }
+    if path
+        .split('/')
+        .any(|segment| segment == "." || segment == "..")
+    {
+        return Err(format!("{uri:?} has a `.` or `..` path segment"));
+    }
+    Ok(())
+}
+
 /// Flink's default: enough key groups to scale out to 128 subtasks.
 pub const DEFAULT_MAX_PARALLELISM: u32 = 128;
 /// Key groups are stored as u16 prefixes in state keys.
@@ -149,6 +193,11 @@ pub struct JobDocument {
     pub kafka: Option<KafkaOptions>,
     #[serde(default)]
     pub state: StateConfig,
+    /// The distributed cache (Flink's `registerCachedFile`): name -> `s3://bucket/key`,
+    /// `file:///path` or a plain path. Every process of an attempt downloads each file once
+    /// before its tasks start, and functions open it by name. A missing file fails the job.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub cached_files: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -630,6 +679,11 @@ impl JobDocument {
         if self.state.cache_bytes < (1 << 20) {
             return Err(SpecError::new("state.cacheBytes", "must be at least 1 MiB"));
         }
+        for (name, uri) in &self.cached_files {
+            let field = format!("cachedFiles.{name}");
+            check_cached_file_name(name).map_err(|e| SpecError::new(field.as_str(), e))?;
+            check_cached_file_uri(uri).map_err(|e| SpecError::new(field.as_str(), e))?;
+        }
         Ok(())
     }
 
@@ -768,6 +822,55 @@ s3: {endpoint: "http://127.0.0.1:9000", forcePathStyle: true}
         );
         let json = serde_json::to_string(&doc).expect("serializes");
         assert_eq!(JobDocument::from_yaml(&json, "json").expect("valid"), doc);
+    }
+
+    #[test]
+    fn cached_files_parse_and_default_to_none() {
+        let doc = parse(
+            "job: {name: x}\ncachedFiles: {url-names: 's3://b/dir/names.txt', \
+             rules.json: 'file:///etc/weir/rules.json', local: data/x.csv}",
+        )
+        .expect("valid");
+        assert_eq!(doc.cached_files.len(), 3);
+        assert_eq!(doc.cached_files["url-names"], "s3://b/dir/names.txt");
+        let json = serde_json::to_string(&doc).expect("serializes");
+        assert!(json.contains("\"cachedFiles\""), "{json}");
+        let plain = parse("job: {name: x}").expect("valid");
+        assert!(plain.cached_files.is_empty());
+        let json = serde_json::to_string(&plain).expect("serializes");
+        assert!(!json.contains("cachedFiles"), "{json}");
+    }
+
+    #[test]
+    fn cached_file_names_and_uris_are_checked_naming_the_entry() {
+        for (entry, problem) in [
+            ("'': s3://b/k", "must not be empty"),
+            ("'../x': s3://b/k", "must not start with '.'"),
+            ("'a/b': s3://b/k", "[A-Za-z0-9._-]"),
+            (".hidden: s3://b/k", "must not start with '.'"),
+            ("names: 's3://b'", "must name a file"),
+            ("names: 's3://b/'", "must name a file"),
+            ("names: 's3:///k'", "no bucket"),
+            ("names: 's3://b/dir/'", "must name a file"),
+            ("names: 's3://b/../k'", "`..`"),
+            ("names: 'file://relative/x'", "absolute path"),
+            ("names: 'http://host/x'", "unsupported scheme"),
+            ("names: ''", "must not be empty"),
+        ] {
+            let err =
+                parse(&format!("job: {{name: x}}\ncachedFiles: {{{entry}}}")).expect_err(entry);
+            let name = entry
+                .split(':')
+                .next()
+                .unwrap_or_default()
+                .trim_matches('\'');
+            assert!(
+                err.field == format!("cachedFiles.{name}"),
+                "{entry}: field {:?}",
+                err.field
+            );
+            assert!(err.message.contains(problem), "{entry}: {err}");
+        }
     }
 
     #[test]

@@ -78,6 +78,28 @@ impl Location {
         }
     }
 
+    /// The folder holding this location and its last segment: how a URI that names one object
+    /// opens as a store and a key. `None` at a bucket or filesystem root.
+    pub fn split_object(&self) -> Option<(Location, String)> {
+        match self {
+            Location::Local(path) => {
+                let name = path.file_name()?.to_str()?.to_string();
+                Some((Location::Local(path.parent()?.to_path_buf()), name))
+            }
+            Location::S3 { bucket, prefix } if prefix.is_empty() => None,
+            Location::S3 { bucket, prefix } => {
+                let (folder, name) = prefix.rsplit_once('/').unwrap_or(("", prefix));
+                Some((
+                    Location::S3 {
+                        bucket: bucket.clone(),
+                        prefix: folder.to_string(),
+                    },
+                    name.to_string(),
+                ))
+            }
+        }
+    }
+
     /// Canonical URI: `s3://bucket/prefix` (or `s3://bucket`) or `file:///abs`.
     pub fn uri(&self) -> String {
         match self {
@@ -179,6 +201,29 @@ mod tests {
                 other => panic!("{bad:?} should be invalid, got {other:?}"),
             }
         }
+    }
+
+    #[test]
+    fn an_object_location_splits_into_its_folder_and_name() {
+        let split = |uri: &str| {
+            parse(uri)
+                .split_object()
+                .map(|(folder, name)| (folder.uri(), name))
+        };
+        assert_eq!(
+            split("s3://b/dir/names.txt"),
+            Some(("s3://b/dir".into(), "names.txt".into()))
+        );
+        assert_eq!(
+            split("s3://b/names.txt"),
+            Some(("s3://b".into(), "names.txt".into()))
+        );
+        assert_eq!(split("s3://b"), None);
+        assert_eq!(
+            split("file:///etc/names.txt"),
+            Some(("file:///etc".into(), "names.txt".into()))
+        );
+        assert_eq!(split("/"), None);
     }
 
     #[test]

@@ -15,6 +15,20 @@ pub enum Error {
     #[error(transparent)]
     Storage(#[from] StorageError),
 
+    /// A file of the distributed cache (`cachedFiles.<name>`) could not be fetched. Missing or
+    /// unreadable is final; S3 being unreachable is retried by the restart strategy.
+    #[error("cached file {name:?} (cachedFiles.{name}: {uri}): {source}")]
+    CachedFile {
+        name: String,
+        uri: String,
+        #[source]
+        source: StorageError,
+    },
+
+    /// A function asked for a cached file the job document does not register.
+    #[error("no cached file {name:?}; the job document's cachedFiles has: {known}")]
+    UnknownCachedFile { name: String, known: String },
+
     /// A checkpoint or savepoint cannot be used for restore. Never answered by starting empty.
     #[error("cannot restore from {object}: {reason}")]
     CorruptCheckpoint { object: String, reason: String },
@@ -112,11 +126,18 @@ impl Error {
             Error::InvalidSpec { .. }
             | Error::UnknownJob { .. }
             | Error::CorruptCheckpoint { .. }
+            | Error::UnknownCachedFile { .. }
             | Error::MalformedRecord { .. }
             | Error::Fenced { .. }
             | Error::Terminated { .. }
             | Error::Refused { .. } => false,
             Error::Remote { recoverable, .. } => *recoverable,
+            // Missing, malformed or unreadable stays so; S3 being unreachable may pass.
+            Error::CachedFile { uri, source, .. } => match source {
+                StorageError::S3 { .. } => true,
+                StorageError::Io { .. } => uri.starts_with("s3://"),
+                StorageError::NotFound { .. } | StorageError::InvalidUri { .. } => false,
+            },
             _ => true,
         }
     }
@@ -139,6 +160,19 @@ impl Error {
         Error::Io {
             path: path.to_string(),
             source,
+        }
+    }
+
+    /// `name` is not among the `known` cached files.
+    pub fn unknown_cached_file<'a>(name: &str, known: impl Iterator<Item = &'a str>) -> Self {
+        let known: Vec<&str> = known.collect();
+        Error::UnknownCachedFile {
+            name: name.to_string(),
+            known: if known.is_empty() {
+                "none".to_string()
+            } else {
+                known.join(", ")
+            },
         }
     }
 

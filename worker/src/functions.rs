@@ -5,12 +5,14 @@
 //! The runtime calls these; it never calls the stream builders of `api`, which sit above it
 //! (as Flink's function interfaces sit below its runtime and its DataStream API above).
 
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::spec::JobDocument;
 use crate::state::{KeyedContext, StateRegistry, Timer};
+use crate::types::CachedFiles;
 
 /// Where a source subtask runs.
 pub struct SourceContext {
@@ -18,6 +20,22 @@ pub struct SourceContext {
     pub parallelism: u32,
     pub rt: tokio::runtime::Handle,
     pub doc: Arc<JobDocument>,
+    /// The distributed cache's files on this process (see [`SourceContext::cached_file`]).
+    pub cached_files: CachedFiles,
+}
+
+impl SourceContext {
+    /// The local copy of the job document's `cachedFiles.<name>`: read-only, shared by the
+    /// process's subtasks. Unknown names fail listing the registered ones.
+    pub fn cached_file(&self, name: &str) -> Result<&Path> {
+        cached_file(&self.cached_files, name)
+    }
+}
+
+fn cached_file<'a>(files: &'a CachedFiles, name: &str) -> Result<&'a Path> {
+    files
+        .path(name)
+        .ok_or_else(|| Error::unknown_cached_file(name, files.names()))
 }
 
 pub enum SourceStatus {
@@ -67,6 +85,16 @@ pub struct SinkContext {
     pub doc: Arc<JobDocument>,
     pub local_dir: std::path::PathBuf,
     pub attempt_id: String,
+    /// The distributed cache's files on this process (see [`SinkContext::cached_file`]).
+    pub cached_files: CachedFiles,
+}
+
+impl SinkContext {
+    /// The local copy of the job document's `cachedFiles.<name>`: read-only, shared by the
+    /// process's subtasks. Unknown names fail listing the registered ones.
+    pub fn cached_file(&self, name: &str) -> Result<&Path> {
+        cached_file(&self.cached_files, name)
+    }
 }
 
 /// What a sink's recovery hook runs with.

@@ -22,6 +22,12 @@ pub struct OperatorLabels {
     pub operator: String,
 }
 
+/// Labels of `weir_cached_file_downloads_total`: the `cachedFiles` entry.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CachedFileLabels {
+    pub name: String,
+}
+
 pub struct Metrics {
     pub registry: Registry,
     pub records_in: Family<OperatorLabels, Counter>,
@@ -52,6 +58,8 @@ pub struct Metrics {
     pub kafka_records_produced: Counter,
     pub network_bytes_sent: Counter,
     pub network_bytes_received: Counter,
+    /// Files of the distributed cache this process downloaded (once per attempt).
+    pub cached_file_downloads: Family<CachedFileLabels, Counter>,
     /// JobManager: registered TaskManagers and their slots; slots the job needs.
     pub task_managers: Gauge,
     pub slots_registered: Gauge,
@@ -102,6 +110,7 @@ impl Metrics {
             kafka_records_produced: Counter::default(),
             network_bytes_sent: Counter::default(),
             network_bytes_received: Counter::default(),
+            cached_file_downloads: Family::default(),
             task_managers: Gauge::default(),
             slots_registered: Gauge::default(),
             slots_required: Gauge::default(),
@@ -201,6 +210,11 @@ impl Metrics {
             "network_received_bytes",
             "Bytes of data frames received from other TaskManagers",
             metrics.network_bytes_received.clone(),
+        );
+        registry.register(
+            "cached_file_downloads",
+            "Files of the distributed cache (cachedFiles) downloaded by this process, by name",
+            metrics.cached_file_downloads.clone(),
         );
         registry.register(
             "task_managers",

@@ -404,6 +404,7 @@ fn a_zombie_writer_is_fenced_by_a_new_writer_with_the_same_transactional_id() {
         doc: Arc::new(doc.clone()),
         local_dir: dir.path().join(attempt),
         attempt_id: format!("0000000001-{attempt}"),
+        cached_files: Default::default(),
     };
     let mut zombie = sink.create_writer(&ctx("0000000a")).expect("zombie writer");
     zombie.write("from the zombie".into()).expect("write");
@@ -466,6 +467,7 @@ fn recovery_commits_exactly_the_batches_above_the_marker() {
         doc: doc.clone(),
         local_dir: dir.path().join(attempt),
         attempt_id: format!("0000000001-{attempt}"),
+        cached_files: Default::default(),
     };
     let recover = |pending: Vec<serde_json::Value>, claimed: u64| {
         sink.recover(

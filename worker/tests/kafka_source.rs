@@ -50,6 +50,7 @@ impl Fixture {
             parallelism,
             rt: self.rt.handle().clone(),
             doc: self.doc.clone(),
+            cached_files: Default::default(),
         }
     }
 
@@ -607,6 +608,7 @@ fn an_unknown_topic_and_an_unreachable_bootstrap_name_the_setting() {
         parallelism: 1,
         rt: f.rt.handle().clone(),
         doc,
+        cached_files: Default::default(),
     };
     let started = Instant::now();
     let err = KafkaSource::records(spec("exists"))

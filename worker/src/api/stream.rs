@@ -281,6 +281,7 @@ impl<T: Send + 'static> Collector<T> for SinkOp<T> {
             doc: env.doc.clone(),
             local_dir: env.local_dir.join(&self.uid),
             attempt_id: env.attempt_id.clone(),
+            cached_files: env.cached_files.clone(),
         };
         self.writer = Some(self.factory.create_writer(&ctx)?);
         Ok(())

@@ -379,6 +379,7 @@ mod tests {
             parallelism: 1,
             rt: rt.handle().clone(),
             doc: Arc::new(doc),
+            cached_files: Default::default(),
         };
         let source = FileSource::lines(format!("file://{}", dir.path().display()));
         for chunk in (1..=24).chain([64, 4096]) {

@@ -132,7 +132,8 @@ pub(crate) struct TaskResources<'a> {
     pub attempt_id: &'a str,
 }
 
-/// Starts `specs` on threads, each with its own control channel; failures and panics become
+/// Downloads the attempt's cached files into `local_dir` (once for all of `specs`), then
+/// starts `specs` on threads, each with its own control channel; failures and panics become
 /// `TaskEvent::Failed`.
 pub(crate) fn spawn_tasks(
     plan: &TaskResources<'_>,
@@ -142,6 +143,11 @@ pub(crate) fn spawn_tasks(
 ) -> Result<RunningTasks> {
     std::fs::create_dir_all(local_dir).map_err(|e| Error::io(local_dir.display(), e))?;
     let doc = plan.doc;
+    let cached_files =
+        super::cache::download(doc, &local_dir.join(super::cache::CACHE_DIR), plan.rt)
+            .inspect_err(|_| {
+                let _ = std::fs::remove_dir_all(local_dir);
+            })?;
     let checkpoint_mode = doc
         .checkpointing
         .as_ref()
@@ -168,6 +174,7 @@ pub(crate) fn spawn_tasks(
             restore: plan.restore.clone(),
             local_dir: local_dir.join(format!("{}-{}", spec.name, spec.id.subtask)),
             attempt_id: plan.attempt_id.to_string(),
+            cached_files: cached_files.clone(),
             control,
             events: events.clone(),
             cancelled: cancelled.clone(),

@@ -6,6 +6,7 @@
 //! coordinator (the local executor or the JobManager) only through `ControlMessage` and
 //! `TaskEvent`, so the same tasks run in both.
 
+pub(crate) mod cache;
 pub mod chain;
 pub mod driver;
 pub(crate) mod event_time;
@@ -30,6 +31,7 @@ use crate::error::Error;
 use crate::spec::{CheckpointMode, JobDocument};
 use crate::state::{OperatorStateSnapshot, Redistribution};
 use crate::storage::ObjectStore;
+use crate::types::CachedFiles;
 pub use crate::types::TaskId;
 
 /// Records per channel message: amortizes channel cost without hurting latency much, since
@@ -105,6 +107,9 @@ pub struct TaskEnv {
     /// Distinguishes attempts in file names, so a late writer of an old attempt never
     /// collides with a new one.
     pub attempt_id: String,
+    /// The distributed cache's files, downloaded once for every task of the attempt in this
+    /// process (`runtime::cache`).
+    pub cached_files: CachedFiles,
     pub control: Receiver<ControlMessage>,
     pub events: Sender<TaskEvent>,
     pub cancelled: Arc<AtomicBool>,

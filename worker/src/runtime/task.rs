@@ -53,6 +53,7 @@ impl<T: Send + 'static> Task for SourceTask<T> {
             parallelism: env.parallelism,
             rt: env.rt.clone(),
             doc: env.doc.clone(),
+            cached_files: env.cached_files.clone(),
         };
         let mut reader = factory.create_reader(&ctx, restored)?;
         chain.open(&env)?;
@@ -278,7 +279,7 @@ impl<K: Key, T: Send + 'static, O: Send + 'static> Task for KeyedTask<K, T, O> {
             key_group_range_for_subtask(env.max_parallelism, env.parallelism, env.id.subtask);
         let snapshots = IncrementalSnapshots::new(&uid, env.id.subtask, &env.attempt_id);
         let mut backend = open_keyed_state(&env, &uid, key_groups, &snapshots)?;
-        let mut registry = StateRegistry::new(&uid);
+        let mut registry = StateRegistry::new(&uid).with_cached_files(env.cached_files.clone());
         function.open(&mut registry)?;
         chain.open(&env)?;
 

@@ -2,6 +2,7 @@
 //! written for the current key in `process`. Values are encoded with postcard.
 
 use std::marker::PhantomData;
+use std::path::Path;
 use std::sync::Arc;
 
 use serde::Serialize;
@@ -9,17 +10,20 @@ use serde::de::DeserializeOwned;
 
 use super::backend::{KeyedStateBackend, StateId};
 use crate::error::{Error, Result};
+use crate::types::CachedFiles;
 
 /// What `process` gets: the state of the current key.
 pub struct KeyedContext<'a> {
     pub(crate) backend: &'a mut KeyedStateBackend,
 }
 
-/// Registers state in `open`. Names are per operator; ids are derived from names so a
-/// restored snapshot finds its state without a separate mapping.
+/// What `open` gets: registers state, and opens the files of the distributed cache. Names
+/// are per operator; ids are derived from names so a restored snapshot finds its state
+/// without a separate mapping.
 pub struct StateRegistry {
     operator: String,
     names: Vec<(StateId, String)>,
+    cached_files: CachedFiles,
 }
 
 impl StateRegistry {
@@ -27,7 +31,27 @@ impl StateRegistry {
         StateRegistry {
             operator: operator.to_string(),
             names: Vec::new(),
+            cached_files: CachedFiles::default(),
         }
+    }
+
+    pub(crate) fn with_cached_files(mut self, cached_files: CachedFiles) -> Self {
+        self.cached_files = cached_files;
+        self
+    }
+
+    /// The local copy of the job document's `cachedFiles.<name>` (Flink's
+    /// `getDistributedCache().getFile(name)`): read-only, shared by the process's subtasks.
+    /// Unknown names fail listing the registered ones.
+    pub fn cached_file(&self, name: &str) -> Result<&Path> {
+        self.cached_files
+            .path(name)
+            .ok_or_else(|| Error::unknown_cached_file(name, self.cached_files.names()))
+    }
+
+    /// Every cached file with its size and checksum.
+    pub fn cached_files(&self) -> &CachedFiles {
+        &self.cached_files
     }
 
     fn register(&mut self, name: &str) -> Result<Descriptor> {

@@ -1,11 +1,14 @@
-//! The small vocabulary every layer shares: record and key traits, event time, task ids.
+//! The small vocabulary every layer shares: record and key traits, event time, task ids, the
+//! distributed cache's files.
 //!
 //! It sits at the bottom of the worker and imports no other module of it, so `state`,
 //! `checkpoint`, `runtime` and `api` can all speak it without depending on each other.
 
+mod cache;
 mod key;
 mod time;
 
+pub use cache::{CachedFile, CachedFiles};
 pub use key::{Data, Key};
 pub use time::{Timestamp, Watermark};
 

@@ -166,6 +166,8 @@ fn run_attempts(
         }
         None => None,
     };
+    // A missing cached file fails the job before anything is deployed, naming the entry.
+    rt.block_on(super::cache::check_available(&doc))?;
     let mut restore: SharedRestore = None;
     let mut restored_from = None;
     // One coordinator for the whole run: checkpoint ids and history continue across restarts.
