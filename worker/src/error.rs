@@ -33,6 +33,16 @@ pub enum Error {
     #[error("cannot restore from {object}: {reason}")]
     CorruptCheckpoint { object: String, reason: String },
 
+    /// A snapshot stores a state in a format the job now registers differently (a TTL
+    /// switched on or off). Never answered by reading the bytes as the other format.
+    #[error("cannot restore state {state:?} of operator {operator} from {snapshot}: {reason}")]
+    IncompatibleState {
+        operator: String,
+        state: String,
+        snapshot: String,
+        reason: String,
+    },
+
     #[error("RocksDB error in {context}: {source}")]
     RocksDb {
         context: String,
@@ -126,6 +136,7 @@ impl Error {
             Error::InvalidSpec { .. }
             | Error::UnknownJob { .. }
             | Error::CorruptCheckpoint { .. }
+            | Error::IncompatibleState { .. }
             | Error::UnknownCachedFile { .. }
             | Error::MalformedRecord { .. }
             | Error::Fenced { .. }

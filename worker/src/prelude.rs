@@ -57,7 +57,7 @@ pub use crate::jobs::{BuiltJob, JobRegistry};
 pub use crate::spec::JobDocument;
 pub use crate::state::{
     AggregateFunction, AggregatingState, KeyedContext, ListState, MapState, ReducingState,
-    StateRegistry, TimeDomain, Timer, ValueState,
+    StateRegistry, StateTtl, TimeDomain, Timer, UpdateType, ValueState, Visibility,
 };
 pub use crate::types::{Key, Timestamp, Watermark};
 pub use crate::{Error, Result};

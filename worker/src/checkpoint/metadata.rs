@@ -65,6 +65,11 @@ pub struct SubtaskState {
     /// By state name.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub operator_state: BTreeMap<String, OperatorStateSnapshot>,
+    /// The keyed states stored with a TTL timestamp (`state/ttl.rs`); a restore refuses to
+    /// read them as plain, or plain ones as TTL'd. Absent when there are none, so the
+    /// metadata of jobs without TTL is unchanged.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ttl_states: Vec<String>,
 }
 
 /// One keyed-state snapshot object.
@@ -298,6 +303,7 @@ mod tests {
                         }),
                         keyed_incremental: None,
                         operator_state: BTreeMap::new(),
+                        ttl_states: vec!["count".into()],
                     },
                     SubtaskState {
                         keyed_incremental: Some(IncrementalKeyedStateHandle {

@@ -172,6 +172,29 @@ impl RestorePoint {
         })
     }
 
+    /// The keyed states of `operator` that a subtask holding any of `range` stored with a TTL.
+    pub fn ttl_states(
+        &self,
+        operator: &str,
+        range: KeyGroupRange,
+    ) -> std::collections::BTreeSet<String> {
+        let Some(op) = self.metadata.operators.get(operator) else {
+            return Default::default();
+        };
+        op.subtasks
+            .iter()
+            .filter(|s| {
+                let groups = s
+                    .keyed
+                    .as_ref()
+                    .map(|h| h.key_groups)
+                    .or(s.keyed_incremental.as_ref().map(|h| h.key_groups));
+                groups.is_none_or(|g| g.intersects(&range))
+            })
+            .flat_map(|s| s.ttl_states.iter().cloned())
+            .collect()
+    }
+
     /// The handles `pick` finds in `operator`'s subtasks whose key groups overlap `range`.
     fn overlapping<H: Clone>(
         &self,

@@ -124,6 +124,7 @@ fn subtask_state() -> SubtaskState {
         }),
         keyed_incremental: None,
         operator_state,
+        ttl_states: Vec::new(),
     }
 }
 

@@ -176,6 +176,12 @@ impl TaskSnapshot {
         self.entry(operator).keyed = Some(handle);
     }
 
+    pub fn set_ttl_states(&mut self, operator: &str, names: Vec<String>) {
+        if !names.is_empty() {
+            self.entry(operator).ttl_states = names;
+        }
+    }
+
     pub fn set_keyed_incremental(
         &mut self,
         operator: &str,

@@ -281,6 +281,18 @@ impl<K: Key, T: Send + 'static, O: Send + 'static> Task for KeyedTask<K, T, O> {
         let mut backend = open_keyed_state(&env, &uid, key_groups, &snapshots)?;
         let mut registry = StateRegistry::new(&uid).with_cached_files(env.cached_files.clone());
         function.open(&mut registry)?;
+        let ttl_states = registry.ttl_states().clone();
+        let ttl_names = registry.ttl_names();
+        if let Some(restore) = &env.restore {
+            crate::state::ttl::check_restored_formats(
+                &uid,
+                &registry.formats(),
+                &ttl_states,
+                &restore.ttl_states(&uid, key_groups),
+                &mut backend,
+                &restore.uri(),
+            )?;
+        }
         chain.open(&env)?;
 
         let metrics = crate::metrics::global();
@@ -366,9 +378,16 @@ impl<K: Key, T: Send + 'static, O: Send + 'static> Task for KeyedTask<K, T, O> {
                 }
             };
             if let Some(barrier) = aligned {
+                if !ttl_states.is_empty() {
+                    // Cleanup at snapshot: expired values are not in what follows.
+                    let started = Instant::now();
+                    let swept = ttl_states.sweep(&mut backend)?;
+                    tracing::debug!(operator = %uid, subtask = env.id.subtask, checkpoint_id = barrier.checkpoint_id, scanned = swept.scanned, deleted = swept.deleted, rewritten = swept.rewritten, elapsed = ?started.elapsed(), "expired state swept before the snapshot");
+                }
                 snapshot(
                     &env,
                     &uid,
+                    &ttl_names,
                     &mut backend,
                     &snapshots,
                     chain.as_mut(),
@@ -460,6 +479,7 @@ fn open_keyed_state(
 fn snapshot<O>(
     env: &TaskEnv,
     uid: &str,
+    ttl_names: &[String],
     backend: &mut KeyedStateBackend,
     snapshots: &IncrementalSnapshots,
     chain: &mut dyn Collector<O>,
@@ -472,6 +492,7 @@ fn snapshot<O>(
     let subtask = env.id.subtask;
     tracing::debug!(operator = %uid, subtask, checkpoint_id, elapsed = ?started.elapsed(), "keyed snapshot: synchronous part done");
     let mut task_snapshot = TaskSnapshot::default();
+    task_snapshot.set_ttl_states(uid, ttl_names.to_vec());
     chain.on_barrier(&barrier, &mut task_snapshot)?;
 
     let (store, job_store) = match (&barrier.savepoint, &env.checkpoint_store) {

@@ -25,6 +25,13 @@ const INLINE_BYTES: usize = 22;
 
 pub type StateId = u32;
 
+/// What [`KeyedStateBackend::retain_entries`] does with one entry.
+pub(crate) enum Retain {
+    Keep,
+    Delete,
+    Replace(Vec<u8>),
+}
+
 /// `[key][value]` of a slot too long to be inline.
 struct HeapBytes {
     key_len: usize,
@@ -554,6 +561,71 @@ impl KeyedStateBackend {
     pub fn clear_all(&mut self, state: StateId) -> Result<()> {
         for (suffix, _) in self.entries(state)? {
             self.delete(state, &suffix)?;
+        }
+        Ok(())
+    }
+
+    /// Visits every stored entry of `states` in this backend's key groups, all keys, and
+    /// applies what `decide(state, value)` returns. Edits go through the cache, so they reach
+    /// the next snapshot like any write. Byte-level on purpose: what to keep is the caller's
+    /// (TTL, `state/ttl.rs`), so another backend only needs this scan.
+    ///
+    /// When at least a fifth of the visited entries went away, the key-group range is
+    /// compacted: an incremental checkpoint holds RocksDB's files, and deleted values leave
+    /// them only when compaction rewrites the files.
+    pub(crate) fn retain_entries(
+        &mut self,
+        states: &[StateId],
+        mut decide: impl FnMut(StateId, &[u8]) -> Retain,
+    ) -> Result<()> {
+        self.flush_dirty()?;
+        let mut edits: Vec<(Vec<u8>, Option<Vec<u8>>)> = Vec::new();
+        let mut visited = 0usize;
+        let mut deleted = 0usize;
+        let start = self.key_groups.start.to_be_bytes();
+        let end = self.key_groups.end;
+        let mut read = rocksdb::ReadOptions::default();
+        read.fill_cache(false);
+        let mut iter = self.db.raw_iterator_opt(read);
+        iter.seek(start);
+        while let (Some(key), Some(value)) = (iter.key(), iter.value()) {
+            if key.len() < 6 || u16::from_be_bytes([key[0], key[1]]) >= end {
+                break;
+            }
+            // `[group:2][key len:4][key][state:4][suffix]`; timers (key len 0xFFFFFFFF) and
+            // anything shorter do not parse and are skipped.
+            let key_len = u32::from_be_bytes([key[2], key[3], key[4], key[5]]) as usize;
+            let state_at = 6usize.saturating_add(key_len);
+            if let Some(id) = key
+                .get(state_at..state_at + 4)
+                .map(|b| StateId::from_be_bytes([b[0], b[1], b[2], b[3]]))
+                && states.contains(&id)
+            {
+                visited += 1;
+                match decide(id, value) {
+                    Retain::Keep => {}
+                    Retain::Delete => {
+                        deleted += 1;
+                        edits.push((key.to_vec(), None));
+                    }
+                    Retain::Replace(bytes) => edits.push((key.to_vec(), Some(bytes))),
+                }
+            }
+            iter.next();
+        }
+        iter.status()
+            .map_err(|e| Error::rocks(format!("scan {}", self.path.display()), e))?;
+        drop(iter);
+        for (key, value) in edits {
+            self.scratch.clear();
+            self.scratch.extend_from_slice(&key);
+            self.write_slot(value.as_deref(), false)?;
+        }
+        if deleted > 0 && deleted * 5 >= visited {
+            self.flush_dirty()?;
+            let from = self.key_groups.start.to_be_bytes();
+            let to = self.key_groups.end.to_be_bytes();
+            self.db.compact_range(Some(&from[..]), Some(&to[..]));
         }
         Ok(())
     }

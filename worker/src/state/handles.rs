@@ -1,6 +1,7 @@
 //! Typed keyed-state handles, as job authors use them: declared once in `open`, then read and
 //! written for the current key in `process`. Values are encoded with postcard.
 
+use std::collections::BTreeMap;
 use std::marker::PhantomData;
 use std::path::Path;
 use std::sync::Arc;
@@ -9,6 +10,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::backend::{KeyedStateBackend, StateId};
+use super::ttl::{self, Layout, StateFormat, StateTtl, Ttl, TtlClock, TtlStates};
 use crate::error::{Error, Result};
 use crate::types::CachedFiles;
 
@@ -22,7 +24,9 @@ pub struct KeyedContext<'a> {
 /// without a separate mapping.
 pub struct StateRegistry {
     operator: String,
-    names: Vec<(StateId, String)>,
+    names: Vec<(StateId, String, StateFormat)>,
+    ttl_states: TtlStates,
+    clock: TtlClock,
     cached_files: CachedFiles,
 }
 
@@ -31,12 +35,21 @@ impl StateRegistry {
         StateRegistry {
             operator: operator.to_string(),
             names: Vec::new(),
+            ttl_states: TtlStates::default(),
+            clock: ttl::system_clock(),
             cached_files: CachedFiles::default(),
         }
     }
 
     pub(crate) fn with_cached_files(mut self, cached_files: CachedFiles) -> Self {
         self.cached_files = cached_files;
+        self
+    }
+
+    /// The processing-time clock TTL'd states read (tests: a manual one).
+    #[cfg(test)]
+    pub(crate) fn with_clock(mut self, clock: TtlClock) -> Self {
+        self.clock = clock;
         self
     }
 
@@ -54,27 +67,92 @@ impl StateRegistry {
         &self.cached_files
     }
 
-    fn register(&mut self, name: &str) -> Result<Descriptor> {
+    /// Registers the next state with a time to live (Flink's
+    /// `descriptor.enableTimeToLive(ttlConfig)`):
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use weir::prelude::*;
+    /// # fn open(state: &mut StateRegistry) -> Result<()> {
+    /// let count: ValueState<u64> = state
+    ///     .with_ttl(StateTtl::new(Duration::from_secs(600)))
+    ///     .value_state("count")?;
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// A state's TTL is part of its stored format: a restore that finds the state stored
+    /// without TTL (or with, when now registered without) fails naming it, as Flink does.
+    pub fn with_ttl(&mut self, ttl: StateTtl) -> WithTtl<'_> {
+        WithTtl {
+            registry: self,
+            ttl,
+        }
+    }
+
+    fn register(&mut self, name: &str, ttl: Option<(StateTtl, Layout)>) -> Result<Descriptor> {
         let id = xxhash_rust::xxh3::xxh3_64(name.as_bytes()) as u32;
-        if let Some((_, other)) = self.names.iter().find(|(other_id, _)| *other_id == id) {
+        if let Some((_, other, _)) = self.names.iter().find(|(other_id, ..)| *other_id == id) {
             return Err(Error::operator(
                 &self.operator,
                 format!("state {name:?} registered twice (or collides with {other:?})"),
             ));
         }
-        self.names.push((id, name.to_string()));
+        let format = match ttl {
+            Some(_) => StateFormat::Ttl,
+            None => StateFormat::Plain,
+        };
+        self.names.push((id, name.to_string(), format));
+        let full_name: Arc<str> = Arc::from(format!("{}/{name}", self.operator));
+        let ttl = ttl.map(|(config, layout)| {
+            let ttl = Ttl::new(config, self.clock.clone());
+            self.ttl_states
+                .states
+                .push((id, full_name.clone(), layout, ttl.clone()));
+            ttl
+        });
         Ok(Descriptor {
             id,
-            name: Arc::from(format!("{}/{name}", self.operator)),
+            name: full_name,
+            ttl,
         })
+    }
+
+    /// Every registered state's format, by name: recorded in snapshots.
+    pub(crate) fn formats(&self) -> BTreeMap<String, StateFormat> {
+        self.names
+            .iter()
+            .map(|(_, name, format)| (name.clone(), *format))
+            .collect()
+    }
+
+    /// The names of the TTL'd states: recorded in snapshots.
+    pub(crate) fn ttl_names(&self) -> Vec<String> {
+        self.names
+            .iter()
+            .filter(|(.., format)| *format == StateFormat::Ttl)
+            .map(|(_, name, _)| name.clone())
+            .collect()
+    }
+
+    /// The TTL'd states, for the sweep before each snapshot.
+    pub(crate) fn ttl_states(&self) -> &TtlStates {
+        &self.ttl_states
     }
 
     pub fn value_state<T: Serialize + DeserializeOwned>(
         &mut self,
         name: &str,
     ) -> Result<ValueState<T>> {
+        self.value_state_inner(name, None)
+    }
+
+    fn value_state_inner<T: Serialize + DeserializeOwned>(
+        &mut self,
+        name: &str,
+        ttl: Option<StateTtl>,
+    ) -> Result<ValueState<T>> {
         Ok(ValueState {
-            desc: self.register(name)?,
+            desc: self.register(name, ttl.map(|t| (t, Layout::Single)))?,
             _t: PhantomData,
         })
     }
@@ -83,8 +161,16 @@ impl StateRegistry {
         &mut self,
         name: &str,
     ) -> Result<ListState<T>> {
+        self.list_state_inner(name, None)
+    }
+
+    fn list_state_inner<T: Serialize + DeserializeOwned>(
+        &mut self,
+        name: &str,
+        ttl: Option<StateTtl>,
+    ) -> Result<ListState<T>> {
         Ok(ListState {
-            desc: self.register(name)?,
+            desc: self.register(name, ttl.map(|t| (t, Layout::List)))?,
             _t: PhantomData,
         })
     }
@@ -93,8 +179,16 @@ impl StateRegistry {
         &mut self,
         name: &str,
     ) -> Result<MapState<K, V>> {
+        self.map_state_inner(name, None)
+    }
+
+    fn map_state_inner<K: Serialize + DeserializeOwned, V: Serialize + DeserializeOwned>(
+        &mut self,
+        name: &str,
+        ttl: Option<StateTtl>,
+    ) -> Result<MapState<K, V>> {
         Ok(MapState {
-            desc: self.register(name)?,
+            desc: self.register(name, ttl.map(|t| (t, Layout::Single)))?,
             _t: PhantomData,
         })
     }
@@ -104,8 +198,21 @@ impl StateRegistry {
         T: Serialize + DeserializeOwned,
         F: Fn(T, T) -> T + Send + Sync + 'static,
     {
+        self.reducing_state_inner(name, None, reduce)
+    }
+
+    fn reducing_state_inner<T, F>(
+        &mut self,
+        name: &str,
+        ttl: Option<StateTtl>,
+        reduce: F,
+    ) -> Result<ReducingState<T>>
+    where
+        T: Serialize + DeserializeOwned,
+        F: Fn(T, T) -> T + Send + Sync + 'static,
+    {
         Ok(ReducingState {
-            desc: self.register(name)?,
+            desc: self.register(name, ttl.map(|t| (t, Layout::Single)))?,
             reduce: Arc::new(reduce),
         })
     }
@@ -115,10 +222,61 @@ impl StateRegistry {
         name: &str,
         function: A,
     ) -> Result<AggregatingState<A>> {
+        self.aggregating_state_inner(name, None, function)
+    }
+
+    fn aggregating_state_inner<A: AggregateFunction>(
+        &mut self,
+        name: &str,
+        ttl: Option<StateTtl>,
+        function: A,
+    ) -> Result<AggregatingState<A>> {
         Ok(AggregatingState {
-            desc: self.register(name)?,
+            desc: self.register(name, ttl.map(|t| (t, Layout::Single)))?,
             function,
         })
+    }
+}
+
+/// Registers one state with a TTL: [`StateRegistry::with_ttl`]. The same state kinds as the
+/// registry; lists expire per element and maps per entry, as in Flink.
+pub struct WithTtl<'a> {
+    registry: &'a mut StateRegistry,
+    ttl: StateTtl,
+}
+
+impl WithTtl<'_> {
+    pub fn value_state<T: Serialize + DeserializeOwned>(self, name: &str) -> Result<ValueState<T>> {
+        self.registry.value_state_inner(name, Some(self.ttl))
+    }
+
+    pub fn list_state<T: Serialize + DeserializeOwned>(self, name: &str) -> Result<ListState<T>> {
+        self.registry.list_state_inner(name, Some(self.ttl))
+    }
+
+    pub fn map_state<K: Serialize + DeserializeOwned, V: Serialize + DeserializeOwned>(
+        self,
+        name: &str,
+    ) -> Result<MapState<K, V>> {
+        self.registry.map_state_inner(name, Some(self.ttl))
+    }
+
+    pub fn reducing_state<T, F>(self, name: &str, reduce: F) -> Result<ReducingState<T>>
+    where
+        T: Serialize + DeserializeOwned,
+        F: Fn(T, T) -> T + Send + Sync + 'static,
+    {
+        self.registry
+            .reducing_state_inner(name, Some(self.ttl), reduce)
+    }
+
+    pub fn aggregating_state<A: AggregateFunction>(
+        self,
+        name: &str,
+        function: A,
+    ) -> Result<AggregatingState<A>> {
+        self.registry
+            .aggregating_state_inner(name, Some(self.ttl), function)
     }
 }
 
@@ -127,6 +285,7 @@ struct Descriptor {
     id: StateId,
     /// `operator/state`, for error messages.
     name: Arc<str>,
+    ttl: Option<Ttl>,
 }
 
 impl Descriptor {
@@ -138,15 +297,48 @@ impl Descriptor {
         postcard::to_allocvec(value).map_err(|e| Error::codec(format!("state {}", self.name), e))
     }
 
+    fn no_timestamp(&self) -> Error {
+        Error::codec(
+            format!("state {}", self.name),
+            "a stored value has no TTL timestamp",
+        )
+    }
+
+    /// The value at `suffix`, after the TTL check: an expired value is deleted (and returned
+    /// only under `ReturnExpiredIfNotCleanedUp`); a live one is re-stamped under
+    /// `OnReadAndWrite`.
     fn get<T: DeserializeOwned>(
         &self,
         ctx: &mut KeyedContext<'_>,
         suffix: &[u8],
     ) -> Result<Option<T>> {
-        match ctx.backend.get(self.id, suffix)? {
-            Some(bytes) => Ok(Some(self.decode(bytes)?)),
-            None => Ok(None),
+        let Some(ttl) = &self.ttl else {
+            return match ctx.backend.get(self.id, suffix)? {
+                Some(bytes) => Ok(Some(self.decode(bytes)?)),
+                None => Ok(None),
+            };
+        };
+        let now = ttl.now();
+        let Some(bytes) = ctx.backend.get(self.id, suffix)? else {
+            return Ok(None);
+        };
+        let (written, payload) = ttl::unstamp(bytes).ok_or_else(|| self.no_timestamp())?;
+        if ttl.expired(written, now) {
+            let value = if ttl.return_expired() {
+                Some(self.decode(payload)?)
+            } else {
+                None
+            };
+            ctx.backend.delete(self.id, suffix)?;
+            return Ok(value);
         }
+        let value = self.decode(payload)?;
+        if ttl.refresh_on_read() {
+            let mut restamped = Vec::with_capacity(bytes.len());
+            ttl::stamp(now, payload, &mut restamped);
+            ctx.backend.put(self.id, suffix, &restamped)?;
+        }
+        Ok(Some(value))
     }
 
     fn put<T: Serialize + ?Sized>(
@@ -155,6 +347,12 @@ impl Descriptor {
         suffix: &[u8],
         value: &T,
     ) -> Result<()> {
+        if let Some(ttl) = &self.ttl {
+            let payload = self.encode(value)?;
+            let mut bytes = Vec::with_capacity(8 + payload.len());
+            ttl::stamp(ttl.now(), &payload, &mut bytes);
+            return ctx.backend.put(self.id, suffix, &bytes);
+        }
         // Small values are encoded on the stack: no allocation per put.
         let mut buf = [0u8; 64];
         match postcard::to_slice(value, &mut buf) {
@@ -165,6 +363,50 @@ impl Descriptor {
             }
             Err(e) => Err(Error::codec(format!("state {}", self.name), e)),
         }
+    }
+
+    /// The live elements of a TTL'd list at `suffix` (expired ones too under
+    /// `ReturnExpiredIfNotCleanedUp`), deleting expired elements and re-stamping under
+    /// `OnReadAndWrite`.
+    fn get_frames<T: DeserializeOwned>(
+        &self,
+        ctx: &mut KeyedContext<'_>,
+        ttl: &Ttl,
+        suffix: &[u8],
+    ) -> Result<Vec<T>> {
+        let now = ttl.now();
+        let Some(bytes) = ctx.backend.get(self.id, suffix)? else {
+            return Ok(Vec::new());
+        };
+        let frames = ttl::frames(bytes).ok_or_else(|| self.no_timestamp())?;
+        let mut values = Vec::with_capacity(frames.len());
+        let mut kept = Vec::with_capacity(bytes.len());
+        let mut changed = false;
+        for (written, element) in &frames {
+            if ttl.expired(*written, now) {
+                changed = true;
+                if ttl.return_expired() {
+                    values.push(self.decode(element)?);
+                }
+                continue;
+            }
+            values.push(self.decode(element)?);
+            let stamp = if ttl.refresh_on_read() {
+                changed = true;
+                now
+            } else {
+                *written
+            };
+            ttl::push_frame(stamp, element, &mut kept);
+        }
+        if changed {
+            if kept.is_empty() {
+                ctx.backend.delete(self.id, suffix)?;
+            } else {
+                ctx.backend.put(self.id, suffix, &kept)?;
+            }
+        }
+        Ok(values)
     }
 }
 
@@ -189,6 +431,7 @@ impl<T: Serialize + DeserializeOwned> ValueState<T> {
 }
 
 /// A list per key, stored as one value: appends are read-modify-write through the cache.
+/// With a TTL each element expires on its own.
 pub struct ListState<T> {
     desc: Descriptor,
     _t: PhantomData<fn() -> T>,
@@ -196,10 +439,16 @@ pub struct ListState<T> {
 
 impl<T: Serialize + DeserializeOwned> ListState<T> {
     pub fn get(&self, ctx: &mut KeyedContext<'_>) -> Result<Vec<T>> {
+        if self.desc.ttl.is_some() {
+            return self.get_in(ctx, &[]);
+        }
         Ok(self.desc.get(ctx, &[])?.unwrap_or_default())
     }
 
     pub fn add(&self, ctx: &mut KeyedContext<'_>, value: T) -> Result<()> {
+        if self.desc.ttl.is_some() {
+            return self.add_in(ctx, &[], &value).map(drop);
+        }
         let mut list = self.get(ctx)?;
         list.push(value);
         self.update(ctx, &list)
@@ -208,6 +457,14 @@ impl<T: Serialize + DeserializeOwned> ListState<T> {
     pub fn update(&self, ctx: &mut KeyedContext<'_>, values: &[T]) -> Result<()> {
         if values.is_empty() {
             return self.clear(ctx);
+        }
+        if let Some(ttl) = &self.desc.ttl {
+            let now = ttl.now();
+            let mut bytes = Vec::new();
+            for value in values {
+                ttl::push_frame(now, &self.desc.encode(value)?, &mut bytes);
+            }
+            return ctx.backend.put(self.desc.id, &[], &bytes);
         }
         self.desc.put(ctx, &[], values)
     }
@@ -218,11 +475,17 @@ impl<T: Serialize + DeserializeOwned> ListState<T> {
 }
 
 /// Namespaced lists (one per window of the current key) are stored as the concatenated
-/// postcard encodings of their elements, so `add_in` appends bytes without decoding the list.
+/// postcard encodings of their elements (TTL frames with a TTL), so `add_in` appends bytes
+/// without decoding the list.
 impl<T: Serialize + DeserializeOwned> ListState<T> {
     /// Appends `value`; returns whether the namespace's list was empty before.
     pub fn add_in(&self, ctx: &mut KeyedContext<'_>, namespace: &[u8], value: &T) -> Result<bool> {
-        let encoded = self.desc.encode(value)?;
+        let mut encoded = self.desc.encode(value)?;
+        if let Some(ttl) = &self.desc.ttl {
+            let mut frame = Vec::with_capacity(encoded.len() + 12);
+            ttl::push_frame(ttl.now(), &encoded, &mut frame);
+            encoded = frame;
+        }
         let existing = ctx
             .backend
             .get(self.desc.id, namespace)?
@@ -235,6 +498,9 @@ impl<T: Serialize + DeserializeOwned> ListState<T> {
     }
 
     pub fn get_in(&self, ctx: &mut KeyedContext<'_>, namespace: &[u8]) -> Result<Vec<T>> {
+        if let Some(ttl) = &self.desc.ttl {
+            return self.desc.get_frames(ctx, ttl, namespace);
+        }
         let Some(mut rest) = ctx.backend.get(self.desc.id, namespace)? else {
             return Ok(Vec::new());
         };
@@ -269,6 +535,7 @@ impl<T: Serialize + DeserializeOwned> ListState<T> {
 }
 
 /// A map per key; each map entry is its own RocksDB entry, so large maps stay cheap to update.
+/// With a TTL each entry expires on its own.
 pub struct MapState<K, V> {
     desc: Descriptor,
     _t: PhantomData<fn() -> (K, V)>,
@@ -292,16 +559,39 @@ impl<K: Serialize + DeserializeOwned, V: Serialize + DeserializeOwned> MapState<
 
     pub fn contains(&self, ctx: &mut KeyedContext<'_>, key: &K) -> Result<bool> {
         let suffix = self.desc.encode(key)?;
+        if self.desc.ttl.is_some() {
+            return Ok(self.desc.get::<V>(ctx, &suffix)?.is_some());
+        }
         Ok(ctx.backend.get(self.desc.id, &suffix)?.is_some())
     }
 
     /// Every entry of the current key's map, in encoded-key order.
     pub fn entries(&self, ctx: &mut KeyedContext<'_>) -> Result<Vec<(K, V)>> {
-        ctx.backend
-            .entries(self.desc.id)?
-            .into_iter()
-            .map(|(k, v)| Ok((self.desc.decode(&k)?, self.desc.decode(&v)?)))
-            .collect()
+        let stored = ctx.backend.entries(self.desc.id)?;
+        let Some(ttl) = &self.desc.ttl else {
+            return stored
+                .into_iter()
+                .map(|(k, v)| Ok((self.desc.decode(&k)?, self.desc.decode(&v)?)))
+                .collect();
+        };
+        let now = ttl.now();
+        let mut entries = Vec::with_capacity(stored.len());
+        for (suffix, bytes) in stored {
+            let (written, payload) =
+                ttl::unstamp(&bytes).ok_or_else(|| self.desc.no_timestamp())?;
+            if ttl.expired(written, now) {
+                ctx.backend.delete(self.desc.id, &suffix)?;
+                if !ttl.return_expired() {
+                    continue;
+                }
+            } else if ttl.refresh_on_read() {
+                let mut restamped = Vec::with_capacity(bytes.len());
+                ttl::stamp(now, payload, &mut restamped);
+                ctx.backend.put(self.desc.id, &suffix, &restamped)?;
+            }
+            entries.push((self.desc.decode(&suffix)?, self.desc.decode(payload)?));
+        }
+        Ok(entries)
     }
 
     pub fn clear(&self, ctx: &mut KeyedContext<'_>) -> Result<()> {

@@ -1,4 +1,5 @@
 //! Keyed state (RocksDB behind a write-back cache, split into key groups) and operator state.
+//! Time to live ([`StateTtl`]) sits above the backend, in the handles' value encoding.
 
 // The backend's machinery (RocksDB, key-group arithmetic, snapshot files) is the runtime's;
 // job authors reach state through the handles and the names re-exported below.
@@ -8,12 +9,14 @@ pub(crate) mod keygroups;
 pub mod operator;
 pub(crate) mod snapshot;
 pub mod timers;
+pub(crate) mod ttl;
 
 pub use backend::KeyedStateBackend;
 pub use handles::{
     AggregateFunction, AggregatingState, KeyedContext, ListState, MapState, ReducingState,
-    StateRegistry, ValueState,
+    StateRegistry, ValueState, WithTtl,
 };
 pub use keygroups::KeyGroupRange;
 pub use operator::{OperatorStateSnapshot, Redistribution};
 pub use timers::{TimeDomain, Timer};
+pub use ttl::{StateTtl, UpdateType, Visibility};
