@@ -74,6 +74,95 @@ fn url_count_counts_per_url() {
     assert_eq!(out.len(), 2);
 }
 
+/// Counts per URL in output order, over every committed part so far.
+fn url_counts(output: &Path) -> BTreeMap<String, Vec<u64>> {
+    by_key(committed_json(output), "url")
+        .into_iter()
+        .map(|(url, records)| {
+            let counts = records
+                .iter()
+                .map(|r| r["count"].as_u64().expect("count"))
+                .collect();
+            (url, counts)
+        })
+        .collect()
+}
+
+/// Three runs over a growing input folder, each restoring the last one's final checkpoint:
+/// counts under a long TTL survive the restore; after an idle pause longer than a short TTL
+/// every URL counts from 1 again; switching the TTL off is refused naming the state.
+#[test]
+fn url_count_state_ttl_survives_restore_and_expires_idle_urls() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let input = dir.path().join("input");
+    let output = dir.path().join("output");
+    std::fs::create_dir_all(&input).expect("mkdir");
+    let add_file = |name: &str, urls: &[&str]| {
+        let text: String = urls
+            .iter()
+            .map(|url| {
+                format!(
+                    "{}\n",
+                    json!({"@timestamp": "t", "remote_addr": "r", "request": "GET", "url": url})
+                )
+            })
+            .collect();
+        std::fs::write(input.join(name), text).expect("write input");
+    };
+    let job = |ttl: &str| {
+        let ttl = if ttl.is_empty() {
+            String::new()
+        } else {
+            format!(", stateTtl: {ttl}")
+        };
+        let yaml = format!(
+            "job: {{name: url-count, args: {{input: '{}', output: '{}'{ttl}}}}}\nparallelism: 1\n\
+             checkpointing: {{interval: 200ms, storage: 'file://{}'}}\nrestartStrategy: {{type: none}}\n",
+            input.display(),
+            output.display(),
+            dir.path().join("checkpoints").display(),
+        );
+        write_job(dir.path(), "job.yaml", &yaml)
+    };
+    let work = dir.path().join("work");
+    let restore = ["--restore", "latest"];
+
+    add_file("1.jsonl", &["/a", "/a", "/b"]);
+    run_job(&job("1h"), &["--restore", "none"], &[], &work);
+    add_file("2.jsonl", &["/a", "/c"]);
+    run_job(&job("1h"), &restore, &[], &work);
+    let expected = |a: &[u64], b: &[u64], c: &[u64]| {
+        BTreeMap::from([
+            ("/a".to_string(), a.to_vec()),
+            ("/b".to_string(), b.to_vec()),
+            ("/c".to_string(), c.to_vec()),
+        ])
+    };
+    assert_eq!(
+        url_counts(&output),
+        expected(&[1, 2, 3], &[1], &[1]),
+        "unexpired counts continue after the restore"
+    );
+
+    // Every URL's last request was in the runs above; after this pause a 1 s TTL has passed
+    // for all of them, however slow the machine is.
+    std::thread::sleep(std::time::Duration::from_millis(1_500));
+    add_file("3.jsonl", &["/a", "/b", "/c", "/c"]);
+    run_job(&job("1s"), &restore, &[], &work);
+    assert_eq!(
+        url_counts(&output),
+        expected(&[1, 2, 3, 1], &[1, 1], &[1, 1, 2]),
+        "URLs idle longer than the TTL count from 1 again"
+    );
+
+    let stderr = run_job_expecting_failure(&job(""), &restore, &[], &work);
+    assert!(
+        stderr.contains("cannot restore state \"count\" of operator url-counter")
+            && stderr.contains("stored with a TTL"),
+        "{stderr}"
+    );
+}
+
 #[test]
 fn url_count_reads_from_and_commits_to_s3() {
     let s3 = support::s3::S3Server::start();

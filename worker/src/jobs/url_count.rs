@@ -5,6 +5,10 @@
 //! `cachedFiles.<name>` (one `<url> <label>` per line, `#` starts a comment), read by every
 //! counting subtask when it opens: `{"url":"/api/a","count":1,"label":"checkout"}`. URLs the
 //! file does not list get no label.
+//!
+//! With `stateTtl: <duration>` (e.g. `10m`) a URL's count lives that long after its last
+//! request (state TTL, `StateTtl`): a URL idle for longer counts from 1 again, and its count
+//! leaves the next checkpoint.
 
 use std::collections::HashMap;
 
@@ -14,7 +18,7 @@ use crate::api::{Emitter, KeyedProcessFunction, StreamEnv};
 use crate::connectors::{FileSink, FileSource};
 use crate::error::{Error, Result};
 use crate::jobs::BuiltJob;
-use crate::state::{KeyedContext, StateRegistry, ValueState};
+use crate::state::{KeyedContext, StateRegistry, StateTtl, ValueState};
 
 /// The operator uid of the counter (its state lives under it in checkpoints).
 const COUNTER: &str = "url-counter";
@@ -46,6 +50,9 @@ struct UrlCountArgs {
     /// Name of a `cachedFiles` entry with a label per URL.
     #[serde(default)]
     url_labels: Option<String>,
+    /// How long a URL's count lives after its last request; forever when absent.
+    #[serde(default, with = "humantime_serde")]
+    state_ttl: Option<std::time::Duration>,
 }
 
 pub fn define(env: &StreamEnv) -> Result<BuiltJob> {
@@ -58,14 +65,18 @@ pub fn define(env: &StreamEnv) -> Result<BuiltJob> {
             format!("{name:?} is not an entry of cachedFiles"),
         ));
     }
+    if args.state_ttl.is_some_and(|ttl| ttl.is_zero()) {
+        return Err(Error::spec("job.args.stateTtl", "must be longer than 0s"));
+    }
     let labels = args.url_labels.clone();
+    let ttl = args.state_ttl.map(StateTtl::new);
     let graph = env
         .source(
             "access-log",
             FileSource::<AccessLog>::json_lines(&args.input),
         )
         .key_by(|log: &AccessLog| log.url.clone())
-        .process(COUNTER, move || UrlCounter::new(labels.clone()))
+        .process(COUNTER, move || UrlCounter::new(labels.clone(), ttl))
         .sink("output", FileSink::json_lines(&args.output))?;
     Ok(BuiltJob {
         graph,
@@ -80,13 +91,15 @@ struct UrlCounter {
     count: Option<ValueState<u64>>,
     labels_file: Option<String>,
     labels: HashMap<String, String>,
+    ttl: Option<StateTtl>,
 }
 
 impl UrlCounter {
-    fn new(labels_file: Option<String>) -> Self {
+    fn new(labels_file: Option<String>, ttl: Option<StateTtl>) -> Self {
         UrlCounter {
             count: None,
             labels_file,
+            ttl,
             labels: HashMap::new(),
         }
     }
@@ -94,7 +107,10 @@ impl UrlCounter {
 
 impl KeyedProcessFunction<String, AccessLog, UrlCount> for UrlCounter {
     fn open(&mut self, state: &mut StateRegistry) -> Result<()> {
-        self.count = Some(state.value_state("count")?);
+        self.count = Some(match self.ttl {
+            Some(ttl) => state.with_ttl(ttl).value_state("count")?,
+            None => state.value_state("count")?,
+        });
         if let Some(name) = &self.labels_file {
             let path = state.cached_file(name)?;
             let text = std::fs::read_to_string(path).map_err(|e| Error::io(path.display(), e))?;
