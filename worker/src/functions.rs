@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use crate::error::{Error, Result};
 use crate::spec::JobDocument;
-use crate::state::{KeyedContext, StateRegistry, Timer};
+use crate::state::{BroadcastStates, KeyedContext, StateRegistry, Timer};
 use crate::types::CachedFiles;
 
 /// Where a source subtask runs.
@@ -153,6 +153,68 @@ pub trait KeyedProcessFunction<K, I, O>: Send + 'static {
     ) -> Result<()> {
         Ok(())
     }
+}
+
+/// A keyed function connected to a broadcast stream (Flink's `KeyedBroadcastProcessFunction`):
+/// every subtask gets every broadcast record, and writes what it keeps into broadcast state
+/// (declared in `open` with `StateRegistry::broadcast_map_state`); the keyed side reads it,
+/// and has its keyed state and timers as a [`KeyedProcessFunction`] has.
+///
+/// Broadcast state stays alike on every subtask only if `process_broadcast_element` treats
+/// every record the same everywhere: it must not depend on the subtask or on keyed state.
+pub trait KeyedBroadcastProcessFunction<K, I, B, O>: Send + 'static {
+    /// Declare keyed and broadcast state here.
+    fn open(&mut self, state: &mut StateRegistry) -> Result<()>;
+
+    fn process_element(
+        &mut self,
+        key: &K,
+        value: I,
+        broadcast: &BroadcastStates,
+        ctx: &mut KeyedContext<'_>,
+        out: &mut Output<'_, O>,
+    ) -> Result<()>;
+
+    fn process_broadcast_element(
+        &mut self,
+        value: B,
+        broadcast: &mut BroadcastStates,
+        out: &mut Output<'_, O>,
+    ) -> Result<()>;
+
+    /// A timer of `key` fired (see [`KeyedProcessFunction::on_timer`]).
+    fn on_timer(
+        &mut self,
+        _key: &K,
+        _timer: &Timer,
+        _broadcast: &BroadcastStates,
+        _ctx: &mut KeyedContext<'_>,
+        _out: &mut Output<'_, O>,
+    ) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// A non-keyed function connected to a broadcast stream (Flink's `BroadcastProcessFunction`):
+/// as [`KeyedBroadcastProcessFunction`], without keyed state and timers. Its main input is not
+/// repartitioned: subtask `i` reads what subtask `i` upstream produced.
+pub trait BroadcastProcessFunction<I, B, O>: Send + 'static {
+    /// Declare broadcast state here.
+    fn open(&mut self, state: &mut StateRegistry) -> Result<()>;
+
+    fn process_element(
+        &mut self,
+        value: I,
+        broadcast: &BroadcastStates,
+        out: &mut Output<'_, O>,
+    ) -> Result<()>;
+
+    fn process_broadcast_element(
+        &mut self,
+        value: B,
+        broadcast: &mut BroadcastStates,
+        out: &mut Output<'_, O>,
+    ) -> Result<()>;
 }
 
 /// Where a user function's records go: the rest of its chain. The runtime's chain links

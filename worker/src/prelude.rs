@@ -48,16 +48,18 @@
 //! the rest of what job authors may use.
 
 pub use crate::api::{
-    Data, Emitter, KeyedProcessFunction, KeyedStream, MapWindow, RecoverContext, SinkContext,
-    SinkFactory, SinkWriter, SourceContext, SourceFactory, SourceReader, SourceStatus, Stream,
-    StreamEnv, TimeWindow, WatermarkStrategy, WindowAssigner, WindowFunction, WindowOutput,
+    BroadcastProcessFunction, Data, Emitter, KeyedBroadcastProcessFunction, KeyedProcessFunction,
+    KeyedStream, MapWindow, RecoverContext, SinkContext, SinkFactory, SinkWriter, SourceContext,
+    SourceFactory, SourceReader, SourceStatus, Stream, StreamEnv, TimeWindow, WatermarkStrategy,
+    WindowAssigner, WindowFunction, WindowOutput,
 };
 pub use crate::connectors::{FileSink, FileSource, PrintSink};
 pub use crate::jobs::{BuiltJob, JobRegistry};
 pub use crate::spec::JobDocument;
 pub use crate::state::{
-    AggregateFunction, AggregatingState, KeyedContext, ListState, MapState, ReducingState,
-    StateRegistry, StateTtl, TimeDomain, Timer, UpdateType, ValueState, Visibility,
+    AggregateFunction, AggregatingState, BroadcastMapState, BroadcastStates, KeyedContext,
+    ListState, MapState, ReducingState, StateRegistry, StateTtl, TimeDomain, Timer, UpdateType,
+    ValueState, Visibility,
 };
 pub use crate::types::{Key, Timestamp, Watermark};
 pub use crate::{Error, Result};

@@ -12,10 +12,12 @@
 //!     .sink("output", FileSink::json_lines(output))
 //! ```
 
+pub mod broadcast;
 pub mod stream;
 pub mod time;
 pub mod window;
 
+pub use broadcast::{BroadcastConnectedKeyedStream, BroadcastConnectedStream, BroadcastStream};
 pub use stream::{KeyedStream, Stream, StreamEnv};
 pub use time::{EventTimeKeyedStream, EventTimeStream, WatermarkStrategy};
 pub use window::{
@@ -24,8 +26,9 @@ pub use window::{
 };
 
 pub use crate::functions::{
-    KeyedProcessFunction, Output as Emitter, RecoverContext, SinkContext, SinkFactory, SinkWriter,
-    SourceContext, SourceFactory, SourceReader, SourceStatus,
+    BroadcastProcessFunction, KeyedBroadcastProcessFunction, KeyedProcessFunction,
+    Output as Emitter, RecoverContext, SinkContext, SinkFactory, SinkWriter, SourceContext,
+    SourceFactory, SourceReader, SourceStatus,
 };
 pub use crate::runtime::graph::JobGraph;
 pub use crate::types::{Data, Key};

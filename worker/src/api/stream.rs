@@ -2,6 +2,7 @@
 //! collector per subtask, builds the upstream part of the graph: so operators compose
 //! without boxing records, and a graph can be instantiated afresh for every attempt.
 
+use std::convert::Infallible;
 use std::marker::PhantomData;
 use std::sync::{Arc, Mutex};
 
@@ -11,7 +12,7 @@ use crate::runtime::chain::{Collector, Downstream, FilterOp, FlatMapOp, MapOp};
 pub use crate::runtime::graph::SINK_PENDING_STATE;
 use crate::runtime::graph::{GraphBuilder, JobGraph, SinkRecovery};
 use crate::runtime::shuffle::{KeyedRecord, ShuffleWriter};
-use crate::runtime::task::{KeyedTask, SourceTask};
+use crate::runtime::task::{KeyedTask, Plain, SourceTask};
 use crate::runtime::{Barrier, TaskEnv, TaskSnapshot};
 use crate::spec::JobDocument;
 use crate::state::Redistribution;
@@ -220,10 +221,11 @@ impl<K: Key, T: Data> KeyedStream<K, T> {
                 let vertex = graph.add_vertex(&uid);
                 for (subtask, (inputs, chain)) in receivers.into_iter().zip(tails).enumerate() {
                     graph.add_task(vertex, subtask as u32, false, || {
-                        Box::new(KeyedTask {
+                        Box::new(KeyedTask::<K, T, Infallible, O> {
                             uid: uid.clone(),
                             inputs,
-                            function: Box::new(make()),
+                            broadcast_inputs: Vec::new(),
+                            function: Box::new(Plain(make())),
                             chain,
                         })
                     });

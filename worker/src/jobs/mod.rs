@@ -6,6 +6,7 @@ pub mod endpoints;
 pub mod kafka_bench;
 pub mod minute_bars;
 pub mod nexmark;
+pub mod rule_alerts;
 pub mod sequence_check;
 mod shared;
 pub mod state_machine;
@@ -55,6 +56,7 @@ impl JobRegistry {
         registry.register("url-count", url_count::define);
         registry.register("consumer-lag", consumer_lag::define);
         registry.register("state-machine", state_machine::define);
+        registry.register("rule-alerts", rule_alerts::define);
         registry.register("word-count", word_count::define);
         registry.register("sequence-check", sequence_check::define);
         registry.register("minute-bars", minute_bars::define);

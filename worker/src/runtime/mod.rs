@@ -6,6 +6,7 @@
 //! coordinator (the local executor or the JobManager) only through `ControlMessage` and
 //! `TaskEvent`, so the same tasks run in both.
 
+pub(crate) mod broadcast;
 pub(crate) mod cache;
 pub mod chain;
 pub mod driver;
@@ -50,6 +51,19 @@ pub enum Message<T> {
     /// Event time: no record with a timestamp at or below it follows on this channel.
     Watermark(crate::types::Watermark),
     EndOfStream,
+}
+
+impl<T> Message<T> {
+    /// The records of a `Records` message, or any other message (a barrier, a watermark, the
+    /// end of the stream) as a message of another record type.
+    pub fn into_records<U>(self) -> std::result::Result<Vec<T>, Message<U>> {
+        match self {
+            Message::Records(records) => Ok(records),
+            Message::Barrier(barrier) => Err(Message::Barrier(barrier)),
+            Message::Watermark(watermark) => Err(Message::Watermark(watermark)),
+            Message::EndOfStream => Err(Message::EndOfStream),
+        }
+    }
 }
 
 /// Coordinator to task.

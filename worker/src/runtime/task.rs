@@ -1,6 +1,8 @@
 //! The two kinds of task: a source task (reader + chain) and a keyed task (aligned inputs +
-//! keyed function over RocksDB state + chain).
+//! keyed function over RocksDB state, broadcast state when connected to a broadcast stream +
+//! chain).
 
+use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -22,7 +24,9 @@ use crate::functions::{
 use crate::spec::CheckpointMode;
 use crate::spec::layout;
 use crate::state::keygroups::key_group_range_for_subtask;
-use crate::state::{KeyGroupRange, KeyedContext, KeyedStateBackend, Redistribution, StateRegistry};
+use crate::state::{
+    BroadcastStates, KeyGroupRange, KeyedContext, KeyedStateBackend, Redistribution, StateRegistry,
+};
 use crate::types::Key;
 
 /// Name of a source's offsets in operator state.
@@ -177,10 +181,62 @@ impl<T: Send + 'static> Task for SourceTask<T> {
     }
 }
 
-pub struct KeyedTask<K, T, O> {
+/// What a keyed task runs: a keyed function, and what it does with the records of its
+/// broadcast inputs (a plain keyed function has none: `B` is `Infallible`).
+pub trait KeyedOperator<K, T, B, O>: KeyedProcessFunction<K, T, O> {
+    fn process_broadcast(&mut self, value: B, out: &mut Output<'_, O>) -> Result<()>;
+    /// The broadcast states, checkpointed with the keyed state; `None` without broadcast.
+    fn broadcast_states(&mut self) -> Option<&mut BroadcastStates>;
+}
+
+/// A keyed function without broadcast inputs.
+pub struct Plain<P>(pub P);
+
+impl<K, T, O, P: KeyedProcessFunction<K, T, O>> KeyedProcessFunction<K, T, O> for Plain<P> {
+    fn open(&mut self, state: &mut StateRegistry) -> Result<()> {
+        self.0.open(state)
+    }
+
+    #[inline]
+    fn process(
+        &mut self,
+        key: &K,
+        value: T,
+        ctx: &mut KeyedContext<'_>,
+        out: &mut Output<'_, O>,
+    ) -> Result<()> {
+        self.0.process(key, value, ctx, out)
+    }
+
+    fn on_timer(
+        &mut self,
+        key: &K,
+        timer: &crate::state::Timer,
+        ctx: &mut KeyedContext<'_>,
+        out: &mut Output<'_, O>,
+    ) -> Result<()> {
+        self.0.on_timer(key, timer, ctx, out)
+    }
+}
+
+impl<K, T, O, P: KeyedProcessFunction<K, T, O>> KeyedOperator<K, T, Infallible, O> for Plain<P> {
+    fn process_broadcast(&mut self, value: Infallible, _out: &mut Output<'_, O>) -> Result<()> {
+        match value {}
+    }
+
+    fn broadcast_states(&mut self) -> Option<&mut BroadcastStates> {
+        None
+    }
+}
+
+/// A keyed function over its keyed inputs and, when connected to a broadcast stream, its
+/// broadcast inputs. Barriers align and watermarks combine across both kinds alike (the
+/// broadcast inputs come after the keyed ones in the numbering).
+pub struct KeyedTask<K, T, B, O> {
     pub uid: String,
     pub inputs: Vec<Receiver<Message<KeyedRecord<K, T>>>>,
-    pub function: Box<dyn KeyedProcessFunction<K, T, O>>,
+    pub broadcast_inputs: Vec<Receiver<Message<B>>>,
+    pub function: Box<dyn KeyedOperator<K, T, B, O>>,
     pub chain: Box<dyn Collector<O>>,
 }
 
@@ -267,11 +323,14 @@ impl Alignment {
     }
 }
 
-impl<K: Key, T: Send + 'static, O: Send + 'static> Task for KeyedTask<K, T, O> {
+impl<K: Key, T: Send + 'static, B: Send + 'static, O: Send + 'static> Task
+    for KeyedTask<K, T, B, O>
+{
     fn run(self: Box<Self>, env: TaskEnv) -> Result<()> {
         let KeyedTask {
             uid,
             inputs,
+            broadcast_inputs,
             mut function,
             mut chain,
         } = *self;
@@ -283,6 +342,13 @@ impl<K: Key, T: Send + 'static, O: Send + 'static> Task for KeyedTask<K, T, O> {
         function.open(&mut registry)?;
         let ttl_states = registry.ttl_states().clone();
         let ttl_names = registry.ttl_names();
+        if let Some(states) = function.broadcast_states() {
+            *states = BroadcastStates::restore(
+                registry.broadcast_names(),
+                |name| env.restored_operator_state(&uid, name, Redistribution::Broadcast),
+                &uid,
+            )?;
+        }
         if let Some(restore) = &env.restore {
             crate::state::ttl::check_restored_formats(
                 &uid,
@@ -301,22 +367,37 @@ impl<K: Key, T: Send + 'static, O: Send + 'static> Task for KeyedTask<K, T, O> {
         let records_out = metrics.records_out.get_or_create(&labels).clone();
         let mut emitted = 0u64;
         let mut key_bytes = Vec::with_capacity(64);
-        let mut alignment = Alignment::new(inputs.len(), env.checkpoint_mode);
-        let mut watermarks = super::watermark::WatermarkTracker::new(inputs.len());
+        let keyed_inputs = inputs.len();
+        let all_inputs = keyed_inputs + broadcast_inputs.len();
+        let mut alignment = Alignment::new(all_inputs, env.checkpoint_mode);
+        let mut watermarks = super::watermark::WatermarkTracker::new(all_inputs);
 
+        // Set once a stop-with-savepoint barrier is snapshotted: event time stands still from
+        // then on (a source's last watermark may follow its barrier), because whatever a timer
+        // fired now would emit is after the savepoint, and is produced again by whoever
+        // restores it. Cleared if that savepoint is aborted: the job goes on.
+        let mut stopping_at: Option<u64> = None;
         loop {
-            super::event_time::fire_processing_timers(
-                &mut backend,
-                function.as_mut(),
-                chain.as_mut(),
-                &mut emitted,
-            )?;
+            if stopping_at.is_none() {
+                super::event_time::fire_processing_timers(
+                    &mut backend,
+                    function.as_mut(),
+                    chain.as_mut(),
+                    &mut emitted,
+                )?;
+            }
             let mut select = Select::new();
             select.recv(&env.control);
-            let mut readable = Vec::with_capacity(inputs.len());
+            let mut readable = Vec::with_capacity(all_inputs);
             for (i, input) in inputs.iter().enumerate() {
                 if alignment.is_readable(i) {
                     readable.push(i);
+                    select.recv(input);
+                }
+            }
+            for (i, input) in broadcast_inputs.iter().enumerate() {
+                if alignment.is_readable(keyed_inputs + i) {
+                    readable.push(keyed_inputs + i);
                     select.recv(input);
                 }
             }
@@ -332,14 +413,40 @@ impl<K: Key, T: Send + 'static, O: Send + 'static> Task for KeyedTask<K, T, O> {
                         snapshots.on_checkpoint_complete(id);
                         chain.on_checkpoint_complete(id)?;
                     }
-                    ControlMessage::AbortCheckpoint(id) => alignment.abort(id),
+                    ControlMessage::AbortCheckpoint(id) => {
+                        alignment.abort(id);
+                        if stopping_at.is_some_and(|stop| stop <= id) {
+                            stopping_at = None;
+                        }
+                    }
                     ControlMessage::Cancel => return Err(Error::Cancelled),
                     ControlMessage::TriggerCheckpoint(_) | ControlMessage::Stop => {}
                 }
                 continue;
             }
             let input = readable[op.index() - 1];
-            let message = op.recv(&inputs[input]).map_err(|_| Error::Cancelled)?;
+            let message = match input.checked_sub(keyed_inputs) {
+                None => op.recv(&inputs[input]).map_err(|_| Error::Cancelled)?,
+                Some(b) => {
+                    let message = op
+                        .recv(&broadcast_inputs[b])
+                        .map_err(|_| Error::Cancelled)?;
+                    match message.into_records() {
+                        Ok(batch) => {
+                            records_in.inc_by(batch.len() as u64);
+                            for value in batch {
+                                let mut out = Output {
+                                    next: chain.as_mut(),
+                                    emitted: &mut emitted,
+                                };
+                                function.process_broadcast(value, &mut out)?;
+                            }
+                            continue;
+                        }
+                        Err(control) => control,
+                    }
+                }
+            };
             let aligned = match message {
                 Message::Records(batch) => {
                     records_in.inc_by(batch.len() as u64);
@@ -360,6 +467,7 @@ impl<K: Key, T: Send + 'static, O: Send + 'static> Task for KeyedTask<K, T, O> {
                     None
                 }
                 Message::Barrier(barrier) => alignment.on_barrier(input, barrier),
+                Message::Watermark(_) if stopping_at.is_some() => None,
                 Message::Watermark(watermark) => {
                     super::event_time::on_watermark(
                         &mut watermarks,
@@ -378,16 +486,31 @@ impl<K: Key, T: Send + 'static, O: Send + 'static> Task for KeyedTask<K, T, O> {
                 }
             };
             if let Some(barrier) = aligned {
+                if barrier.stops_job() {
+                    stopping_at = Some(barrier.checkpoint_id);
+                }
                 if !ttl_states.is_empty() {
                     // Cleanup at snapshot: expired values are not in what follows.
                     let started = Instant::now();
                     let swept = ttl_states.sweep(&mut backend)?;
                     tracing::debug!(operator = %uid, subtask = env.id.subtask, checkpoint_id = barrier.checkpoint_id, scanned = swept.scanned, deleted = swept.deleted, rewritten = swept.rewritten, elapsed = ?started.elapsed(), "expired state swept before the snapshot");
                 }
+                let mut task_snapshot = TaskSnapshot::default();
+                task_snapshot.set_ttl_states(&uid, ttl_names.clone());
+                if let Some(states) = function.broadcast_states() {
+                    for (name, state) in states.snapshot() {
+                        task_snapshot.add_operator_state(
+                            &uid,
+                            &name,
+                            state.redistribution,
+                            state.entries,
+                        );
+                    }
+                }
                 snapshot(
                     &env,
                     &uid,
-                    &ttl_names,
+                    task_snapshot,
                     &mut backend,
                     &snapshots,
                     chain.as_mut(),
@@ -479,7 +602,7 @@ fn open_keyed_state(
 fn snapshot<O>(
     env: &TaskEnv,
     uid: &str,
-    ttl_names: &[String],
+    mut task_snapshot: TaskSnapshot,
     backend: &mut KeyedStateBackend,
     snapshots: &IncrementalSnapshots,
     chain: &mut dyn Collector<O>,
@@ -491,8 +614,6 @@ fn snapshot<O>(
     backend.checkpoint_to(&copy_dir)?;
     let subtask = env.id.subtask;
     tracing::debug!(operator = %uid, subtask, checkpoint_id, elapsed = ?started.elapsed(), "keyed snapshot: synchronous part done");
-    let mut task_snapshot = TaskSnapshot::default();
-    task_snapshot.set_ttl_states(uid, ttl_names.to_vec());
     chain.on_barrier(&barrier, &mut task_snapshot)?;
 
     let (store, job_store) = match (&barrier.savepoint, &env.checkpoint_store) {

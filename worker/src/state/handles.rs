@@ -10,6 +10,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::backend::{KeyedStateBackend, StateId};
+use super::broadcast::BroadcastMapState;
 use super::ttl::{self, Layout, StateFormat, StateTtl, Ttl, TtlClock, TtlStates};
 use crate::error::{Error, Result};
 use crate::types::CachedFiles;
@@ -28,6 +29,8 @@ pub struct StateRegistry {
     ttl_states: TtlStates,
     clock: TtlClock,
     cached_files: CachedFiles,
+    /// Broadcast states by name, in registration order.
+    broadcast: Vec<Arc<str>>,
 }
 
 impl StateRegistry {
@@ -38,6 +41,7 @@ impl StateRegistry {
             ttl_states: TtlStates::default(),
             clock: ttl::system_clock(),
             cached_files: CachedFiles::default(),
+            broadcast: Vec::new(),
         }
     }
 
@@ -137,6 +141,43 @@ impl StateRegistry {
     /// The TTL'd states, for the sweep before each snapshot.
     pub(crate) fn ttl_states(&self) -> &TtlStates {
         &self.ttl_states
+    }
+
+    /// Registers a broadcast map state (only a function on a broadcast-connected stream gets
+    /// the states to read and write it; see `BroadcastStates`). Its name is its identity in
+    /// checkpoints, within this operator.
+    pub fn broadcast_map_state<K, V>(&mut self, name: &str) -> Result<BroadcastMapState<K, V>>
+    where
+        K: Serialize + DeserializeOwned,
+        V: Serialize + DeserializeOwned,
+    {
+        let valid = !name.is_empty()
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+        if !valid {
+            return Err(Error::operator(
+                &self.operator,
+                format!("broadcast state name {name:?} must be non-empty [A-Za-z0-9._-]"),
+            ));
+        }
+        if self.broadcast.iter().any(|n| &**n == name) {
+            return Err(Error::operator(
+                &self.operator,
+                format!("broadcast state {name:?} registered twice"),
+            ));
+        }
+        let name: Arc<str> = Arc::from(name);
+        self.broadcast.push(name.clone());
+        Ok(BroadcastMapState {
+            name,
+            _types: PhantomData,
+        })
+    }
+
+    /// The registered broadcast states' names.
+    pub(crate) fn broadcast_names(&self) -> &[Arc<str>] {
+        &self.broadcast
     }
 
     pub fn value_state<T: Serialize + DeserializeOwned>(

@@ -1,9 +1,11 @@
-//! Keyed state (RocksDB behind a write-back cache, split into key groups) and operator state.
+//! Keyed state (RocksDB behind a write-back cache, split into key groups), operator state and
+//! broadcast state.
 //! Time to live ([`StateTtl`]) sits above the backend, in the handles' value encoding.
 
 // The backend's machinery (RocksDB, key-group arithmetic, snapshot files) is the runtime's;
 // job authors reach state through the handles and the names re-exported below.
 pub(crate) mod backend;
+pub mod broadcast;
 pub mod handles;
 pub(crate) mod keygroups;
 pub mod operator;
@@ -12,6 +14,7 @@ pub mod timers;
 pub(crate) mod ttl;
 
 pub use backend::KeyedStateBackend;
+pub use broadcast::{BroadcastMapState, BroadcastStates};
 pub use handles::{
     AggregateFunction, AggregatingState, KeyedContext, ListState, MapState, ReducingState,
     StateRegistry, ValueState, WithTtl,

@@ -2,7 +2,8 @@
 //!
 //! Each subtask snapshots a list of entries. On restore, `EvenSplit` concatenates the lists of
 //! all old subtasks and hands each new subtask a contiguous share; `Union` hands every new
-//! subtask everything (sources use it: each picks the splits it now owns).
+//! subtask everything (sources use it: each picks the splits it now owns); `Broadcast` hands
+//! every new subtask one old subtask's list (broadcast state: the lists are alike).
 
 use serde::{Deserialize, Serialize};
 
@@ -11,6 +12,7 @@ use serde::{Deserialize, Serialize};
 pub enum Redistribution {
     EvenSplit,
     Union,
+    Broadcast,
 }
 
 /// One subtask's snapshot of one named operator list state. Entries are JSON so
@@ -29,9 +31,17 @@ pub fn redistribute(
     parallelism: u32,
     index: u32,
 ) -> Vec<serde_json::Value> {
+    if redistribution == Redistribution::Broadcast {
+        // Flink's choice: new subtask i takes old subtask i mod the old parallelism, which
+        // spreads the reads over the old subtasks' objects.
+        return old
+            .get(index as usize % old.len().max(1))
+            .map(|s| s.entries.clone())
+            .unwrap_or_default();
+    }
     let all = old.iter().flat_map(|s| s.entries.iter().cloned());
     match redistribution {
-        Redistribution::Union => all.collect(),
+        Redistribution::Union | Redistribution::Broadcast => all.collect(),
         Redistribution::EvenSplit => {
             let all: Vec<_> = all.collect();
             let n = all.len();
@@ -76,5 +86,24 @@ mod tests {
                 vec![json!(1), json!(2), json!(3)]
             );
         }
+    }
+
+    #[test]
+    fn broadcast_hands_every_subtask_one_whole_copy() {
+        let copy = |v: &[i64]| OperatorStateSnapshot {
+            redistribution: Redistribution::Broadcast,
+            entries: v.iter().map(|v| json!(v)).collect(),
+        };
+        let old = vec![copy(&[1, 2]), copy(&[1, 2])];
+        for p in 1..=5 {
+            for i in 0..p {
+                assert_eq!(
+                    redistribute(&old, Redistribution::Broadcast, p, i),
+                    vec![json!(1), json!(2)],
+                    "p={p} i={i}"
+                );
+            }
+        }
+        assert!(redistribute(&[], Redistribution::Broadcast, 3, 2).is_empty());
     }
 }

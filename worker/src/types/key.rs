@@ -2,6 +2,8 @@
 //! part of the checkpoint format: never change an existing impl.
 
 /// Records that cross a shuffle: between TaskManagers they travel serialized (postcard).
+/// Postcard has no field names, so a record type must serialize every field every time:
+/// `#[serde(skip_serializing_if = ..)]` makes such records fail to decode on the other side.
 pub trait Data: Send + serde::Serialize + serde::de::DeserializeOwned + 'static {}
 
 impl<T: Send + serde::Serialize + serde::de::DeserializeOwned + 'static> Data for T {}
@@ -22,6 +24,12 @@ impl Key for Vec<u8> {
     fn write_key(&self, out: &mut Vec<u8>) {
         out.extend_from_slice(self);
     }
+}
+
+/// The key of a non-keyed operator's records (a broadcast-connected function runs in a keyed
+/// task): one empty key.
+impl Key for () {
+    fn write_key(&self, _out: &mut Vec<u8>) {}
 }
 
 macro_rules! int_key {
