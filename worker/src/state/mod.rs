@@ -1,10 +1,12 @@
-//! Keyed state (RocksDB behind a write-back cache, split into key groups) and operator state.
+//! Keyed state (RocksDB behind a write-back cache, or sorted maps on the heap; split into key
+//! groups) and operator state.
 //! Time to live ([`StateTtl`]) sits above the backend, in the handles' value encoding.
 
 // The backend's machinery (RocksDB, key-group arithmetic, snapshot files) is the runtime's;
 // job authors reach state through the handles and the names re-exported below.
 pub(crate) mod backend;
 pub mod handles;
+pub(crate) mod heap;
 pub(crate) mod keygroups;
 pub mod operator;
 pub(crate) mod snapshot;
