@@ -331,7 +331,7 @@ def ratio(a, b, higher_is_better=True):
         return "-"
     return f"{(a / b if higher_is_better else b / a):.2f}x"
 print(f"\nWeir, size {weir['size']}, parallelism {weir['parallelism']} -> {sys.argv[1]}")
-hdr = (f"{'workload':<12}{'events':>12}{'outputs':>11}{'wall s':>8}{'CPU s':>8}{'events/s':>12}{'ev/CPU-s':>12}"
+hdr = (f"{'workload':<16}{'events':>12}{'outputs':>11}{'wall s':>8}{'CPU s':>8}{'events/s':>12}{'ev/CPU-s':>12}"
        f"{'CPU-s/M':>9}{'p50 ms':>9}{'p99 ms':>9}{'ckpt ms':>9}{'ckpt MB':>9}  vs Flink (ev/CPU-s)")
 print(hdr); print("-" * len(hdr))
 for r in weir["workloads"]:
@@ -345,7 +345,7 @@ for r in weir["workloads"]:
         fr = flink.get(fname)
         if fr:
             vs.append(f"{fname}: {ratio(r['events_per_cpu_s'], fr['events_per_cpu_s'])}")
-    print(f"{r['name']:<12}{r['events']:>12,}{r['outputs']:>11,}{r['wall_s']:>8.1f}{r['cpu_s']:>8.1f}"
+    print(f"{r['name']:<16}{r['events']:>12,}{r['outputs']:>11,}{r['wall_s']:>8.1f}{r['cpu_s']:>8.1f}"
           f"{r['events_per_s']:>12,}{r['events_per_cpu_s']:>12,}{r['cpu_s_per_million']:>9.2f}"
           f"{f(lat.get('p50'), 1000, 1):>9}{f(lat.get('p99'), 1000, 1):>9}{f(cp.get('duration_ms_p50')):>9}"
           f"{f(cp.get('last_state_size_bytes'), 1e6, 1):>9}  {'  '.join(vs) or '-'}")

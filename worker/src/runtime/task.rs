@@ -425,6 +425,9 @@ fn open_keyed_state(
     key_groups: KeyGroupRange,
     snapshots: &IncrementalSnapshots,
 ) -> Result<KeyedStateBackend> {
+    // Snapshots are written here before they are stored, on either backend (RocksDB would
+    // create it for its instance; the heap has no instance).
+    std::fs::create_dir_all(&env.local_dir).map_err(|e| Error::io(env.local_dir.display(), e))?;
     let db_path = env.local_dir.join("rocksdb");
     let cache_bytes = env.doc.state.cache_bytes;
     let kind = env.doc.state.backend;
