@@ -57,7 +57,16 @@ impl HeapStore {
 
     pub(crate) fn put(&mut self, key: &[u8], value: &[u8]) {
         let index = self.group_index(key);
-        self.groups[index].insert(key.into(), value.into());
+        let map = &mut self.groups[index];
+        // Most puts overwrite a value of the same size (a running count): reuse its bytes
+        // instead of allocating a new key and value.
+        match map.get_mut(key) {
+            Some(old) if old.len() == value.len() => old.copy_from_slice(value),
+            Some(old) => *old = value.into(),
+            None => {
+                map.insert(key.into(), value.into());
+            }
+        }
     }
 
     pub(crate) fn delete(&mut self, key: &[u8]) {
