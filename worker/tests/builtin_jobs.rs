@@ -324,6 +324,24 @@ fn sequence_check_passes_every_record_once_without_alerts(backend) {
 }
 }
 
+on_each_backend! {
+/// A job whose keyed task writes nothing else to its local directory (no file sink) still
+/// checkpoints: the snapshot is written there first on either backend.
+fn nexmark_count_checkpoints_its_keyed_state(backend) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let yaml = format!(
+        "job: {{name: nexmark, args: {{query: count, events: 200000, keys: 1000}}}}\nparallelism: 2\n\
+         checkpointing: {{interval: 20ms, storage: 'file://{}'}}\nrestartStrategy: {{type: none}}\n{}",
+        dir.path().join("checkpoints").display(),
+        backend_line(backend),
+    );
+    let job = write_job(dir.path(), "job.yaml", &yaml);
+    let output = run_job(&job, &[], &[], &dir.path().join("work"));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.contains("last checkpoint: file://"), "{stdout}");
+}
+}
+
 #[test]
 fn malformed_record_fails_naming_file_and_offset() {
     let dir = tempfile::tempdir().expect("tempdir");
