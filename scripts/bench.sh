@@ -3,7 +3,11 @@
 # installed, and prints the figures side by side with the Weir/Flink ratio per workload.
 #
 #   scripts/bench.sh [--size smoke|full] [--parallelism N] [--no-flink] [--flink-json FILE]
-#                    [--worker BINARY] [workload...]
+#                    [--worker BINARY] [--backend rocksdb|heap] [--state-keys N] [workload...]
+#
+# A workload with keyed state runs on RocksDB; `<workload>-heap` (count-100k-heap, q5-heap,
+# state-heap, ...) runs it with `state.backend: heap`, and `--backend heap` does that for
+# every workload given (or the default list).
 #
 # Workloads: q0 q1 q2 (a: stateless, from bid files), count-100k count-2m (b: keyed running
 # count on RocksDB), q5 (c), q7 (d), state (e: ~1 GB of keyed state: checkpoint, kill -9,
@@ -27,6 +31,8 @@ FRESH_FLINK=0
 FLINK_JSON="$REPO/target/bench/flink.json"
 WORKLOADS=()
 WEIR=""
+BACKEND=rocksdb
+STATE_KEYS=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --size) SIZE="$2"; shift 2;;
@@ -35,6 +41,8 @@ while [ $# -gt 0 ]; do
     --fresh-flink) FRESH_FLINK=1; shift;;
     --flink-json) FLINK_JSON="$2"; FLINK=file; shift 2;;
     --worker) WEIR="$(realpath "$2")"; shift 2;;
+    --backend) BACKEND="$2"; shift 2;;
+    --state-keys) STATE_KEYS="$2"; shift 2;;
     -h|--help) sed -n '2,20p' "$0"; exit 0;;
     -*) echo "bench: unknown option $1" >&2; exit 2;;
     *) WORKLOADS+=("$1"); shift;;
@@ -50,10 +58,23 @@ case "$SIZE" in
     [ ${#WORKLOADS[@]} -eq 0 ] && WORKLOADS=(q0 q1 q2 count-100k count-2m q5 q7 state);;
   *) echo "bench: --size must be smoke or full" >&2; exit 2;;
 esac
+# Keys of workload (e), 100 bytes each: 10,000,000 is about 1 GB of state.
+[ -n "$STATE_KEYS" ] && E_KEYS="$STATE_KEYS"
+case "$BACKEND" in
+  rocksdb) ;;
+  heap)
+    for i in "${!WORKLOADS[@]}"; do
+      case "${WORKLOADS[$i]}" in
+        count-100k|count-2m|q5|q7|state) WORKLOADS[$i]="${WORKLOADS[$i]}-heap";;
+      esac
+    done;;
+  *) echo "bench: --backend must be rocksdb or heap" >&2; exit 2;;
+esac
 for w in "${WORKLOADS[@]}"; do
   case "$w" in
     q0|q1|q2|count-100k|count-2m|q5|q7|state) ;;
-    *) echo "bench: unknown workload $w (q0 q1 q2 count-100k count-2m q5 q7 state)" >&2; exit 2;;
+    count-100k-heap|count-2m-heap|q5-heap|q7-heap|state-heap) ;;
+    *) echo "bench: unknown workload $w (q0 q1 q2 count-100k count-2m q5 q7 state, and -heap of the keyed ones)" >&2; exit 2;;
   esac
 done
 [ -x /usr/bin/time ] || { echo "bench: /usr/bin/time missing (Debian: apt-get install time)" >&2; exit 1; }
@@ -85,7 +106,16 @@ progress_filter() {
     | sed -u -E "s/^[^ ]+ +INFO [a-z_:]+: /[weir $name] /" >&2 || true
 }
 
-# job_doc FILE ARGS CHECKPOINT_INTERVAL: the job document of one run.
+# The job document's `state:` for workload NAME: heap for `*-heap`, else RocksDB with the
+# same memory for state as Flink's 512 MB of managed memory: 256 MB per keyed subtask.
+state_config() {
+  case "$1" in
+    *-heap) echo "{backend: heap}";;
+    *) echo "{backend: rocksdb, cacheBytes: 268435456}";;
+  esac
+}
+
+# job_doc FILE ARGS CHECKPOINT_INTERVAL STATE: the job document of one run.
 job_doc() {
   cat > "$1" <<EOF
 job:
@@ -99,8 +129,7 @@ checkpointing:
   timeout: 10m
 restartStrategy: {type: none}
 restore: none
-# The same memory for state as Flink's 512 MB of managed memory: 256 MB per keyed subtask.
-state: {cacheBytes: 268435456}
+state: $4
 EOF
 }
 
@@ -108,7 +137,7 @@ EOF
 run_job() {
   local name="$1" args="$2" work="$RUNS/$1" load
   rm -rf "$work"; mkdir -p "$work"
-  job_doc "$work/job.yaml" "$args" 5s
+  job_doc "$work/job.yaml" "$args" 5s "$(state_config "$name")"
   load="$(loadavg)"
   echo "--- $name (load average before: $load)" >&2
   : > "$LOGS/$name.log"
@@ -144,22 +173,23 @@ bid_files() {
 }
 
 # Workload (e): load, checkpoint twice, kill -9, restart from the latest checkpoint.
+# NAME is state or state-heap. The task's synchronous snapshot pause comes from its debug log.
 run_state() {
-  local name=state work="$RUNS/state" keys="$E_KEYS" load pid t_kill t_restart
+  local name="$1" work="$RUNS/$1" keys="$E_KEYS" load pid t_kill t_restart
   rm -rf "$work"; mkdir -p "$work"
-  job_doc "$work/job.yaml" "query: state, keys: $keys, valueBytes: 100" 1h
+  job_doc "$work/job.yaml" "query: state, keys: $keys, valueBytes: 100" 1h "$(state_config "$name")"
   load="$(loadavg)"
-  echo "--- state: $keys keys x 100 bytes (load average before: $load)" >&2
-  : > "$LOGS/state.log"; : > "$LOGS/state-restore.log"
-  /usr/bin/time -f '%U %S %e %M' -o "$work/time" \
+  echo "--- $name: $keys keys x 100 bytes (load average before: $load)" >&2
+  : > "$LOGS/$name.log"; : > "$LOGS/$name-restore.log"
+  WEIR_LOG="info,weir::runtime::task=debug" /usr/bin/time -f '%U %S %e %M' -o "$work/time" \
     "$WEIR" local --job "$work/job.yaml" --work-dir "$work/work" \
-    > "$work/stdout" 2> >(progress_filter state "$LOGS/state.log") &
+    > "$work/stdout" 2> >(progress_filter "$name" "$LOGS/$name.log") &
   pid=$!
   while ! grep -q '"event":"ready_to_kill"' "$work/stdout" 2>/dev/null; do
-    kill -0 "$pid" 2>/dev/null || { echo "bench: state run died; see $LOGS/state.log" >&2; return 1; }
+    kill -0 "$pid" 2>/dev/null || { echo "bench: $name run died; see $LOGS/$name.log" >&2; return 1; }
     sleep 0.1
   done
-  grep '"event":"checkpoint"' "$work/stdout" | sed 's/^/[weir state] /' >&2
+  grep '"event":"checkpoint"' "$work/stdout" | sed "s/^/[weir $name] /" >&2
   # /usr/bin/time's child is the worker: kill it, not time.
   local worker
   worker="$(pgrep -P "$pid" -x weir-worker || true)"
@@ -167,18 +197,23 @@ run_state() {
   t_kill="$(date +%s%3N)"
   kill -9 "$worker"
   wait "$pid" 2>/dev/null || true
-  echo "[weir state] killed (kill -9) at $t_kill; restarting with --restore latest" >&2
+  echo "[weir $name] killed (kill -9) at $t_kill; restarting with --restore latest" >&2
   t_restart="$(date +%s%3N)"
   /usr/bin/time -f '%U %S %e %M' -o "$work/time-restore" \
     "$WEIR" local --job "$work/job.yaml" --work-dir "$work/work-restore" --restore latest \
-      > "$work/stdout-restore" 2> >(progress_filter state-restore "$LOGS/state-restore.log") \
-    || { echo "bench: state restore failed; see $LOGS/state-restore.log" >&2; return 1; }
+      > "$work/stdout-restore" 2> >(progress_filter "$name-restore" "$LOGS/$name-restore.log") \
+    || { echo "bench: $name restore failed; see $LOGS/$name-restore.log" >&2; return 1; }
   sleep 0.2
-  grep -h 'restoring' "$LOGS/state-restore.log" | head -1 | cut -d' ' -f1 > "$work/restore-log-time" || true
+  grep -h 'restoring' "$LOGS/$name-restore.log" | head -1 | cut -d' ' -f1 > "$work/restore-log-time" || true
   rm -rf "$work/work" "$work/work-restore"
-  python3 - "$work" "$t_kill" "$t_restart" "$load" >> "$RESULTS" <<'EOF'
-import datetime, json, os, sys
-work, t_kill, t_restart, load = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+  python3 - "$work" "$t_kill" "$t_restart" "$load" "$name" "$LOGS/$name.log" >> "$RESULTS" <<'EOF'
+import datetime, json, os, re, sys
+work, t_kill, t_restart, load, name, log = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5], sys.argv[6]
+# The task's pause per snapshot: "keyed snapshot: synchronous part done ... elapsed=12.3ms".
+units = {"ns": 1e-6, "µs": 1e-3, "us": 1e-3, "ms": 1.0, "s": 1000.0}
+pauses = [float(m.group(1)) * units[m.group(2)]
+          for line in open(log, errors="replace") if "synchronous part done" in line
+          for m in [re.search(r"elapsed=([0-9.]+)(ns|µs|us|ms|s)\b", line)] if m]
 def result(path):
     objs = [json.loads(l) for l in open(path) if l.startswith('{')]
     return [o for o in objs if "workload" in o][-1]
@@ -194,7 +229,9 @@ if stamp:
     t = datetime.datetime.fromisoformat(stamp.replace("Z", "+00:00"))
     restore_ms = round(t.timestamp() * 1000) - t_kill
 cps = first["checkpoints"]
-res = dict(name="state", workload="state", engine="weir", events=first["keys"], keys=first["keys"],
+res = dict(name=name, workload="state", engine="weir", events=first["keys"], keys=first["keys"],
+           sync_pause_ms_max=round(max(pauses), 3) if pauses else None,
+           sync_pause_ms_per_snapshot=[round(p, 3) for p in pauses],
            value_bytes=first["value_bytes"], load_avg_before=load, load_s=first["load_s"],
            load_cpu_s=first["load_cpu_s"],
            load_events_per_s=round(first["keys"] / first["load_s"]),
@@ -215,18 +252,18 @@ res = dict(name="state", workload="state", engine="weir", events=first["keys"], 
            checkpoints=cps)
 print(json.dumps(res))
 EOF
-  echo "[weir state] recovery (kill -9 -> first new output): $(tail -1 "$RESULTS" | python3 -c 'import json,sys; print(json.load(sys.stdin)["recovery_ms"])') ms" >&2
+  echo "[weir $name] recovery (kill -9 -> first new output): $(tail -1 "$RESULTS" | python3 -c 'import json,sys; print(json.load(sys.stdin)["recovery_ms"])') ms" >&2
 }
 
 echo "Weir, size $SIZE, parallelism $PARALLELISM: ${WORKLOADS[*]}" >&2
 for w in "${WORKLOADS[@]}"; do
-  case "$w" in
+  case "${w%-heap}" in
     q0|q1|q2) run_job "$w" "query: $w, events: $A_EVENTS, input: $(bid_files "$A_EVENTS")";;
     count-100k) run_job "$w" "query: count, events: $B_EVENTS, keys: 100000";;
     count-2m) run_job "$w" "query: count, events: $B_EVENTS, keys: 2000000";;
     q5) run_job "$w" "query: q5, events: $C_EVENTS";;
     q7) run_job "$w" "query: q7, events: $D_EVENTS";;
-    state) run_state;;
+    state) run_state "$w";;
   esac
 done
 
@@ -250,7 +287,9 @@ if [ "$FLINK" = auto ]; then
     for w in "${WORKLOADS[@]}"; do
       case "$w" in
         count-100k|count-2m) FLINK_WORKLOADS+=("$w" "$w-heap");;
-        state) FLINK_WORKLOADS+=(state state-full);;
+        count-100k-heap|count-2m-heap) FLINK_WORKLOADS+=("$w");;
+        q5-heap|q7-heap) FLINK_WORKLOADS+=("${w%-heap}");;
+        state|state-heap) FLINK_WORKLOADS+=(state state-full);;
         *) FLINK_WORKLOADS+=("$w");;
       esac
     done
@@ -292,7 +331,7 @@ def ratio(a, b, higher_is_better=True):
         return "-"
     return f"{(a / b if higher_is_better else b / a):.2f}x"
 print(f"\nWeir, size {weir['size']}, parallelism {weir['parallelism']} -> {sys.argv[1]}")
-hdr = (f"{'workload':<12}{'events':>12}{'outputs':>11}{'wall s':>8}{'CPU s':>8}{'events/s':>12}{'ev/CPU-s':>12}"
+hdr = (f"{'workload':<16}{'events':>12}{'outputs':>11}{'wall s':>8}{'CPU s':>8}{'events/s':>12}{'ev/CPU-s':>12}"
        f"{'CPU-s/M':>9}{'p50 ms':>9}{'p99 ms':>9}{'ckpt ms':>9}{'ckpt MB':>9}  vs Flink (ev/CPU-s)")
 print(hdr); print("-" * len(hdr))
 for r in weir["workloads"]:
@@ -301,23 +340,25 @@ for r in weir["workloads"]:
     lat = r.get("latency_us") or {}
     cp = r.get("checkpoints") or {}
     vs = []
-    for fname in (r["name"], r["name"] + "-heap"):
+    base = r["name"].removesuffix("-heap")
+    for fname in dict.fromkeys((r["name"], base, base + "-heap")):
         fr = flink.get(fname)
         if fr:
             vs.append(f"{fname}: {ratio(r['events_per_cpu_s'], fr['events_per_cpu_s'])}")
-    print(f"{r['name']:<12}{r['events']:>12,}{r['outputs']:>11,}{r['wall_s']:>8.1f}{r['cpu_s']:>8.1f}"
+    print(f"{r['name']:<16}{r['events']:>12,}{r['outputs']:>11,}{r['wall_s']:>8.1f}{r['cpu_s']:>8.1f}"
           f"{r['events_per_s']:>12,}{r['events_per_cpu_s']:>12,}{r['cpu_s_per_million']:>9.2f}"
           f"{f(lat.get('p50'), 1000, 1):>9}{f(lat.get('p99'), 1000, 1):>9}{f(cp.get('duration_ms_p50')):>9}"
           f"{f(cp.get('last_state_size_bytes'), 1e6, 1):>9}  {'  '.join(vs) or '-'}")
 for r in weir["workloads"]:
     if r["workload"] != "state":
         continue
-    print(f"\nstate (e): {r['keys']:,} keys x {r['value_bytes']} B; load {r['load_s']:.1f} s, "
+    print(f"\n{r['name']} (e): {r['keys']:,} keys x {r['value_bytes']} B; load {r['load_s']:.1f} s, "
           f"{r['load_events_per_cpu_s']:,} keys/CPU-s; load avg before {r['load_avg_before']}")
     print(f"  checkpoint of the whole state: {r['checkpoint_full_duration_ms']:,} ms, "
           f"{r['checkpoint_full_size_bytes'] / 1e6:,.1f} MB; next: {r['checkpoint_next_duration_ms']:,} ms, "
           f"{r['checkpoint_next_size_bytes'] / 1e6:,.1f} MB written of {r.get('checkpoint_next_state_bytes', 0) / 1e6:,.1f} MB state; "
           f"folder {r['checkpoints_dir_bytes'] / 1e6:,.1f} MB")
+    print(f"  task pause (synchronous part) per snapshot, ms: {r.get('sync_pause_ms_per_snapshot')}")
     print(f"  recovery (kill -9 -> first new output): {r['recovery_ms']:,} ms "
           f"(restore started after {f(r['restore_started_after_kill_ms'])} ms); missing keys {r['missing_keys_seen']}")
     for fname in ("state", "state-full"):

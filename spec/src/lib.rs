@@ -476,7 +476,13 @@ pub enum MalformedRecordPolicy {
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct StateConfig {
-    /// Write-back cache in front of RocksDB, per keyed subtask.
+    /// Where keyed state lives: `rocksdb` (the default; on local disk, bounded memory) or
+    /// `heap` (in memory; faster for state that fits in memory). A savepoint or checkpoint
+    /// of either restores on the other.
+    #[serde(default)]
+    pub backend: StateBackendKind,
+    /// Write-back cache in front of RocksDB, per keyed subtask. Ignored by the heap backend,
+    /// which keeps everything in memory and has no cache.
     #[serde(default = "default_cache_bytes")]
     pub cache_bytes: u64,
     /// Where RocksDB instances and in-progress sink files live. Defaults to the OS temp dir.
@@ -485,13 +491,29 @@ pub struct StateConfig {
     /// Checkpoints store only the RocksDB files that changed since the previous checkpoint
     /// and restore by opening those files (Flink's incremental checkpoints). Off: every
     /// checkpoint is a full snapshot object, like a savepoint. Savepoints are always full.
+    /// The heap backend always writes full snapshots (like Flink's).
     #[serde(default = "default_true")]
     pub incremental_checkpoints: bool,
+}
+
+/// The keyed-state backend of every keyed subtask of the job.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(rename_all = "camelCase")]
+pub enum StateBackendKind {
+    /// RocksDB on local disk behind a write-back cache (`state.cacheBytes`): state larger
+    /// than memory, incremental checkpoints.
+    #[default]
+    Rocksdb,
+    /// Sorted in-memory maps per key group; snapshots are copy-on-write clones written out
+    /// asynchronously as full snapshot objects.
+    Heap,
 }
 
 impl Default for StateConfig {
     fn default() -> Self {
         StateConfig {
+            backend: StateBackendKind::default(),
             cache_bytes: default_cache_bytes(),
             local_dir: None,
             incremental_checkpoints: true,
@@ -903,6 +925,18 @@ s3: {endpoint: "http://127.0.0.1:9000", forcePathStyle: true}
         let err = parse("job: {name: x}\ncheckpointing: {interval: soon, storage: /tmp/x}")
             .expect_err("invalid");
         assert!(err.to_string().contains("checkpointing.interval"), "{err}");
+    }
+
+    #[test]
+    fn state_backend_is_rocksdb_by_default_and_a_bad_one_names_the_field() {
+        let doc = parse("job: {name: x}").expect("valid");
+        assert_eq!(doc.state.backend, StateBackendKind::Rocksdb);
+        let doc = parse("job: {name: x}\nstate: {backend: heap}").expect("valid");
+        assert_eq!(doc.state.backend, StateBackendKind::Heap);
+        let err = parse("job: {name: x}\nstate: {backend: memory}").expect_err("invalid");
+        let msg = err.to_string();
+        assert!(msg.contains("state.backend"), "{msg}");
+        assert!(msg.contains("heap") && msg.contains("rocksdb"), "{msg}");
     }
 
     #[test]

@@ -84,7 +84,7 @@ fn expected_alerts() -> Vec<(u64, u64, String, u64)> {
     alerts
 }
 
-fn job(dir: &Path, name: &str, rate: Option<u64>) -> (PathBuf, PathBuf) {
+fn job(dir: &Path, name: &str, rate: Option<u64>, backend: &str) -> (PathBuf, PathBuf) {
     let store = dir.join(name);
     let rules_dir = store.join("rules");
     std::fs::create_dir_all(&rules_dir).expect("rules dir");
@@ -93,7 +93,7 @@ fn job(dir: &Path, name: &str, rate: Option<u64>) -> (PathBuf, PathBuf) {
     let rate = rate.map_or(String::new(), |r| format!(", eventsPerSecond: {r}"));
     let yaml = format!(
         "job:\n  name: rule-alerts\n  args: {{keys: {KEYS}, eventsPerKey: {EVENTS_PER_KEY}{rate}, rules: '{rules}', output: '{out}'}}\n\
-         jobId: rules\nparallelism: 2\n\
+         jobId: rules\nparallelism: 2\nstate: {{backend: {backend}}}\n\
          checkpointing: {{interval: 200ms, storage: 'file://{chk}', retained: 3, savepointDirectories: ['file://{sp}']}}\n\
          restartStrategy: {{type: none}}\n",
         rules = rules_dir.display(),
@@ -158,19 +158,20 @@ fn assert_latest_checkpoint_has_equal_broadcast_state(store: &Path, parallelism:
     }
 }
 
-#[test]
-fn rule_alerts_follow_rules_that_change_mid_stream_exactly_once() {
+on_each_backend! {
+fn rule_alerts_follow_rules_that_change_mid_stream_exactly_once(backend) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (job, store) = job(dir.path(), "baseline", None);
+    let (job, store) = job(dir.path(), "baseline", None, backend);
     run_job(&job, &[], &[], &dir.path().join("work"));
     assert_eq!(alerts(&store), expected_alerts());
     assert_latest_checkpoint_has_equal_broadcast_state(&store, 2);
 }
+}
 
-#[test]
-fn broadcast_state_survives_sigkill_and_restore_on_every_subtask() {
+on_each_backend! {
+fn broadcast_state_survives_sigkill_and_restore_on_every_subtask(backend) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (job, store) = job(dir.path(), "killed", Some(800));
+    let (job, store) = job(dir.path(), "killed", Some(800), backend);
     let checkpoints = store.join("checkpoints/rules");
     for kill in 0..3 {
         let before = completed_checkpoints(&checkpoints)
@@ -202,11 +203,12 @@ fn broadcast_state_survives_sigkill_and_restore_on_every_subtask() {
     assert_eq!(alerts(&store), expected_alerts());
     assert_latest_checkpoint_has_equal_broadcast_state(&store, 2);
 }
+}
 
-#[test]
-fn broadcast_state_reaches_every_subtask_after_a_rescale_2_to_3() {
+on_each_backend! {
+fn broadcast_state_reaches_every_subtask_after_a_rescale_2_to_3(backend) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (job, store) = job(dir.path(), "rescaled", Some(800));
+    let (job, store) = job(dir.path(), "rescaled", Some(800), backend);
     let log = dir.path().join("run.log");
     let mut child = spawn_job(
         &job,
@@ -251,13 +253,14 @@ fn broadcast_state_reaches_every_subtask_after_a_rescale_2_to_3() {
     // The third subtask never read a rule: its copy came from the savepoint.
     assert_latest_checkpoint_has_equal_broadcast_state(&store, 3);
 }
+}
 
 /// On the distributed runtime: the broadcast records cross TaskManagers in the data frames,
 /// and a TaskManager SIGKILL restores every subtask's copy from the checkpoint.
 #[test]
 fn broadcast_state_on_jobmanager_and_taskmanagers_survives_a_taskmanager_sigkill() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (job, store) = job(dir.path(), "cluster", Some(800));
+    let (job, store) = job(dir.path(), "cluster", Some(800), "rocksdb");
     let job = job.display().to_string();
     // The failure must be retried: the document says `none`.
     let yaml = std::fs::read_to_string(&job).expect("job").replace(

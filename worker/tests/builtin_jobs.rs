@@ -26,6 +26,11 @@ fn file_job(
     write_job(dir, "job.yaml", &yaml)
 }
 
+/// The job document line that puts keyed state on `backend`.
+fn backend_line(backend: &str) -> String {
+    format!("state: {{backend: {backend}}}\n")
+}
+
 fn input_dir(dir: &Path, name: &str, lines: &[serde_json::Value]) -> std::path::PathBuf {
     let input = dir.join("input");
     std::fs::create_dir_all(&input).expect("mkdir");
@@ -48,8 +53,8 @@ fn by_key(
     map
 }
 
-#[test]
-fn url_count_counts_per_url() {
+on_each_backend! {
+fn url_count_counts_per_url(backend) {
     let dir = tempfile::tempdir().expect("tempdir");
     let input = input_dir(
         dir.path(),
@@ -60,7 +65,7 @@ fn url_count_counts_per_url() {
             json!({"@timestamp": "18/Apr/2019:00:00:00", "remote_addr": "127.0.0.1", "request": "GET", "url": "/api/a"}),
         ],
     );
-    let job = file_job(dir.path(), "url-count", &input, 2, "");
+    let job = file_job(dir.path(), "url-count", &input, 2, &backend_line(backend));
     run_job(&job, &[], &[], &dir.path().join("work"));
     let out = by_key(committed_json(&dir.path().join("output")), "url");
     assert_eq!(
@@ -72,6 +77,7 @@ fn url_count_counts_per_url() {
     );
     assert_eq!(out["/api/b"], vec![json!({"url": "/api/b", "count": 1})]);
     assert_eq!(out.len(), 2);
+}
 }
 
 /// Counts per URL in output order, over every committed part so far.
@@ -225,8 +231,8 @@ fn consumer_lag_subtracts_each_consumer_from_the_producer() {
     );
 }
 
-#[test]
-fn state_machine_alerts_on_invalid_transitions_only() {
+on_each_backend! {
+fn state_machine_alerts_on_invalid_transitions_only(backend) {
     let dir = tempfile::tempdir().expect("tempdir");
     let ev = |addr: &str, t: &str| json!({"sourceAddress": addr, "type": t});
     let input = input_dir(
@@ -246,7 +252,7 @@ fn state_machine_alerts_on_invalid_transitions_only() {
             ev("3.3.3.3", "b"), // invalid from Initial
         ],
     );
-    let job = file_job(dir.path(), "state-machine", &input, 2, "");
+    let job = file_job(dir.path(), "state-machine", &input, 2, &backend_line(backend));
     run_job(&job, &[], &[], &dir.path().join("work"));
     let mut alerts = committed_json(&dir.path().join("output"));
     alerts.sort_by_key(|a| a["sourceAddress"].as_str().map(str::to_string));
@@ -258,15 +264,16 @@ fn state_machine_alerts_on_invalid_transitions_only() {
         ]
     );
 }
+}
 
-#[test]
-fn word_count_counts_words_case_insensitively() {
+on_each_backend! {
+fn word_count_counts_words_case_insensitively(backend) {
     let dir = tempfile::tempdir().expect("tempdir");
     let input = dir.path().join("input");
     std::fs::create_dir_all(&input).expect("mkdir");
     std::fs::write(input.join("a.txt"), "To be, or not to be\n").expect("write");
     std::fs::write(input.join("b.txt"), "that is the question: TO be").expect("write");
-    let job = file_job(dir.path(), "word-count", &input, 2, "");
+    let job = file_job(dir.path(), "word-count", &input, 2, &backend_line(backend));
     run_job(&job, &[], &[], &dir.path().join("work"));
     let finals: BTreeMap<String, u64> = by_key(committed_json(&dir.path().join("output")), "word")
         .into_iter()
@@ -298,20 +305,41 @@ fn word_count_counts_words_case_insensitively() {
     .collect();
     assert_eq!(finals, expected);
 }
+}
 
-#[test]
-fn sequence_check_passes_every_record_once_without_alerts() {
+on_each_backend! {
+fn sequence_check_passes_every_record_once_without_alerts(backend) {
     let dir = tempfile::tempdir().expect("tempdir");
     let yaml = format!(
         "job: {{name: sequence-check, args: {{keys: 7, eventsPerKey: 500, output: {}}}}}\nparallelism: 3\n\
-         checkpointing: {{interval: 50ms, storage: 'file://{}'}}\n",
+         checkpointing: {{interval: 50ms, storage: 'file://{}'}}\n{}",
         dir.path().join("output").display(),
-        dir.path().join("checkpoints").display()
+        dir.path().join("checkpoints").display(),
+        backend_line(backend),
     );
     let job = write_job(dir.path(), "job.yaml", &yaml);
     run_job(&job, &[], &[], &dir.path().join("work"));
     verify_sequence_output(&committed_json(&dir.path().join("output")), 7, 500)
         .expect("exactly once");
+}
+}
+
+on_each_backend! {
+/// A job whose keyed task writes nothing else to its local directory (no file sink) still
+/// checkpoints: the snapshot is written there first on either backend.
+fn nexmark_count_checkpoints_its_keyed_state(backend) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let yaml = format!(
+        "job: {{name: nexmark, args: {{query: count, events: 200000, keys: 1000}}}}\nparallelism: 2\n\
+         checkpointing: {{interval: 20ms, storage: 'file://{}'}}\nrestartStrategy: {{type: none}}\n{}",
+        dir.path().join("checkpoints").display(),
+        backend_line(backend),
+    );
+    let job = write_job(dir.path(), "job.yaml", &yaml);
+    let output = run_job(&job, &[], &[], &dir.path().join("work"));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.contains("last checkpoint: file://"), "{stdout}");
+}
 }
 
 #[test]

@@ -17,14 +17,21 @@ use support::*;
 const KEYS: u64 = 20;
 const HEARTBEAT: [&str; 4] = ["--heartbeat-interval", "200ms", "--heartbeat-timeout", "2s"];
 
-/// `sequence-check` at parallelism 2 with checkpoints and output on S3.
-fn sequence_job(dir: &Path, endpoint: &str, events_per_key: u64, rate: u64) -> PathBuf {
+/// `sequence-check` at parallelism 2 with checkpoints and output on S3, keyed state on
+/// `backend` (`state.backend`).
+fn sequence_job(
+    dir: &Path,
+    endpoint: &str,
+    events_per_key: u64,
+    rate: u64,
+    backend: &str,
+) -> PathBuf {
     let yaml = format!(
         "job:\n  name: sequence-check\n  args: {{keys: {KEYS}, eventsPerKey: {events_per_key}, eventsPerSecond: {rate}, output: 's3://weir/output'}}\n\
          jobId: seq\nparallelism: 2\n\
          checkpointing: {{interval: 300ms, storage: 's3://weir/checkpoints', retained: 3, timeout: 3s, tolerableFailures: 2, savepointDirectories: ['s3://weir/savepoints', 's3://not-a-bucket/savepoints']}}\n\
          restartStrategy: {{type: fixed-delay, attempts: 1000, delay: 200ms}}\n\
-         s3: {{endpoint: '{endpoint}', forcePathStyle: true}}\n"
+         s3: {{endpoint: '{endpoint}', forcePathStyle: true}}\nstate: {{backend: {backend}}}\n"
     );
     write_job(dir, "job.yaml", &yaml)
 }
@@ -316,14 +323,14 @@ fn verify_output(s3: &S3Server, events_per_key: u64, what: &str) {
     verify_sequence_output(&output, KEYS, events_per_key).unwrap_or_else(|e| panic!("{what}: {e}"));
 }
 
-#[test]
-fn chaos_sigkill_taskmanagers_then_the_jobmanager_keeps_output_exactly_once() {
+on_each_backend! {
+fn chaos_sigkill_taskmanagers_then_the_jobmanager_keeps_output_exactly_once(backend) {
     let s3 = S3Server::start();
     s3.create_bucket("weir");
     let dir = tempfile::tempdir().expect("tempdir");
     // 800k events at 2 x 5,000/s: over 80 s of input before any failure.
     let events_per_key = 40_000;
-    let job = sequence_job(dir.path(), &s3.endpoint, events_per_key, 5000);
+    let job = sequence_job(dir.path(), &s3.endpoint, events_per_key, 5000, backend);
     let mut cluster = Cluster::new(dir.path(), job, s3.env());
     cluster.start_jobmanager(&["--exit-when-done"]);
     cluster.start_taskmanager(0, 1);
@@ -373,6 +380,7 @@ fn chaos_sigkill_taskmanagers_then_the_jobmanager_keeps_output_exactly_once() {
         "retention keeps exactly `retained: 3`"
     );
 }
+}
 
 #[test]
 fn a_paused_taskmanager_is_fenced_and_adds_no_output() {
@@ -380,7 +388,7 @@ fn a_paused_taskmanager_is_fenced_and_adds_no_output() {
     s3.create_bucket("weir");
     let dir = tempfile::tempdir().expect("tempdir");
     let events_per_key = 10_000;
-    let job = sequence_job(dir.path(), &s3.endpoint, events_per_key, 4000);
+    let job = sequence_job(dir.path(), &s3.endpoint, events_per_key, 4000, "rocksdb");
     let mut cluster = Cluster::new(dir.path(), job, s3.env());
     cluster.start_jobmanager(&["--exit-when-done"]);
     cluster.start_taskmanager(0, 1);
@@ -416,7 +424,7 @@ fn an_s3_outage_fails_checkpoints_then_the_job_recovers_exactly_once() {
     s3.create_bucket("weir");
     let dir = tempfile::tempdir().expect("tempdir");
     let events_per_key = 6000;
-    let job = sequence_job(dir.path(), &s3.endpoint, events_per_key, 3000);
+    let job = sequence_job(dir.path(), &s3.endpoint, events_per_key, 3000, "rocksdb");
     let mut cluster = Cluster::new(dir.path(), job, s3.env());
     cluster.start_jobmanager(&["--exit-when-done"]);
     cluster.start_taskmanager(0, 1);
@@ -463,13 +471,13 @@ fn an_s3_outage_fails_checkpoints_then_the_job_recovers_exactly_once() {
     verify_output(&s3, events_per_key, "after the S3 outage");
 }
 
-#[test]
-fn rescale_2_to_3_to_4_to_2_through_stop_with_savepoint() {
+on_each_backend! {
+fn rescale_2_to_3_to_4_to_2_through_stop_with_savepoint(backend) {
     let s3 = S3Server::start();
     s3.create_bucket("weir");
     let dir = tempfile::tempdir().expect("tempdir");
     let events_per_key = 8000;
-    let job = sequence_job(dir.path(), &s3.endpoint, events_per_key, 2000);
+    let job = sequence_job(dir.path(), &s3.endpoint, events_per_key, 2000, backend);
     let mut cluster = Cluster::new(dir.path(), job, s3.env());
     for index in 0..4 {
         cluster.start_taskmanager(index, 1);
@@ -543,6 +551,7 @@ fn rescale_2_to_3_to_4_to_2_through_stop_with_savepoint() {
     );
     verify_output(&s3, events_per_key, "after rescaling 2 -> 3 -> 4 -> 2");
 }
+}
 
 #[test]
 fn the_jobmanager_reports_the_slots_it_waits_for() {
@@ -586,7 +595,7 @@ fn a_paused_jobmanager_is_fenced_by_its_successor_and_completes_nothing() {
     s3.create_bucket("weir");
     let dir = tempfile::tempdir().expect("tempdir");
     let events_per_key = 8_000;
-    let job = sequence_job(dir.path(), &s3.endpoint, events_per_key, 3_000);
+    let job = sequence_job(dir.path(), &s3.endpoint, events_per_key, 3_000, "rocksdb");
     let mut cluster = Cluster::new(dir.path(), job, s3.env());
     cluster.start_named_jobmanager(&["--exit-when-done"], Some("jm-a"));
     cluster.start_taskmanager(0, 1);
@@ -667,7 +676,7 @@ fn sigterm_stops_a_taskmanager_and_the_jobmanager_at_once_without_completing_any
     s3.create_bucket("weir");
     let dir = tempfile::tempdir().expect("tempdir");
     let events_per_key = 8_000;
-    let job = sequence_job(dir.path(), &s3.endpoint, events_per_key, 3_000);
+    let job = sequence_job(dir.path(), &s3.endpoint, events_per_key, 3_000, "rocksdb");
     let mut cluster = Cluster::new(dir.path(), job, s3.env());
     cluster.start_jobmanager(&["--exit-when-done"]);
     cluster.start_taskmanager(0, 1);
@@ -750,7 +759,7 @@ fn a_declined_savepoint_on_taskmanagers_fails_only_itself() {
     let dir = tempfile::tempdir().expect("tempdir");
     // 50 s of input: it is still running when the savepoints are done.
     let events_per_key = 10_000;
-    let job = sequence_job(dir.path(), &s3.endpoint, events_per_key, 2000);
+    let job = sequence_job(dir.path(), &s3.endpoint, events_per_key, 2000, "rocksdb");
     let mut cluster = Cluster::new(dir.path(), job, s3.env());
     cluster.start_jobmanager(&["--exit-when-done"]);
     cluster.start_taskmanager(0, 1);
@@ -812,7 +821,7 @@ fn savepoint_triggers_end_when_the_job_restarts_underneath_them() {
     s3.create_bucket("weir");
     let dir = tempfile::tempdir().expect("tempdir");
     let events_per_key = 10_000;
-    let job = sequence_job(dir.path(), &s3.endpoint, events_per_key, 2000);
+    let job = sequence_job(dir.path(), &s3.endpoint, events_per_key, 2000, "rocksdb");
     let mut cluster = Cluster::new(dir.path(), job, s3.env());
     cluster.start_jobmanager(&["--exit-when-done"]);
     cluster.start_taskmanager(0, 1);
@@ -898,7 +907,7 @@ fn a_jobmanager_dying_between_completion_and_notification_has_its_checkpoint_pub
     s3.create_bucket("weir");
     let dir = tempfile::tempdir().expect("tempdir");
     let events_per_key = 5000;
-    let job = sequence_job(dir.path(), &s3.endpoint, events_per_key, 2000);
+    let job = sequence_job(dir.path(), &s3.endpoint, events_per_key, 2000, "rocksdb");
     let mut cluster = Cluster::new(dir.path(), job, s3.env());
     let armed = format!("{}@3", FaultPoint::CheckpointAfterMetadata.name());
     cluster.env.push((VARIABLE.into(), armed));
@@ -944,7 +953,7 @@ fn a_taskmanager_dying_before_its_sink_commits_loses_and_repeats_nothing() {
     s3.create_bucket("weir");
     let dir = tempfile::tempdir().expect("tempdir");
     let events_per_key = 5000;
-    let job = sequence_job(dir.path(), &s3.endpoint, events_per_key, 2000);
+    let job = sequence_job(dir.path(), &s3.endpoint, events_per_key, 2000, "rocksdb");
     let mut cluster = Cluster::new(dir.path(), job, s3.env());
     cluster.start_jobmanager(&["--exit-when-done"]);
     cluster.start_taskmanager(0, 1);
@@ -1095,7 +1104,7 @@ fn with_mutual_tls_only_peers_of_the_jobs_ca_get_in() {
     let ours = TlsFiles::generate(dir.path(), "job");
     let theirs = TlsFiles::generate(dir.path(), "other-job");
     let events_per_key = 10_000;
-    let job = sequence_job(dir.path(), &s3.endpoint, events_per_key, 4000);
+    let job = sequence_job(dir.path(), &s3.endpoint, events_per_key, 4000, "rocksdb");
     let mut env = s3.env();
     env.extend(ours.env());
     let mut cluster = Cluster::new(dir.path(), job, env.clone());

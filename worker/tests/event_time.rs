@@ -78,14 +78,21 @@ fn minute_bars_on_out_of_order_input_are_exact_and_late_trades_go_to_the_late_ou
     assert_eq!(late[0]["tradeVolDay"], 350);
 }
 
-fn window_job(dir: &Path, window: &str, rate: Option<u64>, name: &str) -> (PathBuf, PathBuf) {
+/// `window-check` with keyed state on `backend` (`state.backend`).
+fn window_job(
+    dir: &Path,
+    window: &str,
+    rate: Option<u64>,
+    name: &str,
+    backend: &str,
+) -> (PathBuf, PathBuf) {
     let store = dir.join(name);
     let rate = rate.map_or(String::new(), |r| format!(", eventsPerSecond: {r}"));
     let yaml = format!(
         "job:\n  name: window-check\n  args: {{keys: 10, eventsPerKey: 1500{rate}, window: {window}, output: '{out}', lateOutput: '{late}'}}\n\
          jobId: windows\nparallelism: 2\n\
          checkpointing: {{interval: 200ms, storage: 'file://{chk}', retained: 2, savepointDirectories: ['file://{sp}']}}\n\
-         restartStrategy: {{type: none}}\n",
+         restartStrategy: {{type: none}}\nstate: {{backend: {backend}}}\n",
         out = store.join("output").display(),
         late = store.join("late").display(),
         chk = store.join("checkpoints").display(),
@@ -148,8 +155,8 @@ fn expected_windows(window: &str) -> std::collections::BTreeSet<(u64, i64, i64)>
     windows
 }
 
-fn uninterrupted(dir: &Path, window: &str) -> Vec<String> {
-    let (job, store) = window_job(dir, window, None, "baseline");
+fn uninterrupted(dir: &Path, window: &str, backend: &str) -> Vec<String> {
+    let (job, store) = window_job(dir, window, None, "baseline", backend);
     run_job(&job, &[], &[], &dir.join("work-baseline"));
     let results = window_results(&store);
     // Every window the input defines fires exactly once, and no other: (key, start, end).
@@ -185,10 +192,10 @@ fn uninterrupted(dir: &Path, window: &str) -> Vec<String> {
     results
 }
 
-fn sigkill_and_restore_equals_uninterrupted(window: &str) {
+fn sigkill_and_restore_equals_uninterrupted(window: &str, backend: &str) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let expected = uninterrupted(dir.path(), window);
-    let (job, store) = window_job(dir.path(), window, Some(1_000), "killed");
+    let expected = uninterrupted(dir.path(), window, backend);
+    let (job, store) = window_job(dir.path(), window, Some(1_000), "killed", backend);
     let checkpoints = store.join("checkpoints/windows");
     for kill in 0..3 {
         let before = completed_checkpoints(&checkpoints)
@@ -217,20 +224,22 @@ fn sigkill_and_restore_equals_uninterrupted(window: &str) {
     assert_eq!(window_results(&store), expected);
 }
 
-#[test]
-fn tumbling_window_results_survive_sigkill_and_restore() {
-    sigkill_and_restore_equals_uninterrupted("tumbling");
+on_each_backend! {
+fn tumbling_window_results_survive_sigkill_and_restore(backend) {
+    sigkill_and_restore_equals_uninterrupted("tumbling", backend);
+}
 }
 
-#[test]
-fn session_window_results_survive_sigkill_and_restore() {
-    sigkill_and_restore_equals_uninterrupted("session");
+on_each_backend! {
+fn session_window_results_survive_sigkill_and_restore(backend) {
+    sigkill_and_restore_equals_uninterrupted("session", backend);
+}
 }
 
-fn rescale_through_stop_with_savepoint_equals_uninterrupted(window: &str) {
+fn rescale_through_stop_with_savepoint_equals_uninterrupted(window: &str, backend: &str) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let expected = uninterrupted(dir.path(), window);
-    let (job, store) = window_job(dir.path(), window, Some(1_000), "rescaled");
+    let expected = uninterrupted(dir.path(), window, backend);
+    let (job, store) = window_job(dir.path(), window, Some(1_000), "rescaled", backend);
     let log = dir.path().join("run.log");
     let mut child = spawn_job(
         &job,
@@ -276,14 +285,16 @@ fn rescale_through_stop_with_savepoint_equals_uninterrupted(window: &str) {
     assert_eq!(window_results(&store), expected);
 }
 
-#[test]
-fn sliding_window_results_survive_rescale_2_to_3_through_stop_with_savepoint() {
-    rescale_through_stop_with_savepoint_equals_uninterrupted("sliding");
+on_each_backend! {
+fn sliding_window_results_survive_rescale_2_to_3_through_stop_with_savepoint(backend) {
+    rescale_through_stop_with_savepoint_equals_uninterrupted("sliding", backend);
+}
 }
 
-#[test]
-fn session_window_results_survive_rescale_2_to_3_through_stop_with_savepoint() {
-    rescale_through_stop_with_savepoint_equals_uninterrupted("session");
+on_each_backend! {
+fn session_window_results_survive_rescale_2_to_3_through_stop_with_savepoint(backend) {
+    rescale_through_stop_with_savepoint_equals_uninterrupted("session", backend);
+}
 }
 
 /// Windows on the distributed runtime: watermarks cross TaskManagers in the data frames,
@@ -291,8 +302,8 @@ fn session_window_results_survive_rescale_2_to_3_through_stop_with_savepoint() {
 #[test]
 fn session_windows_on_jobmanager_and_taskmanagers_survive_a_taskmanager_sigkill() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let expected = uninterrupted(dir.path(), "session");
-    let (job, store) = window_job(dir.path(), "session", Some(1_000), "cluster");
+    let expected = uninterrupted(dir.path(), "session", "rocksdb");
+    let (job, store) = window_job(dir.path(), "session", Some(1_000), "cluster", "rocksdb");
     let job = job.display().to_string();
     // The failure must be retried: the document says `none`.
     let yaml = std::fs::read_to_string(&job).expect("job").replace(

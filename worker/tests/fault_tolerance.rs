@@ -1,5 +1,5 @@
 //! Crash, rescale and corruption: the guarantees users rely on, on real processes, real
-//! RocksDB and a real S3 server.
+//! RocksDB (and heap state) and a real S3 server.
 
 mod support;
 
@@ -12,13 +12,15 @@ use support::*;
 
 const KEYS: u64 = 20;
 
-/// `sequence-check` with checkpoints and output under `storage` (an s3:// or file:// root).
+/// `sequence-check` with checkpoints, savepoints and output under `storage` (an s3:// or
+/// file:// root). `state` is the inside of the document's `state:` mapping.
 fn sequence_job(
     dir: &Path,
     storage: &str,
     s3_endpoint: Option<&str>,
     events_per_key: u64,
     rate: u64,
+    state: &str,
 ) -> PathBuf {
     let s3 = s3_endpoint
         .map(|e| format!("s3: {{endpoint: '{e}', forcePathStyle: true}}\n"))
@@ -26,14 +28,14 @@ fn sequence_job(
     let yaml = format!(
         "job:\n  name: sequence-check\n  args: {{keys: {KEYS}, eventsPerKey: {events_per_key}, eventsPerSecond: {rate}, output: '{storage}/output'}}\n\
          jobId: seq\nparallelism: 2\n\
-         checkpointing: {{interval: 200ms, storage: '{storage}/checkpoints', retained: 2}}\n\
-         restartStrategy: {{type: none}}\n{s3}"
+         checkpointing: {{interval: 200ms, storage: '{storage}/checkpoints', retained: 2, savepointDirectories: ['{storage}/savepoints']}}\n\
+         restartStrategy: {{type: none}}\nstate: {{{state}}}\n{s3}"
     );
     write_job(dir, "job.yaml", &yaml)
 }
 
-#[test]
-fn sigkill_at_random_moments_keeps_output_exactly_once_on_s3() {
+on_each_backend! {
+fn sigkill_at_random_moments_keeps_output_exactly_once_on_s3(backend) {
     let s3 = S3Server::start();
     s3.create_bucket("weir");
     let dir = tempfile::tempdir().expect("tempdir");
@@ -45,6 +47,7 @@ fn sigkill_at_random_moments_keeps_output_exactly_once_on_s3() {
         Some(&s3.endpoint),
         events_per_key,
         5000,
+        &format!("backend: {backend}"),
     );
     let env = s3.env();
     let checkpoints = s3.bucket_path("weir").join("checkpoints").join("seq");
@@ -108,15 +111,23 @@ fn sigkill_at_random_moments_keeps_output_exactly_once_on_s3() {
     // Retention keeps exactly the last two completed checkpoints.
     assert_eq!(completed_checkpoints(&checkpoints).len(), 2);
 }
+}
 
 /// Runs at parallelism 2 until a checkpoint completes, kills it, then finishes at
 /// `new_parallelism`, restoring from the latest checkpoint (`--restore latest`, the default)
-/// or from that checkpoint's path given explicitly.
-fn rescale_after_kill(new_parallelism: u32, explicit_path: bool) {
+/// or from that checkpoint's path given explicitly. `backend`: `state.backend`.
+fn rescale_after_kill(new_parallelism: u32, explicit_path: bool, backend: &str) {
     let dir = tempfile::tempdir().expect("tempdir");
     let storage = format!("file://{}", dir.path().join("store").display());
     let events_per_key = 3000;
-    let job = sequence_job(dir.path(), &storage, None, events_per_key, 4000);
+    let job = sequence_job(
+        dir.path(),
+        &storage,
+        None,
+        events_per_key,
+        4000,
+        &format!("backend: {backend}"),
+    );
     let checkpoints = dir.path().join("store/checkpoints/seq");
     let mut child = spawn_job(
         &job,
@@ -151,29 +162,27 @@ fn rescale_after_kill(new_parallelism: u32, explicit_path: bool) {
     );
     let records = committed_json(&dir.path().join("store/output"));
     verify_sequence_output(&records, KEYS, events_per_key)
-        .unwrap_or_else(|e| panic!("rescale 2 -> {new_parallelism}: {e}"));
+        .unwrap_or_else(|e| panic!("rescale 2 -> {new_parallelism} on {backend}: {e}"));
 }
 
-#[test]
-fn restore_at_parallelism_4_redistributes_key_groups() {
-    rescale_after_kill(4, false);
+on_each_backend! {
+fn restore_at_parallelism_4_redistributes_key_groups(backend) {
+    rescale_after_kill(4, false, backend);
+}
 }
 
-#[test]
-fn restore_at_parallelism_1_from_an_explicit_checkpoint_path_merges_key_groups() {
-    rescale_after_kill(1, true);
+on_each_backend! {
+fn restore_at_parallelism_1_from_an_explicit_checkpoint_path_merges_key_groups(backend) {
+    rescale_after_kill(1, true, backend);
+}
 }
 
 /// Leaves a killed run's checkpoints behind and returns (job file, latest checkpoint dir).
 /// `incremental: false` makes every checkpoint one full snapshot object per keyed subtask.
 fn checkpointed_run(dir: &Path, incremental: bool) -> (PathBuf, PathBuf) {
     let storage = format!("file://{}", dir.join("store").display());
-    let job = sequence_job(dir, &storage, None, 2000, 4000);
-    if !incremental {
-        let mut yaml = std::fs::read_to_string(&job).expect("job");
-        yaml.push_str("state: {incrementalCheckpoints: false}\n");
-        std::fs::write(&job, yaml).expect("job");
-    }
+    let state = format!("incrementalCheckpoints: {incremental}");
+    let job = sequence_job(dir, &storage, None, 2000, 4000, &state);
     let checkpoints = dir.join("store/checkpoints/seq");
     let mut child = spawn_job(&job, &[], &[], &dir.join("work"), &dir.join("first.log"));
     wait_until(Duration::from_secs(60), "a checkpoint", || {
@@ -349,7 +358,7 @@ fn damaged_metadata_fails_restore_naming_it() {
 fn explicit_restore_path_that_does_not_exist_fails_loudly() {
     let dir = tempfile::tempdir().expect("tempdir");
     let storage = format!("file://{}", dir.path().join("store").display());
-    let job = sequence_job(dir.path(), &storage, None, 10, 1000);
+    let job = sequence_job(dir.path(), &storage, None, 10, 1000, "");
     let missing = format!("{storage}/checkpoints/seq/chk-42");
     let stderr = run_job_expecting_failure(
         &job,
@@ -359,4 +368,113 @@ fn explicit_restore_path_that_does_not_exist_fails_loudly() {
     );
     assert!(stderr.contains("chk-42/_metadata"), "{stderr}");
     assert!(stderr.contains("not a completed checkpoint"), "{stderr}");
+}
+
+/// A job moves between backends through a savepoint and a checkpoint with its state intact:
+/// heap, stop with a savepoint; RocksDB restored from it, killed after an incremental
+/// checkpoint; heap again, restored from that checkpoint's RocksDB files, to the end. Every
+/// key's sequence is then complete and counted exactly once.
+#[test]
+fn state_moves_heap_to_rocksdb_through_a_savepoint_and_back_through_a_checkpoint() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let storage = format!("file://{}", dir.path().join("store").display());
+    let events_per_key = 3000;
+    let job_on = |backend: &str| {
+        let job = sequence_job(
+            dir.path(),
+            &storage,
+            None,
+            events_per_key,
+            2000,
+            &format!("backend: {backend}, incrementalCheckpoints: true"),
+        );
+        let moved = dir.path().join(format!("{backend}.yaml"));
+        std::fs::rename(job, &moved).expect("rename job");
+        moved
+    };
+    let checkpoints = dir.path().join("store/checkpoints/seq");
+    let work = dir.path().join("work");
+
+    let heap_log = dir.path().join("heap.log");
+    let mut heap = spawn_job(
+        &job_on("heap"),
+        &["--rest-addr", "127.0.0.1:0"],
+        &[],
+        &work,
+        &heap_log,
+    );
+    let port = logged_rest_port(&heap_log);
+    wait_until(Duration::from_secs(60), "a checkpoint on heap", || {
+        !completed_checkpoints(&checkpoints).is_empty()
+    });
+    let savepoint = format!("{storage}/savepoints/from-heap");
+    let (status, stop) = http(
+        port,
+        "POST",
+        "/v1/jobs/seq/stop",
+        Some(&serde_json::json!({"targetDirectory": savepoint}).to_string()),
+    );
+    assert_eq!(status, 202, "{stop}");
+    let exit = heap
+        .wait()
+        .expect("heap run exits after stop-with-savepoint");
+    assert!(exit.success(), "see {}", heap_log.display());
+    let after_heap = committed_json(&dir.path().join("store/output")).len();
+    assert!(after_heap > 0, "the heap run committed output");
+
+    let rocksdb_log = dir.path().join("rocksdb.log");
+    let before = completed_checkpoints(&checkpoints)
+        .last()
+        .copied()
+        .unwrap_or(0);
+    let mut rocksdb = spawn_job(
+        &job_on("rocksdb"),
+        &["--restore", &savepoint],
+        &[],
+        &work,
+        &rocksdb_log,
+    );
+    wait_until(
+        Duration::from_secs(60),
+        "two checkpoints on RocksDB",
+        || {
+            completed_checkpoints(&checkpoints)
+                .last()
+                .is_some_and(|&latest| latest > before + 1)
+        },
+    );
+    assert!(
+        rocksdb.try_wait().expect("poll").is_none(),
+        "the RocksDB run ended before it could be killed; see {}",
+        rocksdb_log.display()
+    );
+    sigkill(&mut rocksdb);
+    let rocksdb_text = std::fs::read_to_string(&rocksdb_log).expect("log");
+    assert!(
+        rocksdb_text.contains("keyed state restored") && rocksdb_text.contains(&savepoint),
+        "the RocksDB run restored the heap savepoint: {rocksdb_text}"
+    );
+    let latest = *completed_checkpoints(&checkpoints)
+        .last()
+        .expect("checkpoint");
+    let checkpoint = format!("{storage}/checkpoints/seq/chk-{latest}");
+    // Asserts the RocksDB run's checkpoint is incremental (refers to shared SST files).
+    shared_files(
+        &dir.path()
+            .join(format!("store/checkpoints/seq/chk-{latest}")),
+    );
+
+    let output = run_job(&job_on("heap"), &["--restore", &checkpoint], &[], &work);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        stdout.contains(&format!("restored from: {checkpoint}")),
+        "{stdout}"
+    );
+    let records = committed_json(&dir.path().join("store/output"));
+    assert!(
+        records.len() > after_heap,
+        "the later runs committed output"
+    );
+    verify_sequence_output(&records, KEYS, events_per_key)
+        .expect("exactly-once output across heap -> RocksDB -> heap");
 }

@@ -817,7 +817,10 @@ mod harness_tests {
     use super::*;
     use crate::runtime::event_time;
     use crate::runtime::watermark::WatermarkTracker;
+    use crate::spec::StateBackendKind;
     use crate::state::KeyedStateBackend;
+    use crate::state::backend::test_on_both_backends;
+    use crate::state::backend::test_support::open_backend;
     use crate::state::keygroups::{KeyGroupRange, key_group_for_key_bytes};
 
     /// (key, event time, id)
@@ -868,7 +871,7 @@ mod harness_tests {
 
     impl Harness {
         /// Windows that keep every element (ListState).
-        fn listing(assigner: WindowAssigner, lateness: i64) -> Self {
+        fn listing(kind: StateBackendKind, assigner: WindowAssigner, lateness: i64) -> Self {
             let operator = WindowOperator {
                 name: "windows".into(),
                 timestamp: Arc::new(|e: &Ev| e.1),
@@ -882,11 +885,11 @@ mod harness_tests {
                 sessions: None,
                 _k: PhantomData,
             };
-            Self::with(Box::new(operator))
+            Self::with(kind, Box::new(operator))
         }
 
         /// Windows that keep one reduced element: the ids are summed into the id field.
-        fn reducing(assigner: WindowAssigner) -> Self {
+        fn reducing(kind: StateBackendKind, assigner: WindowAssigner) -> Self {
             let operator = WindowOperator {
                 name: "windows".into(),
                 timestamp: Arc::new(|e: &Ev| e.1),
@@ -902,17 +905,20 @@ mod harness_tests {
                 sessions: None,
                 _k: PhantomData,
             };
-            Self::with(Box::new(operator))
+            Self::with(kind, Box::new(operator))
         }
 
-        fn with(mut operator: Box<dyn KeyedProcessFunction<u64, Ev, Out>>) -> Self {
+        fn with(
+            kind: StateBackendKind,
+            mut operator: Box<dyn KeyedProcessFunction<u64, Ev, Out>>,
+        ) -> Self {
             let dir = tempfile::tempdir().expect("tempdir");
-            let backend = KeyedStateBackend::open(
+            let backend = open_backend(
+                kind,
                 &dir.path().join("db"),
                 KeyGroupRange { start: 0, end: 128 },
                 1 << 20,
-            )
-            .expect("open");
+            );
             let mut registry = StateRegistry::new("windows");
             operator.open(&mut registry).expect("open operator");
             let seen = Arc::new(Mutex::new(Vec::new()));
@@ -975,9 +981,9 @@ mod harness_tests {
         outputs.iter().map(|o| format!("{o:?}")).collect()
     }
 
-    #[test]
-    fn tumbling_windows_fire_at_the_watermark_refire_within_lateness_then_drop_late_records() {
-        let mut h = Harness::listing(WindowAssigner::tumbling(Duration::from_millis(10)), 5);
+    test_on_both_backends! {
+    fn tumbling_windows_fire_at_the_watermark_refire_within_lateness_then_drop_late_records(kind) {
+        let mut h = Harness::listing(kind, WindowAssigner::tumbling(Duration::from_millis(10)), 5);
         h.element(1, 1, 1);
         h.element(1, 12, 2);
         h.element(1, 5, 3); // out of order, not late
@@ -1005,10 +1011,11 @@ mod harness_tests {
             "no timer left behind"
         );
     }
+    }
 
-    #[test]
-    fn sliding_windows_fire_each_overlapping_window_in_time_order() {
-        let mut h = Harness::reducing(WindowAssigner::sliding(
+    test_on_both_backends! {
+    fn sliding_windows_fire_each_overlapping_window_in_time_order(kind) {
+        let mut h = Harness::reducing(kind, WindowAssigner::sliding(
             Duration::from_millis(10),
             Duration::from_millis(5),
         ));
@@ -1030,10 +1037,11 @@ mod harness_tests {
             vec![result(1, 5, 15, &[14]), result(1, 10, 20, &[4])]
         );
     }
+    }
 
-    #[test]
-    fn session_windows_merge_when_a_record_bridges_them() {
-        let mut h = Harness::listing(WindowAssigner::session(Duration::from_millis(5)), 0);
+    test_on_both_backends! {
+    fn session_windows_merge_when_a_record_bridges_them(kind) {
+        let mut h = Harness::listing(kind, WindowAssigner::session(Duration::from_millis(5)), 0);
         h.element(1, 1, 1);
         h.element(1, 4, 2); // [1, 9)
         h.element(1, 20, 3); // [20, 25)
@@ -1052,6 +1060,7 @@ mod harness_tests {
         h.watermark(24);
         assert_eq!(shown(h.take()), vec![result(1, 14, 25, &[3, 4, 5])]);
         assert_eq!(h.backend.timers.len(TimeDomain::EventTime), 0);
+    }
     }
 }
 

@@ -106,6 +106,8 @@ mod tests {
     use crate::runtime::chain::{Collector, Downstream};
     use crate::runtime::{Barrier, TaskEnv, TaskSnapshot};
     use crate::state::StateRegistry;
+    use crate::state::backend::test_on_both_backends;
+    use crate::state::backend::test_support::open_backend;
     use crate::state::keygroups::{KeyGroupRange, key_group_for_key_bytes};
 
     /// Registers one timer of each domain per record; emits `(key, domain, time)` per firing.
@@ -174,15 +176,15 @@ mod tests {
         }
     }
 
-    #[test]
-    fn keyed_function_timers_fire_once_each_before_the_watermark_moves_on() {
+    test_on_both_backends! {
+    fn keyed_function_timers_fire_once_each_before_the_watermark_moves_on(kind) {
         let dir = tempfile::tempdir().expect("tempdir");
-        let mut backend = KeyedStateBackend::open(
+        let mut backend = open_backend(
+            kind,
             &dir.path().join("db"),
             KeyGroupRange { start: 0, end: 128 },
             1 << 20,
-        )
-        .expect("open");
+        );
         let mut function = Reminder;
         let mut sink = Sink::default();
         let mut emitted = 0;
@@ -238,5 +240,6 @@ mod tests {
             vec![Watermark::At(20), Watermark::At(40), Watermark::MAX],
             "the minimum over both inputs, forwarded after its timers"
         );
+    }
     }
 }

@@ -21,8 +21,8 @@ use crate::fault_points::{self, FaultPoint};
 use crate::functions::{
     KeyedProcessFunction, SourceContext, SourceFactory, SourceReader, SourceStatus,
 };
-use crate::spec::CheckpointMode;
 use crate::spec::layout;
+use crate::spec::{CheckpointMode, StateBackendKind};
 use crate::state::keygroups::key_group_range_for_subtask;
 use crate::state::{
     BroadcastStates, KeyGroupRange, KeyedContext, KeyedStateBackend, Redistribution, StateRegistry,
@@ -535,26 +535,33 @@ impl<K: Key, T: Send + 'static, B: Send + 'static, O: Send + 'static> Task
     }
 }
 
-/// Opens the keyed state of a subtask owning `key_groups`, restored when the attempt restores.
+/// Opens the keyed state of a subtask owning `key_groups` on the job's `state.backend`,
+/// restored when the attempt restores.
 ///
 /// Restoring one incremental handle of exactly these key groups (a restart at the same
-/// parallelism) opens RocksDB on its downloaded files: nothing is rewritten. Anything else (a
-/// rescale, or full snapshot objects) copies the wanted key groups into a fresh instance.
+/// parallelism) onto RocksDB opens RocksDB on its downloaded files: nothing is rewritten.
+/// Anything else (a rescale, full snapshot objects, or any restore onto the heap) copies the
+/// wanted key groups into a fresh instance. Either backend restores what either wrote.
 fn open_keyed_state(
     env: &TaskEnv,
     uid: &str,
     key_groups: KeyGroupRange,
     snapshots: &IncrementalSnapshots,
 ) -> Result<KeyedStateBackend> {
+    // Snapshots are written here before they are stored, on either backend (RocksDB would
+    // create it for its instance; the heap has no instance).
+    std::fs::create_dir_all(&env.local_dir).map_err(|e| Error::io(env.local_dir.display(), e))?;
     let db_path = env.local_dir.join("rocksdb");
     let cache_bytes = env.doc.state.cache_bytes;
+    let kind = env.doc.state.backend;
     let Some(restore) = &env.restore else {
-        return KeyedStateBackend::open(&db_path, key_groups, cache_bytes);
+        return KeyedStateBackend::open_kind(kind, &db_path, key_groups, cache_bytes);
     };
     let started = Instant::now();
     let full = restore.keyed_handles(uid, key_groups);
     let incremental = restore.incremental_handles(uid, key_groups);
-    if let ([], [handle]) = (full.as_slice(), incremental.as_slice())
+    if let (StateBackendKind::Rocksdb, [], [handle]) =
+        (kind, full.as_slice(), incremental.as_slice())
         && handle.key_groups == key_groups
     {
         env.rt
@@ -575,7 +582,7 @@ fn open_keyed_state(
         tracing::info!(operator = %uid, subtask = env.id.subtask, files = handle.shared.len() + handle.private.len(), bytes = handle.full_size(), elapsed = ?started.elapsed(), from = %restore.uri(), "keyed state restored (RocksDB files opened as they are)");
         return Ok(backend);
     }
-    let mut backend = KeyedStateBackend::open(&db_path, key_groups, cache_bytes)?;
+    let mut backend = KeyedStateBackend::open_kind(kind, &db_path, key_groups, cache_bytes)?;
     let mut entries = 0;
     for handle in full {
         let data = env.rt.block_on(restore.fetch_keyed(&handle))?;
@@ -590,15 +597,16 @@ fn open_keyed_state(
         entries += backend.restore_from_files(&dir, &restore.uri())?;
         std::fs::remove_dir_all(&dir).map_err(|e| Error::io(dir.display(), e))?;
     }
-    tracing::info!(operator = %uid, subtask = env.id.subtask, entries, elapsed = ?started.elapsed(), from = %restore.uri(), "keyed state restored");
+    tracing::info!(operator = %uid, subtask = env.id.subtask, backend = ?kind, entries, elapsed = ?started.elapsed(), from = %restore.uri(), "keyed state restored");
     Ok(backend)
 }
 
-/// Snapshots keyed state and the chain at `barrier`. The synchronous part (flush, RocksDB
-/// hard-link checkpoint, sink pre-commit) runs here; storing the state runs on the I/O
-/// runtime, which acknowledges (or declines) when done. Checkpoints store RocksDB's files
-/// incrementally (unless `state.incrementalCheckpoints` is off); savepoints write one full,
-/// relocatable snapshot object.
+/// Snapshots keyed state and the chain at `barrier`. The synchronous part (RocksDB: flush and
+/// hard-link checkpoint; heap: a copy-on-write clone of the maps; then the sink pre-commit)
+/// runs here; storing the state runs on the I/O runtime, which acknowledges (or declines) when
+/// done. RocksDB checkpoints store its files incrementally (unless
+/// `state.incrementalCheckpoints` is off); savepoints, and every heap snapshot, write one
+/// full, relocatable snapshot object.
 fn snapshot<O>(
     env: &TaskEnv,
     uid: &str,
@@ -611,9 +619,11 @@ fn snapshot<O>(
     let checkpoint_id = barrier.checkpoint_id;
     let started = Instant::now();
     let copy_dir = env.local_dir.join(format!("snapshot-{checkpoint_id}"));
-    backend.checkpoint_to(&copy_dir)?;
+    let pending = backend.checkpoint_to(&copy_dir)?;
+    let synchronous = started.elapsed();
     let subtask = env.id.subtask;
-    tracing::debug!(operator = %uid, subtask, checkpoint_id, elapsed = ?started.elapsed(), "keyed snapshot: synchronous part done");
+    let kind = backend.kind();
+    tracing::debug!(operator = %uid, subtask, checkpoint_id, backend = ?kind, elapsed = ?synchronous, "keyed snapshot: synchronous part done");
     chain.on_barrier(&barrier, &mut task_snapshot)?;
 
     let (store, job_store) = match (&barrier.savepoint, &env.checkpoint_store) {
@@ -625,6 +635,12 @@ fn snapshot<O>(
         (None, None) => return Ok(()),
     };
     let incremental_to = job_store.filter(|_| env.doc.state.incremental_checkpoints);
+    if incremental_to.is_some() && pending.rocksdb_files().is_none() {
+        static EXPLAINED: std::sync::Once = std::sync::Once::new();
+        EXPLAINED.call_once(|| {
+            tracing::info!(operator = %uid, "state.incrementalCheckpoints is on but state.backend is heap: heap state has no files to share between checkpoints, so every checkpoint is a full snapshot (as in Flink)");
+        });
+    }
     let private_prefix = format!("{uid}-{}", env.id.subtask);
     let object = format!("{private_prefix}.state");
     let file = env
@@ -638,26 +654,25 @@ fn snapshot<O>(
     let scratch = [copy_dir.clone(), file.clone()];
     env.rt.spawn(async move {
         let stored = async {
-            if let Some(job_store) = &incremental_to {
+            if let (Some(job_store), Some(copy_dir)) = (&incremental_to, pending.rocksdb_files()) {
                 let handle = snapshots
                     .store(
                         checkpoint_id,
-                        &copy_dir,
+                        copy_dir,
                         key_groups,
                         job_store,
                         &store,
                         &private_prefix,
                     )
                     .await?;
+                let bytes = handle.full_size();
                 task_snapshot.set_keyed_incremental(&uid, handle);
-                return Ok::<_, Error>(());
+                return Ok::<_, Error>((None, bytes));
             }
             let file_for_write = file.clone();
-            let info = tokio::task::spawn_blocking(move || {
-                crate::state::backend::write_snapshot(&copy_dir, &file_for_write)
-            })
-            .await
-            .map_err(|e| Error::operator(&uid, format!("snapshot writer panicked: {e}")))??;
+            let info = tokio::task::spawn_blocking(move || pending.write_full(&file_for_write))
+                .await
+                .map_err(|e| Error::operator(&uid, format!("snapshot writer panicked: {e}")))??;
             store.move_file(&object, &file).await?;
             task_snapshot.set_keyed(
                 &uid,
@@ -669,19 +684,23 @@ fn snapshot<O>(
                     entries: info.entries,
                 },
             );
-            Ok(())
+            Ok((Some(info.entries), info.size))
         };
         let result = stored.await;
-        if result.is_err() {
-            // A declined snapshot (often a savepoint into storage that refuses it) leaves no
-            // local copy behind: repeated retries must not fill the task's disk.
-            let [copy_dir, file] = &scratch;
-            let _ = tokio::fs::remove_dir_all(copy_dir).await;
-            let _ = tokio::fs::remove_file(file).await;
+        match &result {
+            Ok((entries, bytes)) => {
+                tracing::debug!(operator = %uid, subtask, checkpoint_id, backend = ?kind, entries, bytes, synchronous = ?synchronous, elapsed = ?started.elapsed(), "keyed snapshot: stored");
+            }
+            Err(_) => {
+                // A declined snapshot (often a savepoint into storage that refuses it) leaves
+                // no local copy behind: repeated retries must not fill the task's disk.
+                let [copy_dir, file] = &scratch;
+                let _ = tokio::fs::remove_dir_all(copy_dir).await;
+                let _ = tokio::fs::remove_file(file).await;
+            }
         }
-        tracing::debug!(operator = %uid, subtask, checkpoint_id, elapsed = ?started.elapsed(), "keyed snapshot: stored");
         let event = match result {
-            Ok(()) => TaskEvent::Acknowledge {
+            Ok(_) => TaskEvent::Acknowledge {
                 checkpoint_id,
                 task,
                 states: task_snapshot.states,

@@ -1,4 +1,5 @@
-//! Keyed state of one subtask: a RocksDB instance behind a write-back cache.
+//! Keyed state of one subtask: a RocksDB instance behind a write-back cache, or sorted maps on
+//! the heap (`state/heap.rs`), chosen by `state.backend`.
 //!
 //! Key layout (big-endian): `[key group:2][key len:4][key][state id:4][map key...]`. The key
 //! group comes first so one key-group range is one contiguous RocksDB range, and everything
@@ -11,8 +12,11 @@
 
 use std::path::{Path, PathBuf};
 
+pub use super::heap::HeapSnapshot;
+use super::heap::HeapStore;
 use super::keygroups::KeyGroupRange;
 use crate::error::{Error, Result};
+use crate::spec::StateBackendKind;
 
 /// Bytes charged per cache entry on top of key and value (hash map slot, Vec headers).
 const CACHE_ENTRY_OVERHEAD: usize = 64;
@@ -197,10 +201,29 @@ fn key_prefix(key: &[u8]) -> u128 {
 
 const NO_SLOT: usize = usize::MAX;
 
+/// Keyed state of one subtask; which backend holds it is the job's `state.backend`. Key
+/// layout, the current key and the timer index are the same for both, so handles, timers,
+/// TTL and the snapshot format do not know which one they talk to.
 pub struct KeyedStateBackend {
+    store: Store,
+    key_groups: KeyGroupRange,
+    /// `[key group][key len][key]` of the record being processed.
+    current_prefix: Vec<u8>,
+    /// Reused buffer for composing full state keys.
+    scratch: Vec<u8>,
+    /// Index of this subtask's timers; the timers themselves are entries of this backend.
+    pub(crate) timers: super::timers::TimerService,
+}
+
+enum Store {
+    RocksDb(RocksDbStore),
+    Heap(HeapStore),
+}
+
+/// A RocksDB instance behind the write-back cache.
+struct RocksDbStore {
     db: rocksdb::DB,
     path: PathBuf,
-    key_groups: KeyGroupRange,
     cache: hashbrown::HashTable<CacheSlot>,
     /// Bucket of the slot last looked up or inserted ([`NO_SLOT`] when unknown): the put that
     /// follows a get of the same key finds its slot without a second hash probe. Reset
@@ -209,16 +232,10 @@ pub struct KeyedStateBackend {
     cache_bytes: usize,
     cache_capacity: usize,
     dirty_entries: usize,
-    /// `[key group][key len][key]` of the record being processed.
-    current_prefix: Vec<u8>,
-    /// Reused buffer for composing full state keys.
-    scratch: Vec<u8>,
     write_opts: rocksdb::WriteOptions,
     stats: BackendStats,
     /// SST files ingested so far (by big flushes and restores; names them).
     ingested: u32,
-    /// Index of this subtask's timers; the timers themselves are entries of this backend.
-    pub(crate) timers: super::timers::TimerService,
 }
 
 #[derive(Debug, Default, Clone, Copy)]
@@ -229,108 +246,120 @@ pub struct BackendStats {
     pub evictions: u64,
 }
 
+/// The synchronous part of a snapshot, taken by [`KeyedStateBackend::checkpoint_to`]; the
+/// rest ([`PendingSnapshot::write_full`], or an incremental upload of the RocksDB files)
+/// runs off the task thread while processing goes on.
+pub enum PendingSnapshot {
+    /// A hard-linked copy of RocksDB's files in this directory.
+    RocksDbFiles(PathBuf),
+    /// A copy-on-write clone of the heap maps.
+    Heap(HeapSnapshot),
+}
+
+impl PendingSnapshot {
+    /// Writes the full snapshot object (the savepoint format) to `out` and drops the copy.
+    pub fn write_full(self, out: &Path) -> Result<super::snapshot::SnapshotFileInfo> {
+        match self {
+            PendingSnapshot::RocksDbFiles(dir) => write_snapshot(&dir, out),
+            PendingSnapshot::Heap(snapshot) => snapshot.write(out),
+        }
+    }
+
+    /// Where the RocksDB files are, for an incremental checkpoint; `None` for heap state.
+    pub fn rocksdb_files(&self) -> Option<&Path> {
+        match self {
+            PendingSnapshot::RocksDbFiles(dir) => Some(dir),
+            PendingSnapshot::Heap(_) => None,
+        }
+    }
+}
+
 impl KeyedStateBackend {
-    /// Opens a fresh, empty instance at `path` (anything there is removed first: local state
-    /// is never trusted across attempts, only checkpoints are).
+    /// Opens a fresh, empty RocksDB instance at `path` (anything there is removed first: local
+    /// state is never trusted across attempts, only checkpoints are).
     pub fn open(path: &Path, key_groups: KeyGroupRange, cache_capacity: u64) -> Result<Self> {
         if path.exists() {
             std::fs::remove_dir_all(path).map_err(|e| Error::io(path.display(), e))?;
         }
         std::fs::create_dir_all(path).map_err(|e| Error::io(path.display(), e))?;
-        Self::open_at(path, key_groups, cache_capacity)
+        let store = RocksDbStore::open_at(path, cache_capacity)?;
+        Ok(Self::with_store(Store::RocksDb(store), key_groups))
     }
 
-    /// Opens the instance whose files a restore placed at `path` (the files of one RocksDB
-    /// checkpoint of exactly `key_groups`, see `state/incremental.rs`) and rebuilds the timer
-    /// index from it. `object` names the checkpoint in errors.
+    /// Opens empty keyed state held in memory (`state.backend: heap`). Nothing touches disk
+    /// until a snapshot is written.
+    pub fn open_heap(key_groups: KeyGroupRange) -> Self {
+        Self::with_store(Store::Heap(HeapStore::new(key_groups)), key_groups)
+    }
+
+    /// Opens empty keyed state of the given kind; `path` and `cache_capacity` matter to
+    /// RocksDB only.
+    pub fn open_kind(
+        kind: StateBackendKind,
+        path: &Path,
+        key_groups: KeyGroupRange,
+        cache_capacity: u64,
+    ) -> Result<Self> {
+        match kind {
+            StateBackendKind::Rocksdb => Self::open(path, key_groups, cache_capacity),
+            StateBackendKind::Heap => Ok(Self::open_heap(key_groups)),
+        }
+    }
+
+    /// Opens the RocksDB instance whose files a restore placed at `path` (the files of one
+    /// RocksDB checkpoint of exactly `key_groups`, see `state/incremental.rs`) and rebuilds
+    /// the timer index from it. `object` names the checkpoint in errors.
     pub fn open_restored(
         path: &Path,
         key_groups: KeyGroupRange,
         cache_capacity: u64,
         object: &str,
     ) -> Result<Self> {
-        let mut backend = Self::open_at(path, key_groups, cache_capacity).map_err(|e| {
-            Error::CorruptCheckpoint {
+        let store =
+            RocksDbStore::open_at(path, cache_capacity).map_err(|e| Error::CorruptCheckpoint {
                 object: object.to_string(),
                 reason: format!("its RocksDB files do not open: {e}"),
-            }
-        })?;
-        backend.rebuild_timer_index(object)?;
+            })?;
+        let mut timers = super::timers::TimerService::default();
+        store.rebuild_timer_index(key_groups, &mut timers, object)?;
+        let mut backend = Self::with_store(Store::RocksDb(store), key_groups);
+        backend.timers = timers;
         Ok(backend)
     }
 
-    fn open_at(path: &Path, key_groups: KeyGroupRange, cache_capacity: u64) -> Result<Self> {
-        let mut opts = rocksdb::Options::default();
-        opts.create_if_missing(true);
-        // L0 files are short-lived (compacted soon) and written on the snapshot's critical
-        // path: no compression there, LZ4 below (RocksDB's tuning guide does the same).
-        opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
-        opts.set_compression_per_level(&[
-            rocksdb::DBCompressionType::None,
-            rocksdb::DBCompressionType::Lz4,
-            rocksdb::DBCompressionType::Lz4,
-            rocksdb::DBCompressionType::Lz4,
-            rocksdb::DBCompressionType::Lz4,
-            rocksdb::DBCompressionType::Lz4,
-            rocksdb::DBCompressionType::Lz4,
-        ]);
-        opts.set_write_buffer_size(64 << 20);
-        opts.set_max_background_jobs(2);
-        let db = rocksdb::DB::open(&opts, path)
-            .map_err(|e| Error::rocks(format!("open {}", path.display()), e))?;
-        let mut write_opts = rocksdb::WriteOptions::default();
-        write_opts.disable_wal(true);
-        Ok(KeyedStateBackend {
-            db,
-            path: path.to_path_buf(),
+    fn with_store(store: Store, key_groups: KeyGroupRange) -> Self {
+        KeyedStateBackend {
+            store,
             key_groups,
-            cache: hashbrown::HashTable::new(),
-            last_slot: NO_SLOT,
-            cache_bytes: 0,
-            cache_capacity: usize::try_from(cache_capacity).unwrap_or(usize::MAX),
-            dirty_entries: 0,
             current_prefix: Vec::with_capacity(64),
             scratch: Vec::with_capacity(128),
-            write_opts,
-            stats: BackendStats::default(),
-            ingested: 0,
             timers: Default::default(),
-        })
+        }
     }
 
-    /// Timers are entries like any other state; the in-memory index of them is not. Each key
-    /// group keeps its timers in one contiguous range, so this is one seek per key group.
-    fn rebuild_timer_index(&mut self, object: &str) -> Result<()> {
-        let mut iter = self.db.raw_iterator();
-        for group in self.key_groups.start..self.key_groups.end {
-            let mut prefix = group.to_be_bytes().to_vec();
-            prefix.extend_from_slice(&[0xFF; 4]);
-            iter.seek(&prefix);
-            while let (Some(key), Some(value)) = (iter.key(), iter.value()) {
-                if !key.starts_with(&prefix) {
-                    break;
-                }
-                self.timers.restore_entry(key, value, object)?;
-                iter.next();
-            }
-            iter.status()
-                .map_err(|e| Error::rocks(format!("read timers of {object}"), e))?;
+    pub fn kind(&self) -> StateBackendKind {
+        match self.store {
+            Store::RocksDb(_) => StateBackendKind::Rocksdb,
+            Store::Heap(_) => StateBackendKind::Heap,
         }
-        Ok(())
     }
 
     pub fn key_groups(&self) -> KeyGroupRange {
         self.key_groups
     }
 
+    /// Cache statistics of RocksDB's write-back cache; all zero on the heap (no cache).
     pub fn stats(&self) -> BackendStats {
-        self.stats
+        match &self.store {
+            Store::RocksDb(store) => store.stats,
+            Store::Heap(_) => BackendStats::default(),
+        }
     }
 
     pub fn set_current_key(&mut self, key_group: u16, key: &[u8]) {
-        // Always checked (two comparisons beside RocksDB work per record): a record routed to
-        // the wrong subtask would be stored in a key group this subtask does not own, and a
-        // rescale would then lose it. Release builds, which CI tests, must catch that.
+        // Always checked (two comparisons beside the state work per record): a record routed
+        // to the wrong subtask would be stored in a key group this subtask does not own, and
+        // a rescale would then lose it. Release builds, which CI tests, must catch that.
         assert!(
             self.key_groups.contains(key_group),
             "key group {key_group} routed to the wrong subtask (this one owns {:?})",
@@ -352,25 +381,297 @@ impl KeyedStateBackend {
         self.scratch.extend_from_slice(suffix);
     }
 
-    /// The bucket of the cached slot of the key in `scratch`, with the key's hash when it had
-    /// to be computed.
-    fn find_scratch(&self) -> (Option<usize>, Option<u64>) {
+    /// The value of `state` (plus map-key `suffix`) for the current key.
+    pub fn get(&mut self, state: StateId, suffix: &[u8]) -> Result<Option<&[u8]>> {
+        self.compose(state, suffix);
+        match &mut self.store {
+            Store::RocksDb(store) => store.get(&self.scratch),
+            Store::Heap(heap) => Ok(heap.get(&self.scratch)),
+        }
+    }
+
+    pub fn put(&mut self, state: StateId, suffix: &[u8], value: &[u8]) -> Result<()> {
+        self.compose(state, suffix);
+        self.write_scratch(Some(value), false)
+    }
+
+    pub fn delete(&mut self, state: StateId, suffix: &[u8]) -> Result<()> {
+        self.compose(state, suffix);
+        self.write_scratch(None, false)
+    }
+
+    /// Writes the key in `scratch`. `known_absent`: the caller knows the store has no entry
+    /// for the key (saves RocksDB a tombstone).
+    fn write_scratch(&mut self, value: Option<&[u8]>, known_absent: bool) -> Result<()> {
+        match &mut self.store {
+            Store::RocksDb(store) => store.write_slot(&self.scratch, value, known_absent),
+            Store::Heap(heap) => {
+                match value {
+                    Some(value) => heap.put(&self.scratch, value),
+                    None => heap.delete(&self.scratch),
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Makes RocksDB hold every cached write (nothing to do on the heap).
+    pub fn flush_dirty(&mut self) -> Result<()> {
+        match &mut self.store {
+            Store::RocksDb(store) => store.flush_dirty(),
+            Store::Heap(_) => Ok(()),
+        }
+    }
+
+    /// Compacts everything into the bottom level (tests: to replace every SST file).
+    #[cfg(test)]
+    pub(crate) fn compact_all(&mut self) -> Result<()> {
+        match &mut self.store {
+            Store::RocksDb(store) => store.compact_all(),
+            Store::Heap(_) => Ok(()),
+        }
+    }
+
+    /// All `(suffix, value)` entries of `state` for the current key in key order, e.g. a
+    /// MapState's entries.
+    pub fn entries(&mut self, state: StateId) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        self.compose(state, &[]);
+        match &mut self.store {
+            Store::RocksDb(store) => store.entries(&self.scratch),
+            Store::Heap(heap) => Ok(heap.entries(&self.scratch)),
+        }
+    }
+
+    /// Deletes every entry of `state` for the current key.
+    pub fn clear_all(&mut self, state: StateId) -> Result<()> {
+        for (suffix, _) in self.entries(state)? {
+            self.delete(state, &suffix)?;
+        }
+        Ok(())
+    }
+
+    /// Visits every stored entry of `states` in this backend's key groups, all keys, and
+    /// applies what `decide(state, value)` returns. Edits reach the next snapshot like any
+    /// write. Byte-level on purpose: what to keep is the caller's (TTL, `state/ttl.rs`).
+    pub(crate) fn retain_entries(
+        &mut self,
+        states: &[StateId],
+        decide: impl FnMut(StateId, &[u8]) -> Retain,
+    ) -> Result<()> {
+        match &mut self.store {
+            Store::RocksDb(store) => store.retain_entries(self.key_groups, states, decide),
+            Store::Heap(heap) => {
+                heap.retain_entries(states, decide);
+                Ok(())
+            }
+        }
+    }
+
+    /// The synchronous part of a snapshot. RocksDB: make it exact, then hard-link its files
+    /// into `dir`. Heap: clone the maps (constant time; later writes copy the nodes they
+    /// touch), `dir` is not used. Processing continues while the returned copy is written.
+    pub fn checkpoint_to(&mut self, dir: &Path) -> Result<PendingSnapshot> {
+        match &mut self.store {
+            Store::RocksDb(store) => {
+                store.checkpoint_to(dir)?;
+                Ok(PendingSnapshot::RocksDbFiles(dir.to_path_buf()))
+            }
+            Store::Heap(heap) => Ok(PendingSnapshot::Heap(heap.snapshot())),
+        }
+    }
+
+    /// Loads the entries of a full snapshot object (written by either backend) that fall into
+    /// this backend's key groups. `object` names the object in errors.
+    pub fn restore_snapshot(&mut self, data: &[u8], object: &str) -> Result<u64> {
+        match &mut self.store {
+            Store::RocksDb(store) => {
+                store.restore_snapshot(data, object, self.key_groups, &mut self.timers)
+            }
+            Store::Heap(heap) => {
+                let mut restored = 0u64;
+                for entry in super::snapshot::SnapshotReader::new(data, object)? {
+                    let (key, value) = entry?;
+                    if !self.key_groups.contains(key_group_of(key)) {
+                        continue;
+                    }
+                    self.timers.restore_entry(key, value, object)?;
+                    heap.put(key, value);
+                    restored += 1;
+                }
+                Ok(restored)
+            }
+        }
+    }
+
+    /// Copies the entries of this backend's key groups out of the RocksDB checkpoint files at
+    /// `dir` (an incremental checkpoint: of another key-group range, i.e. a rescale, or
+    /// restored onto the heap). `object` names the checkpoint in errors.
+    pub fn restore_from_files(&mut self, dir: &Path, object: &str) -> Result<u64> {
+        let key_groups = self.key_groups;
+        let timers = &mut self.timers;
+        match &mut self.store {
+            Store::RocksDb(store) => store.restore_from_files(dir, object, key_groups, timers),
+            Store::Heap(heap) => read_rocksdb_files(dir, key_groups, object, |key, value| {
+                timers.restore_entry(key, value, object)?;
+                heap.put(key, value);
+                Ok(())
+            }),
+        }
+    }
+}
+
+/// Raw access for state that is not of one state id, such as timers, whose entries sort by
+/// time within a key group (`state/timers.rs`).
+impl KeyedStateBackend {
+    /// The key group and key bytes of the current key.
+    pub(crate) fn current_key(&self) -> (u16, &[u8]) {
+        let group = u16::from_be_bytes([self.current_prefix[0], self.current_prefix[1]]);
+        (group, &self.current_prefix[6..])
+    }
+
+    /// A put of a key the caller knows the store does not hold (e.g. a timer new to the
+    /// index).
+    pub(crate) fn put_raw_new(&mut self, key: &[u8], value: Vec<u8>) -> Result<()> {
+        self.scratch.clear();
+        self.scratch.extend_from_slice(key);
+        self.write_scratch(Some(&value), true)
+    }
+
+    pub(crate) fn delete_raw(&mut self, key: &[u8]) -> Result<()> {
+        self.scratch.clear();
+        self.scratch.extend_from_slice(key);
+        self.write_scratch(None, false)
+    }
+}
+
+/// The key group a stored key belongs to: its first two bytes. Callers have checked the key
+/// is at least that long (snapshot readers refuse shorter keys).
+pub(crate) fn key_group_of(key: &[u8]) -> u16 {
+    u16::from_be_bytes([key[0], key[1]])
+}
+
+/// The state id of a `[group:2][key len:4][key][state:4][suffix]` entry; `None` for timers
+/// (key len 0xFFFFFFFF) and anything shorter, which do not parse.
+pub(crate) fn state_of_entry(key: &[u8]) -> Option<StateId> {
+    let key_len = u32::from_be_bytes(key.get(2..6)?.try_into().ok()?) as usize;
+    let state_at = 6usize.checked_add(key_len)?;
+    let id = key.get(state_at..state_at.checked_add(4)?)?;
+    Some(StateId::from_be_bytes(id.try_into().ok()?))
+}
+
+/// Visits, in key order, the entries of `key_groups` in the RocksDB files at `dir` (a
+/// downloaded incremental checkpoint) and returns how many it visited. `object` names the
+/// checkpoint in errors.
+fn read_rocksdb_files(
+    dir: &Path,
+    key_groups: KeyGroupRange,
+    object: &str,
+    mut visit: impl FnMut(&[u8], &[u8]) -> Result<()>,
+) -> Result<u64> {
+    let corrupt = |e: rocksdb::Error| Error::CorruptCheckpoint {
+        object: object.to_string(),
+        reason: format!("its RocksDB files do not read: {e}"),
+    };
+    let source = rocksdb::DB::open_for_read_only(&rocksdb::Options::default(), dir, false)
+        .map_err(corrupt)?;
+    let mut read = rocksdb::ReadOptions::default();
+    read.set_readahead_size(4 << 20);
+    read.fill_cache(false);
+    let mut iter = source.raw_iterator_opt(read);
+    iter.seek(key_groups.start.to_be_bytes());
+    let mut visited = 0u64;
+    while let (Some(key), Some(value)) = (iter.key(), iter.value()) {
+        if key.len() < 2 || key_group_of(key) >= key_groups.end {
+            break;
+        }
+        visit(key, value)?;
+        visited += 1;
+        iter.next();
+    }
+    iter.status().map_err(corrupt)?;
+    Ok(visited)
+}
+
+impl RocksDbStore {
+    fn open_at(path: &Path, cache_capacity: u64) -> Result<Self> {
+        let mut opts = rocksdb::Options::default();
+        opts.create_if_missing(true);
+        // L0 files are short-lived (compacted soon) and written on the snapshot's critical
+        // path: no compression there, LZ4 below (RocksDB's tuning guide does the same).
+        opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
+        opts.set_compression_per_level(&[
+            rocksdb::DBCompressionType::None,
+            rocksdb::DBCompressionType::Lz4,
+            rocksdb::DBCompressionType::Lz4,
+            rocksdb::DBCompressionType::Lz4,
+            rocksdb::DBCompressionType::Lz4,
+            rocksdb::DBCompressionType::Lz4,
+            rocksdb::DBCompressionType::Lz4,
+        ]);
+        opts.set_write_buffer_size(64 << 20);
+        opts.set_max_background_jobs(2);
+        let db = rocksdb::DB::open(&opts, path)
+            .map_err(|e| Error::rocks(format!("open {}", path.display()), e))?;
+        let mut write_opts = rocksdb::WriteOptions::default();
+        write_opts.disable_wal(true);
+        Ok(RocksDbStore {
+            db,
+            path: path.to_path_buf(),
+            cache: hashbrown::HashTable::new(),
+            last_slot: NO_SLOT,
+            cache_bytes: 0,
+            cache_capacity: usize::try_from(cache_capacity).unwrap_or(usize::MAX),
+            dirty_entries: 0,
+            write_opts,
+            stats: BackendStats::default(),
+            ingested: 0,
+        })
+    }
+
+    /// Timers are entries like any other state; the in-memory index of them is not. Each key
+    /// group keeps its timers in one contiguous range, so this is one seek per key group.
+    fn rebuild_timer_index(
+        &self,
+        key_groups: KeyGroupRange,
+        timers: &mut super::timers::TimerService,
+        object: &str,
+    ) -> Result<()> {
+        let mut iter = self.db.raw_iterator();
+        for group in key_groups.start..key_groups.end {
+            let mut prefix = group.to_be_bytes().to_vec();
+            prefix.extend_from_slice(&[0xFF; 4]);
+            iter.seek(&prefix);
+            while let (Some(key), Some(value)) = (iter.key(), iter.value()) {
+                if !key.starts_with(&prefix) {
+                    break;
+                }
+                timers.restore_entry(key, value, object)?;
+                iter.next();
+            }
+            iter.status()
+                .map_err(|e| Error::rocks(format!("read timers of {object}"), e))?;
+        }
+        Ok(())
+    }
+
+    /// The bucket of the cached slot of `key`, with the key's hash when it had to be
+    /// computed.
+    fn find(&self, key: &[u8]) -> (Option<usize>, Option<u64>) {
         if let Some(slot) = self.cache.get_bucket(self.last_slot)
-            && key_eq(slot.key(), &self.scratch)
+            && key_eq(slot.key(), key)
         {
             return (Some(self.last_slot), None);
         }
-        let hash = hash_key(&self.scratch);
-        let key = self.scratch.as_slice();
+        let hash = hash_key(key);
         let found = self
             .cache
             .find_bucket_index(hash, |slot| key_eq(slot.key(), key));
         (found, Some(hash))
     }
 
-    /// Caches a slot for the key in `scratch` (which has none) and returns its bucket.
-    fn insert_scratch(&mut self, hash: Option<u64>, slot: CacheSlot) -> usize {
-        let hash = hash.unwrap_or_else(|| hash_key(&self.scratch));
+    /// Caches a slot for `key` (which has none) and returns its bucket.
+    fn insert(&mut self, key: &[u8], hash: Option<u64>, slot: CacheSlot) -> usize {
+        let hash = hash.unwrap_or_else(|| hash_key(key));
         let bucket = self
             .cache
             .insert_unique(hash, slot, slot_hash)
@@ -379,10 +680,8 @@ impl KeyedStateBackend {
         bucket
     }
 
-    /// The value of `state` (plus map-key `suffix`) for the current key.
-    pub fn get(&mut self, state: StateId, suffix: &[u8]) -> Result<Option<&[u8]>> {
-        self.compose(state, suffix);
-        let (found, hash) = self.find_scratch();
+    fn get(&mut self, key: &[u8]) -> Result<Option<&[u8]>> {
+        let (found, hash) = self.find(key);
         let bucket = match found {
             Some(bucket) => {
                 self.stats.cache_hits += 1;
@@ -393,33 +692,23 @@ impl KeyedStateBackend {
                 self.stats.cache_misses += 1;
                 let value = self
                     .db
-                    .get(&self.scratch)
+                    .get(key)
                     .map_err(|e| Error::rocks(format!("get in {}", self.path.display()), e))?;
                 self.make_room()?;
                 self.cache_bytes +=
-                    self.scratch.len() + value.as_ref().map_or(0, Vec::len) + CACHE_ENTRY_OVERHEAD;
-                let slot = CacheSlot::new(&self.scratch, value.as_deref(), false, value.is_some());
-                self.insert_scratch(hash, slot)
+                    key.len() + value.as_ref().map_or(0, Vec::len) + CACHE_ENTRY_OVERHEAD;
+                let slot = CacheSlot::new(key, value.as_deref(), false, value.is_some());
+                self.insert(key, hash, slot)
             }
         };
         Ok(self.cache.get_bucket(bucket).and_then(CacheSlot::value))
     }
 
-    pub fn put(&mut self, state: StateId, suffix: &[u8], value: &[u8]) -> Result<()> {
-        self.compose(state, suffix);
-        self.write_slot(Some(value), false)
-    }
-
-    pub fn delete(&mut self, state: StateId, suffix: &[u8]) -> Result<()> {
-        self.compose(state, suffix);
-        self.write_slot(None, false)
-    }
-
-    /// Writes the slot of the key in `scratch`. `known_absent`: the caller knows RocksDB has
-    /// no entry for the key (only matters when the cache has no slot for it).
-    fn write_slot(&mut self, value: Option<&[u8]>, known_absent: bool) -> Result<()> {
+    /// Writes the slot of `key`. `known_absent`: the caller knows RocksDB has no entry for
+    /// the key (only matters when the cache has no slot for it).
+    fn write_slot(&mut self, key: &[u8], value: Option<&[u8]>, known_absent: bool) -> Result<()> {
         let new_len = value.map_or(0, <[u8]>::len);
-        let (found, hash) = self.find_scratch();
+        let (found, hash) = self.find(key);
         if let Some(bucket) = found {
             let Ok(mut entry) = self.cache.get_bucket_entry(bucket) else {
                 unreachable!("bucket {bucket} was just found occupied");
@@ -435,7 +724,7 @@ impl KeyedStateBackend {
                 self.last_slot = NO_SLOT;
                 self.cache_bytes = self
                     .cache_bytes
-                    .saturating_sub(self.scratch.len() + old_len + CACHE_ENTRY_OVERHEAD);
+                    .saturating_sub(key.len() + old_len + CACHE_ENTRY_OVERHEAD);
                 return Ok(());
             }
             self.cache_bytes = self.cache_bytes + new_len - old_len;
@@ -451,10 +740,10 @@ impl KeyedStateBackend {
             return Ok(());
         }
         self.make_room()?;
-        self.cache_bytes += self.scratch.len() + new_len + CACHE_ENTRY_OVERHEAD;
+        self.cache_bytes += key.len() + new_len + CACHE_ENTRY_OVERHEAD;
         self.dirty_entries += 1;
-        let slot = CacheSlot::new(&self.scratch, value, true, !known_absent);
-        self.insert_scratch(hash, slot);
+        let slot = CacheSlot::new(key, value, true, !known_absent);
+        self.insert(key, hash, slot);
         Ok(())
     }
 
@@ -473,7 +762,7 @@ impl KeyedStateBackend {
     }
 
     /// Writes every dirty cache entry to RocksDB in key order; entries stay cached, clean.
-    pub fn flush_dirty(&mut self) -> Result<()> {
+    fn flush_dirty(&mut self) -> Result<()> {
         if self.dirty_entries == 0 {
             return Ok(());
         }
@@ -532,7 +821,7 @@ impl KeyedStateBackend {
 
     /// Compacts everything into the bottom level (tests: to replace every SST file).
     #[cfg(test)]
-    pub(crate) fn compact_all(&mut self) -> Result<()> {
+    fn compact_all(&mut self) -> Result<()> {
         self.db
             .flush()
             .map_err(|e| Error::rocks(format!("flush {}", self.path.display()), e))?;
@@ -540,16 +829,14 @@ impl KeyedStateBackend {
         Ok(())
     }
 
-    /// All `(suffix, value)` entries of `state` for the current key, e.g. a MapState's entries.
-    pub fn entries(&mut self, state: StateId) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    /// All `(suffix, value)` entries whose key starts with `prefix`.
+    fn entries(&mut self, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
         self.flush_dirty()?;
-        self.compose(state, &[]);
-        let prefix = self.scratch.clone();
         let mut out = Vec::new();
-        for item in self.db.prefix_iterator(&prefix) {
+        for item in self.db.prefix_iterator(prefix) {
             let (key, value) =
                 item.map_err(|e| Error::rocks(format!("iterate {}", self.path.display()), e))?;
-            if !key.starts_with(&prefix) {
+            if !key.starts_with(prefix) {
                 break;
             }
             out.push((key[prefix.len()..].to_vec(), value.to_vec()));
@@ -557,24 +844,12 @@ impl KeyedStateBackend {
         Ok(out)
     }
 
-    /// Deletes every entry of `state` for the current key.
-    pub fn clear_all(&mut self, state: StateId) -> Result<()> {
-        for (suffix, _) in self.entries(state)? {
-            self.delete(state, &suffix)?;
-        }
-        Ok(())
-    }
-
-    /// Visits every stored entry of `states` in this backend's key groups, all keys, and
-    /// applies what `decide(state, value)` returns. Edits go through the cache, so they reach
-    /// the next snapshot like any write. Byte-level on purpose: what to keep is the caller's
-    /// (TTL, `state/ttl.rs`), so another backend only needs this scan.
-    ///
-    /// When at least a fifth of the visited entries went away, the key-group range is
-    /// compacted: an incremental checkpoint holds RocksDB's files, and deleted values leave
-    /// them only when compaction rewrites the files.
-    pub(crate) fn retain_entries(
+    /// See [`KeyedStateBackend::retain_entries`]. When at least a fifth of the visited entries
+    /// went away, the key-group range is compacted: an incremental checkpoint holds RocksDB's
+    /// files, and deleted values leave them only when compaction rewrites the files.
+    fn retain_entries(
         &mut self,
+        key_groups: KeyGroupRange,
         states: &[StateId],
         mut decide: impl FnMut(StateId, &[u8]) -> Retain,
     ) -> Result<()> {
@@ -582,23 +857,17 @@ impl KeyedStateBackend {
         let mut edits: Vec<(Vec<u8>, Option<Vec<u8>>)> = Vec::new();
         let mut visited = 0usize;
         let mut deleted = 0usize;
-        let start = self.key_groups.start.to_be_bytes();
-        let end = self.key_groups.end;
+        let start = key_groups.start.to_be_bytes();
+        let end = key_groups.end;
         let mut read = rocksdb::ReadOptions::default();
         read.fill_cache(false);
         let mut iter = self.db.raw_iterator_opt(read);
         iter.seek(start);
         while let (Some(key), Some(value)) = (iter.key(), iter.value()) {
-            if key.len() < 6 || u16::from_be_bytes([key[0], key[1]]) >= end {
+            if key.len() < 6 || key_group_of(key) >= end {
                 break;
             }
-            // `[group:2][key len:4][key][state:4][suffix]`; timers (key len 0xFFFFFFFF) and
-            // anything shorter do not parse and are skipped.
-            let key_len = u32::from_be_bytes([key[2], key[3], key[4], key[5]]) as usize;
-            let state_at = 6usize.saturating_add(key_len);
-            if let Some(id) = key
-                .get(state_at..state_at + 4)
-                .map(|b| StateId::from_be_bytes([b[0], b[1], b[2], b[3]]))
+            if let Some(id) = state_of_entry(key)
                 && states.contains(&id)
             {
                 visited += 1;
@@ -617,22 +886,19 @@ impl KeyedStateBackend {
             .map_err(|e| Error::rocks(format!("scan {}", self.path.display()), e))?;
         drop(iter);
         for (key, value) in edits {
-            self.scratch.clear();
-            self.scratch.extend_from_slice(&key);
-            self.write_slot(value.as_deref(), false)?;
+            self.write_slot(&key, value.as_deref(), false)?;
         }
         if deleted > 0 && deleted * 5 >= visited {
             self.flush_dirty()?;
-            let from = self.key_groups.start.to_be_bytes();
-            let to = self.key_groups.end.to_be_bytes();
+            let from = key_groups.start.to_be_bytes();
+            let to = key_groups.end.to_be_bytes();
             self.db.compact_range(Some(&from[..]), Some(&to[..]));
         }
         Ok(())
     }
 
-    /// The synchronous part of a snapshot: make RocksDB exact, then hard-link its files into
-    /// `dir`. Processing continues while [`write_snapshot`] reads that copy.
-    pub fn checkpoint_to(&mut self, dir: &Path) -> Result<()> {
+    /// Makes RocksDB exact, then hard-links its files into `dir`.
+    fn checkpoint_to(&mut self, dir: &Path) -> Result<()> {
         let started = std::time::Instant::now();
         self.flush_dirty()?;
         let cache_flushed = started.elapsed();
@@ -650,21 +916,31 @@ impl KeyedStateBackend {
             .map_err(|e| Error::rocks(format!("checkpoint into {}", dir.display()), e))
     }
 
-    /// Loads the entries of a snapshot object that fall into this backend's key groups.
-    /// `object` names the object in errors.
-    ///
-    /// Snapshot entries are in RocksDB order (written by iterating RocksDB), so they go into
-    /// an SST file that RocksDB ingests as is: no memtable, flush or compaction on the way.
-    /// An object out of order (never written by Weir) falls back to write batches.
-    pub fn restore_snapshot(&mut self, data: &[u8], object: &str) -> Result<u64> {
-        match self.restore_by_ingest(data, object)? {
+    /// Snapshot entries are in RocksDB order (written by iterating RocksDB or the heap's
+    /// sorted maps), so they go into an SST file that RocksDB ingests as is: no memtable,
+    /// flush or compaction on the way. An object out of order (never written by Weir) falls
+    /// back to write batches.
+    fn restore_snapshot(
+        &mut self,
+        data: &[u8],
+        object: &str,
+        key_groups: KeyGroupRange,
+        timers: &mut super::timers::TimerService,
+    ) -> Result<u64> {
+        match self.restore_by_ingest(data, object, key_groups, timers)? {
             Some(restored) => Ok(restored),
-            None => self.restore_by_batches(data, object),
+            None => self.restore_by_batches(data, object, key_groups, timers),
         }
     }
 
     /// `None` when the entries are not strictly increasing.
-    fn restore_by_ingest(&mut self, data: &[u8], object: &str) -> Result<Option<u64>> {
+    fn restore_by_ingest(
+        &mut self,
+        data: &[u8],
+        object: &str,
+        key_groups: KeyGroupRange,
+        timers: &mut super::timers::TimerService,
+    ) -> Result<Option<u64>> {
         // Check the order first, so a fallback leaves nothing half-restored.
         let mut last: Option<&[u8]> = None;
         for entry in super::snapshot::SnapshotReader::new(data, object)? {
@@ -675,8 +951,6 @@ impl KeyedStateBackend {
             last = Some(key);
         }
         let context = format!("restore {object}");
-        let key_groups = self.key_groups;
-        let timers = &mut self.timers;
         let restored = ingest_sst(
             &self.db,
             &self.path,
@@ -686,7 +960,7 @@ impl KeyedStateBackend {
                 let mut restored = 0u64;
                 for entry in super::snapshot::SnapshotReader::new(data, object)? {
                     let (key, value) = entry?;
-                    if key.len() < 2 || !key_groups.contains(u16::from_be_bytes([key[0], key[1]])) {
+                    if !key_groups.contains(key_group_of(key)) {
                         continue;
                     }
                     timers.restore_entry(key, value, object)?;
@@ -701,58 +975,47 @@ impl KeyedStateBackend {
         Ok(Some(restored))
     }
 
-    /// Copies the entries of this backend's key groups out of the RocksDB checkpoint files at
-    /// `dir` (an incremental checkpoint of another key-group range, i.e. a rescale) into one
-    /// SST file that RocksDB ingests. `object` names the checkpoint in errors.
-    pub fn restore_from_files(&mut self, dir: &Path, object: &str) -> Result<u64> {
-        let corrupt = |e: rocksdb::Error| Error::CorruptCheckpoint {
-            object: object.to_string(),
-            reason: format!("its RocksDB files do not read: {e}"),
-        };
-        let source = rocksdb::DB::open_for_read_only(&rocksdb::Options::default(), dir, false)
-            .map_err(corrupt)?;
-        let mut read = rocksdb::ReadOptions::default();
-        read.set_readahead_size(4 << 20);
-        read.fill_cache(false);
-        let mut iter = source.raw_iterator_opt(read);
-        iter.seek(self.key_groups.start.to_be_bytes());
+    /// Copies the entries of `key_groups` out of the RocksDB checkpoint files at `dir` into
+    /// one SST file that RocksDB ingests.
+    fn restore_from_files(
+        &mut self,
+        dir: &Path,
+        object: &str,
+        key_groups: KeyGroupRange,
+        timers: &mut super::timers::TimerService,
+    ) -> Result<u64> {
         let context = format!("restore {object}");
-        let end = self.key_groups.end;
-        let timers = &mut self.timers;
         ingest_sst(
             &self.db,
             &self.path,
             &mut self.ingested,
             &context,
             |writer| {
-                let mut restored = 0u64;
-                while let (Some(key), Some(value)) = (iter.key(), iter.value()) {
-                    if key.len() < 2 || u16::from_be_bytes([key[0], key[1]]) >= end {
-                        break;
-                    }
+                read_rocksdb_files(dir, key_groups, object, |key, value| {
                     timers.restore_entry(key, value, object)?;
                     writer
                         .put(key, value)
-                        .map_err(|e| Error::rocks(format!("{context}: write SST"), e))?;
-                    restored += 1;
-                    iter.next();
-                }
-                iter.status().map_err(corrupt)?;
-                Ok(restored)
+                        .map_err(|e| Error::rocks(format!("{context}: write SST"), e))
+                })
             },
         )
     }
 
-    fn restore_by_batches(&mut self, data: &[u8], object: &str) -> Result<u64> {
+    fn restore_by_batches(
+        &mut self,
+        data: &[u8],
+        object: &str,
+        key_groups: KeyGroupRange,
+        timers: &mut super::timers::TimerService,
+    ) -> Result<u64> {
         let mut batch = rocksdb::WriteBatch::default();
         let mut restored = 0u64;
         for entry in super::snapshot::SnapshotReader::new(data, object)? {
             let (key, value) = entry?;
-            let key_group = u16::from_be_bytes([key[0], key[1]]);
-            if !self.key_groups.contains(key_group) {
+            if !key_groups.contains(key_group_of(key)) {
                 continue;
             }
-            self.timers.restore_entry(key, value, object)?;
+            timers.restore_entry(key, value, object)?;
             batch.put(key, value);
             restored += 1;
             if batch.size_in_bytes() >= RESTORE_BATCH_BYTES {
@@ -769,30 +1032,7 @@ impl KeyedStateBackend {
     }
 }
 
-/// Raw access for state that is not of one state id, such as timers, whose entries sort by
-/// time within a key group (`state/timers.rs`).
-impl KeyedStateBackend {
-    /// The key group and key bytes of the current key.
-    pub(crate) fn current_key(&self) -> (u16, &[u8]) {
-        let group = u16::from_be_bytes([self.current_prefix[0], self.current_prefix[1]]);
-        (group, &self.current_prefix[6..])
-    }
-
-    /// A put of a key the caller knows RocksDB does not hold (e.g. a timer new to the index).
-    pub(crate) fn put_raw_new(&mut self, key: &[u8], value: Vec<u8>) -> Result<()> {
-        self.scratch.clear();
-        self.scratch.extend_from_slice(key);
-        self.write_slot(Some(&value), true)
-    }
-
-    pub(crate) fn delete_raw(&mut self, key: &[u8]) -> Result<()> {
-        self.scratch.clear();
-        self.scratch.extend_from_slice(key);
-        self.write_slot(None, false)
-    }
-}
-
-impl Drop for KeyedStateBackend {
+impl Drop for RocksDbStore {
     fn drop(&mut self) {
         // The instance is scratch space; checkpoints hold the state. Best effort only.
         let _ = std::fs::remove_dir_all(&self.path);
@@ -860,8 +1100,78 @@ pub fn write_snapshot(
     Ok(info)
 }
 
+/// Helpers for the state tests, which run once per backend.
+#[cfg(test)]
+pub(crate) mod test_support {
+    use super::*;
+
+    pub(crate) fn open_backend(
+        kind: StateBackendKind,
+        path: &Path,
+        key_groups: KeyGroupRange,
+        cache_capacity: u64,
+    ) -> KeyedStateBackend {
+        KeyedStateBackend::open_kind(kind, path, key_groups, cache_capacity).expect("open")
+    }
+
+    /// The full snapshot object of `backend` now (the savepoint format), read back.
+    pub(crate) fn snapshot_bytes(
+        backend: &mut KeyedStateBackend,
+        dir: &Path,
+        name: &str,
+    ) -> Vec<u8> {
+        let file = dir.join(name);
+        backend
+            .checkpoint_to(&dir.join(format!("{name}-copy")))
+            .expect("checkpoint")
+            .write_full(&file)
+            .expect("write");
+        std::fs::read(file).expect("read")
+    }
+
+    /// Empties RocksDB's write-back cache (after a flush), so reads go to RocksDB itself.
+    /// Nothing to do on the heap.
+    pub(crate) fn drop_cache(backend: &mut KeyedStateBackend) {
+        if let Store::RocksDb(store) = &mut backend.store {
+            store.flush_dirty().expect("flush");
+            store.cache.clear();
+            store.last_slot = NO_SLOT;
+            store.cache_bytes = 0;
+        }
+    }
+}
+
+/// Defines a test once per backend, `$name::rocksdb` and `$name::heap`, each running the
+/// body with `$kind` set to its backend.
+#[cfg(test)]
+macro_rules! test_on_both_backends {
+    ($(#[$meta:meta])* fn $name:ident($kind:ident) $body:block) => {
+        mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+
+            fn run($kind: $crate::spec::StateBackendKind) $body
+
+            $(#[$meta])*
+            #[test]
+            fn rocksdb() {
+                run($crate::spec::StateBackendKind::Rocksdb)
+            }
+
+            $(#[$meta])*
+            #[test]
+            fn heap() {
+                run($crate::spec::StateBackendKind::Heap)
+            }
+        }
+    };
+}
+#[cfg(test)]
+pub(crate) use test_on_both_backends;
+
 #[cfg(test)]
 mod tests {
+    use super::test_support::{drop_cache, open_backend, snapshot_bytes};
     use super::*;
     use crate::state::StateRegistry;
     use crate::state::handles::KeyedContext;
@@ -881,17 +1191,24 @@ mod tests {
         backend.set_current_key(key_group_for_key_bytes(&bytes, MAX), &bytes);
     }
 
+    fn rocks(backend: &mut KeyedStateBackend) -> &mut RocksDbStore {
+        match &mut backend.store {
+            Store::RocksDb(store) => store,
+            Store::Heap(_) => panic!("a RocksDB test opened a heap backend"),
+        }
+    }
+
+    test_on_both_backends! {
     /// Checked in release builds too (CI tests those): a misrouted record must stop the task,
     /// not land in a key group a rescale would hand to another subtask.
-    #[test]
     #[should_panic(expected = "routed to the wrong subtask")]
-    fn a_key_of_another_subtasks_key_group_is_refused() {
+    fn a_key_of_another_subtasks_key_group_is_refused(kind) {
         let dir = tempfile::tempdir().expect("tempdir");
         let owned = KeyGroupRange { start: 0, end: 64 };
         let mut backend =
-            KeyedStateBackend::open(&dir.path().join("db"), owned, 64 << 20).expect("open");
+            open_backend(kind, &dir.path().join("db"), owned, 64 << 20);
         backend.set_current_key(64, b"key");
-    }
+    }    }
 
     #[test]
     fn state_created_and_cleared_between_flushes_never_reaches_rocksdb() {
@@ -920,7 +1237,11 @@ mod tests {
             count.set(&mut ctx, &7).expect("set");
             count.clear(&mut ctx).expect("clear");
         }
-        assert_eq!(backend.dirty_entries, 1, "only key 1 needs a tombstone");
+        assert_eq!(
+            rocks(&mut backend).dirty_entries,
+            1,
+            "only key 1 needs a tombstone"
+        );
         backend.flush_dirty().expect("flush");
         for key in [1, 2] {
             select(&mut backend, key);
@@ -966,9 +1287,7 @@ mod tests {
                 .all(|e| !e.file_name().to_string_lossy().starts_with("ingest-")),
             "ingested files are moved into RocksDB"
         );
-        backend.cache.clear();
-        backend.last_slot = NO_SLOT;
-        backend.cache_bytes = 0;
+        drop_cache(&mut backend);
         for key in 0..keys {
             select(&mut backend, key);
             let mut ctx = KeyedContext {
@@ -1000,11 +1319,11 @@ mod tests {
         assert!(backend.stats().evictions > 0, "the budget forced evictions");
     }
 
-    #[test]
-    fn map_state_sees_cached_and_flushed_entries_and_clear_removes_all() {
+    test_on_both_backends! {
+    fn map_state_sees_cached_and_flushed_entries_and_clear_removes_all(kind) {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut backend =
-            KeyedStateBackend::open(&dir.path().join("db"), all_groups(), 64 << 20).expect("open");
+            open_backend(kind, &dir.path().join("db"), all_groups(), 64 << 20);
         let mut registry = StateRegistry::new("op");
         let map = registry.map_state::<String, u32>("m").expect("state");
         let other = registry.value_state::<u32>("v").expect("state");
@@ -1037,7 +1356,7 @@ mod tests {
             None,
             "maps are per key"
         );
-    }
+    }    }
 
     #[test]
     fn key_eq_is_slice_equality() {
@@ -1073,11 +1392,11 @@ mod tests {
         assert_eq!(by_prefix, keys);
     }
 
-    #[test]
-    fn long_keys_and_growing_values_move_between_inline_and_heap() {
+    test_on_both_backends! {
+    fn long_keys_and_growing_values_move_between_inline_and_heap(kind) {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut backend =
-            KeyedStateBackend::open(&dir.path().join("db"), all_groups(), 64 << 20).expect("open");
+            open_backend(kind, &dir.path().join("db"), all_groups(), 64 << 20);
         let mut registry = StateRegistry::new("op");
         let map = registry.map_state::<String, String>("m").expect("state");
         let list = registry.list_state::<u64>("l").expect("state");
@@ -1104,7 +1423,7 @@ mod tests {
             }
         }
         backend.flush_dirty().expect("flush");
-        backend.cache.clear();
+        drop_cache(&mut backend);
         for key in 0..50u64 {
             select(&mut backend, key);
             let mut ctx = KeyedContext {
@@ -1121,7 +1440,7 @@ mod tests {
             map.remove(&mut ctx, &long).expect("remove");
             assert_eq!(map.get(&mut ctx, &long).expect("get"), None);
         }
-    }
+    }    }
 
     struct Average;
 
@@ -1140,11 +1459,11 @@ mod tests {
         }
     }
 
-    #[test]
-    fn list_reducing_and_aggregating_state_per_key() {
+    test_on_both_backends! {
+    fn list_reducing_and_aggregating_state_per_key(kind) {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut backend =
-            KeyedStateBackend::open(&dir.path().join("db"), all_groups(), 64 << 20).expect("open");
+            open_backend(kind, &dir.path().join("db"), all_groups(), 64 << 20);
         let mut registry = StateRegistry::new("op");
         let list = registry.list_state::<String>("list").expect("state");
         let max = registry
@@ -1180,7 +1499,7 @@ mod tests {
         };
         assert_eq!(max.get(&mut ctx).expect("get"), Some(9), "key 1 untouched");
         assert_eq!(avg.get(&mut ctx).expect("get"), Some(6.0));
-    }
+    }    }
 
     #[test]
     fn registering_a_state_name_twice_is_an_error() {
@@ -1193,11 +1512,10 @@ mod tests {
         assert!(err.to_string().contains("registered twice"), "{err}");
     }
 
-    #[test]
-    fn snapshot_restores_only_the_key_groups_of_the_new_range() {
+    test_on_both_backends! {
+    fn snapshot_restores_only_the_key_groups_of_the_new_range_on_either_backend(kind) {
         let dir = tempfile::tempdir().expect("tempdir");
-        let mut source =
-            KeyedStateBackend::open(&dir.path().join("src"), all_groups(), 64 << 20).expect("open");
+        let mut source = open_backend(kind, &dir.path().join("src"), all_groups(), 64 << 20);
         let mut registry = StateRegistry::new("op");
         let value = registry.value_state::<u64>("v").expect("state");
         for key in 0..1000u64 {
@@ -1211,7 +1529,7 @@ mod tests {
                 )
                 .expect("set");
         }
-        source
+        let pending = source
             .checkpoint_to(&dir.path().join("copy"))
             .expect("checkpoint");
         // Writes after the snapshot must not leak into it.
@@ -1224,39 +1542,115 @@ mod tests {
                 &777,
             )
             .expect("set");
-        let info =
-            write_snapshot(&dir.path().join("copy"), &dir.path().join("snap")).expect("write");
+        let info = pending.write_full(&dir.path().join("snap")).expect("write");
         assert_eq!(info.entries, 1000);
         let data = std::fs::read(dir.path().join("snap")).expect("read");
 
-        let mut restored_total = 0;
-        for subtask in 0..3 {
-            let range = key_group_range_for_subtask(MAX, 3, subtask);
-            let mut target = KeyedStateBackend::open(
-                &dir.path().join(format!("dst-{subtask}")),
-                range,
-                64 << 20,
-            )
-            .expect("open");
-            restored_total += target.restore_snapshot(&data, "snap").expect("restore");
-            for key in 0..1000u64 {
-                let bytes = key.to_be_bytes();
-                let group = key_group_for_key_bytes(&bytes, MAX);
-                if !range.contains(group) {
-                    continue;
+        for target_kind in [StateBackendKind::Rocksdb, StateBackendKind::Heap] {
+            let mut restored_total = 0;
+            for subtask in 0..3 {
+                let range = key_group_range_for_subtask(MAX, 3, subtask);
+                let path = dir.path().join(format!("dst-{target_kind:?}-{subtask}"));
+                let mut target = open_backend(target_kind, &path, range, 64 << 20);
+                restored_total += target.restore_snapshot(&data, "snap").expect("restore");
+                for key in 0..1000u64 {
+                    let bytes = key.to_be_bytes();
+                    let group = key_group_for_key_bytes(&bytes, MAX);
+                    if !range.contains(group) {
+                        continue;
+                    }
+                    target.set_current_key(group, &bytes);
+                    let got = value
+                        .get(&mut KeyedContext {
+                            backend: &mut target,
+                        })
+                        .expect("get");
+                    assert_eq!(got, Some(key * 10), "key {key} on {target_kind:?}");
                 }
-                target.set_current_key(group, &bytes);
-                let got = value
-                    .get(&mut KeyedContext {
-                        backend: &mut target,
-                    })
-                    .expect("get");
-                assert_eq!(got, Some(key * 10), "key {key}");
+            }
+            assert_eq!(
+                restored_total, 1000,
+                "every entry lands in exactly one subtask of {target_kind:?}"
+            );
+        }
+    }
+    }
+
+    /// An incremental checkpoint is RocksDB's files: a heap backend reads its key groups out of
+    /// them, so a job moves from RocksDB to the heap through a checkpoint too (and rescales).
+    #[test]
+    fn rocksdb_checkpoint_files_restore_into_heap_backends_by_key_group() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut source = open_backend(
+            StateBackendKind::Rocksdb,
+            &dir.path().join("src"),
+            all_groups(),
+            64 << 20,
+        );
+        let mut registry = StateRegistry::new("op");
+        let value = registry.value_state::<u64>("v").expect("state");
+        let map = registry.map_state::<u32, u32>("m").expect("state");
+        for key in 0..500u64 {
+            select(&mut source, key);
+            let mut ctx = KeyedContext {
+                backend: &mut source,
+            };
+            value.set(&mut ctx, &(key + 1)).expect("set");
+            map.put(&mut ctx, &(key as u32), &7).expect("put");
+        }
+        let files = dir.path().join("files");
+        let pending = source.checkpoint_to(&files).expect("checkpoint");
+        assert_eq!(pending.rocksdb_files(), Some(files.as_path()));
+        let mut restored_total = 0;
+        for subtask in 0..2 {
+            let range = key_group_range_for_subtask(MAX, 2, subtask);
+            let mut heap = KeyedStateBackend::open_heap(range);
+            restored_total += heap.restore_from_files(&files, "chk-1").expect("restore");
+            for key in (0..500u64)
+                .filter(|k| range.contains(key_group_for_key_bytes(&k.to_be_bytes(), MAX)))
+            {
+                select(&mut heap, key);
+                let mut ctx = KeyedContext { backend: &mut heap };
+                assert_eq!(
+                    value.get(&mut ctx).expect("get"),
+                    Some(key + 1),
+                    "key {key}"
+                );
+                assert_eq!(
+                    map.entries(&mut ctx).expect("entries"),
+                    vec![(key as u32, 7)]
+                );
             }
         }
         assert_eq!(
             restored_total, 1000,
-            "every entry lands in exactly one subtask"
+            "two entries per key, each in one subtask"
         );
+    }
+
+    /// Both backends write the same bytes for the same state: one format, key order included.
+    #[test]
+    fn heap_and_rocksdb_write_identical_snapshot_objects() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut registry = StateRegistry::new("op");
+        let map = registry.map_state::<u64, String>("m").expect("state");
+        let mut objects = Vec::new();
+        for kind in [StateBackendKind::Rocksdb, StateBackendKind::Heap] {
+            let path = dir.path().join(format!("b-{}", objects.len()));
+            let mut backend = open_backend(kind, &path, all_groups(), 64 << 20);
+            for key in 0..300u64 {
+                select(&mut backend, key);
+                let mut ctx = KeyedContext {
+                    backend: &mut backend,
+                };
+                for entry in [key % 7, 1000 - key % 5, 1 << 40] {
+                    map.put(&mut ctx, &entry, &format!("{key}-{entry}"))
+                        .expect("put");
+                }
+            }
+            let name = format!("snap-{}", objects.len());
+            objects.push(snapshot_bytes(&mut backend, dir.path(), &name));
+        }
+        assert!(objects[0] == objects[1], "RocksDB and heap objects differ");
     }
 }

@@ -1,5 +1,5 @@
-//! Keyed state (RocksDB behind a write-back cache, split into key groups), operator state and
-//! broadcast state.
+//! Keyed state (RocksDB behind a write-back cache, or sorted maps on the heap; split into key
+//! groups), operator state and broadcast state.
 //! Time to live ([`StateTtl`]) sits above the backend, in the handles' value encoding.
 
 // The backend's machinery (RocksDB, key-group arithmetic, snapshot files) is the runtime's;
@@ -7,6 +7,7 @@
 pub(crate) mod backend;
 pub mod broadcast;
 pub mod handles;
+pub(crate) mod heap;
 pub(crate) mod keygroups;
 pub mod operator;
 pub(crate) mod snapshot;

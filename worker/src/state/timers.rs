@@ -270,6 +270,8 @@ impl KeyedContext<'_> {
 mod tests {
     use super::*;
     use crate::state::KeyedStateBackend;
+    use crate::state::backend::test_on_both_backends;
+    use crate::state::backend::test_support::{open_backend, snapshot_bytes};
     use crate::state::keygroups::{
         KeyGroupRange, key_group_for_key_bytes, key_group_range_for_subtask,
     };
@@ -300,11 +302,7 @@ mod tests {
     }
 
     fn snapshot(backend: &mut KeyedStateBackend, dir: &std::path::Path, name: &str) -> Vec<u8> {
-        let copy = dir.join(format!("{name}-copy"));
-        backend.checkpoint_to(&copy).expect("checkpoint");
-        let file = dir.join(name);
-        crate::state::backend::write_snapshot(&copy, &file).expect("write");
-        std::fs::read(file).expect("read")
+        snapshot_bytes(backend, dir, name)
     }
 
     fn all() -> KeyGroupRange {
@@ -314,10 +312,10 @@ mod tests {
         }
     }
 
-    #[test]
-    fn timers_fire_in_time_order_once_and_duplicates_collapse() {
+    test_on_both_backends! {
+    fn timers_fire_in_time_order_once_and_duplicates_collapse(kind) {
         let dir = tempfile::tempdir().expect("tempdir");
-        let mut b = KeyedStateBackend::open(&dir.path().join("db"), all(), 1 << 20).expect("open");
+        let mut b = open_backend(kind, &dir.path().join("db"), all(), 1 << 20);
         register(&mut b, 1, 300);
         register(&mut b, 2, 100);
         register(&mut b, 2, 100);
@@ -327,11 +325,12 @@ mod tests {
         assert_eq!(fire(&mut b, 300), vec![(2, 100), (1, 300)]);
         assert!(fire(&mut b, Timestamp::MAX).is_empty(), "each fires once");
     }
+    }
 
-    #[test]
-    fn timers_fire_once_across_snapshot_and_restore() {
+    test_on_both_backends! {
+    fn timers_fire_once_across_snapshot_and_restore(kind) {
         let dir = tempfile::tempdir().expect("tempdir");
-        let mut b = KeyedStateBackend::open(&dir.path().join("db"), all(), 1 << 20).expect("open");
+        let mut b = open_backend(kind, &dir.path().join("db"), all(), 1 << 20);
         register(&mut b, 1, 10);
         register(&mut b, 2, 20);
         let before = snapshot(&mut b, dir.path(), "before");
@@ -339,7 +338,7 @@ mod tests {
         let after = snapshot(&mut b, dir.path(), "after");
 
         let mut restored =
-            KeyedStateBackend::open(&dir.path().join("r1"), all(), 1 << 20).expect("open");
+            open_backend(kind, &dir.path().join("r1"), all(), 1 << 20);
         restored.restore_snapshot(&after, "after").expect("restore");
         assert_eq!(
             fire(&mut restored, 100),
@@ -347,15 +346,16 @@ mod tests {
             "the timer that fired before the snapshot does not fire again"
         );
         let mut replay =
-            KeyedStateBackend::open(&dir.path().join("r2"), all(), 1 << 20).expect("open");
+            open_backend(kind, &dir.path().join("r2"), all(), 1 << 20);
         replay.restore_snapshot(&before, "before").expect("restore");
         assert_eq!(fire(&mut replay, 100), vec![(1, 10), (2, 20)]);
     }
+    }
 
-    #[test]
-    fn timers_move_with_their_key_groups_on_rescale() {
+    test_on_both_backends! {
+    fn timers_move_with_their_key_groups_on_rescale(kind) {
         let dir = tempfile::tempdir().expect("tempdir");
-        let mut b = KeyedStateBackend::open(&dir.path().join("db"), all(), 1 << 20).expect("open");
+        let mut b = open_backend(kind, &dir.path().join("db"), all(), 1 << 20);
         for key in 0..200u64 {
             register(&mut b, key, key as Timestamp);
         }
@@ -364,8 +364,7 @@ mod tests {
         for subtask in 0..3 {
             let range = key_group_range_for_subtask(MAX, 3, subtask);
             let mut part =
-                KeyedStateBackend::open(&dir.path().join(format!("p{subtask}")), range, 1 << 20)
-                    .expect("open");
+                open_backend(kind, &dir.path().join(format!("p{subtask}")), range, 1 << 20);
             part.restore_snapshot(&data, "snap").expect("restore");
             for (key, _) in fire(&mut part, Timestamp::MAX) {
                 let group = key_group_for_key_bytes(&key.to_be_bytes(), MAX);
@@ -379,11 +378,12 @@ mod tests {
         total.sort_unstable();
         assert_eq!(total, (0..200).collect::<Vec<_>>());
     }
+    }
 
-    #[test]
-    fn deleting_a_timer_keeps_it_from_firing_and_timers_do_not_touch_state() {
+    test_on_both_backends! {
+    fn deleting_a_timer_keeps_it_from_firing_and_timers_do_not_touch_state(kind) {
         let dir = tempfile::tempdir().expect("tempdir");
-        let mut b = KeyedStateBackend::open(&dir.path().join("db"), all(), 1 << 20).expect("open");
+        let mut b = open_backend(kind, &dir.path().join("db"), all(), 1 << 20);
         let mut registry = crate::state::StateRegistry::new("op");
         let map = registry.map_state::<u32, u32>("m").expect("state");
         register(&mut b, 1, 10);
@@ -394,8 +394,9 @@ mod tests {
         ctx.delete_event_time_timer(10).expect("delete");
         assert_eq!(map.entries(&mut ctx).expect("entries"), vec![(1, 1)]);
         let data = snapshot(&mut b, dir.path(), "snap");
-        let mut r = KeyedStateBackend::open(&dir.path().join("r"), all(), 1 << 20).expect("open");
+        let mut r = open_backend(kind, &dir.path().join("r"), all(), 1 << 20);
         r.restore_snapshot(&data, "snap").expect("restore");
         assert_eq!(fire(&mut r, 100), vec![(1, 20)]);
+    }
     }
 }

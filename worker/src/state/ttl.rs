@@ -359,7 +359,9 @@ mod tests {
     use std::sync::atomic::{AtomicU64, Ordering};
 
     use super::*;
-    use crate::state::backend::write_snapshot;
+    use crate::spec::StateBackendKind;
+    use crate::state::backend::test_on_both_backends;
+    use crate::state::backend::test_support::open_backend;
     use crate::state::keygroups::key_group_for_key_bytes;
     use crate::state::{KeyGroupRange, KeyedContext, StateRegistry};
 
@@ -384,8 +386,8 @@ mod tests {
         }
     }
 
-    fn backend(dir: &Path, name: &str) -> KeyedStateBackend {
-        KeyedStateBackend::open(&dir.join(name), ALL, 64 << 20).expect("open")
+    fn backend(kind: StateBackendKind, dir: &Path, name: &str) -> KeyedStateBackend {
+        open_backend(kind, &dir.join(name), ALL, 64 << 20)
     }
 
     fn select(backend: &mut KeyedStateBackend, key: u64) -> KeyedContext<'_> {
@@ -420,10 +422,10 @@ mod tests {
         assert!(!forever.expired(u64::MAX - 1, u64::MAX - 1));
     }
 
-    #[test]
-    fn expired_value_is_invisible_and_deleted_on_access() {
+    test_on_both_backends! {
+    fn expired_value_is_invisible_and_deleted_on_access(kind) {
         let dir = tempfile::tempdir().expect("tempdir");
-        let mut b = backend(dir.path(), "db");
+        let mut b = backend(kind, dir.path(), "db");
         let clock = ManualClock::default();
         let mut registry = clock.registry();
         let count = registry
@@ -444,15 +446,16 @@ mod tests {
         clock.set(1_150);
         assert_eq!(count.get(&mut select(&mut b, 1)).expect("get"), Some(1));
     }
+    }
 
     fn count_id(name: &str) -> StateId {
         xxhash_rust::xxh3::xxh3_64(name.as_bytes()) as u32
     }
 
-    #[test]
-    fn return_expired_if_not_cleaned_up_returns_it_once() {
+    test_on_both_backends! {
+    fn return_expired_if_not_cleaned_up_returns_it_once(kind) {
         let dir = tempfile::tempdir().expect("tempdir");
-        let mut b = backend(dir.path(), "db");
+        let mut b = backend(kind, dir.path(), "db");
         let clock = ManualClock::default();
         let mut registry = clock.registry();
         let last = registry
@@ -472,11 +475,12 @@ mod tests {
             "cleaned up by the read"
         );
     }
+    }
 
-    #[test]
-    fn on_read_and_write_extends_the_life_and_on_create_and_write_does_not() {
+    test_on_both_backends! {
+    fn on_read_and_write_extends_the_life_and_on_create_and_write_does_not(kind) {
         let dir = tempfile::tempdir().expect("tempdir");
-        let mut b = backend(dir.path(), "db");
+        let mut b = backend(kind, dir.path(), "db");
         let clock = ManualClock::default();
         let mut registry = clock.registry();
         let on_read = registry
@@ -495,11 +499,12 @@ mod tests {
         }
         assert_eq!(on_write.get(&mut select(&mut b, 1)).expect("get"), None);
     }
+    }
 
-    #[test]
-    fn list_elements_expire_one_by_one_in_plain_and_namespaced_lists() {
+    test_on_both_backends! {
+    fn list_elements_expire_one_by_one_in_plain_and_namespaced_lists(kind) {
         let dir = tempfile::tempdir().expect("tempdir");
-        let mut b = backend(dir.path(), "db");
+        let mut b = backend(kind, dir.path(), "db");
         let clock = ManualClock::default();
         let mut registry = clock.registry();
         let list = registry
@@ -529,11 +534,12 @@ mod tests {
             "a list whose elements all expired is deleted"
         );
     }
+    }
 
-    #[test]
-    fn map_entries_expire_one_by_one() {
+    test_on_both_backends! {
+    fn map_entries_expire_one_by_one(kind) {
         let dir = tempfile::tempdir().expect("tempdir");
-        let mut b = backend(dir.path(), "db");
+        let mut b = backend(kind, dir.path(), "db");
         let clock = ManualClock::default();
         let mut registry = clock.registry();
         let map = registry
@@ -555,11 +561,12 @@ mod tests {
         );
         assert_eq!(map.get(&mut ctx, &"new".into()).expect("get"), None);
     }
+    }
 
-    #[test]
-    fn reducing_state_restarts_from_the_next_value_once_expired() {
+    test_on_both_backends! {
+    fn reducing_state_restarts_from_the_next_value_once_expired(kind) {
         let dir = tempfile::tempdir().expect("tempdir");
-        let mut b = backend(dir.path(), "db");
+        let mut b = backend(kind, dir.path(), "db");
         let clock = ManualClock::default();
         let mut registry = clock.registry();
         let sum = registry
@@ -573,11 +580,12 @@ mod tests {
         sum.add(&mut ctx, 5).expect("add");
         assert_eq!(sum.get(&mut ctx).expect("get"), Some(5));
     }
+    }
 
-    #[test]
-    fn states_without_ttl_keep_their_plain_bytes() {
+    test_on_both_backends! {
+    fn states_without_ttl_keep_their_plain_bytes(kind) {
         let dir = tempfile::tempdir().expect("tempdir");
-        let mut b = backend(dir.path(), "db");
+        let mut b = backend(kind, dir.path(), "db");
         let mut registry = StateRegistry::new("op");
         let plain = registry.value_state::<u64>("plain").expect("state");
         let list = registry.list_state::<u64>("list").expect("state");
@@ -594,6 +602,7 @@ mod tests {
         );
         assert!(registry.ttl_names().is_empty());
     }
+    }
 
     /// Bytes of the RocksDB files an incremental checkpoint would hold.
     fn sst_bytes(dir: &Path) -> u64 {
@@ -605,10 +614,10 @@ mod tests {
             .sum()
     }
 
-    #[test]
-    fn cleanup_at_snapshot_drops_expired_values_from_the_next_snapshot() {
+    test_on_both_backends! {
+    fn cleanup_at_snapshot_drops_expired_values_from_the_next_snapshot(kind) {
         let dir = tempfile::tempdir().expect("tempdir");
-        let mut b = backend(dir.path(), "db");
+        let mut b = backend(kind, dir.path(), "db");
         let clock = ManualClock::default();
         let mut registry = clock.registry();
         let session = registry
@@ -632,10 +641,12 @@ mod tests {
             recent.add(&mut ctx, key + 1).expect("add");
         }
         let ttl_states = registry.ttl_states().clone();
-        b.checkpoint_to(&dir.path().join("before"))
+        let pending = b
+            .checkpoint_to(&dir.path().join("before"))
             .expect("checkpoint");
-        let before_files = sst_bytes(&dir.path().join("before"));
-        let before = write_snapshot(&dir.path().join("before"), &dir.path().join("before.state"))
+        let before_files = pending.rocksdb_files().map(sst_bytes);
+        let before = pending
+            .write_full(&dir.path().join("before.state"))
             .expect("snapshot");
 
         clock.set(1_100);
@@ -649,10 +660,12 @@ mod tests {
             },
             "even keys: session deleted, one of two list elements dropped"
         );
-        b.checkpoint_to(&dir.path().join("after"))
+        let pending = b
+            .checkpoint_to(&dir.path().join("after"))
             .expect("checkpoint");
-        let after_files = sst_bytes(&dir.path().join("after"));
-        let after = write_snapshot(&dir.path().join("after"), &dir.path().join("after.state"))
+        let after_files = pending.rocksdb_files().map(sst_bytes);
+        let after = pending
+            .write_full(&dir.path().join("after.state"))
             .expect("snapshot");
         assert_eq!(before.entries, 3 * keys);
         assert_eq!(after.entries, 3 * keys - keys / 2);
@@ -662,18 +675,22 @@ mod tests {
             before.size,
             after.size
         );
-        assert!(
-            after_files * 10 < before_files * 8,
-            "incremental files {before_files} -> {after_files} bytes"
-        );
+        // RocksDB's incremental checkpoints hold files: they shrink once compaction rewrote
+        // them. The heap has no files; its snapshots are the full objects above.
+        if let (Some(before_files), Some(after_files)) = (before_files, after_files) {
+            assert!(
+                after_files * 10 < before_files * 8,
+                "incremental files {before_files} -> {after_files} bytes"
+            );
+        }
         eprintln!(
-            "full snapshot {} -> {} bytes, RocksDB files {before_files} -> {after_files} bytes",
+            "{kind:?}: full snapshot {} -> {} bytes, RocksDB files {before_files:?} -> {after_files:?} bytes",
             before.size, after.size
         );
 
         // Survivors restore with their timestamps and expire on time after the restore.
         let data = std::fs::read(dir.path().join("after.state")).expect("read");
-        let mut restored = backend(dir.path(), "restored");
+        let mut restored = backend(kind, dir.path(), "restored");
         restored.restore_snapshot(&data, "after").expect("restore");
         for key in [0u64, 1] {
             let mut ctx = select(&mut restored, key);
@@ -687,11 +704,12 @@ mod tests {
         let mut ctx = select(&mut restored, 1);
         assert_eq!(session.get(&mut ctx).expect("get"), None);
     }
+    }
 
-    #[test]
-    fn switching_ttl_on_or_off_across_a_restore_is_refused_naming_the_state() {
+    test_on_both_backends! {
+    fn switching_ttl_on_or_off_across_a_restore_is_refused_naming_the_state(kind) {
         let dir = tempfile::tempdir().expect("tempdir");
-        let mut b = backend(dir.path(), "db");
+        let mut b = backend(kind, dir.path(), "db");
         let mut registry = StateRegistry::new("op");
         let count = registry.value_state::<u64>("count").expect("state");
         count.set(&mut select(&mut b, 1), &1).expect("set");
@@ -753,5 +771,6 @@ mod tests {
         )
         .expect_err("TTL -> plain is refused");
         assert!(err.to_string().contains("stored with a TTL"), "{err}");
+    }
     }
 }

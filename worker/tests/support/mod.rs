@@ -13,6 +13,33 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+/// Defines a scenario's test once per keyed-state backend, `$name::rocksdb` and `$name::heap`:
+/// the body runs with `$backend` bound to the value of `state.backend` to put in the job
+/// document. Every keyed-state scenario must hold on both.
+#[macro_export]
+macro_rules! on_each_backend {
+    ($(#[$meta:meta])* fn $name:ident($backend:ident) $body:block) => {
+        mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+
+            fn run($backend: &str) $body
+
+            $(#[$meta])*
+            #[test]
+            fn rocksdb() {
+                run("rocksdb")
+            }
+
+            $(#[$meta])*
+            #[test]
+            fn heap() {
+                run("heap")
+            }
+        }
+    };
+}
+
 pub fn weir_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_weir-worker"))
 }
