@@ -94,11 +94,11 @@ fn url_counts(output: &Path) -> BTreeMap<String, Vec<u64>> {
         .collect()
 }
 
+on_each_backend! {
 /// Three runs over a growing input folder, each restoring the last one's final checkpoint:
 /// counts under a long TTL survive the restore; after an idle pause longer than a short TTL
 /// every URL counts from 1 again; switching the TTL off is refused naming the state.
-#[test]
-fn url_count_state_ttl_survives_restore_and_expires_idle_urls() {
+fn url_count_state_ttl_survives_restore_and_expires_idle_urls(backend) {
     let dir = tempfile::tempdir().expect("tempdir");
     let input = dir.path().join("input");
     let output = dir.path().join("output");
@@ -122,7 +122,7 @@ fn url_count_state_ttl_survives_restore_and_expires_idle_urls() {
             format!(", stateTtl: {ttl}")
         };
         let yaml = format!(
-            "job: {{name: url-count, args: {{input: '{}', output: '{}'{ttl}}}}}\nparallelism: 1\n\
+            "job: {{name: url-count, args: {{input: '{}', output: '{}'{ttl}}}}}\nparallelism: 1\nstate: {{backend: {backend}}}\n\
              checkpointing: {{interval: 200ms, storage: 'file://{}'}}\nrestartStrategy: {{type: none}}\n",
             input.display(),
             output.display(),
@@ -167,6 +167,7 @@ fn url_count_state_ttl_survives_restore_and_expires_idle_urls() {
             && stderr.contains("stored with a TTL"),
         "{stderr}"
     );
+}
 }
 
 #[test]
