@@ -12,14 +12,14 @@
 
 use std::sync::Arc;
 
-use super::stream::{KeyedStream, Stream};
+use super::stream::{KeyedInputs, KeyedStream, Stream, keyed_shuffle};
 use super::time::EventTimeKeyedStream;
 use crate::error::Result;
 use crate::functions::{BroadcastProcessFunction, KeyedBroadcastProcessFunction};
 use crate::runtime::broadcast::{KeyedWithBroadcast, NonKeyedWithBroadcast};
 use crate::runtime::chain::Collector;
 use crate::runtime::graph::GraphBuilder;
-use crate::runtime::shuffle::{BroadcastWriter, ForwardWriter, KeyedRecord, ShuffleWriter};
+use crate::runtime::shuffle::{BroadcastWriter, ForwardWriter, KeyedRecord};
 use crate::runtime::task::{KeyedOperator, KeyedTask};
 use crate::types::{Data, Key};
 
@@ -141,20 +141,7 @@ impl<K: Key, T: Data, B: Data + Clone> BroadcastConnectedKeyedStream<K, T, B> {
         let key = self.main.key;
         let uid_owned = uid.to_string();
         let main_inputs = Arc::new(move |graph: &mut GraphBuilder| {
-            let (senders, receivers) = graph.exchange::<KeyedRecord<K, T>>();
-            let writers = senders
-                .into_iter()
-                .map(|outputs| {
-                    Box::new(ShuffleWriter::new(
-                        key.clone(),
-                        outputs,
-                        graph.max_parallelism,
-                        &uid_owned,
-                    )) as Box<dyn Collector<T>>
-                })
-                .collect();
-            upstream(graph, writers)?;
-            Ok(receivers)
+            keyed_shuffle(graph, &upstream, &key, &uid_owned)
         });
         connected(
             env,
@@ -169,14 +156,7 @@ impl<K: Key, T: Data, B: Data + Clone> BroadcastConnectedKeyedStream<K, T, B> {
 }
 
 /// Wires the main side's graph and receivers for the consumer subtasks.
-type MainInputs<K, T> = Arc<
-    dyn Fn(
-            &mut GraphBuilder,
-        ) -> Result<
-            Vec<Vec<crossbeam_channel::Receiver<crate::runtime::Message<KeyedRecord<K, T>>>>>,
-        > + Send
-        + Sync,
->;
+type MainInputs<K, T> = Arc<dyn Fn(&mut GraphBuilder) -> Result<KeyedInputs<K, T>> + Send + Sync>;
 
 type MakeOperator<K, T, B, O> = Arc<dyn Fn() -> Box<dyn KeyedOperator<K, T, B, O>> + Send + Sync>;
 

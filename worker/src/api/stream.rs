@@ -6,6 +6,8 @@ use std::convert::Infallible;
 use std::marker::PhantomData;
 use std::sync::{Arc, Mutex};
 
+use crossbeam_channel::Receiver;
+
 use super::{Data, Key, KeyedProcessFunction, SinkContext, SinkFactory, SinkWriter, SourceFactory};
 use crate::error::{Error, Result};
 use crate::runtime::chain::{Collector, Downstream, FilterOp, FlatMapOp, MapOp};
@@ -13,11 +15,11 @@ pub use crate::runtime::graph::SINK_PENDING_STATE;
 use crate::runtime::graph::{GraphBuilder, JobGraph, SinkRecovery};
 use crate::runtime::shuffle::{KeyedRecord, ShuffleWriter};
 use crate::runtime::task::{KeyedTask, Plain, SourceTask};
-use crate::runtime::{Barrier, TaskEnv, TaskSnapshot};
+use crate::runtime::{Barrier, Message, TaskEnv, TaskSnapshot};
 use crate::spec::JobDocument;
 use crate::state::Redistribution;
 
-type Build<T> =
+pub(crate) type Build<T> =
     Arc<dyn Fn(&mut GraphBuilder, Vec<Box<dyn Collector<T>>>) -> Result<()> + Send + Sync>;
 
 /// Entry point for defining a job.
@@ -205,19 +207,7 @@ impl<K: Key, T: Data> KeyedStream<K, T> {
         Stream {
             env,
             build: Arc::new(move |graph, tails: Vec<Box<dyn Collector<O>>>| {
-                let (senders, receivers) = graph.exchange::<KeyedRecord<K, T>>();
-                let writers = senders
-                    .into_iter()
-                    .map(|outputs| {
-                        Box::new(ShuffleWriter::new(
-                            key.clone(),
-                            outputs,
-                            graph.max_parallelism,
-                            &uid,
-                        )) as Box<dyn Collector<T>>
-                    })
-                    .collect();
-                upstream(graph, writers)?;
+                let receivers = keyed_shuffle(graph, &upstream, &key, &uid)?;
                 let vertex = graph.add_vertex(&uid);
                 for (subtask, (inputs, chain)) in receivers.into_iter().zip(tails).enumerate() {
                     graph.add_task(vertex, subtask as u32, false, || {
@@ -234,6 +224,32 @@ impl<K: Key, T: Data> KeyedStream<K, T> {
             }),
         }
     }
+}
+
+/// Each consumer subtask's receivers of a keyed shuffle into operator `uid`, one per producer.
+pub(crate) type KeyedInputs<K, T> = Vec<Vec<Receiver<Message<KeyedRecord<K, T>>>>>;
+
+/// Wires `upstream` into a keyed shuffle towards operator `uid`'s subtasks.
+pub(crate) fn keyed_shuffle<K: Key, T: Data>(
+    graph: &mut GraphBuilder,
+    upstream: &Build<T>,
+    key: &Arc<dyn Fn(&T) -> K + Send + Sync>,
+    uid: &str,
+) -> Result<KeyedInputs<K, T>> {
+    let (senders, receivers) = graph.exchange::<KeyedRecord<K, T>>();
+    let writers = senders
+        .into_iter()
+        .map(|outputs| {
+            Box::new(ShuffleWriter::new(
+                key.clone(),
+                outputs,
+                graph.max_parallelism,
+                uid,
+            )) as Box<dyn Collector<T>>
+        })
+        .collect();
+    upstream(graph, writers)?;
+    Ok(receivers)
 }
 
 struct Recovery<T>(Arc<dyn SinkFactory<T>>);
