@@ -261,62 +261,7 @@ fn broadcast_state_reaches_every_subtask_after_a_rescale_2_to_3(backend) {
 fn broadcast_state_on_jobmanager_and_taskmanagers_survives_a_taskmanager_sigkill() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (job, store) = job(dir.path(), "cluster", Some(800), "rocksdb");
-    let job = job.display().to_string();
-    // The failure must be retried: the document says `none`.
-    let yaml = std::fs::read_to_string(&job).expect("job").replace(
-        "restartStrategy: {type: none}",
-        "restartStrategy: {type: fixed-delay, attempts: 10, delay: 200ms}",
-    );
-    std::fs::write(&job, yaml).expect("job");
-    let timing = ["--heartbeat-interval", "200ms", "--heartbeat-timeout", "2s"];
-    let mut jm_args = vec![
-        "jobmanager",
-        "--job",
-        &job,
-        "--rpc-addr",
-        "127.0.0.1:0",
-        "--rest-addr",
-        "127.0.0.1:0",
-        "--exit-when-done",
-    ];
-    jm_args.extend(timing);
-    let mut jobmanager = spawn_worker(&jm_args, &[], &dir.path().join("jm.log"));
-    let rpc = format!("127.0.0.1:{}", logged_rpc_port(&dir.path().join("jm.log")));
-    let taskmanager = |i: usize| {
-        let work = dir.path().join(format!("work-tm{i}")).display().to_string();
-        let mut args = vec![
-            "taskmanager",
-            "--jobmanager",
-            &rpc,
-            "--data-addr",
-            "127.0.0.1:0",
-            "--work-dir",
-            &work,
-        ];
-        args.extend(timing);
-        spawn_worker(&args, &[], &dir.path().join(format!("tm{i}.log")))
-    };
-    let mut tms = vec![taskmanager(0), taskmanager(1)];
-    let checkpoints = store.join("checkpoints/rules");
-    wait_until(Duration::from_secs(60), "two checkpoints", || {
-        completed_checkpoints(&checkpoints).len() >= 2
-    });
-    sigkill(&mut tms[0]);
-    tms[0] = taskmanager(2);
-    let deadline = std::time::Instant::now() + Duration::from_secs(120);
-    let status = loop {
-        if let Some(status) = jobmanager.try_wait().expect("poll") {
-            break status;
-        }
-        assert!(std::time::Instant::now() < deadline, "job did not finish");
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    for tm in &mut tms {
-        sigkill(tm);
-    }
-    let log = std::fs::read_to_string(dir.path().join("jm.log")).expect("log");
-    assert!(status.success(), "{log}");
-    assert!(log.contains("TaskManager lost"), "{log}");
+    run_on_a_cluster_killing_a_taskmanager(dir.path(), &job, &store.join("checkpoints/rules"));
     assert_eq!(alerts(&store), expected_alerts());
     assert_latest_checkpoint_has_equal_broadcast_state(&store, 2);
 }

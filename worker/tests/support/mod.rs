@@ -397,3 +397,65 @@ pub fn wait_for_fault_point(
     assert!(text.contains(&words), "expected {words:?}:\n{text}");
     text
 }
+
+/// Runs `job` on a JobManager and two TaskManagers (1 slot each) with its restart strategy
+/// replaced by one that retries, SIGKILLs a TaskManager once `checkpoints` (the job's
+/// checkpoint folder) holds two completed checkpoints, starts another in its place, and waits
+/// for the job to finish. Asserts it finished after losing the TaskManager; logs are in `dir`.
+pub fn run_on_a_cluster_killing_a_taskmanager(dir: &Path, job: &Path, checkpoints: &Path) {
+    let job = job.display().to_string();
+    // The failure must be retried: the documents of these scenarios say `none`.
+    let yaml = std::fs::read_to_string(&job).expect("job").replace(
+        "restartStrategy: {type: none}",
+        "restartStrategy: {type: fixed-delay, attempts: 10, delay: 200ms}",
+    );
+    std::fs::write(&job, yaml).expect("job");
+    let timing = ["--heartbeat-interval", "200ms", "--heartbeat-timeout", "2s"];
+    let mut jm_args = vec![
+        "jobmanager",
+        "--job",
+        &job,
+        "--rpc-addr",
+        "127.0.0.1:0",
+        "--rest-addr",
+        "127.0.0.1:0",
+        "--exit-when-done",
+    ];
+    jm_args.extend(timing);
+    let mut jobmanager = spawn_worker(&jm_args, &[], &dir.join("jm.log"));
+    let rpc = format!("127.0.0.1:{}", logged_rpc_port(&dir.join("jm.log")));
+    let taskmanager = |i: usize| {
+        let work = dir.join(format!("work-tm{i}")).display().to_string();
+        let mut args = vec![
+            "taskmanager",
+            "--jobmanager",
+            &rpc,
+            "--data-addr",
+            "127.0.0.1:0",
+            "--work-dir",
+            &work,
+        ];
+        args.extend(timing);
+        spawn_worker(&args, &[], &dir.join(format!("tm{i}.log")))
+    };
+    let mut tms = vec![taskmanager(0), taskmanager(1)];
+    wait_until(Duration::from_secs(60), "two checkpoints", || {
+        completed_checkpoints(checkpoints).len() >= 2
+    });
+    sigkill(&mut tms[0]);
+    tms[0] = taskmanager(2);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let status = loop {
+        if let Some(status) = jobmanager.try_wait().expect("poll") {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "job did not finish");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    for tm in &mut tms {
+        sigkill(tm);
+    }
+    let log = std::fs::read_to_string(dir.join("jm.log")).expect("log");
+    assert!(status.success(), "{log}");
+    assert!(log.contains("TaskManager lost"), "{log}");
+}
