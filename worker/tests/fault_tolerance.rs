@@ -9,6 +9,7 @@ use std::time::Duration;
 use rand::Rng;
 use support::s3::S3Server;
 use support::*;
+use weir::fault_points::FaultPoint;
 
 const KEYS: u64 = 20;
 
@@ -177,22 +178,32 @@ fn restore_at_parallelism_1_from_an_explicit_checkpoint_path_merges_key_groups(b
 }
 }
 
-/// Leaves a killed run's checkpoints behind and returns (job file, latest checkpoint dir).
+/// Leaves a crashed run's checkpoints behind and returns (job file, latest checkpoint dir).
+/// The run dies right after writing the second checkpoint's `_metadata`, before any sink
+/// committed it, so that checkpoint's output is still pending: the restore must publish it.
 /// `incremental: false` makes every checkpoint one full snapshot object per keyed subtask.
 fn checkpointed_run(dir: &Path, incremental: bool) -> (PathBuf, PathBuf) {
     let storage = format!("file://{}", dir.join("store").display());
     let state = format!("incrementalCheckpoints: {incremental}");
     let job = sequence_job(dir, &storage, None, 2000, 4000, &state);
     let checkpoints = dir.join("store/checkpoints/seq");
-    let mut child = spawn_job(&job, &[], &[], &dir.join("work"), &dir.join("first.log"));
-    wait_until(Duration::from_secs(60), "a checkpoint", || {
-        !completed_checkpoints(&checkpoints).is_empty()
-    });
-    sigkill(&mut child);
+    let log = dir.join("first.log");
+    let point = FaultPoint::CheckpointAfterMetadata;
+    let armed = [(
+        weir::fault_points::VARIABLE.to_string(),
+        format!("{}@2", point.name()),
+    )];
+    let child = spawn_job(&job, &[], &armed, &dir.join("work"), &log);
+    wait_for_fault_point(child, &log, point, 2);
     let latest = *completed_checkpoints(&checkpoints)
         .last()
         .expect("checkpoint");
-    (job, checkpoints.join(format!("chk-{latest}")))
+    let checkpoint = checkpoints.join(format!("chk-{latest}"));
+    assert!(
+        !sink_pending_parts(&checkpoint).is_empty(),
+        "the crashed run left the checkpoint's output pending"
+    );
+    (job, checkpoint)
 }
 
 fn state_objects(checkpoint: &Path) -> Vec<PathBuf> {
@@ -216,7 +227,7 @@ fn flipped_byte_in_state_object_fails_restore_naming_it() {
     let middle = bytes.len() / 2;
     bytes[middle] ^= 0x01;
     std::fs::write(&victim, bytes).expect("write");
-    let stderr = failed_restore(&job, dir.path());
+    let stderr = failed_restore(&job, dir.path(), Some(&checkpoint));
     let name = victim
         .file_name()
         .expect("name")
@@ -235,7 +246,7 @@ fn deleted_state_object_fails_restore_naming_it() {
     let (job, checkpoint) = checkpointed_run(dir.path(), false);
     let victim = state_objects(&checkpoint).pop().expect("object");
     std::fs::remove_file(&victim).expect("delete");
-    let stderr = failed_restore(&job, dir.path());
+    let stderr = failed_restore(&job, dir.path(), Some(&checkpoint));
     let name = victim
         .file_name()
         .expect("name")
@@ -248,18 +259,70 @@ fn deleted_state_object_fails_restore_naming_it() {
     );
 }
 
-/// The shared SST files the `_metadata` of `checkpoint` refers to, as local paths.
-/// Runs `job`, which must fail to restore, and checks it published nothing: the output
-/// directory (published and pending parts) is exactly as before. Returns its stderr.
-fn failed_restore(job: &Path, dir: &Path) -> String {
+/// Runs `job`, which must fail to restore `checkpoint`, and checks it published nothing of
+/// its own. `checkpoint: None` when the restore cannot even read the checkpoint's
+/// `_metadata`: then the output directory (published and pending parts) must be exactly as
+/// before. Otherwise the sinks first settle that completed checkpoint, as every restore of it
+/// does before any task starts (a Kafka producer of the new attempt would fence the
+/// checkpoint's transactions): its pending parts are published and pending parts of
+/// checkpoints that never completed are dropped. So the published parts must be exactly
+/// those from before plus the checkpoint's pending ones, and no pending part may appear.
+/// Returns the run's stderr.
+fn failed_restore(job: &Path, dir: &Path, checkpoint: Option<&Path>) -> String {
     let before = output_files(dir);
     let stderr = run_job_expecting_failure(job, &[], &[], &dir.join("work"));
+    let after = output_files(dir);
+    let Some(checkpoint) = checkpoint else {
+        assert_eq!(after, before, "a failed restore publishes nothing");
+        return stderr;
+    };
+    let output = dir.join("store/output");
+    let pending = output.join("_pending");
+    let is_pending = |p: &&PathBuf| p.starts_with(&pending);
+    let mut expected_published: Vec<PathBuf> = before
+        .iter()
+        .filter(|p| !is_pending(p))
+        .cloned()
+        .chain(
+            sink_pending_parts(checkpoint)
+                .into_iter()
+                .map(|name| output.join(name)),
+        )
+        .collect();
+    expected_published.sort();
+    expected_published.dedup();
+    let published: Vec<PathBuf> = after.iter().filter(|p| !is_pending(p)).cloned().collect();
     assert_eq!(
-        output_files(dir),
-        before,
-        "a failed restore publishes nothing"
+        published, expected_published,
+        "a failed restore publishes only the output of the checkpoint it restores"
     );
+    for part in after.iter().filter(is_pending) {
+        assert!(
+            before.contains(part),
+            "a failed restore writes no new output: {}",
+            part.display()
+        );
+    }
     stderr
+}
+
+/// The part names the sinks' pending state in `checkpoint`'s `_metadata` lists.
+fn sink_pending_parts(checkpoint: &Path) -> Vec<String> {
+    let json = metadata_json(checkpoint);
+    json["operators"]
+        .as_object()
+        .expect("operators")
+        .values()
+        .flat_map(|op| op["subtasks"].as_array().expect("subtasks").clone())
+        .filter_map(|s| s["operatorState"].get("pending").cloned())
+        .flat_map(|p| p["entries"].as_array().expect("entries").clone())
+        .map(|e| e["name"].as_str().expect("part name").to_owned())
+        .collect()
+}
+
+fn metadata_json(checkpoint: &Path) -> serde_json::Value {
+    let metadata = std::fs::read_to_string(checkpoint.join("_metadata")).expect("_metadata");
+    serde_json::from_str(metadata.split_once('\n').expect("header").1).expect("json")
 }
 
 /// Every file under `store/output` (published parts and pending ones), sorted.
@@ -283,10 +346,9 @@ fn output_files(dir: &Path) -> Vec<PathBuf> {
     found
 }
 
+/// The shared SST files the `_metadata` of `checkpoint` refers to, as local paths.
 fn shared_files(checkpoint: &Path) -> Vec<PathBuf> {
-    let metadata = std::fs::read_to_string(checkpoint.join("_metadata")).expect("_metadata");
-    let json: serde_json::Value =
-        serde_json::from_str(metadata.split_once('\n').expect("header").1).expect("json");
+    let json = metadata_json(checkpoint);
     let job_folder = checkpoint.parent().expect("job folder");
     let mut files: Vec<PathBuf> = json["operators"]
         .as_object()
@@ -316,7 +378,7 @@ fn flipped_byte_in_shared_sst_file_fails_restore_naming_it() {
     // A new file: the old one may be a hard link into the killed run's RocksDB.
     std::fs::remove_file(&victim).expect("unlink");
     std::fs::write(&victim, bytes).expect("write");
-    let stderr = failed_restore(&job, dir.path());
+    let stderr = failed_restore(&job, dir.path(), Some(&checkpoint));
     let name = victim.to_string_lossy().into_owned();
     assert!(stderr.contains("crc32"), "{stderr}");
     assert!(
@@ -331,7 +393,7 @@ fn deleted_shared_sst_file_fails_restore_naming_it() {
     let (job, checkpoint) = checkpointed_run(dir.path(), true);
     let victim = shared_files(&checkpoint).pop().expect("file");
     std::fs::remove_file(&victim).expect("delete");
-    let stderr = failed_restore(&job, dir.path());
+    let stderr = failed_restore(&job, dir.path(), Some(&checkpoint));
     let name = victim.to_string_lossy().into_owned();
     assert!(stderr.contains("missing"), "{stderr}");
     assert!(
@@ -349,7 +411,7 @@ fn damaged_metadata_fails_restore_naming_it() {
     let last = bytes.len() - 3;
     bytes[last] ^= 0x20;
     std::fs::write(&metadata, bytes).expect("write");
-    let stderr = failed_restore(&job, dir.path());
+    let stderr = failed_restore(&job, dir.path(), None);
     assert!(stderr.contains("_metadata"), "{stderr}");
     assert!(stderr.contains("checksum mismatch"), "{stderr}");
 }
