@@ -141,6 +141,9 @@ struct RuleMatcher {
     alerts: Option<ValueState<u64>>,
     /// The largest `at` delivered, to warn about rules out of order (they apply late).
     latest_at: u64,
+    /// The rules decoded from broadcast state, so a timer does not decode every rule's JSON
+    /// for each event. `None` until the first timer after the state changed (or was restored).
+    decoded: Option<Vec<(String, Vec<RuleVersion>)>>,
 }
 
 impl KeyedBroadcastProcessFunction<u64, SequenceEvent, Rule, Alert> for RuleMatcher {
@@ -174,6 +177,7 @@ impl KeyedBroadcastProcessFunction<u64, SequenceEvent, Rule, Alert> for RuleMatc
             tracing::warn!(rule = %rule.rule, at = rule.at, after = self.latest_at, "rule out of `at` order: events before it may have been evaluated without it");
         }
         self.latest_at = self.latest_at.max(rule.at);
+        self.decoded = None;
         let rules = self.rules()?;
         let mut versions = rules.get(broadcast, &rule.rule)?.unwrap_or_default();
         versions.push(RuleVersion {
@@ -192,7 +196,15 @@ impl KeyedBroadcastProcessFunction<u64, SequenceEvent, Rule, Alert> for RuleMatc
         out: &mut Emitter<'_, Alert>,
     ) -> Result<()> {
         let seq = (timer.timestamp / STEP_MS) as u64;
-        let rules = self.rules()?.entries(broadcast)?;
+        let rules = match &mut self.decoded {
+            Some(rules) => rules,
+            stale => stale.insert(
+                self.rules
+                    .as_ref()
+                    .ok_or_else(not_open)?
+                    .entries(broadcast)?,
+            ),
+        };
         let alerting: Vec<&str> = alerting_rules(
             rules
                 .iter()

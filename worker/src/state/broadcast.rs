@@ -37,20 +37,20 @@ impl BroadcastStates {
     ) -> Result<Self> {
         let mut maps = BTreeMap::new();
         for name in names {
+            let not_a_pair = || {
+                Error::operator(
+                    operator,
+                    format!("broadcast state {name:?}: a restored entry is not [key, value]"),
+                )
+            };
             let mut map = BTreeMap::new();
             for entry in restored(name).unwrap_or_default() {
                 let serde_json::Value::Array(mut pair) = entry else {
-                    return Err(Error::operator(
-                        operator,
-                        format!("broadcast state {name:?}: a restored entry is not [key, value]"),
-                    ));
+                    return Err(not_a_pair());
                 };
                 let (Some(value), Some(key), true) = (pair.pop(), pair.pop(), pair.is_empty())
                 else {
-                    return Err(Error::operator(
-                        operator,
-                        format!("broadcast state {name:?}: a restored entry is not [key, value]"),
-                    ));
+                    return Err(not_a_pair());
                 };
                 map.insert(key.to_string(), value);
             }
