@@ -209,29 +209,16 @@ on_each_backend! {
 fn broadcast_state_reaches_every_subtask_after_a_rescale_2_to_3(backend) {
     let dir = tempfile::tempdir().expect("tempdir");
     let (job, store) = job(dir.path(), "rescaled", Some(800), backend);
-    let log = dir.path().join("run.log");
-    let mut child = spawn_job(
-        &job,
-        &["--rest-addr", "127.0.0.1:0"],
-        &[],
-        &dir.path().join("work"),
-        &log,
-    );
-    let port = logged_rest_port(&log);
-    let checkpoints = store.join("checkpoints/rules");
-    wait_until(Duration::from_secs(60), "two checkpoints", || {
-        completed_checkpoints(&checkpoints).len() >= 2
-    });
     let savepoint = format!("file://{}", store.join("savepoints/sp").display());
-    let (status, stop) = http(
-        port,
-        "POST",
-        "/v1/jobs/rules/stop",
-        Some(&json!({"targetDirectory": savepoint}).to_string()),
+    run_then_stop_with_savepoint(
+        &job,
+        "rules",
+        &store.join("checkpoints/rules"),
+        2,
+        &savepoint,
+        &dir.path().join("work"),
+        &dir.path().join("run.log"),
     );
-    assert_eq!(status, 202, "{stop}");
-    let exit = child.wait().expect("job exits after stop-with-savepoint");
-    assert!(exit.success(), "see {}", log.display());
     let at_stop = committed_lines(&store.join("output")).len();
     assert!(at_stop < expected_alerts().len(), "stopped mid-stream");
     let sp_metadata =

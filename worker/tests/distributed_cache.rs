@@ -7,7 +7,6 @@ mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::process::Child;
 use std::time::{Duration, Instant};
 
 use support::s3::S3Server;
@@ -98,35 +97,6 @@ fn read(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap_or_default()
 }
 
-/// Kills the processes it holds when dropped, so a failing assertion leaves none behind.
-#[derive(Default)]
-struct Processes(Vec<Child>);
-
-impl Drop for Processes {
-    fn drop(&mut self) {
-        for child in &mut self.0 {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-/// Waits for `child` to exit; its exit status.
-fn wait_exit(child: &mut Child, timeout: Duration, log: &Path) -> std::process::ExitStatus {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(status) = child.try_wait().expect("poll") {
-            return status;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no exit within {timeout:?}; log:\n{}",
-            read(log)
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 #[test]
 fn every_subtask_reads_a_cached_file_from_s3_downloaded_once_per_taskmanager() {
     let s3 = S3Server::start();
@@ -151,60 +121,17 @@ fn every_subtask_reads_a_cached_file_from_s3_downloaded_once_per_taskmanager() {
             s3.endpoint
         ),
     );
-    let env = s3.env();
-    let rpc = format!("127.0.0.1:{}", free_port());
-    let rest = format!("127.0.0.1:{}", free_port());
-    let job_arg = job.display().to_string();
-    let mut processes = Processes::default();
-    let jm_log = dir.path().join("jobmanager.log");
-    processes.0.push(spawn_worker(
-        &[
-            "jobmanager",
-            "--job",
-            &job_arg,
-            "--rpc-addr",
-            &rpc,
-            "--rest-addr",
-            &rest,
-            "--exit-when-done",
-            "--progress-secs",
-            "1",
-        ],
-        &env,
-        &jm_log,
-    ));
+    let mut cluster = Cluster::new(dir.path(), job, s3.env());
+    cluster.start_jobmanager(&["--exit-when-done"]);
     let mut taskmanagers: Vec<(PathBuf, u16)> = Vec::new();
     for index in 0..2 {
         let metrics_port = free_port();
         let metrics = format!("127.0.0.1:{metrics_port}");
-        let work = dir
-            .path()
-            .join(format!("work-tm{index}"))
-            .display()
-            .to_string();
-        let log = dir.path().join(format!("taskmanager-{index}.log"));
-        processes.0.push(spawn_worker(
-            &[
-                "taskmanager",
-                "--jobmanager",
-                &rpc,
-                "--slots",
-                "2",
-                "--data-addr",
-                "127.0.0.1:0",
-                "--work-dir",
-                &work,
-                "--metrics-addr",
-                &metrics,
-            ],
-            &env,
-            &log,
-        ));
+        let log = cluster.start_taskmanager_with(index, 2, &["--metrics-addr", &metrics]);
         taskmanagers.push((log, metrics_port));
     }
-
-    let status = wait_exit(&mut processes.0[0], Duration::from_secs(120), &jm_log);
-    assert!(status.success(), "the job failed:\n{}", read(&jm_log));
+    cluster.wait_for_success(Duration::from_secs(120));
+    let jm_log = cluster.jobmanager_log();
 
     let output = bucket.join("output");
     assert_labelled_counts(&committed_json(&output), &expected);
@@ -214,7 +141,7 @@ fn every_subtask_reads_a_cached_file_from_s3_downloaded_once_per_taskmanager() {
         "every counting subtask read the labels and committed output"
     );
     assert_eq!(
-        count_of(&read(&jm_log), DOWNLOADED),
+        count_of(&jm_log, DOWNLOADED),
         0,
         "the JobManager runs no tasks and downloads nothing"
     );
@@ -310,26 +237,10 @@ fn a_missing_cached_file_fails_the_job_naming_the_entry() {
     assert!(started.elapsed() < Duration::from_secs(30));
 
     // A JobManager fails the deployment before any TaskManager is there.
-    let log = dir.path().join("jobmanager.log");
-    let job_arg = job.display().to_string();
-    let rpc = format!("127.0.0.1:{}", free_port());
-    let rest = format!("127.0.0.1:{}", free_port());
-    let mut processes = Processes::default();
-    processes.0.push(spawn_worker(
-        &[
-            "jobmanager",
-            "--job",
-            &job_arg,
-            "--rpc-addr",
-            &rpc,
-            "--rest-addr",
-            &rest,
-            "--exit-when-done",
-        ],
-        &s3.env(),
-        &log,
-    ));
-    let status = wait_exit(&mut processes.0[0], Duration::from_secs(30), &log);
-    assert!(!status.success(), "the job must fail:\n{}", read(&log));
-    named(&read(&log));
+    let mut cluster = Cluster::new(dir.path(), job, s3.env());
+    cluster.start_jobmanager(&["--exit-when-done"]);
+    let status = cluster.wait_for_jobmanager_exit(Duration::from_secs(30));
+    let log = cluster.jobmanager_log();
+    assert!(!status.success(), "the job must fail:\n{log}");
+    named(&log);
 }

@@ -241,28 +241,16 @@ fn rescale_through_stop_with_savepoint_equals_uninterrupted(window: &str, backen
     let expected = uninterrupted(dir.path(), window, backend);
     let (job, store) = window_job(dir.path(), window, Some(1_000), "rescaled", backend);
     let log = dir.path().join("run.log");
-    let mut child = spawn_job(
+    let savepoint = format!("file://{}", store.join("savepoints/sp").display());
+    run_then_stop_with_savepoint(
         &job,
-        &["--rest-addr", "127.0.0.1:0"],
-        &[],
+        "windows",
+        &store.join("checkpoints/windows"),
+        2,
+        &savepoint,
         &dir.path().join("work"),
         &log,
     );
-    let port = logged_rest_port(&log);
-    let checkpoints = store.join("checkpoints/windows");
-    wait_until(Duration::from_secs(60), "two checkpoints", || {
-        completed_checkpoints(&checkpoints).len() >= 2
-    });
-    let savepoint = format!("file://{}", store.join("savepoints/sp").display());
-    let (status, stop) = http(
-        port,
-        "POST",
-        "/v1/jobs/windows/stop",
-        Some(&json!({"targetDirectory": savepoint}).to_string()),
-    );
-    assert_eq!(status, 202, "{stop}");
-    let exit = child.wait().expect("job exits after stop-with-savepoint");
-    assert!(exit.success(), "see {}", log.display());
     assert!(
         store.join("savepoints/sp/_metadata").exists(),
         "see {}",

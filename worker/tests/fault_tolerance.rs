@@ -457,30 +457,16 @@ fn state_moves_heap_to_rocksdb_through_a_savepoint_and_back_through_a_checkpoint
     let checkpoints = dir.path().join("store/checkpoints/seq");
     let work = dir.path().join("work");
 
-    let heap_log = dir.path().join("heap.log");
-    let mut heap = spawn_job(
-        &job_on("heap"),
-        &["--rest-addr", "127.0.0.1:0"],
-        &[],
-        &work,
-        &heap_log,
-    );
-    let port = logged_rest_port(&heap_log);
-    wait_until(Duration::from_secs(60), "a checkpoint on heap", || {
-        !completed_checkpoints(&checkpoints).is_empty()
-    });
     let savepoint = format!("{storage}/savepoints/from-heap");
-    let (status, stop) = http(
-        port,
-        "POST",
-        "/v1/jobs/seq/stop",
-        Some(&serde_json::json!({"targetDirectory": savepoint}).to_string()),
+    run_then_stop_with_savepoint(
+        &job_on("heap"),
+        "seq",
+        &checkpoints,
+        1,
+        &savepoint,
+        &work,
+        &dir.path().join("heap.log"),
     );
-    assert_eq!(status, 202, "{stop}");
-    let exit = heap
-        .wait()
-        .expect("heap run exits after stop-with-savepoint");
-    assert!(exit.success(), "see {}", heap_log.display());
     let after_heap = committed_json(&dir.path().join("store/output")).len();
     assert!(after_heap > 0, "the heap run committed output");
 

@@ -10,7 +10,6 @@ mod support;
 
 use std::ops::Range;
 use std::path::{Path, PathBuf};
-use std::process::Child;
 use std::time::{Duration, Instant};
 
 use rand::Rng;
@@ -23,7 +22,6 @@ use support::*;
 
 const INPUT: &str = "events";
 const OUTPUT: &str = "checked";
-const HEARTBEAT: [&str; 4] = ["--heartbeat-interval", "200ms", "--heartbeat-timeout", "2s"];
 
 /// Keys whose records go to a range of the input topic's partitions: key `k` always to
 /// partition `partitions.start + k % len`, so each key's numbers stay in one partition, in
@@ -131,126 +129,8 @@ fn broker_with_topics(input_partitions: i32) -> KafkaBroker {
     broker
 }
 
-/// One JobManager and numbered TaskManagers (one slot each) on 127.0.0.1, with checkpoints
-/// under `dir/store`; all killed on drop.
-struct Cluster {
-    dir: PathBuf,
-    job: PathBuf,
-    rpc_port: u16,
-    rest_port: u16,
-    jobmanager: Option<Child>,
-    jobmanager_logs: Vec<PathBuf>,
-    taskmanagers: Vec<Option<Child>>,
-    spawned: usize,
-}
-
+// The Kafka job's checkpoints are in `dir/store/seq`, its savepoints go to `dir/savepoints`.
 impl Cluster {
-    fn new(dir: &Path, job: PathBuf) -> Cluster {
-        Cluster {
-            dir: dir.to_path_buf(),
-            job,
-            rpc_port: free_port(),
-            rest_port: free_port(),
-            jobmanager: None,
-            jobmanager_logs: Vec::new(),
-            taskmanagers: Vec::new(),
-            spawned: 0,
-        }
-    }
-
-    fn start_jobmanager(&mut self, extra: &[&str]) {
-        let rpc = format!("127.0.0.1:{}", self.rpc_port);
-        let rest = format!("127.0.0.1:{}", self.rest_port);
-        let job = self.job.display().to_string();
-        let mut args = vec![
-            "jobmanager",
-            "--job",
-            &job,
-            "--rpc-addr",
-            &rpc,
-            "--rest-addr",
-            &rest,
-            "--progress-secs",
-            "1",
-        ];
-        args.extend(HEARTBEAT);
-        args.extend(extra);
-        let log = self
-            .dir
-            .join(format!("jobmanager-{}.log", self.jobmanager_logs.len()));
-        self.jobmanager = Some(spawn_worker(&args, &[], &log));
-        self.jobmanager_logs.push(log);
-    }
-
-    fn start_taskmanager(&mut self, index: usize) {
-        let jm = format!("127.0.0.1:{}", self.rpc_port);
-        let work = self
-            .dir
-            .join(format!("work-tm{index}"))
-            .display()
-            .to_string();
-        let mut args = vec![
-            "taskmanager",
-            "--jobmanager",
-            &jm,
-            "--slots",
-            "1",
-            "--data-addr",
-            "127.0.0.1:0",
-            "--work-dir",
-            &work,
-        ];
-        args.extend(HEARTBEAT);
-        let log = self
-            .dir
-            .join(format!("taskmanager-{index}-{}.log", self.spawned));
-        self.spawned += 1;
-        let child = spawn_worker(&args, &[], &log);
-        if self.taskmanagers.len() <= index {
-            self.taskmanagers.resize_with(index + 1, || None);
-        }
-        self.taskmanagers[index] = Some(child);
-    }
-
-    fn kill_taskmanager(&mut self, index: usize) {
-        if let Some(mut child) = self.taskmanagers[index].take() {
-            sigkill(&mut child);
-        }
-    }
-
-    fn kill_jobmanager(&mut self) {
-        if let Some(mut child) = self.jobmanager.take() {
-            sigkill(&mut child);
-        }
-    }
-
-    fn jobmanager_log(&self) -> String {
-        self.jobmanager_logs
-            .iter()
-            .map(|p| std::fs::read_to_string(p).unwrap_or_default())
-            .collect::<Vec<_>>()
-            .join("\n")
-    }
-
-    /// Every TaskManager log so far.
-    fn taskmanager_log(&self) -> String {
-        let mut text = String::new();
-        for entry in std::fs::read_dir(&self.dir).expect("test dir").flatten() {
-            if entry
-                .file_name()
-                .to_string_lossy()
-                .starts_with("taskmanager-")
-            {
-                text += &std::fs::read_to_string(entry.path()).unwrap_or_default();
-            }
-        }
-        text
-    }
-
-    fn overview(&self) -> serde_json::Value {
-        http(self.rest_port, "GET", "/v1/jobs/seq", None).1
-    }
-
     fn latest_checkpoint(&self) -> u64 {
         completed_checkpoints(&self.dir.join("store/seq"))
             .last()
@@ -268,42 +148,13 @@ impl Cluster {
         );
     }
 
-    /// Stop-with-savepoint through the REST API into `dir/savepoints/<name>`; waits until the
-    /// job is FINISHED and returns the savepoint location.
-    fn stop_with_savepoint(&self, name: &str) -> String {
+    /// Stop-with-savepoint into `dir/savepoints/<name>`; the savepoint's location.
+    fn stop_with_savepoint_named(&self, name: &str) -> String {
         let target = format!(
             "file://{}",
             self.dir.join("savepoints").join(name).display()
         );
-        let body = json!({"targetDirectory": target}).to_string();
-        let (status, reply) = http(self.rest_port, "POST", "/v1/jobs/seq/stop", Some(&body));
-        assert_eq!(status, 202, "stop: {reply}");
-        let trigger = reply["triggerId"].as_str().expect("triggerId").to_string();
-        let mut location = None;
-        wait_until(Duration::from_secs(60), "the savepoint", || {
-            let (_, status) = http(
-                self.rest_port,
-                "GET",
-                &format!("/v1/jobs/seq/savepoints/{trigger}"),
-                None,
-            );
-            assert_ne!(status["status"], "FAILED", "savepoint failed: {status}");
-            location = status["location"].as_str().map(str::to_string);
-            location.is_some()
-        });
-        wait_until(Duration::from_secs(60), "the job to finish", || {
-            self.overview()["state"] == "FINISHED"
-        });
-        location.expect("savepoint location")
-    }
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        self.kill_jobmanager();
-        for index in 0..self.taskmanagers.len() {
-            self.kill_taskmanager(index);
-        }
+        self.stop_with_savepoint(&target)
     }
 }
 
@@ -439,10 +290,10 @@ fn kafka_to_kafka_on_a_cluster_is_exactly_once_through_taskmanager_and_jobmanage
     };
     input.write(&keys, 0..PREFILLED);
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut cluster = Cluster::new(dir.path(), kafka_job(dir.path(), &broker, ""));
+    let mut cluster = Cluster::new(dir.path(), kafka_job(dir.path(), &broker, ""), Vec::new());
     cluster.start_jobmanager(&[]);
-    cluster.start_taskmanager(0);
-    cluster.start_taskmanager(1);
+    cluster.start_taskmanager(0, 1);
+    cluster.start_taskmanager(1, 1);
 
     let mut rng = rand::rng();
     let mut tm_kills = 0;
@@ -461,7 +312,7 @@ fn kafka_to_kafka_on_a_cluster_is_exactly_once_through_taskmanager_and_jobmanage
             std::thread::sleep(Duration::from_millis(rng.random_range(0..800)));
             let victim = rng.random_range(0..2);
             cluster.kill_taskmanager(victim);
-            cluster.start_taskmanager(victim);
+            cluster.start_taskmanager(victim, 1);
             tm_kills += 1;
             // The job runs again (on the restarted TaskManager) before the next kill.
             cluster.wait_for_new_checkpoints(2);
@@ -471,7 +322,7 @@ fn kafka_to_kafka_on_a_cluster_is_exactly_once_through_taskmanager_and_jobmanage
         cluster.wait_for_new_checkpoints(2);
     });
     wait_for_output(&broker, KEYS, EVENTS_PER_KEY);
-    cluster.stop_with_savepoint("final");
+    cluster.stop_with_savepoint_named("final");
 
     let log = cluster.jobmanager_log();
     assert!(
@@ -515,9 +366,9 @@ fn rescale_2_to_3_to_1_with_partitions_added_to_the_input_reads_everything_once(
     let input = InputWriter::new(&broker);
     input.write(&group(0), 0..PREFILLED);
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut cluster = Cluster::new(dir.path(), kafka_job(dir.path(), &broker, ""));
+    let mut cluster = Cluster::new(dir.path(), kafka_job(dir.path(), &broker, ""), Vec::new());
     for index in 0..3 {
-        cluster.start_taskmanager(index);
+        cluster.start_taskmanager(index, 1);
     }
     let mut groups = 1;
     // Adds the next group's partitions and writes all its records; returns its first key.
@@ -562,7 +413,7 @@ fn rescale_2_to_3_to_1_with_partitions_added_to_the_input_reads_everything_once(
                         .any(|r| r["key"].as_u64().is_some_and(|k| k >= first_new_key))
                 },
             );
-            restore = Some(cluster.stop_with_savepoint(&format!("step-{step}")));
+            restore = Some(cluster.stop_with_savepoint_named(&format!("step-{step}")));
             cluster.kill_jobmanager();
         }
         // While it is stopped: partitions the restored job finds at its start.
@@ -574,7 +425,7 @@ fn rescale_2_to_3_to_1_with_partitions_added_to_the_input_reads_everything_once(
     });
     let keys = groups * 10;
     wait_for_output(&broker, keys, EVENTS_PER_KEY);
-    cluster.stop_with_savepoint("final");
+    cluster.stop_with_savepoint_named("final");
 
     let from = restore.expect("savepoint");
     assert!(
@@ -632,10 +483,10 @@ fn a_paused_broker_fails_the_job_over_and_output_stays_exactly_once() {
     // Client requests time out inside the pause (librdkafka derives message.timeout.ms and
     // socket.timeout.ms from it) rather than after 60 s.
     let job = kafka_job(dir.path(), &broker, "transaction.timeout.ms: '4000'");
-    let mut cluster = Cluster::new(dir.path(), job);
+    let mut cluster = Cluster::new(dir.path(), job, Vec::new());
     cluster.start_jobmanager(&[]);
-    cluster.start_taskmanager(0);
-    cluster.start_taskmanager(1);
+    cluster.start_taskmanager(0, 1);
+    cluster.start_taskmanager(1, 1);
 
     std::thread::scope(|scope| {
         // 20 keys x 1,300 numbers, 200 records every 100 ms: about 13 s of input, plus the
@@ -659,7 +510,7 @@ fn a_paused_broker_fails_the_job_over_and_output_stays_exactly_once() {
         cluster.wait_for_new_checkpoints(2);
     });
     wait_for_output(&broker, KEYS, EVENTS_PER_KEY);
-    cluster.stop_with_savepoint("final");
+    cluster.stop_with_savepoint_named("final");
 
     let restarts = cluster.overview()["restarts"].as_u64().unwrap_or(0);
     let log = cluster.jobmanager_log();

@@ -2,11 +2,14 @@
 //! job committed, inspect checkpoints on disk.
 #![allow(dead_code)]
 
+pub mod cluster;
 pub mod kafka;
 // One S3 test server for every crate: it lives with the storage crate's own tests.
 #[path = "../../../storage/tests/support/s3.rs"]
 pub mod s3;
 pub mod tls;
+
+pub use cluster::Cluster;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -403,59 +406,54 @@ pub fn wait_for_fault_point(
 /// checkpoint folder) holds two completed checkpoints, starts another in its place, and waits
 /// for the job to finish. Asserts it finished after losing the TaskManager; logs are in `dir`.
 pub fn run_on_a_cluster_killing_a_taskmanager(dir: &Path, job: &Path, checkpoints: &Path) {
-    let job = job.display().to_string();
     // The failure must be retried: the documents of these scenarios say `none`.
-    let yaml = std::fs::read_to_string(&job).expect("job").replace(
+    let yaml = std::fs::read_to_string(job).expect("job").replace(
         "restartStrategy: {type: none}",
         "restartStrategy: {type: fixed-delay, attempts: 10, delay: 200ms}",
     );
-    std::fs::write(&job, yaml).expect("job");
-    let timing = ["--heartbeat-interval", "200ms", "--heartbeat-timeout", "2s"];
-    let mut jm_args = vec![
-        "jobmanager",
-        "--job",
-        &job,
-        "--rpc-addr",
-        "127.0.0.1:0",
-        "--rest-addr",
-        "127.0.0.1:0",
-        "--exit-when-done",
-    ];
-    jm_args.extend(timing);
-    let mut jobmanager = spawn_worker(&jm_args, &[], &dir.join("jm.log"));
-    let rpc = format!("127.0.0.1:{}", logged_rpc_port(&dir.join("jm.log")));
-    let taskmanager = |i: usize| {
-        let work = dir.join(format!("work-tm{i}")).display().to_string();
-        let mut args = vec![
-            "taskmanager",
-            "--jobmanager",
-            &rpc,
-            "--data-addr",
-            "127.0.0.1:0",
-            "--work-dir",
-            &work,
-        ];
-        args.extend(timing);
-        spawn_worker(&args, &[], &dir.join(format!("tm{i}.log")))
-    };
-    let mut tms = vec![taskmanager(0), taskmanager(1)];
+    std::fs::write(job, yaml).expect("job");
+    let mut cluster = Cluster::new(dir, job.to_path_buf(), Vec::new());
+    cluster.start_jobmanager(&["--exit-when-done"]);
+    cluster.start_taskmanager(0, 1);
+    cluster.start_taskmanager(1, 1);
     wait_until(Duration::from_secs(60), "two checkpoints", || {
         completed_checkpoints(checkpoints).len() >= 2
     });
-    sigkill(&mut tms[0]);
-    tms[0] = taskmanager(2);
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let status = loop {
-        if let Some(status) = jobmanager.try_wait().expect("poll") {
-            break status;
-        }
-        assert!(Instant::now() < deadline, "job did not finish");
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    for tm in &mut tms {
-        sigkill(tm);
-    }
-    let log = std::fs::read_to_string(dir.join("jm.log")).expect("log");
-    assert!(status.success(), "{log}");
+    cluster.kill_taskmanager(0);
+    cluster.start_taskmanager(0, 1);
+    cluster.wait_for_success(Duration::from_secs(120));
+    let log = cluster.jobmanager_log();
     assert!(log.contains("TaskManager lost"), "{log}");
+}
+
+/// Runs `job` in local mode (its REST API on a free port) until `checkpoints` (its checkpoint
+/// folder) holds `count` completed checkpoints, then stops job `job_id` with a savepoint into
+/// `savepoint` through the REST API and waits for the run to exit successfully.
+pub fn run_then_stop_with_savepoint(
+    job: &Path,
+    job_id: &str,
+    checkpoints: &Path,
+    count: usize,
+    savepoint: &str,
+    work_dir: &Path,
+    log: &Path,
+) {
+    let mut child = spawn_job(job, &["--rest-addr", "127.0.0.1:0"], &[], work_dir, log);
+    let port = logged_rest_port(log);
+    wait_until(
+        Duration::from_secs(60),
+        &format!("{count} completed checkpoints"),
+        || completed_checkpoints(checkpoints).len() >= count,
+    );
+    let (status, stop) = http(
+        port,
+        "POST",
+        &format!("/v1/jobs/{job_id}/stop"),
+        Some(&serde_json::json!({"targetDirectory": savepoint}).to_string()),
+    );
+    assert_eq!(status, 202, "{stop}");
+    let exit = child
+        .wait()
+        .expect("the run exits after stop-with-savepoint");
+    assert!(exit.success(), "see {}", log.display());
 }
