@@ -728,15 +728,27 @@ async fn delete_with_every_on_delete_policy() -> Result<()> {
             "{what}: {:?}",
             report.violations()
         );
+        // The pods go with the StreamJob through their owners (Kubernetes' garbage collector,
+        // asynchronous after the StreamJob is gone), so they are gone or terminating soon.
         for component in ["jobmanager", "taskmanager"] {
-            assert!(
-                cluster
-                    .pods(&job.name, component)
-                    .await?
-                    .iter()
-                    .all(|p| p.metadata.deletion_timestamp.is_some()),
-                "{what}: {component} pods must go with the StreamJob"
-            );
+            wait_for(
+                &format!("{what}: {component} pods to go with the StreamJob"),
+                Duration::from_secs(60),
+                || async {
+                    let pods = cluster.pods(&job.name, component).await?;
+                    let live: Vec<String> = pods
+                        .iter()
+                        .filter(|p| p.metadata.deletion_timestamp.is_none())
+                        .filter_map(|p| p.metadata.name.clone())
+                        .collect();
+                    Ok(if live.is_empty() {
+                        Poll::Ready(())
+                    } else {
+                        Poll::Pending(format!("not terminating: {live:?}"))
+                    })
+                },
+            )
+            .await?;
         }
     }
     Ok(())
