@@ -121,6 +121,9 @@ mkdir -p "$E2E_DIR/s3/weir/input"
 # fails the way one into an unreachable or read-only bucket does.
 echo "not a bucket" > "$E2E_DIR/s3/unwritable"
 cp -r examples/data/access-log "$E2E_DIR/s3/weir/input/access-log"
+# The bounded job's distributed-cache file (`cachedFiles`), fetched by every TaskManager.
+mkdir -p "$E2E_DIR/s3/weir/cache"
+cp examples/data/url-labels.txt "$E2E_DIR/s3/weir/cache/url-labels.txt"
 s3s-fs --host "$BRIDGE_IP" --port "$S3_PORT" --access-key "$S3_ACCESS_KEY" \
   --secret-key "$S3_SECRET_KEY" "$E2E_DIR/s3" > "$E2E_DIR/s3s-fs.log" 2>&1 &
 S3_PID=$!

@@ -9,7 +9,7 @@
 //! job shares) one at a time. Without `WEIR_E2E=1` each prints one line and returns; with it,
 //! a cluster that cannot be reached fails the scenario.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Pod;
@@ -773,8 +773,10 @@ async fn two_jobs_in_two_namespaces_at_once() -> Result<()> {
     b
 }
 
-/// A bounded job (url-count over the example access log) finishes: status says so, its output
-/// is committed, and it is never restarted.
+/// A bounded job (url-count over the example access log, each count labelled from a file in
+/// the distributed cache on S3) finishes: status says so, it is never restarted, and its
+/// committed output is every URL's running count 1, 2, ..., n exactly once, each carrying the
+/// label the cached file gives its URL.
 #[tokio::test]
 #[ignore = "e2e scenario: needs a prepared cluster (scripts/e2e.sh)"]
 async fn bounded_job_finishes_and_is_not_restarted() -> Result<()> {
@@ -799,7 +801,8 @@ async fn bounded_job_finishes_and_is_not_restarted() -> Result<()> {
             "s3CredentialsSecret": {"name": "weir-s3"},
             "job": {
                 "name": "url-count",
-                "args": {"input": "s3://weir/input/access-log", "output": output},
+                "args": {"input": "s3://weir/input/access-log", "output": output, "urlLabels": "url-labels"},
+                "cachedFiles": {"url-labels": "s3://weir/cache/url-labels.txt"},
                 "checkpointing": {"interval": "2s", "storage": "s3://weir/e2e/checkpoints"},
                 "s3": {"endpoint": cluster.config.s3_cluster_endpoint, "region": "us-east-1", "forcePathStyle": true},
             },
@@ -836,11 +839,70 @@ async fn bounded_job_finishes_and_is_not_restarted() -> Result<()> {
             .all(|(kind, reason, _, _)| kind != "Warning" && reason != "Restarting"),
         "{events:?}"
     );
-    // The committed counts: every URL of the example log, each with its final count once.
     let uri = S3Uri::parse(&output).expect("s3 uri");
-    let objects = cluster.store.committed_objects(&uri).await?;
-    assert!(!objects.is_empty(), "the finished job committed its output");
+    let mut counts: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+    let labels = example_url_labels();
+    for key in cluster.store.committed_objects(&uri).await? {
+        let bytes = cluster.store.read(&uri.bucket, &key).await?;
+        for line in String::from_utf8_lossy(&bytes).lines() {
+            let record: Value = serde_json::from_str(line).expect("a url-count record");
+            let url = record["url"].as_str().expect("url").to_string();
+            assert_eq!(
+                record["label"].as_str(),
+                labels.get(&url).map(String::as_str),
+                "every count carries its URL's label from the cached file: {record}"
+            );
+            counts
+                .entry(url)
+                .or_default()
+                .push(record["count"].as_u64().expect("count"));
+        }
+    }
+    for seen in counts.values_mut() {
+        seen.sort_unstable();
+    }
+    let expected: BTreeMap<String, Vec<u64>> = example_access_log_counts()
+        .into_iter()
+        .map(|(url, n)| (url, (1..=n).collect()))
+        .collect();
+    assert_eq!(
+        counts, expected,
+        "every URL's counts 1..=n, each committed exactly once"
+    );
     cluster.delete_job(&name).await
+}
+
+fn examples_data(name: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../examples/data")
+        .join(name)
+}
+
+/// How often each URL occurs in the example access log (`examples/data/access-log`).
+fn example_access_log_counts() -> BTreeMap<String, u64> {
+    let mut counts = BTreeMap::new();
+    let dir = examples_data("access-log");
+    for entry in std::fs::read_dir(&dir).expect("examples/data/access-log") {
+        let text = std::fs::read_to_string(entry.expect("entry").path()).expect("access log");
+        for line in text.lines().filter(|l| !l.trim().is_empty()) {
+            let event: Value = serde_json::from_str(line).expect("an access-log line");
+            *counts
+                .entry(event["url"].as_str().expect("url").to_string())
+                .or_default() += 1;
+        }
+    }
+    counts
+}
+
+/// The labels of `examples/data/url-labels.txt` (the cached file the scenario's job reads).
+fn example_url_labels() -> BTreeMap<String, String> {
+    std::fs::read_to_string(examples_data("url-labels.txt"))
+        .expect("examples/data/url-labels.txt")
+        .lines()
+        .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
+        .filter_map(|l| l.split_once(' '))
+        .map(|(url, label)| (url.to_string(), label.trim().to_string()))
+        .collect()
 }
 
 #[tokio::test]
