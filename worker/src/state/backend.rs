@@ -192,7 +192,7 @@ fn slot_hash(slot: &CacheSlot) -> u64 {
 /// Sorts by the first 16 key bytes held in the vector itself, and compares whole keys only on
 /// a tie: `(prefix, slot)` pairs sort in byte order of the keys without touching each slot
 /// on every comparison.
-fn key_prefix(key: &[u8]) -> u128 {
+pub(super) fn key_prefix(key: &[u8]) -> u128 {
     let mut prefix = [0u8; 16];
     let n = key.len().min(16);
     prefix[..n].copy_from_slice(&key[..n]);
@@ -550,13 +550,20 @@ pub(crate) fn key_group_of(key: &[u8]) -> u16 {
     u16::from_be_bytes([key[0], key[1]])
 }
 
+/// The length of the `[group:2][key len:4][key][state:4]` head of an entry, its namespace:
+/// one key's one state, everything before the map key. `None` for timers (key len
+/// 0xFFFFFFFF) and anything shorter, which do not parse.
+pub(crate) fn namespace_len(key: &[u8]) -> Option<usize> {
+    let key_len = u32::from_be_bytes(key.get(2..6)?.try_into().ok()?) as usize;
+    let end = 6usize.checked_add(key_len)?.checked_add(4)?;
+    (end <= key.len()).then_some(end)
+}
+
 /// The state id of a `[group:2][key len:4][key][state:4][suffix]` entry; `None` for timers
 /// (key len 0xFFFFFFFF) and anything shorter, which do not parse.
 pub(crate) fn state_of_entry(key: &[u8]) -> Option<StateId> {
-    let key_len = u32::from_be_bytes(key.get(2..6)?.try_into().ok()?) as usize;
-    let state_at = 6usize.checked_add(key_len)?;
-    let id = key.get(state_at..state_at.checked_add(4)?)?;
-    Some(StateId::from_be_bytes(id.try_into().ok()?))
+    let end = namespace_len(key)?;
+    Some(StateId::from_be_bytes(key[end - 4..end].try_into().ok()?))
 }
 
 /// Visits, in key order, the entries of `key_groups` in the RocksDB files at `dir` (a
