@@ -1,20 +1,21 @@
-//! Keyed state on the heap (`state.backend: heap`): per key group, a persistent hash map from
-//! namespace to that namespace's entries.
+//! Keyed state on the heap (`state.backend: heap`): per key group, a copy-on-write hash index
+//! from namespace to that namespace's entries.
 //!
 //! Backend keys are `[key group:2][key len:4][key][state id:4][suffix]` (`state/backend.rs`).
 //! The head up to the state id, the namespace, is one key's one state; the suffix is empty for
 //! value, reducing and aggregating state and is the map key (or window) otherwise. Every record
-//! reads and writes one full key, so namespaces are found by hash (`imbl::GenericHashMap`, a
-//! hash array mapped trie) and suffixes in each namespace's own sorted map (`imbl::OrdMap`,
-//! empty for value state): a point access is one hash and a short trie walk instead of a B-tree
-//! walk comparing separately allocated keys, and map and list state still iterate in order.
-//! Keys without a namespace (timers: key length 0xFFFFFFFF) are namespaces of their own, with
-//! the empty suffix.
+//! reads and writes one full key, so namespaces are found by hash and suffixes in each
+//! namespace's own sorted map (`imbl::OrdMap`, empty for value state): a point access is one
+//! hash table probe instead of a B-tree walk comparing separately allocated keys, and map and
+//! list state still iterate in order. Keys without a namespace (timers: key length
+//! 0xFFFFFFFF) are namespaces of their own, with the empty suffix.
 //!
-//! Both maps share nodes between clones: a snapshot clones them on the task thread in constant
-//! time (the synchronous part), and a write after it copies only the nodes on its path. The
-//! clone is written off the task thread in the full snapshot format both backends restore
-//! from, in full-key byte order (RocksDB's), while the task keeps writing into its own copy.
+//! The index is extendible hashing over chunks of at most [`CHUNK_ENTRIES`] namespaces, each a
+//! `hashbrown` table behind an `Arc`. A snapshot clones the chunk list and directory on the
+//! task thread (the synchronous part: a pointer copy per chunk, no entry is touched), and the
+//! first write to a chunk after it copies that chunk alone. The clone is written off the task
+//! thread in the full snapshot format both backends restore from, in full-key byte order
+//! (RocksDB's), while the task keeps writing into its own copy.
 
 use std::borrow::Borrow;
 use std::cmp::Ordering;
@@ -23,25 +24,32 @@ use std::ops::Deref;
 use std::path::Path;
 use std::sync::Arc;
 
-use imbl::shared_ptr::DefaultSharedPtr;
-use imbl::{GenericHashMap, OrdMap};
-use rustc_hash::FxBuildHasher;
+use hashbrown::HashTable;
+use imbl::OrdMap;
 
 use super::backend::{Retain, StateId, key_group_of, key_prefix, namespace_len, state_of_entry};
 use super::keygroups::KeyGroupRange;
 use super::snapshot::{SnapshotFileInfo, SnapshotWriter};
 use crate::error::Result;
 
-/// The namespaces of one key group. Fx: keys are short and not attacker-chosen per se (they
-/// come hashed into key groups already), and hashing is a good part of a point access.
-type Namespaces = GenericHashMap<Bytes, Namespace, FxBuildHasher, DefaultSharedPtr>;
+/// Namespaces per chunk before it splits. A write to a chunk a snapshot still shares copies
+/// the chunk (~30 KB at this size), while the chunk list the snapshot clones stays one pointer
+/// per few hundred namespaces. 448 is 7/8 of 512, hashbrown's load limit: a chunk splits
+/// before its table would grow to 1024 buckets.
+const CHUNK_ENTRIES: usize = 448;
+/// The directory takes hash bits from here up. hashbrown picks buckets by the low bits and
+/// tags by the top 7: those must still vary among the namespaces of one chunk.
+const DIRECTORY_SHIFT: u32 = 32;
+/// Beyond 2^24 chunks per key group (billions of keys) chunks grow instead of splitting,
+/// leaving the bits of hashbrown's tags alone.
+const MAX_DEPTH: u32 = 24;
 
 /// Bytes up to this length live inside [`Bytes`] itself: the namespace of an 8-byte key (18
 /// bytes), a running count, a short map key or window.
 const INLINE_BYTES: usize = 22;
 
 /// A key or value. Inline when short, else shared: cloning never allocates, which matters
-/// because a write after a snapshot clones every entry of the trie node it copies.
+/// because a write after a snapshot clones every entry of the chunk it copies.
 #[derive(Clone)]
 enum Bytes {
     Inline { len: u8, bytes: [u8; INLINE_BYTES] },
@@ -193,10 +201,141 @@ fn split(key: &[u8]) -> (&[u8], &[u8]) {
     key.split_at(namespace_len(key).unwrap_or(key.len()))
 }
 
+/// Fx for speed (namespaces are short), then a folded multiply so that every bit range the
+/// index uses (low: bucket, 32 up: directory, top: tag) depends on every key byte.
+fn hash_namespace(namespace: &[u8]) -> u64 {
+    let mut hasher = rustc_hash::FxHasher::default();
+    hasher.write(namespace);
+    let product = u128::from(hasher.finish()) * 0x9E37_79B9_7F4A_7C15;
+    (product as u64) ^ ((product >> 64) as u64)
+}
+
+#[derive(Clone)]
+struct Slot {
+    hash: u64,
+    namespace: Bytes,
+    entries: Namespace,
+}
+
+#[derive(Clone, Default)]
+struct Chunk {
+    /// How many hash bits (from [`DIRECTORY_SHIFT`]) all namespaces of this chunk share.
+    depth: u32,
+    slots: HashTable<Slot>,
+}
+
+/// The namespaces of one key group (extendible hashing): `directory[hash bits]` names the
+/// chunk, and `2^(depth - chunk depth)` directory entries name each chunk. Chunks are named by
+/// index rather than shared through the directory, so an `Arc` count above one always means
+/// a snapshot holds the chunk.
+#[derive(Clone)]
+struct NamespaceIndex {
+    depth: u32,
+    directory: Vec<u32>,
+    chunks: Vec<Arc<Chunk>>,
+}
+
+impl Default for NamespaceIndex {
+    fn default() -> Self {
+        NamespaceIndex {
+            depth: 0,
+            directory: vec![0],
+            chunks: vec![Arc::default()],
+        }
+    }
+}
+
+impl NamespaceIndex {
+    fn chunk_of(&self, hash: u64) -> usize {
+        let bits = (hash >> DIRECTORY_SHIFT) as usize & ((1 << self.depth) - 1);
+        self.directory[bits] as usize
+    }
+
+    fn get(&self, hash: u64, namespace: &[u8]) -> Option<&Namespace> {
+        let chunk = &self.chunks[self.chunk_of(hash)];
+        let slot = chunk.slots.find(hash, |s| *s.namespace == *namespace)?;
+        Some(&slot.entries)
+    }
+
+    /// The namespace's entries to change, copying its chunk first when a snapshot shares it
+    /// (and only when the namespace is there: a miss copies nothing).
+    fn get_mut(&mut self, hash: u64, namespace: &[u8]) -> Option<&mut Namespace> {
+        let index = self.chunk_of(hash);
+        let chunk = &mut self.chunks[index];
+        let eq = |s: &Slot| *s.namespace == *namespace;
+        if Arc::get_mut(chunk).is_none() && chunk.slots.find(hash, eq).is_none() {
+            return None;
+        }
+        let slot = Arc::make_mut(chunk).slots.find_mut(hash, eq)?;
+        Some(&mut slot.entries)
+    }
+
+    /// Adds a namespace the index does not hold.
+    fn insert(&mut self, hash: u64, namespace: &[u8], entries: Namespace) {
+        let mut index = self.chunk_of(hash);
+        if self.chunks[index].slots.len() >= CHUNK_ENTRIES && self.chunks[index].depth < MAX_DEPTH {
+            self.split(index);
+            index = self.chunk_of(hash);
+        }
+        let slot = Slot {
+            hash,
+            namespace: Bytes::new(namespace),
+            entries,
+        };
+        Arc::make_mut(&mut self.chunks[index])
+            .slots
+            .insert_unique(hash, slot, |s| s.hash);
+    }
+
+    fn remove(&mut self, hash: u64, namespace: &[u8]) {
+        let index = self.chunk_of(hash);
+        let chunk = Arc::make_mut(&mut self.chunks[index]);
+        if let Ok(slot) = chunk.slots.find_entry(hash, |s| *s.namespace == *namespace) {
+            slot.remove();
+        }
+    }
+
+    /// Splits a full chunk in two by its next hash bit, doubling the directory first when the
+    /// chunk already uses all of its bits. The old chunk is left to any snapshot holding it.
+    fn split(&mut self, index: usize) {
+        let depth = self.chunks[index].depth;
+        if depth == self.depth {
+            self.directory.extend_from_within(..);
+            self.depth += 1;
+        }
+        let bit = 1u64 << (DIRECTORY_SHIFT + depth);
+        let mut halves = [Chunk::default(), Chunk::default()];
+        for slot in self.chunks[index].slots.iter() {
+            let half = &mut halves[usize::from(slot.hash & bit != 0)];
+            half.slots
+                .insert_unique(slot.hash, slot.clone(), |s| s.hash);
+        }
+        let [low, high] = halves.map(|mut half| {
+            half.depth = depth + 1;
+            Arc::new(half)
+        });
+        // Chunk counts stay far below u32::MAX: at most 2^MAX_DEPTH per key group.
+        let high_index = self.chunks.len() as u32;
+        self.chunks[index] = low;
+        self.chunks.push(high);
+        for (bits, chunk) in self.directory.iter_mut().enumerate() {
+            if *chunk as usize == index && bits & (1 << depth) != 0 {
+                *chunk = high_index;
+            }
+        }
+    }
+
+    /// Every namespace, in no particular order.
+    fn iter(&self) -> impl Iterator<Item = (&Bytes, &Namespace)> {
+        let slots = self.chunks.iter().flat_map(|chunk| chunk.slots.iter());
+        slots.map(|slot| (&slot.namespace, &slot.entries))
+    }
+}
+
 pub(crate) struct HeapStore {
     key_groups: KeyGroupRange,
     /// Indexed by key group minus `key_groups.start`.
-    groups: Vec<Namespaces>,
+    groups: Vec<NamespaceIndex>,
     /// Entries (full keys) held, over all groups.
     entries: usize,
 }
@@ -206,7 +345,7 @@ impl HeapStore {
         let count = usize::from(key_groups.end.saturating_sub(key_groups.start));
         HeapStore {
             key_groups,
-            groups: vec![Namespaces::default(); count],
+            groups: vec![NamespaceIndex::default(); count],
             entries: 0,
         }
     }
@@ -226,20 +365,21 @@ impl HeapStore {
     pub(crate) fn get(&self, key: &[u8]) -> Option<&[u8]> {
         let (namespace, suffix) = split(key);
         self.groups[self.group_index(key)]
-            .get(namespace)?
+            .get(hash_namespace(namespace), namespace)?
             .get(suffix)
     }
 
     pub(crate) fn put(&mut self, key: &[u8], value: &[u8]) {
         let index = self.group_index(key);
         let (namespace, suffix) = split(key);
+        let hash = hash_namespace(namespace);
         let map = &mut self.groups[index];
-        let added = match map.get_mut(namespace) {
+        let added = match map.get_mut(hash, namespace) {
             Some(entries) => entries.put(suffix, value),
             None => {
                 let mut entries = Namespace::default();
                 entries.put(suffix, value);
-                map.insert(Bytes::new(namespace), entries);
+                map.insert(hash, namespace, entries);
                 true
             }
         };
@@ -249,14 +389,15 @@ impl HeapStore {
     pub(crate) fn delete(&mut self, key: &[u8]) {
         let index = self.group_index(key);
         let (namespace, suffix) = split(key);
+        let hash = hash_namespace(namespace);
         let map = &mut self.groups[index];
-        let Some(entries) = map.get_mut(namespace) else {
+        let Some(entries) = map.get_mut(hash, namespace) else {
             return;
         };
         if entries.delete(suffix) {
             self.entries -= 1;
             if entries.is_empty() {
-                map.remove(namespace);
+                map.remove(hash, namespace);
             }
         }
     }
@@ -270,7 +411,8 @@ impl HeapStore {
             Some(namespace.len()),
             "entries of {namespace:?}, which is not a namespace"
         );
-        let Some(entries) = self.groups[self.group_index(namespace)].get(namespace) else {
+        let map = &self.groups[self.group_index(namespace)];
+        let Some(entries) = map.get(hash_namespace(namespace), namespace) else {
             return Vec::new();
         };
         entries
@@ -285,8 +427,8 @@ impl HeapStore {
         states: &[StateId],
         mut decide: impl FnMut(StateId, &[u8]) -> Retain,
     ) {
-        // Edits are applied after the visit: writing while iterating would copy every trie node
-        // a snapshot still shares, changed or not.
+        // Edits are applied after the visit: writing while iterating would copy every chunk a
+        // snapshot still shares, changed or not.
         let mut edits: Vec<(Vec<u8>, Option<Vec<u8>>)> = Vec::new();
         for map in &self.groups {
             for (namespace, entries) in map.iter() {
@@ -311,7 +453,7 @@ impl HeapStore {
         }
     }
 
-    /// The synchronous part of a snapshot: a clone of every map, constant time each.
+    /// The synchronous part of a snapshot: a clone of every index, a pointer copy per chunk.
     pub(crate) fn snapshot(&self) -> HeapSnapshot {
         HeapSnapshot {
             groups: self.groups.clone(),
@@ -320,9 +462,9 @@ impl HeapStore {
     }
 }
 
-/// A point-in-time copy of heap state, sharing its nodes with the live maps until they change.
+/// A point-in-time copy of heap state, sharing its chunks with the live index until they change.
 pub struct HeapSnapshot {
-    groups: Vec<Namespaces>,
+    groups: Vec<NamespaceIndex>,
     entries: usize,
 }
 
@@ -508,6 +650,64 @@ mod tests {
         assert_eq!(written(snapshot, dir.path()), expected);
         assert_eq!(store.get(&count(5)), Some(&6u64.to_le_bytes()[..]));
         assert_eq!(store.get(&long(2)), None);
+    }
+
+    /// Every chunk holds exactly the namespaces whose hash bits the directory sends to it.
+    fn assert_index_consistent(index: &NamespaceIndex) {
+        assert_eq!(index.directory.len(), 1 << index.depth);
+        for (bits, &chunk) in index.directory.iter().enumerate() {
+            let chunk = &index.chunks[chunk as usize];
+            assert!(chunk.depth <= index.depth);
+            let mask = (1usize << chunk.depth) - 1;
+            for slot in chunk.slots.iter() {
+                let slot_bits = (slot.hash >> DIRECTORY_SHIFT) as usize;
+                assert_eq!(
+                    slot_bits & mask,
+                    bits & mask,
+                    "namespace in the wrong chunk"
+                );
+                assert_eq!(slot.hash, hash_namespace(&slot.namespace));
+            }
+        }
+    }
+
+    #[test]
+    fn chunks_split_as_they_fill_and_a_snapshot_keeps_the_chunks_it_shares() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut store = HeapStore::new(KeyGroupRange { start: 3, end: 4 });
+        let key = |k: u32| entry_key(3, &k.to_be_bytes(), 1, b"");
+        for k in 0..5_000u32 {
+            store.put(&key(k), &k.to_be_bytes());
+        }
+        assert!(store.groups[0].chunks.len() >= 5_000 / CHUNK_ENTRIES);
+        assert_index_consistent(&store.groups[0]);
+        let snapshot = store.snapshot();
+        let chunks_before = snapshot.groups[0].chunks.len();
+        // Overwrites, deletes and enough new namespaces to split shared chunks again.
+        for k in 0..20_000u32 {
+            match k {
+                0..1_000 => store.delete(&key(k)),
+                1_000..5_000 => store.put(&key(k), &(k + 1).to_be_bytes()),
+                _ => store.put(&key(k), b"new"),
+            }
+        }
+        assert_index_consistent(&store.groups[0]);
+        assert_index_consistent(&snapshot.groups[0]);
+        assert_eq!(snapshot.groups[0].chunks.len(), chunks_before);
+        let mut expected: Vec<_> = (0..5_000u32)
+            .map(|k| (key(k), k.to_be_bytes().to_vec()))
+            .collect();
+        expected.sort();
+        assert_eq!(written(snapshot, dir.path()), expected);
+        for k in 0..20_000u32 {
+            let want = match k {
+                0..1_000 => None,
+                1_000..5_000 => Some((k + 1).to_be_bytes().to_vec()),
+                _ => Some(b"new".to_vec()),
+            };
+            assert_eq!(store.get(&key(k)).map(<[u8]>::to_vec), want, "key {k}");
+        }
+        assert_eq!(store.snapshot().entries(), 19_000);
     }
 
     /// Random point writes, deletes and namespace scans agree with a sorted map of full keys.
