@@ -1,5 +1,5 @@
-//! Keyed state of one subtask: a RocksDB instance behind a write-back cache, or sorted maps on
-//! the heap (`state/heap.rs`), chosen by `state.backend`.
+//! Keyed state of one subtask: a RocksDB instance behind a write-back cache, or a copy-on-write
+//! hash index on the heap (`state/heap.rs`), chosen by `state.backend`.
 //!
 //! Key layout (big-endian): `[key group:2][key len:4][key][state id:4][map key...]`. The key
 //! group comes first so one key-group range is one contiguous RocksDB range, and everything
@@ -252,7 +252,7 @@ pub struct BackendStats {
 pub enum PendingSnapshot {
     /// A hard-linked copy of RocksDB's files in this directory.
     RocksDbFiles(PathBuf),
-    /// A copy-on-write clone of the heap maps.
+    /// A copy-on-write clone of the heap index.
     Heap(HeapSnapshot),
 }
 
@@ -468,8 +468,8 @@ impl KeyedStateBackend {
     }
 
     /// The synchronous part of a snapshot. RocksDB: make it exact, then hard-link its files
-    /// into `dir`. Heap: clone the maps (constant time; later writes copy the nodes they
-    /// touch), `dir` is not used. Processing continues while the returned copy is written.
+    /// into `dir`. Heap: clone the index (a pointer per chunk; later writes copy the chunks
+    /// they touch), `dir` is not used. Processing continues while the returned copy is written.
     pub fn checkpoint_to(&mut self, dir: &Path) -> Result<PendingSnapshot> {
         match &mut self.store {
             Store::RocksDb(store) => {
@@ -923,8 +923,8 @@ impl RocksDbStore {
             .map_err(|e| Error::rocks(format!("checkpoint into {}", dir.display()), e))
     }
 
-    /// Snapshot entries are in RocksDB order (written by iterating RocksDB or the heap's
-    /// sorted maps), so they go into an SST file that RocksDB ingests as is: no memtable,
+    /// Snapshot entries are in RocksDB order (written by iterating RocksDB, or sorted by the
+    /// heap's snapshot writer), so they go into an SST file that RocksDB ingests as is: no memtable,
     /// flush or compaction on the way. An object out of order (never written by Weir) falls
     /// back to write batches.
     fn restore_snapshot(
