@@ -11,9 +11,10 @@
 //! 0xFFFFFFFF) are namespaces of their own, with the empty suffix.
 //!
 //! The index is extendible hashing over chunks of at most [`CHUNK_ENTRIES`] namespaces, each a
-//! `hashbrown` table behind an `Arc`. A snapshot clones the chunk list and directory on the
-//! task thread (the synchronous part: a pointer copy per chunk, no entry is touched), and the
-//! first write to a chunk after it copies that chunk alone. The clone is written off the task
+//! `hashbrown` table behind an `Arc`, and the chunk list and directory are behind `Arc`s too.
+//! A snapshot clones those on the task thread (the synchronous part: a pointer copy per key
+//! group); the first write to a key group after it copies the group's chunk list (a pointer
+//! per chunk), and the first write to a chunk copies that chunk alone. The clone is written off the task
 //! thread in the full snapshot format both backends restore from, in full-key byte order
 //! (RocksDB's), while the task keeps writing into its own copy.
 
@@ -224,23 +225,33 @@ struct Chunk {
     slots: HashTable<Slot>,
 }
 
+impl Chunk {
+    /// A chunk that splits before its table ever grows (a rehash of every slot).
+    fn split_half(depth: u32) -> Self {
+        Chunk {
+            depth,
+            slots: HashTable::with_capacity(CHUNK_ENTRIES),
+        }
+    }
+}
+
 /// The namespaces of one key group (extendible hashing): `directory[hash bits]` names the
 /// chunk, and `2^(depth - chunk depth)` directory entries name each chunk. Chunks are named by
 /// index rather than shared through the directory, so an `Arc` count above one always means
-/// a snapshot holds the chunk.
+/// a snapshot holds the chunk (or the list holding it).
 #[derive(Clone)]
 struct NamespaceIndex {
     depth: u32,
-    directory: Vec<u32>,
-    chunks: Vec<Arc<Chunk>>,
+    directory: Arc<Vec<u32>>,
+    chunks: Arc<Vec<Arc<Chunk>>>,
 }
 
 impl Default for NamespaceIndex {
     fn default() -> Self {
         NamespaceIndex {
             depth: 0,
-            directory: vec![0],
-            chunks: vec![Arc::default()],
+            directory: Arc::new(vec![0]),
+            chunks: Arc::new(vec![Arc::default()]),
         }
     }
 }
@@ -261,7 +272,7 @@ impl NamespaceIndex {
     /// (and only when the namespace is there: a miss copies nothing).
     fn get_mut(&mut self, hash: u64, namespace: &[u8]) -> Option<&mut Namespace> {
         let index = self.chunk_of(hash);
-        let chunk = &mut self.chunks[index];
+        let chunk = &mut Arc::make_mut(&mut self.chunks)[index];
         let eq = |s: &Slot| *s.namespace == *namespace;
         if Arc::get_mut(chunk).is_none() && chunk.slots.find(hash, eq).is_none() {
             return None;
@@ -282,14 +293,14 @@ impl NamespaceIndex {
             namespace: Bytes::new(namespace),
             entries,
         };
-        Arc::make_mut(&mut self.chunks[index])
+        Arc::make_mut(&mut Arc::make_mut(&mut self.chunks)[index])
             .slots
             .insert_unique(hash, slot, |s| s.hash);
     }
 
     fn remove(&mut self, hash: u64, namespace: &[u8]) {
         let index = self.chunk_of(hash);
-        let chunk = Arc::make_mut(&mut self.chunks[index]);
+        let chunk = Arc::make_mut(&mut Arc::make_mut(&mut self.chunks)[index]);
         if let Ok(slot) = chunk.slots.find_entry(hash, |s| *s.namespace == *namespace) {
             slot.remove();
         }
@@ -298,27 +309,30 @@ impl NamespaceIndex {
     /// Splits a full chunk in two by its next hash bit, doubling the directory first when the
     /// chunk already uses all of its bits. The old chunk is left to any snapshot holding it.
     fn split(&mut self, index: usize) {
-        let depth = self.chunks[index].depth;
+        let chunks = Arc::make_mut(&mut self.chunks);
+        let directory = Arc::make_mut(&mut self.directory);
+        let depth = chunks[index].depth;
         if depth == self.depth {
-            self.directory.extend_from_within(..);
+            directory.extend_from_within(..);
             self.depth += 1;
         }
         let bit = 1u64 << (DIRECTORY_SHIFT + depth);
-        let mut halves = [Chunk::default(), Chunk::default()];
-        for slot in self.chunks[index].slots.iter() {
+        let mut halves = [Chunk::split_half(depth + 1), Chunk::split_half(depth + 1)];
+        let mut place = |slot: Slot| {
             let half = &mut halves[usize::from(slot.hash & bit != 0)];
-            half.slots
-                .insert_unique(slot.hash, slot.clone(), |s| s.hash);
+            half.slots.insert_unique(slot.hash, slot, |s| s.hash);
+        };
+        // Moved when no snapshot holds the chunk (as during a bulk load or a restore).
+        match Arc::try_unwrap(std::mem::take(&mut chunks[index])) {
+            Ok(chunk) => chunk.slots.into_iter().for_each(&mut place),
+            Err(shared) => shared.slots.iter().cloned().for_each(&mut place),
         }
-        let [low, high] = halves.map(|mut half| {
-            half.depth = depth + 1;
-            Arc::new(half)
-        });
+        let [low, high] = halves.map(Arc::new);
         // Chunk counts stay far below u32::MAX: at most 2^MAX_DEPTH per key group.
-        let high_index = self.chunks.len() as u32;
-        self.chunks[index] = low;
-        self.chunks.push(high);
-        for (bits, chunk) in self.directory.iter_mut().enumerate() {
+        let high_index = chunks.len() as u32;
+        chunks[index] = low;
+        chunks.push(high);
+        for (bits, chunk) in directory.iter_mut().enumerate() {
             if *chunk as usize == index && bits & (1 << depth) != 0 {
                 *chunk = high_index;
             }
@@ -453,7 +467,7 @@ impl HeapStore {
         }
     }
 
-    /// The synchronous part of a snapshot: a clone of every index, a pointer copy per chunk.
+    /// The synchronous part of a snapshot: a clone of every index, a pointer copy per group.
     pub(crate) fn snapshot(&self) -> HeapSnapshot {
         HeapSnapshot {
             groups: self.groups.clone(),
