@@ -14,9 +14,9 @@
 //! `hashbrown` table behind an `Arc`, and the chunk list and directory are behind `Arc`s too.
 //! A snapshot clones those on the task thread (the synchronous part: a pointer copy per key
 //! group); the first write to a key group after it copies the group's chunk list (a pointer
-//! per chunk), and the first write to a chunk copies that chunk alone. The clone is written off the task
-//! thread in the full snapshot format both backends restore from, in full-key byte order
-//! (RocksDB's), while the task keeps writing into its own copy.
+//! per chunk), and the first write to a chunk copies that chunk alone. The clone is written
+//! off the task thread in the full snapshot format both backends restore from, in full-key
+//! byte order (RocksDB's), while the task keeps writing into its own copy.
 
 use std::borrow::Borrow;
 use std::cmp::Ordering;
@@ -34,7 +34,7 @@ use super::snapshot::{SnapshotFileInfo, SnapshotWriter};
 use crate::error::Result;
 
 /// Namespaces per chunk before it splits. A write to a chunk a snapshot still shares copies
-/// the chunk (~30 KB at this size), while the chunk list the snapshot clones stays one pointer
+/// the chunk (512 buckets of 72 bytes), while the chunk list the snapshot clones stays one pointer
 /// per few hundred namespaces. 448 is 7/8 of 512, hashbrown's load limit: a chunk splits
 /// before its table would grow to 1024 buckets.
 const CHUNK_ENTRIES: usize = 448;
@@ -269,7 +269,7 @@ impl NamespaceIndex {
     }
 
     /// The namespace's entries to change, copying its chunk first when a snapshot shares it
-    /// (and only when the namespace is there: a miss copies nothing).
+    /// (and only when the namespace is there: a miss copies no chunk).
     fn get_mut(&mut self, hash: u64, namespace: &[u8]) -> Option<&mut Namespace> {
         let index = self.chunk_of(hash);
         let chunk = &mut Arc::make_mut(&mut self.chunks)[index];
