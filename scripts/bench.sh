@@ -190,9 +190,13 @@ run_state() {
     sleep 0.1
   done
   grep '"event":"checkpoint"' "$work/stdout" | sed "s/^/[weir $name] /" >&2
-  # /usr/bin/time's child is the worker: kill it, not time.
-  local worker
-  worker="$(pgrep -P "$pid" -x weir-worker || true)"
+  # /usr/bin/time's child running $WEIR is the worker: kill it, not time. Not by name: a
+  # --worker binary may be called anything (killing time instead left the worker running
+  # beside its restore); time's other child is the log filter.
+  local worker="" child
+  for child in $(pgrep -P "$pid"); do
+    if [ "$(readlink "/proc/$child/exe")" = "$WEIR" ]; then worker="$child"; fi
+  done
   [ -n "$worker" ] || worker="$pid"
   t_kill="$(date +%s%3N)"
   kill -9 "$worker"

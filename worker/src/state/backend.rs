@@ -1,5 +1,5 @@
-//! Keyed state of one subtask: a RocksDB instance behind a write-back cache, or sorted maps on
-//! the heap (`state/heap.rs`), chosen by `state.backend`.
+//! Keyed state of one subtask: a RocksDB instance behind a write-back cache, or a copy-on-write
+//! hash index on the heap (`state/heap.rs`), chosen by `state.backend`.
 //!
 //! Key layout (big-endian): `[key group:2][key len:4][key][state id:4][map key...]`. The key
 //! group comes first so one key-group range is one contiguous RocksDB range, and everything
@@ -192,7 +192,7 @@ fn slot_hash(slot: &CacheSlot) -> u64 {
 /// Sorts by the first 16 key bytes held in the vector itself, and compares whole keys only on
 /// a tie: `(prefix, slot)` pairs sort in byte order of the keys without touching each slot
 /// on every comparison.
-fn key_prefix(key: &[u8]) -> u128 {
+pub(super) fn key_prefix(key: &[u8]) -> u128 {
     let mut prefix = [0u8; 16];
     let n = key.len().min(16);
     prefix[..n].copy_from_slice(&key[..n]);
@@ -252,7 +252,7 @@ pub struct BackendStats {
 pub enum PendingSnapshot {
     /// A hard-linked copy of RocksDB's files in this directory.
     RocksDbFiles(PathBuf),
-    /// A copy-on-write clone of the heap maps.
+    /// A copy-on-write clone of the heap index.
     Heap(HeapSnapshot),
 }
 
@@ -468,8 +468,8 @@ impl KeyedStateBackend {
     }
 
     /// The synchronous part of a snapshot. RocksDB: make it exact, then hard-link its files
-    /// into `dir`. Heap: clone the maps (constant time; later writes copy the nodes they
-    /// touch), `dir` is not used. Processing continues while the returned copy is written.
+    /// into `dir`. Heap: clone the index (a pointer per chunk; later writes copy the chunks
+    /// they touch), `dir` is not used. Processing continues while the returned copy is written.
     pub fn checkpoint_to(&mut self, dir: &Path) -> Result<PendingSnapshot> {
         match &mut self.store {
             Store::RocksDb(store) => {
@@ -550,13 +550,20 @@ pub(crate) fn key_group_of(key: &[u8]) -> u16 {
     u16::from_be_bytes([key[0], key[1]])
 }
 
+/// The length of the `[group:2][key len:4][key][state:4]` head of an entry, its namespace:
+/// one key's one state, everything before the map key. `None` for timers (key len
+/// 0xFFFFFFFF) and anything shorter, which do not parse.
+pub(crate) fn namespace_len(key: &[u8]) -> Option<usize> {
+    let key_len = u32::from_be_bytes(key.get(2..6)?.try_into().ok()?) as usize;
+    let end = 6usize.checked_add(key_len)?.checked_add(4)?;
+    (end <= key.len()).then_some(end)
+}
+
 /// The state id of a `[group:2][key len:4][key][state:4][suffix]` entry; `None` for timers
 /// (key len 0xFFFFFFFF) and anything shorter, which do not parse.
 pub(crate) fn state_of_entry(key: &[u8]) -> Option<StateId> {
-    let key_len = u32::from_be_bytes(key.get(2..6)?.try_into().ok()?) as usize;
-    let state_at = 6usize.checked_add(key_len)?;
-    let id = key.get(state_at..state_at.checked_add(4)?)?;
-    Some(StateId::from_be_bytes(id.try_into().ok()?))
+    let end = namespace_len(key)?;
+    Some(StateId::from_be_bytes(key[end - 4..end].try_into().ok()?))
 }
 
 /// Visits, in key order, the entries of `key_groups` in the RocksDB files at `dir` (a
@@ -916,8 +923,8 @@ impl RocksDbStore {
             .map_err(|e| Error::rocks(format!("checkpoint into {}", dir.display()), e))
     }
 
-    /// Snapshot entries are in RocksDB order (written by iterating RocksDB or the heap's
-    /// sorted maps), so they go into an SST file that RocksDB ingests as is: no memtable,
+    /// Snapshot entries are in RocksDB order (written by iterating RocksDB, or sorted by the
+    /// heap's snapshot writer), so they go into an SST file that RocksDB ingests as is: no memtable,
     /// flush or compaction on the way. An object out of order (never written by Weir) falls
     /// back to write batches.
     fn restore_snapshot(

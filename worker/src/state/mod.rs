@@ -1,5 +1,5 @@
-//! Keyed state (RocksDB behind a write-back cache, or sorted maps on the heap; split into key
-//! groups), operator state and broadcast state.
+//! Keyed state (RocksDB behind a write-back cache, or a copy-on-write hash index on the heap;
+//! split into key groups), operator state and broadcast state.
 //! Time to live ([`StateTtl`]) sits above the backend, in the handles' value encoding.
 
 // The backend's machinery (RocksDB, key-group arithmetic, snapshot files) is the runtime's;
